@@ -1,0 +1,163 @@
+// An experiment is a sweep; it expands into jobs, one per configuration. Every network input passes through here.
+import { z } from 'zod';
+import { AttentionMethod, DeviceKind, Dtype, GenerateTimings } from './engine';
+import { KNOWN_MODELS, KnownModelName, tpProblem } from './models';
+
+export const WeightsSpec = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('random'), seed: z.number().int().min(0).default(0) }),
+  z.object({ kind: z.literal('checkpoint'), path: z.string().min(1) }),
+]);
+export type WeightsSpec = z.infer<typeof WeightsSpec>;
+
+const nonEmpty = <T extends z.ZodTypeAny>(t: T) => z.array(t).min(1);
+
+export const ExperimentSpec = z
+  .object({
+    name: z.string().min(1).max(200),
+    model: KnownModelName,
+    weights: WeightsSpec.default({ kind: 'random', seed: 0 }),
+    attention: nonEmpty(AttentionMethod),
+    kvCache: nonEmpty(z.boolean()),
+    tp: nonEmpty(z.number().int().min(1).max(8)),
+    dtype: nonEmpty(Dtype),
+    device: DeviceKind.default('cpu'),
+    batchSizes: nonEmpty(z.number().int().min(1).max(256)),
+    promptLengths: nonEmpty(z.number().int().min(1)),
+    newTokens: nonEmpty(z.number().int().min(1)),
+    warmup: z.number().int().min(0).max(20).default(1),
+    repeats: z.number().int().min(1).max(100).default(3),
+    targetAgent: z.string().min(1).optional(),
+    tags: z.array(z.string().min(1).max(50)).max(20).default([]),
+    notes: z.string().max(5000).default(''),
+  })
+  .superRefine((s, ctx) => {
+    const cfg = KNOWN_MODELS[s.model];
+    if (!cfg) return;
+    s.tp.forEach((tp, i) => {
+      const why = tpProblem(cfg, tp);
+      if (why) ctx.addIssue({ code: 'custom', path: ['tp', i], message: why });
+    });
+    const longestNew = Math.max(...s.newTokens);
+    s.promptLengths.forEach((p, i) => {
+      if (p + longestNew > cfg.maxPositions)
+        ctx.addIssue({
+          code: 'custom', path: ['promptLengths', i],
+          message: `prompt of ${p} tokens + ${longestNew} new tokens exceeds ${cfg.name}'s ${cfg.maxPositions} positions`,
+        });
+    });
+    if (s.device === 'cpu' && s.dtype.some((d) => d !== 'fp32'))
+      ctx.addIssue({ code: 'custom', path: ['dtype'], message: 'the CPU backend computes in fp32 only' });
+    if (expandedCount(s) > 2000)
+      ctx.addIssue({ code: 'custom', path: ['attention'], message: `sweep expands to ${expandedCount(s)} jobs; at most 2000` });
+  });
+export type ExperimentSpec = z.infer<typeof ExperimentSpec>;
+export type ExperimentSpecInput = z.input<typeof ExperimentSpec>;
+
+/** One configuration: what a job runs and what a run measured. */
+export const JobConfig = z.object({
+  model: KnownModelName,
+  weights: WeightsSpec,
+  attention: AttentionMethod,
+  kvCache: z.boolean(),
+  tp: z.number().int().min(1).max(8),
+  dtype: Dtype,
+  device: DeviceKind,
+  batchSize: z.number().int().min(1),
+  promptLength: z.number().int().min(1),
+  newTokens: z.number().int().min(1),
+  warmup: z.number().int().min(0),
+  repeats: z.number().int().min(1),
+});
+export type JobConfig = z.infer<typeof JobConfig>;
+
+function expandedCount(s: Pick<ExperimentSpec, 'attention' | 'kvCache' | 'tp' | 'dtype' | 'batchSizes' | 'promptLengths' | 'newTokens'>) {
+  return s.attention.length * s.kvCache.length * s.tp.length * s.dtype.length * s.batchSizes.length
+    * s.promptLengths.length * s.newTokens.length;
+}
+
+export function expandExperiment(s: ExperimentSpec): JobConfig[] {
+  const jobs: JobConfig[] = [];
+  for (const attention of s.attention)
+    for (const kvCache of s.kvCache)
+      for (const tp of s.tp)
+        for (const dtype of s.dtype)
+          for (const batchSize of s.batchSizes)
+            for (const promptLength of s.promptLengths)
+              for (const newTokens of s.newTokens)
+                jobs.push({
+                  model: s.model, weights: s.weights, attention, kvCache, tp, dtype, device: s.device, batchSize,
+                  promptLength, newTokens, warmup: s.warmup, repeats: s.repeats,
+                });
+  return jobs;
+}
+
+/** Figures of one repeat. */
+export const RepeatFigures = z.object({
+  prefillMs: z.number(),
+  tpotMs: z.number(),
+  totalMs: z.number(),
+  tokensPerSec: z.number(),
+  peakMemBytes: z.number(),
+  kvCacheBytes: z.number().optional(),
+  weightsBytes: z.number().optional(),
+  decodeMs: z.array(z.number()).optional(),
+});
+export type RepeatFigures = z.infer<typeof RepeatFigures>;
+
+export const FigureSummary = z.object({
+  median: z.number(), mean: z.number(), std: z.number(), p90: z.number(), min: z.number(), max: z.number(),
+});
+export type FigureSummary = z.infer<typeof FigureSummary>;
+export const RunSummary = z.record(z.string(), FigureSummary);
+export type RunSummary = z.infer<typeof RunSummary>;
+
+export const GpuInfo = z.object({
+  index: z.number().int(),
+  name: z.string(),
+  uuid: z.string().optional(),
+  memoryBytes: z.number(),
+  driver: z.string().optional(),
+  smClockMHz: z.number().optional(),
+  memClockMHz: z.number().optional(),
+  temperatureC: z.number().optional(),
+});
+export type GpuInfo = z.infer<typeof GpuInfo>;
+
+/** Where a run ran: enough to tell two runs apart when their numbers differ. */
+export const EnvironmentRecord = z.object({
+  agentName: z.string(),
+  hostname: z.string(),
+  backend: DeviceKind,
+  cpuModel: z.string(),
+  cpuCores: z.number().int(),
+  memoryBytes: z.number(),
+  gpus: z.array(GpuInfo),
+  cudaVersion: z.string().optional(),
+  engineBuild: z.string(),
+  gitCommit: z.string().optional(),
+  nodeVersion: z.string(),
+  startedAt: z.string(),
+});
+export type EnvironmentRecord = z.infer<typeof EnvironmentRecord>;
+
+/** One measured configuration: every repeat, its summary and where it ran. Online and offline runs share it. */
+export const RunResult = z.object({
+  config: JobConfig,
+  repeats: z.array(RepeatFigures).min(1),
+  summary: RunSummary,
+  environment: EnvironmentRecord,
+  sampleTokens: z.array(z.number().int()).optional(),
+});
+export type RunResult = z.infer<typeof RunResult>;
+
+/** What `flashlab run plan.json` reads and `flashlab import` writes into the history. */
+export const OfflinePlan = z.object({ experiment: ExperimentSpec });
+export const OfflineResults = z.object({
+  format: z.literal('flashlab-results/1'),
+  experiment: ExperimentSpec,
+  runs: z.array(RunResult),
+  failures: z.array(z.object({ config: JobConfig, error: z.string() })).default([]),
+});
+export type OfflineResults = z.infer<typeof OfflineResults>;
+
+export { GenerateTimings };

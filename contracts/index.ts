@@ -1,0 +1,4 @@
+export * from './agent';
+export * from './engine';
+export * from './experiment';
+export * from './models';
