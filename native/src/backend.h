@@ -1,0 +1,173 @@
+// The device interface the model code is written against. A backend owns memory on one kind of device and
+// implements every operation a GPT-2 / ChatGLM2 forward pass needs; the CPU backend (cpu/) is always built, a
+// CUDA backend implements the same interface. Model code never touches tensor memory directly.
+//
+// Conventions shared by every backend:
+//  - Tensors are dense, row-major, in the backend's compute dtype (the CPU backend computes in fp32 only).
+//  - Activations of a batch are [B*T, width]: row b*T + t is token t of sequence b (all rows have length T).
+//  - Linear weights are stored [out, in] (PyTorch nn.Linear layout); GPT-2's Conv1D [in, out] tensors are
+//    transposed once at load time so that every matmul is out = x · Wᵀ.
+//  - A fused QKV activation row holds [q heads (numHeads*headDim) | k heads (numKvHeads*headDim) |
+//    v heads (numKvHeads*headDim)]: GPT-2's c_attn and ChatGLM2's query_key_value both have this layout, and
+//    a tensor-parallel shard keeps it for its local heads. Query head h reads KV head h / (numHeads/numKvHeads).
+//  - KV cache of one layer: k and v tensors [B, numKvHeads, capacity, headDim]; only KV heads are cached.
+//  - Attention is causal. Prefill always starts at position 0; decode processes one token per row at `pos`.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace flashlab {
+
+enum class DType { F32, F16, BF16 };
+const char* dtypeName(DType d);
+size_t dtypeSize(DType d);
+
+enum class AttentionMethod { Naive, FA1, FA2 };
+const char* attentionMethodName(AttentionMethod m);
+
+// What a piece of memory holds: the figures a generate call reports are broken down by it.
+enum class MemKind { Weights = 0, KvCache = 1, Activations = 2 };
+
+// Engine-wide byte counts. One tracker is shared by every backend/shard of an engine, so that the peak is the
+// engine's peak (the sum over all devices), as the dashboard reports it.
+class MemoryTracker {
+ public:
+  void add(MemKind kind, size_t bytes);
+  void remove(MemKind kind, size_t bytes);
+  // Starts a new measurement window: peaks restart from what is allocated now.
+  void resetPeaks();
+  size_t current(MemKind kind) const;
+  size_t currentTotal() const;
+  size_t peakTotal() const;
+  size_t peak(MemKind kind) const;
+
+ private:
+  mutable std::mutex mu_;
+  size_t current_[3] = {0, 0, 0};
+  size_t peak_[3] = {0, 0, 0};
+  size_t currentTotal_ = 0;
+  size_t peakTotal_ = 0;
+};
+
+class Backend;
+
+// A block of device memory; freed through its backend when the last Tensor referring to it goes away.
+struct Storage {
+  Storage(Backend* owner, void* ptr, size_t bytes, MemKind kind) : owner(owner), ptr(ptr), bytes(bytes), kind(kind) {}
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  Backend* owner;
+  void* ptr;
+  size_t bytes;
+  MemKind kind;
+};
+
+struct Tensor {
+  std::shared_ptr<Storage> storage;
+  std::vector<int64_t> shape;
+  DType dtype = DType::F32;
+
+  bool empty() const { return !storage; }
+  int64_t numel() const;
+  int64_t dim(size_t i) const { return shape.at(i); }
+  size_t bytes() const { return static_cast<size_t>(numel()) * dtypeSize(dtype); }
+  // Raw device pointer: only a backend dereferences it.
+  void* data() const { return storage ? storage->ptr : nullptr; }
+  float* f32() const { return static_cast<float*>(data()); }
+  std::string shapeString() const;
+};
+
+// Geometry of one attention call on one shard (head counts are the shard's local counts).
+struct AttnShape {
+  int batch = 1;
+  int seqLen = 1;       // query tokens per row in this call (T for prefill, 1 for decode)
+  int numHeads = 1;     // local query heads
+  int numKvHeads = 1;   // local KV heads (numHeads % numKvHeads == 0)
+  int headDim = 1;
+  float scale = 1.0f;   // softmax scale, 1/sqrt(headDim) for both models
+  int qkvRowStride() const { return (numHeads + 2 * numKvHeads) * headDim; }
+};
+
+// Thrown when the caller's cancellation flag is seen: the binding turns it into an AbortError.
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("generation was aborted") {}
+};
+
+class Backend {
+ public:
+  Backend(std::shared_ptr<MemoryTracker> tracker, int deviceIndex) : tracker_(std::move(tracker)), device_(deviceIndex) {}
+  virtual ~Backend() = default;
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  virtual std::string name() const = 0;  // e.g. "cpu", "cuda:0"
+  int deviceIndex() const { return device_; }
+  MemoryTracker& tracker() { return *tracker_; }
+
+  // ---- memory (counted by the tracker; contents are uninitialised unless zeroed)
+  Tensor alloc(const std::vector<int64_t>& shape, MemKind kind, DType dtype = DType::F32);
+  Tensor zeros(const std::vector<int64_t>& shape, MemKind kind, DType dtype = DType::F32);
+  virtual void upload(Tensor& dst, const void* host, size_t bytes) = 0;  // host -> device, bytes == dst.bytes()
+  virtual void download(const Tensor& src, void* host, size_t bytes) = 0;
+  virtual void fillZero(Tensor& t) = 0;
+  virtual void synchronize() = 0;
+  // Threads the backend may use for host-side work (the CPU backend's compute threads).
+  virtual void setThreads(int n) = 0;
+
+  // ---- operations (all tensors live on this backend)
+  // out[i,:] = table[ids[i],:] (+ posTable[startPos + i % T,:] when posTable is given). ids are B*T host values.
+  virtual void embedding(const std::vector<int32_t>& ids, int T, int startPos, const Tensor& table,
+                         const Tensor* posTable, Tensor& out) = 0;
+  virtual void layerNorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& out) = 0;
+  // ChatGLM2: x * rsqrt(mean(x^2) + eps) * w
+  virtual void rmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
+  // out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N])
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
+  // GPT-2's gelu_new (tanh approximation), in place.
+  virtual void geluNew(Tensor& x) = 0;
+  // gateUp [M, 2F] = [gate | up] -> out [M, F] = silu(gate) * up
+  virtual void swiglu(const Tensor& gateUp, Tensor& out) = 0;
+  // ChatGLM2 rotary, in place on the q and k heads of a fused qkv [B*T, qkvRowStride]: on the first rotDim
+  // dims of each head, pairs (x[2i], x[2i+1]) turn by angle (startPos + t) * theta^(-2i/rotDim).
+  virtual void rotary(Tensor& qkv, const AttnShape& s, int startPos, int rotDim, float theta) = 0;
+  // Causal self-attention of a prefill chunk: qkv [B*T, qkvRowStride] -> out [B*T, numHeads*headDim].
+  // Naive materialises S = QKᵀ and softmax(S) ([B, heads, T, T], allocated as activations); FA1 loops over
+  // K/V blocks outside, rescaling the output in memory every step; FA2 loops over Q blocks outside, keeping
+  // its output block local and rescaling once at the end.
+  virtual void attentionPrefill(AttentionMethod method, const Tensor& qkv, const AttnShape& s, Tensor& out) = 0;
+  // Copies the k and v heads of qkv (T tokens per row) into the cache at positions [startPos, startPos+T).
+  virtual void kvCacheWrite(const Tensor& qkv, const AttnShape& s, int startPos, Tensor& kCache, Tensor& vCache) = 0;
+  // One query per row (s.seqLen == 1) at position pos against cache positions [0, pos]; the cache must
+  // already hold this token's k and v (kvCacheWrite first).
+  virtual void attentionDecode(const Tensor& qkv, const AttnShape& s, const Tensor& kCache, const Tensor& vCache,
+                               int pos, Tensor& out) = 0;
+  // x += y
+  virtual void add(Tensor& x, const Tensor& y) = 0;
+  // out[i,:] = x[rows[i],:]
+  virtual void gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) = 0;
+  // Tensor parallelism: every part (one per shard, equal shapes, each on its shard's backend) becomes the
+  // sum of all parts, summed in shard order. Called on shard 0's backend with all shards' tensors.
+  virtual void allReduceSum(const std::vector<Tensor*>& parts) = 0;
+
+ protected:
+  friend struct Storage;
+  virtual void* rawAlloc(size_t bytes) = 0;
+  virtual void rawFree(void* ptr, size_t bytes) = 0;
+
+ private:
+  std::shared_ptr<MemoryTracker> tracker_;
+  int device_;
+};
+
+// Sampling runs on the host over logits downloaded from the device ([B, vocab] floats per step, small next to
+// a forward pass); see sampler.h.
+
+}  // namespace flashlab
