@@ -17,6 +17,6 @@ fi
 echo "== building the native engine"
 node scripts/build-native.mjs
 if [ -f prisma/schema.prisma ]; then
-  echo "== generating the Prisma client"
-  npx prisma generate >/dev/null
+  echo "== generating the Prisma clients (SQLite and PostgreSQL)"
+  node --import ./node_modules/tsx/dist/loader.mjs prisma/generate.ts >/dev/null
 fi
