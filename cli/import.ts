@@ -1,0 +1,104 @@
+// `flashlab import results.json [--url http://127.0.0.1:3000]`: put an offline results file into the history,
+// through a running dashboard (--url) or straight into the database of DATABASE_URL.
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { createTRPCUntypedClient, httpLink, TRPCClientError } from '@trpc/client';
+import type { AnyRouter } from '@trpc/server';
+import superjson from 'superjson';
+import { OfflineResults } from '../contracts/experiment';
+
+const HELP = `usage: flashlab import RESULTS.json [--url URL] [--admin-token TOKEN]
+
+Validates a results file written by 'flashlab run' and stores its runs in the history, as one experiment.
+
+  --url URL             a running dashboard (http://host:3000) to send the file to; without it the runs go
+                        directly into the database of DATABASE_URL (default: SQLite data/flashlab.db)
+  --admin-token TOKEN   the dashboard's admin token when it has one (env FLASHLAB_ADMIN_TOKEN)`;
+
+/** Reads and validates a results file; a bad file is refused with the field and the reason. */
+export async function readResults(file: string): Promise<OfflineResults> {
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`cannot read ${file}: ${(err as Error).message}`);
+  }
+  const parsed = OfflineResults.safeParse(json);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.slice(0, 20).map((i) => `  ${i.path.join('.') || '(file)'}: ${i.message}`);
+    throw new Error(`${file} is not a flashlab results file:\n${problems.join('\n')}`);
+  }
+  return parsed.data;
+}
+
+function trpcUrl(base: string): string {
+  let url: URL;
+  try {
+    url = new URL(base);
+  } catch {
+    throw new Error(`--url must be an absolute URL such as http://127.0.0.1:3000, got '${base}'`);
+  }
+  if (url.protocol === 'ws:') url.protocol = 'http:';
+  if (url.protocol === 'wss:') url.protocol = 'https:';
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`--url must use http or https, got '${url.protocol}'`);
+  if (url.pathname === '/' || url.pathname === '') url.pathname = '/api/trpc';
+  return url.toString().replace(/\/$/, '');
+}
+
+async function viaDashboard(results: OfflineResults, base: string, adminToken: string | undefined): Promise<unknown> {
+  const client = createTRPCUntypedClient<AnyRouter>({
+    links: [
+      httpLink({
+        url: trpcUrl(base),
+        transformer: superjson,
+        headers: () => (adminToken ? { authorization: `Bearer ${adminToken}` } : {}),
+      }),
+    ],
+  });
+  try {
+    return await client.mutation('runs.importResults', results);
+  } catch (err) {
+    if (err instanceof TRPCClientError) {
+      const code = (err.data as { code?: string } | undefined)?.code;
+      throw new Error(code ? `the dashboard refused the import (${code}): ${err.message}` : `cannot reach the dashboard at ${base}: ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+async function intoDatabase(results: OfflineResults): Promise<unknown> {
+  const [{ createClient }, { migrate, DEFAULT_SQLITE_URL }, { importResults }] = await Promise.all([
+    import('../server/db'),
+    import('../server/migrate'),
+    import('../server/import'),
+  ]);
+  const url = process.env.DATABASE_URL || DEFAULT_SQLITE_URL;
+  await migrate(url);
+  const { client } = createClient(url);
+  try {
+    return await importResults(client, results);
+  } finally {
+    await client.$disconnect();
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { url: { type: 'string' }, 'admin-token': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new Error('give exactly one results file: flashlab import results.json');
+  const results = await readResults(positionals[0]);
+  const answer = values.url
+    ? await viaDashboard(results, values.url, values['admin-token'] ?? process.env.FLASHLAB_ADMIN_TOKEN)
+    : await intoDatabase(results);
+  process.stdout.write(`${JSON.stringify(answer)}\n`);
+  process.stderr.write(`imported ${results.runs.length} runs of '${results.experiment.name}'${results.failures.length ? ` (${results.failures.length} failures recorded in the file were not imported as runs)` : ''}\n`);
+  return 0;
+}
