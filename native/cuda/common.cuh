@@ -1,0 +1,123 @@
+// Shared by every kernel file: error checking with file and line, the element types the kernels take, and the
+// ONE place where runtime flags (dtype, head dim, booleans) become template parameters.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace flashlab::cuda {
+
+// Element type of a kernel's tensors. Attention kernels take F16/BF16 (fp32 accumulation); element-wise
+// kernels take all three.
+enum class ElemType : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+inline const char* elemTypeName(ElemType t) {
+  switch (t) {
+    case ElemType::F32: return "fp32";
+    case ElemType::F16: return "fp16";
+    case ElemType::BF16: return "bf16";
+  }
+  return "unknown";
+}
+
+// A CUDA failure (including out of memory) or an unsupported request, with where it was raised.
+struct KernelError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void throwCudaError(cudaError_t err, const char* what, const char* file, int line) {
+  throw KernelError(std::string("CUDA error ") + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) +
+                    ") in " + what + " at " + file + ":" + std::to_string(line));
+}
+
+[[noreturn]] inline void throwUnsupported(const std::string& msg, const char* file, int line) {
+  throw KernelError(msg + " (" + file + ":" + std::to_string(line) + ")");
+}
+
+}  // namespace flashlab::cuda
+
+#define FL_CUDA_CHECK(expr)                                                        \
+  do {                                                                             \
+    cudaError_t fl_err_ = (expr);                                                  \
+    if (fl_err_ != cudaSuccess) ::flashlab::cuda::throwCudaError(fl_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+// After a launch: configuration errors surface here; asynchronous faults surface at the next checked call.
+#define FL_CHECK_LAUNCH() FL_CUDA_CHECK(cudaGetLastError())
+
+#define FL_REQUIRE(cond, msg)                                                       \
+  do {                                                                              \
+    if (!(cond)) ::flashlab::cuda::throwUnsupported(std::string(msg), __FILE__, __LINE__); \
+  } while (0)
+
+namespace flashlab::cuda {
+
+// ---- the one switch helper: runtime value -> compile-time type/constant, then call f with it.
+template <class F>
+void dispatchElem(ElemType t, F&& f) {
+  switch (t) {
+    case ElemType::F32: f(float{}); return;
+    case ElemType::F16: f(__half{}); return;
+    case ElemType::BF16: f(__nv_bfloat16{}); return;
+  }
+  throw KernelError("unknown element type " + std::to_string(static_cast<int>(t)));
+}
+
+// Attention kernels run on the tensor cores in fp16/bf16 only.
+template <class F>
+void dispatchHalfElem(ElemType t, const char* kernel, F&& f) {
+  switch (t) {
+    case ElemType::F16: f(__half{}); return;
+    case ElemType::BF16: f(__nv_bfloat16{}); return;
+    default: break;
+  }
+  throw KernelError(std::string(kernel) + ": dtype " + elemTypeName(t) + " is not supported (fp16 or bf16)");
+}
+
+template <class F>
+void dispatchHeadDim(int headDim, const char* kernel, F&& f) {
+  switch (headDim) {
+    case 64: f(std::integral_constant<int, 64>{}); return;
+    case 128: f(std::integral_constant<int, 128>{}); return;
+    default: break;
+  }
+  throw KernelError(std::string(kernel) + ": head dim " + std::to_string(headDim) +
+                    " is not supported (64 or 128)");
+}
+
+template <class F>
+void dispatchBool(bool b, F&& f) {
+  if (b) f(std::true_type{});
+  else f(std::false_type{});
+}
+
+// ---- element conversions usable from templates
+template <class T> __device__ __forceinline__ float toFloat(T v);
+template <> __device__ __forceinline__ float toFloat<float>(float v) { return v; }
+template <> __device__ __forceinline__ float toFloat<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float toFloat<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T> __device__ __forceinline__ T fromFloat(float v);
+template <> __device__ __forceinline__ float fromFloat<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half fromFloat<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__host__ __device__ inline int ceilDiv(int a, int b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceilDiv64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Multiprocessor count of the current device (cheap: the runtime caches the attribute).
+inline int multiprocessorCount() {
+  int dev = 0, n = 0;
+  FL_CUDA_CHECK(cudaGetDevice(&dev));
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n;
+}
+
+}  // namespace flashlab::cuda
