@@ -137,6 +137,9 @@ export const EnvironmentRecord = z.object({
   gitCommit: z.string().optional(),
   nodeVersion: z.string(),
   startedAt: z.string(),
+  /** The card's measured ceilings (dense matmul TFLOP/s at the run's dtype, device-memory GB/s) when the agent or a
+   *  bench measured them; the dashboard's roofline view draws its roofs from these. */
+  ceilings: z.object({ tflops: z.number().positive(), gbps: z.number().positive() }).optional(),
 });
 export type EnvironmentRecord = z.infer<typeof EnvironmentRecord>;
 
