@@ -3,11 +3,18 @@
 import type { AgentInventory } from '../contracts/agent';
 import { Engine } from '../native/engine';
 import { sleep } from './backoff';
-import { AgentConnection, type AgentApi, type HelloAnswer, isAuthError, isTransportError, NotConnectedError } from './connection';
+import { ChatSessions } from './chats';
+import {
+  type AgentApi,
+  AgentConnection,
+  type HelloAnswer,
+  isAuthError,
+  isTransportError,
+  NotConnectedError,
+} from './connection';
 import { EngineCache } from './engine-cache';
 import { collectInventory, environmentRecord } from './inventory';
 import type { Logger } from './log';
-import { ChatSessions } from './chats';
 import { runBenchmark } from './runners/benchmark';
 import { Worker } from './worker';
 
@@ -95,7 +102,15 @@ export class Agent {
             this.worker.cancel(event.jobId, event.attempt);
             break;
           case 'chat':
-            if (this.stopping) void api.chatEnd({ requestId: event.request.requestId, ok: false, error: 'the agent is shutting down', stoppedBy: 'error' }).catch(() => undefined);
+            if (this.stopping)
+              void api
+                .chatEnd({
+                  requestId: event.request.requestId,
+                  ok: false,
+                  error: 'the agent is shutting down',
+                  stoppedBy: 'error',
+                })
+                .catch(() => undefined);
             else this.chats.start(event.request);
             break;
           case 'chat-cancel':
@@ -104,7 +119,8 @@ export class Agent {
         }
       },
       (err) => {
-        if (isAuthError(err)) this.fatal(EXIT.authRefused, `the dashboard refused this agent's token: ${(err as Error).message}`);
+        if (isAuthError(err))
+          this.fatal(EXIT.authRefused, `the dashboard refused this agent's token: ${(err as Error).message}`);
         else log.log('warn', `event stream: ${(err as Error).message}`);
       },
     );
@@ -112,8 +128,12 @@ export class Agent {
 
   static async start(opts: AgentOptions): Promise<Agent> {
     const inventory = await collectInventory(opts.name, Engine.buildInfo());
-    const gpus = inventory.gpus.map((g) => `${g.name} (${(g.memoryBytes / 2 ** 30).toFixed(0)} GiB)`).join(', ') || 'no GPUs';
-    opts.logger.log('info', `${inventory.name} on ${inventory.hostname}: ${inventory.cpu.model} x${inventory.cpu.cores}, ${gpus}, engine ${inventory.engine.version} (${inventory.engine.build}), backend ${inventory.backend}`);
+    const gpus =
+      inventory.gpus.map((g) => `${g.name} (${(g.memoryBytes / 2 ** 30).toFixed(0)} GiB)`).join(', ') || 'no GPUs';
+    opts.logger.log(
+      'info',
+      `${inventory.name} on ${inventory.hostname}: ${inventory.cpu.model} x${inventory.cpu.cores}, ${gpus}, engine ${inventory.engine.version} (${inventory.engine.build}), backend ${inventory.backend}`,
+    );
     const agent = new Agent(opts, inventory);
     agent.worker.start();
     return agent;
@@ -124,14 +144,18 @@ export class Agent {
     try {
       const answer = await this.conn.api.hello({ inventory: this.inventory });
       this.hello = answer;
-      log.log('info', `${this.everConnected ? 'reconnected' : 'connected'} to ${this.conn.url} as agent ${answer.agentId} (lease ${answer.leaseMs} ms)`);
+      log.log(
+        'info',
+        `${this.everConnected ? 'reconnected' : 'connected'} to ${this.conn.url} as agent ${answer.agentId} (lease ${answer.leaseMs} ms)`,
+      );
       this.everConnected = true;
       for (const wake of this.readyWaiters.splice(0)) wake();
       this.worker.poke();
     } catch (err) {
       // The socket closed under the hello: the next open says hello again.
       if (isTransportError(err)) return;
-      if (isAuthError(err)) this.fatal(EXIT.authRefused, `the dashboard refused this agent's token: ${(err as Error).message}`);
+      if (isAuthError(err))
+        this.fatal(EXIT.authRefused, `the dashboard refused this agent's token: ${(err as Error).message}`);
       else this.fatal(EXIT.refused, `the dashboard refused this agent's hello: ${(err as Error).message}`);
     }
   }
@@ -148,10 +172,13 @@ export class Agent {
     };
     const gated = {} as Record<string, unknown>;
     for (const [name, fn] of Object.entries(raw) as Array<[keyof AgentApi, (...args: unknown[]) => unknown]>) {
-      gated[name] = name === 'events' ? fn : async (...args: unknown[]) => {
-        await ready();
-        return fn(...args);
-      };
+      gated[name] =
+        name === 'events'
+          ? fn
+          : async (...args: unknown[]) => {
+              await ready();
+              return fn(...args);
+            };
     }
     return gated as unknown as AgentApi;
   }
@@ -166,10 +193,21 @@ export class Agent {
       this.chats.cancelAll();
       for (const job of this.worker.activeJobs) {
         const left = job.estimatedRemainingMs();
-        if (left > graceMs) job.stop({ kind: 'give-back', reason: `agent shutting down; about ${Number.isFinite(left) ? `${Math.round(left / 1000)} s` : 'unknown time'} of work left` });
-        else log.log('info', `[job ${job.ref.jobId}#${job.ref.attempt}] letting it finish (about ${Math.round(left / 1000)} s left)`);
+        if (left > graceMs)
+          job.stop({
+            kind: 'give-back',
+            reason: `agent shutting down; about ${Number.isFinite(left) ? `${Math.round(left / 1000)} s` : 'unknown time'} of work left`,
+          });
+        else
+          log.log(
+            'info',
+            `[job ${job.ref.jobId}#${job.ref.attempt}] letting it finish (about ${Math.round(left / 1000)} s left)`,
+          );
       }
-      const timer = setTimeout(() => this.worker.stopAll({ kind: 'give-back', reason: 'agent shutting down; grace period over' }), graceMs);
+      const timer = setTimeout(
+        () => this.worker.stopAll({ kind: 'give-back', reason: 'agent shutting down; grace period over' }),
+        graceMs,
+      );
       await this.worker.idle();
       clearTimeout(timer);
       await this.chats.idle();

@@ -8,7 +8,10 @@ export interface BackoffOptions {
 
 /** Delay before reconnect/retry attempt `attempt` (0-based): "equal jitter" — half fixed, half random,
  *  so the delay grows like base * 2^attempt up to maxMs but never collapses to zero. */
-export function backoffDelay(attempt: number, { baseMs = 250, maxMs = 10_000, random = Math.random }: BackoffOptions = {}): number {
+export function backoffDelay(
+  attempt: number,
+  { baseMs = 250, maxMs = 10_000, random = Math.random }: BackoffOptions = {},
+): number {
   const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }

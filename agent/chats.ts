@@ -21,12 +21,19 @@ export class ChatSessions {
   start(req: ChatRequest): void {
     if (this.controllers.has(req.requestId)) return; // the same request delivered twice (event replay)
     if (this.controllers.size >= MAX_WAITING) {
-      void this.end({ requestId: req.requestId, ok: false, error: `the agent has ${MAX_WAITING} chat requests waiting; try again shortly`, stoppedBy: 'error' });
+      void this.end({
+        requestId: req.requestId,
+        ok: false,
+        error: `the agent has ${MAX_WAITING} chat requests waiting; try again shortly`,
+        stoppedBy: 'error',
+      });
       return;
     }
     const controller = new AbortController();
     this.controllers.set(req.requestId, controller);
-    this.chain = this.chain.then(() => this.answer(req, controller.signal)).finally(() => this.controllers.delete(req.requestId));
+    this.chain = this.chain
+      .then(() => this.answer(req, controller.signal))
+      .finally(() => this.controllers.delete(req.requestId));
   }
 
   cancel(requestId: string): void {
@@ -50,7 +57,10 @@ export class ChatSessions {
     let end: ChatEnd;
     try {
       if (signal.aborted) throw Object.assign(new Error('cancelled'), { name: 'AbortError' });
-      this.logger.log('info', `${tag} ${req.model} ${req.attention} kv=${req.kvCache ? 'on' : 'off'} tp=${req.tp}, up to ${req.maxNewTokens} tokens`);
+      this.logger.log(
+        'info',
+        `${tag} ${req.model} ${req.attention} kv=${req.kvCache ? 'on' : 'off'} tp=${req.tp}, up to ${req.maxNewTokens} tokens`,
+      );
       end = await runChat(req, { engines: this.engines, signal, send: (d) => this.api.chatDelta(d) });
       this.logger.log('info', `${tag} ${end.newTokens} tokens, ${end.tokensPerSec?.toFixed(1)} tok/s`);
     } catch (err) {
@@ -68,6 +78,10 @@ export class ChatSessions {
   }
 
   private async end(end: ChatEnd): Promise<void> {
-    await this.api.chatEnd(end).catch((err: unknown) => this.logger.log('warn', `[chat ${end.requestId}] could not send its end: ${(err as Error).message}`));
+    await this.api
+      .chatEnd(end)
+      .catch((err: unknown) =>
+        this.logger.log('warn', `[chat ${end.requestId}] could not send its end: ${(err as Error).message}`),
+      );
   }
 }

@@ -1,7 +1,8 @@
 // The agent's line to the dashboard: tRPC over one WebSocket (token in connectionParams), reconnecting with
 // back-off, and a typed facade over the agent procedures of contracts/agent.ts whose answers are validated.
-import { createTRPCUntypedClient, createWSClient, TRPCClientError, wsLink } from '@trpc/client';
+
 import type { TRPCLink } from '@trpc/client';
+import { createTRPCUntypedClient, createWSClient, TRPCClientError, wsLink } from '@trpc/client';
 import type { AnyRouter } from '@trpc/server';
 import superjson from 'superjson';
 import WebSocket from 'ws';
@@ -69,7 +70,10 @@ export const HelloAnswer = z.object({
 });
 export type HelloAnswer = z.infer<typeof HelloAnswer>;
 const LeaseAnswer = z.object({ job: z.unknown().nullable() });
-const RenewAnswer = z.object({ leaseExpiresAt: z.union([z.string(), z.date()]).optional(), cancelRequested: z.boolean() });
+const RenewAnswer = z.object({
+  leaseExpiresAt: z.union([z.string(), z.date()]).optional(),
+  cancelRequested: z.boolean(),
+});
 
 /** A leased job whose config this agent cannot read: it is failed with the reason instead of being run. */
 export interface UnreadableJob {
@@ -110,7 +114,9 @@ function socketClass(onAuthRefused: (message: string) => void): typeof globalThi
       this.on('message', (data, isBinary) => {
         if (isBinary) return;
         // tRPC sets binaryType 'arraybuffer', which ws applies to text frames as well.
-        const text = (data instanceof ArrayBuffer ? Buffer.from(data) : Array.isArray(data) ? Buffer.concat(data) : data).toString('utf8');
+        const text = (
+          data instanceof ArrayBuffer ? Buffer.from(data) : Array.isArray(data) ? Buffer.concat(data) : data
+        ).toString('utf8');
         if (!text.startsWith('{') || !text.includes('"id":null')) return;
         try {
           const msg = JSON.parse(text) as { error?: { message?: string; data?: { code?: string } } };
@@ -154,7 +160,10 @@ export class AgentConnection {
         const parsed = LeasedJobSchema.safeParse(job);
         if (parsed.success) return parsed.data;
         const ref = z.object({ jobId: z.string(), attempt: z.number().int() }).safeParse(job);
-        if (!ref.success) throw new Error(`the dashboard leased a job this agent cannot identify: ${JSON.stringify(job).slice(0, 300)}`);
+        if (!ref.success)
+          throw new Error(
+            `the dashboard leased a job this agent cannot identify: ${JSON.stringify(job).slice(0, 300)}`,
+          );
         return { ref: ref.data, problem: z.prettifyError(parsed.error) };
       },
       renew: async (ref) => RenewAnswer.parse(await mutate('renew', ref)),
@@ -180,16 +189,23 @@ export class AgentConnection {
         await mutate('chatEnd', end);
       },
       events: (onEvent, onError) =>
-        client.subscription('agent.events', {}, {
-          onData: (raw: unknown) => {
-            // tracked() events arrive as { id, data }; plain ones as the event itself.
-            const value = raw && typeof raw === 'object' && 'data' in raw && !('type' in raw) ? (raw as { data: unknown }).data : raw;
-            const event = AgentEvent.safeParse(value);
-            if (event.success) onEvent(event.data);
-            else onError(new Error(`unreadable agent event: ${z.prettifyError(event.error)}`));
+        client.subscription(
+          'agent.events',
+          {},
+          {
+            onData: (raw: unknown) => {
+              // tracked() events arrive as { id, data }; plain ones as the event itself.
+              const value =
+                raw && typeof raw === 'object' && 'data' in raw && !('type' in raw)
+                  ? (raw as { data: unknown }).data
+                  : raw;
+              const event = AgentEvent.safeParse(value);
+              if (event.success) onEvent(event.data);
+              else onError(new Error(`unreadable agent event: ${z.prettifyError(event.error)}`));
+            },
+            onError,
           },
-          onError,
-        }),
+        ),
     };
   }
 

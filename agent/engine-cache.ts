@@ -17,7 +17,13 @@ export interface EngineSpec {
 }
 
 const keyOf = (s: EngineSpec) =>
-  JSON.stringify([s.model, s.weights.kind === 'random' ? ['random', s.weights.seed] : ['checkpoint', s.weights.path], s.dtype, s.device, s.tp]);
+  JSON.stringify([
+    s.model,
+    s.weights.kind === 'random' ? ['random', s.weights.seed] : ['checkpoint', s.weights.path],
+    s.dtype,
+    s.device,
+    s.tp,
+  ]);
 
 export class EngineCache {
   private current: { key: string; engine: Engine; maxBatch: number; maxSeqLen: number } | undefined;
@@ -26,7 +32,8 @@ export class EngineCache {
   async get(spec: EngineSpec): Promise<{ engine: Engine; reused: boolean }> {
     const key = keyOf(spec);
     const c = this.current;
-    if (c && c.key === key && c.maxBatch >= spec.maxBatch && c.maxSeqLen >= spec.maxSeqLen) return { engine: c.engine, reused: true };
+    if (c && c.key === key && c.maxBatch >= spec.maxBatch && c.maxSeqLen >= spec.maxSeqLen)
+      return { engine: c.engine, reused: true };
     this.dispose();
     // Grow rather than shrink when the same model comes back bigger, so that alternating shapes do not reload.
     const maxBatch = Math.max(spec.maxBatch, c?.key === key ? c.maxBatch : 0);

@@ -12,8 +12,7 @@ const run = promisify(execFile);
 export const AGENT_VERSION = '0.1.0';
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-export const NVIDIA_SMI_QUERY =
-  'index,name,uuid,memory.total,driver_version,clocks.sm,clocks.mem,temperature.gpu';
+export const NVIDIA_SMI_QUERY = 'index,name,uuid,memory.total,driver_version,clocks.sm,clocks.mem,temperature.gpu';
 
 /** nvidia-smi prints "[N/A]" or "N/A" for what a card does not report. */
 function optionalNumber(field: string | undefined): number | undefined {
@@ -35,7 +34,8 @@ export function parseNvidiaSmi(csv: string): GpuInfo[] {
     if (f.length < 4) throw new Error(`unexpected nvidia-smi line (want ${NVIDIA_SMI_QUERY}): ${line}`);
     const index = optionalNumber(f[0]);
     const memMiB = optionalNumber(f[3]);
-    if (index === undefined || !Number.isInteger(index)) throw new Error(`nvidia-smi line without a GPU index: ${line}`);
+    if (index === undefined || !Number.isInteger(index))
+      throw new Error(`nvidia-smi line without a GPU index: ${line}`);
     gpus.push({
       index,
       name: f[1],

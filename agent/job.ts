@@ -15,14 +15,15 @@ export type StopReason =
 
 export type JobOutcome = 'completed' | 'failed' | 'cancelled' | 'given-back' | 'lease-lost' | 'unreported';
 
-export interface JobRunner {
-  (config: JobConfig, ctx: {
+export type JobRunner = (
+  config: JobConfig,
+  ctx: {
     signal: AbortSignal;
     environment: () => Promise<EnvironmentRecord>;
     log: (level: 'info' | 'warn', text: string) => void;
     progress: (fraction: number, message: string) => void;
-  }): Promise<RunResult>;
-}
+  },
+) => Promise<RunResult>;
 
 export interface JobDeps {
   api: AgentApi;
@@ -71,7 +72,9 @@ export class RunningJob {
     const { api, runner } = this.deps;
     const signal = this.controller.signal;
     const c = this.job.config;
-    this.log.info(`started: ${c.model} ${c.attention} kv=${c.kvCache ? 'on' : 'off'} tp=${c.tp} ${c.dtype} ${c.device} batch=${c.batchSize} prompt=${c.promptLength} new=${c.newTokens} (warm-up ${c.warmup}, repeats ${c.repeats})`);
+    this.log.info(
+      `started: ${c.model} ${c.attention} kv=${c.kvCache ? 'on' : 'off'} tp=${c.tp} ${c.dtype} ${c.device} batch=${c.batchSize} prompt=${c.promptLength} new=${c.newTokens} (warm-up ${c.warmup}, repeats ${c.repeats})`,
+    );
     const renewTimer = setInterval(() => void this.renew(), this.deps.renewEveryMs);
     let lastProgressSent = 0;
     let report: (() => Promise<void>) | undefined;
@@ -91,7 +94,9 @@ export class RunningJob {
         },
       });
       if (signal.aborted) throw signal.reason;
-      this.log.info(`done: ${result.repeats.length} repeats, median tpot ${result.summary.tpotMs?.median.toFixed(2) ?? '-'} ms`);
+      this.log.info(
+        `done: ${result.repeats.length} repeats, median tpot ${result.summary.tpotMs?.median.toFixed(2) ?? '-'} ms`,
+      );
       report = () => api.complete(this.ref, result);
       outcome = 'completed';
     } catch (err) {
@@ -131,7 +136,10 @@ export class RunningJob {
     } catch (err) {
       // Down connection: the next tick tries again; the lease outlives a few missed renewals.
       if (isTransportError(err)) return;
-      this.deps.logger.log('warn', `[${jobTag(this.ref)}] lease renewal refused (${serverErrorCode(err) ?? 'error'}): ${(err as Error).message}`);
+      this.deps.logger.log(
+        'warn',
+        `[${jobTag(this.ref)}] lease renewal refused (${serverErrorCode(err) ?? 'error'}): ${(err as Error).message}`,
+      );
       this.stop({ kind: 'lease-lost', reason: `lease renewal refused: ${(err as Error).message}` });
     }
   }
@@ -145,11 +153,17 @@ export class RunningJob {
         return true;
       } catch (err) {
         if (!isTransportError(err)) {
-          this.deps.logger.log('warn', `[${jobTag(this.ref)}] the dashboard refused the job's end (${serverErrorCode(err) ?? 'error'}): ${(err as Error).message}`);
+          this.deps.logger.log(
+            'warn',
+            `[${jobTag(this.ref)}] the dashboard refused the job's end (${serverErrorCode(err) ?? 'error'}): ${(err as Error).message}`,
+          );
           return false;
         }
         if (Date.now() > deadline || this.deps.exitSignal?.aborted) {
-          this.deps.logger.log('error', `[${jobTag(this.ref)}] could not reach the dashboard to report the job's end; its lease will expire and it will be requeued`);
+          this.deps.logger.log(
+            'error',
+            `[${jobTag(this.ref)}] could not reach the dashboard to report the job's end; its lease will expire and it will be requeued`,
+          );
           return false;
         }
         try {

@@ -50,9 +50,15 @@ export class JobLog {
     else this.timer ??= setTimeout(() => void this.flush(), this.flushMs);
   }
 
-  info(text: string) { this.line('info', text); }
-  warn(text: string) { this.line('warn', text); }
-  error(text: string) { this.line('error', text); }
+  info(text: string) {
+    this.line('info', text);
+  }
+  warn(text: string) {
+    this.line('warn', text);
+  }
+  error(text: string) {
+    this.line('error', text);
+  }
 
   /** Sends what is buffered; lines that could not be sent because the connection is down stay for the next try. */
   flush(): Promise<void> {
@@ -61,7 +67,11 @@ export class JobLog {
     this.sending = this.sending.then(async () => {
       while (this.buffer.length > 0) {
         if (this.dropped > 0) {
-          this.buffer.unshift({ ts: new Date().toISOString(), level: 'warn', text: `[${jobTag(this.ref)}] ${this.dropped} log lines dropped while the dashboard was unreachable` });
+          this.buffer.unshift({
+            ts: new Date().toISOString(),
+            level: 'warn',
+            text: `[${jobTag(this.ref)}] ${this.dropped} log lines dropped while the dashboard was unreachable`,
+          });
           this.dropped = 0;
         }
         const batch = this.buffer.slice(0, MAX_BATCH);

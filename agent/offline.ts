@@ -1,7 +1,14 @@
 // Offline runs: a plan's experiment expanded and run here, one job after another on the same runner as online
 // jobs, into a results file that `flashlab import` later puts into the history.
 import os from 'node:os';
-import { type ExperimentSpec, expandExperiment, type JobConfig, OfflinePlan, type OfflineResults, type RunResult } from '../contracts/experiment';
+import {
+  type ExperimentSpec,
+  expandExperiment,
+  type JobConfig,
+  OfflinePlan,
+  type OfflineResults,
+  type RunResult,
+} from '../contracts/experiment';
 import { Engine } from '../native/engine';
 import { EngineCache } from './engine-cache';
 import { collectInventory, environmentRecord } from './inventory';
@@ -11,7 +18,13 @@ export interface OfflineRunOptions {
   agentName?: string;
   signal?: AbortSignal;
   /** Called as each job starts and ends, for a progress display. */
-  onJob?: (index: number, total: number, config: JobConfig, state: 'start' | 'done' | 'failed', detail?: string) => void;
+  onJob?: (
+    index: number,
+    total: number,
+    config: JobConfig,
+    state: 'start' | 'done' | 'failed',
+    detail?: string,
+  ) => void;
   log?: (level: 'info' | 'warn', text: string) => void;
 }
 

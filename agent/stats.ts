@@ -29,7 +29,15 @@ export function summarize(values: readonly number[]): FigureSummary {
   };
 }
 
-const SCALAR_FIGURES = ['prefillMs', 'tpotMs', 'totalMs', 'tokensPerSec', 'peakMemBytes', 'kvCacheBytes', 'weightsBytes'] as const;
+const SCALAR_FIGURES = [
+  'prefillMs',
+  'tpotMs',
+  'totalMs',
+  'tokensPerSec',
+  'peakMemBytes',
+  'kvCacheBytes',
+  'weightsBytes',
+] as const;
 
 /** One summary per scalar figure of the repeats; optional figures are summarised when every repeat has them. */
 export function summarizeRepeats(repeats: readonly RepeatFigures[]): RunSummary {

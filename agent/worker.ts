@@ -98,7 +98,10 @@ export class Worker {
       }
       if (!this.taking) {
         // Shutdown began while the lease was in flight: hand the job straight back.
-        if (leased && 'config' in leased) await api.giveBack({ jobId: leased.jobId, attempt: leased.attempt }, 'agent shutting down').catch(() => undefined);
+        if (leased && 'config' in leased)
+          await api
+            .giveBack({ jobId: leased.jobId, attempt: leased.attempt }, 'agent shutting down')
+            .catch(() => undefined);
         break;
       }
       if (leased === null) {
@@ -107,7 +110,9 @@ export class Worker {
       }
       if (!('config' in leased)) {
         logger.log('error', `[${jobTag(leased.ref)}] cannot read the job's config: ${leased.problem}`);
-        await api.fail(leased.ref, `the agent cannot read this job's config: ${leased.problem}`, false).catch(() => undefined);
+        await api
+          .fail(leased.ref, `the agent cannot read this job's config: ${leased.problem}`, false)
+          .catch(() => undefined);
         continue;
       }
       this.launch(slot, leased);

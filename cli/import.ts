@@ -40,7 +40,8 @@ function trpcUrl(base: string): string {
   }
   if (url.protocol === 'ws:') url.protocol = 'http:';
   if (url.protocol === 'wss:') url.protocol = 'https:';
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`--url must use http or https, got '${url.protocol}'`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new Error(`--url must use http or https, got '${url.protocol}'`);
   if (url.pathname === '/' || url.pathname === '') url.pathname = '/api/trpc';
   return url.toString().replace(/\/$/, '');
 }
@@ -60,7 +61,11 @@ async function viaDashboard(results: OfflineResults, base: string, adminToken: s
   } catch (err) {
     if (err instanceof TRPCClientError) {
       const code = (err.data as { code?: string } | undefined)?.code;
-      throw new Error(code ? `the dashboard refused the import (${code}): ${err.message}` : `cannot reach the dashboard at ${base}: ${err.message}`);
+      throw new Error(
+        code
+          ? `the dashboard refused the import (${code}): ${err.message}`
+          : `cannot reach the dashboard at ${base}: ${err.message}`,
+      );
     }
     throw err;
   }
@@ -99,6 +104,8 @@ export async function main(argv: string[]): Promise<number> {
     ? await viaDashboard(results, values.url, values['admin-token'] ?? process.env.FLASHLAB_ADMIN_TOKEN)
     : await intoDatabase(results);
   process.stdout.write(`${JSON.stringify(answer)}\n`);
-  process.stderr.write(`imported ${results.runs.length} runs of '${results.experiment.name}'${results.failures.length ? ` (${results.failures.length} failures recorded in the file were not imported as runs)` : ''}\n`);
+  process.stderr.write(
+    `imported ${results.runs.length} runs of '${results.experiment.name}'${results.failures.length ? ` (${results.failures.length} failures recorded in the file were not imported as runs)` : ''}\n`,
+  );
   return 0;
 }

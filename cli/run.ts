@@ -29,7 +29,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${HELP}\n`);
     return 0;
   }
-  if (positionals.length !== 1) throw new Error('give exactly one plan file: flashlab run plan.json --out results.json');
+  if (positionals.length !== 1)
+    throw new Error('give exactly one plan file: flashlab run plan.json --out results.json');
   if (!values.out) throw new Error('--out is required: where to write the results');
   const planPath = positionals[0];
   let json: unknown;
@@ -62,7 +63,9 @@ export async function main(argv: string[]): Promise<number> {
   await writeFile(tmp, `${JSON.stringify(results, null, 2)}\n`);
   await rename(tmp, values.out);
   const total = results.runs.length + results.failures.length;
-  say(`wrote ${values.out}: ${results.runs.length} runs, ${results.failures.length} failures${controller.signal.aborted ? ` (interrupted; ${total} of the plan's jobs ran)` : ''}`);
+  say(
+    `wrote ${values.out}: ${results.runs.length} runs, ${results.failures.length} failures${controller.signal.aborted ? ` (interrupted; ${total} of the plan's jobs ran)` : ''}`,
+  );
   if (controller.signal.aborted) return 130;
   return results.failures.length > 0 ? 1 : 0;
 }

@@ -30,7 +30,9 @@ function prng(seed: number): () => number {
 /** batchSize rows of promptLength token ids in [0, vocabSize), the same for the same seed everywhere. */
 export function benchmarkPrompt(seed: number, batchSize: number, promptLength: number, vocabSize: number): number[][] {
   const next = prng(seed ^ 0x5eed1ab);
-  return Array.from({ length: batchSize }, () => Array.from({ length: promptLength }, () => Math.floor(next() * vocabSize)));
+  return Array.from({ length: batchSize }, () =>
+    Array.from({ length: promptLength }, () => Math.floor(next() * vocabSize)),
+  );
 }
 
 function checkAborted(signal: AbortSignal): void {
@@ -46,20 +48,35 @@ export async function runBenchmark(config: JobConfig, ctx: BenchmarkContext): Pr
   if (!model) throw new Error(`config.model: unknown model '${config.model}'`);
   const seqLen = config.promptLength + config.newTokens;
   if (seqLen > model.maxPositions)
-    throw new Error(`config.promptLength: ${config.promptLength} + ${config.newTokens} new tokens exceeds ${model.name}'s ${model.maxPositions} positions`);
+    throw new Error(
+      `config.promptLength: ${config.promptLength} + ${config.newTokens} new tokens exceeds ${model.name}'s ${model.maxPositions} positions`,
+    );
 
   ctx.progress(0, 'loading the engine');
   const loadStart = performance.now();
   const { engine, reused } = await ctx.engines.get({
-    model: config.model, weights: config.weights, dtype: config.dtype, device: config.device, tp: config.tp,
-    maxBatch: config.batchSize, maxSeqLen: seqLen,
+    model: config.model,
+    weights: config.weights,
+    dtype: config.dtype,
+    device: config.device,
+    tp: config.tp,
+    maxBatch: config.batchSize,
+    maxSeqLen: seqLen,
   });
-  ctx.log('info', reused ? 'reusing the loaded engine' : `engine loaded in ${Math.round(performance.now() - loadStart)} ms`);
+  ctx.log(
+    'info',
+    reused ? 'reusing the loaded engine' : `engine loaded in ${Math.round(performance.now() - loadStart)} ms`,
+  );
   checkAborted(ctx.signal);
 
   // A checkpoint may have a smaller vocabulary than the named model's: draw ids the loaded model has.
   const vocabSize = (engine as { config?: { vocabSize?: number } }).config?.vocabSize ?? model.vocabSize;
-  const inputIds = benchmarkPrompt(config.weights.kind === 'random' ? config.weights.seed : 0, config.batchSize, config.promptLength, vocabSize);
+  const inputIds = benchmarkPrompt(
+    config.weights.kind === 'random' ? config.weights.seed : 0,
+    config.batchSize,
+    config.promptLength,
+    vocabSize,
+  );
   const environment = await ctx.environment();
 
   const total = config.warmup + config.repeats;
@@ -96,7 +113,10 @@ export async function runBenchmark(config: JobConfig, ctx: BenchmarkContext): Pr
     };
     repeats.push(figures);
     sampleTokens ??= out.tokens[0]?.slice(config.promptLength);
-    ctx.log('info', `${label}: prefill ${figures.prefillMs.toFixed(2)} ms, tpot ${figures.tpotMs.toFixed(2)} ms, ${figures.tokensPerSec.toFixed(1)} tok/s`);
+    ctx.log(
+      'info',
+      `${label}: prefill ${figures.prefillMs.toFixed(2)} ms, tpot ${figures.tpotMs.toFixed(2)} ms, ${figures.tokensPerSec.toFixed(1)} tok/s`,
+    );
     ctx.progress((i + 1) / total, label);
   }
   return {

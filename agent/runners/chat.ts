@@ -28,12 +28,20 @@ export async function runChat(req: ChatRequest, ctx: ChatContext): Promise<ChatE
   let inputIds = tokenizer.encode(prompt);
   // Keep the newest context when the conversation outgrows the model: the answer needs room too.
   const room = model.maxPositions - req.maxNewTokens;
-  if (room < 1) throw new Error(`request.maxNewTokens: ${req.maxNewTokens} leaves no room for a prompt in ${model.name}'s ${model.maxPositions} positions`);
+  if (room < 1)
+    throw new Error(
+      `request.maxNewTokens: ${req.maxNewTokens} leaves no room for a prompt in ${model.name}'s ${model.maxPositions} positions`,
+    );
   if (inputIds.length > room) inputIds = inputIds.slice(inputIds.length - room);
 
   const { engine } = await ctx.engines.get({
-    model: req.model, weights: req.weights, dtype: req.dtype, device: req.device, tp: req.tp,
-    maxBatch: 1, maxSeqLen: inputIds.length + req.maxNewTokens,
+    model: req.model,
+    weights: req.weights,
+    dtype: req.dtype,
+    device: req.device,
+    tp: req.tp,
+    maxBatch: 1,
+    maxSeqLen: inputIds.length + req.maxNewTokens,
   });
 
   const stream = tokenizer.createStreamDecoder();
@@ -50,7 +58,9 @@ export async function runChat(req: ChatRequest, ctx: ChatContext): Promise<ChatE
     return sending;
   };
   const timer = setInterval(() => void flush(), ctx.flushMs ?? 50);
-  const stopTokens = [...new Set([...req.sampling.stopTokens, ...(tokenizer.eosTokenId !== undefined ? [tokenizer.eosTokenId] : [])])];
+  const stopTokens = [
+    ...new Set([...req.sampling.stopTokens, ...(tokenizer.eosTokenId !== undefined ? [tokenizer.eosTokenId] : [])]),
+  ];
   try {
     const out = await engine.generate({
       inputIds: [inputIds],

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import os from 'node:os';
 import { describe, it } from 'node:test';
-import { AgentInventory, EnvironmentRecord } from '../../contracts';
 import { backoffDelay } from '../../agent/backoff';
 import { agentSocketUrl } from '../../agent/connection';
 import { collectInventory, environmentRecord, parseNvidiaSmi } from '../../agent/inventory';
 import { benchmarkPrompt } from '../../agent/runners/benchmark';
+import { AgentInventory, EnvironmentRecord } from '../../contracts';
 
 describe('parseNvidiaSmi', () => {
   it('reads the query fields, MiB to bytes, and N/A as absent', () => {
@@ -17,8 +17,14 @@ describe('parseNvidiaSmi', () => {
     const gpus = parseNvidiaSmi(csv);
     assert.equal(gpus.length, 2);
     assert.deepEqual(gpus[0], {
-      index: 0, name: 'NVIDIA H100 80GB HBM3', uuid: 'GPU-1a2b3c4d-0000-1111-2222-333344445555', memoryBytes: 81559 * 1024 * 1024,
-      driver: '550.54.15', smClockMHz: 1980, memClockMHz: 2619, temperatureC: 34,
+      index: 0,
+      name: 'NVIDIA H100 80GB HBM3',
+      uuid: 'GPU-1a2b3c4d-0000-1111-2222-333344445555',
+      memoryBytes: 81559 * 1024 * 1024,
+      driver: '550.54.15',
+      smClockMHz: 1980,
+      memClockMHz: 2619,
+      temperatureC: 34,
     });
     assert.equal(gpus[1].index, 1);
     assert.equal(gpus[1].smClockMHz, undefined);

@@ -7,13 +7,37 @@ import { isRetryableEngineError, type JobRunner, RunningJob } from '../../agent/
 import type { LeasedJob } from '../../contracts';
 
 const job: LeasedJob = {
-  jobId: 'job-1', attempt: 2, experimentId: 'exp-1', leaseExpiresAt: new Date().toISOString(),
+  jobId: 'job-1',
+  attempt: 2,
+  experimentId: 'exp-1',
+  leaseExpiresAt: new Date().toISOString(),
   config: {
-    model: 'gpt2-tiny', weights: { kind: 'random', seed: 1 }, attention: 'fa2', kvCache: true, tp: 1, dtype: 'fp32',
-    device: 'cpu', batchSize: 1, promptLength: 8, newTokens: 4, warmup: 0, repeats: 1,
+    model: 'gpt2-tiny',
+    weights: { kind: 'random', seed: 1 },
+    attention: 'fa2',
+    kvCache: true,
+    tp: 1,
+    dtype: 'fp32',
+    device: 'cpu',
+    batchSize: 1,
+    promptLength: 8,
+    newTokens: 4,
+    warmup: 0,
+    repeats: 1,
   },
 };
-const environment = { agentName: 'a', hostname: 'h', backend: 'cpu' as const, cpuModel: 'c', cpuCores: 1, memoryBytes: 1, gpus: [], engineBuild: 'b', nodeVersion: 'v', startedAt: 't' };
+const environment = {
+  agentName: 'a',
+  hostname: 'h',
+  backend: 'cpu' as const,
+  cpuModel: 'c',
+  cpuCores: 1,
+  memoryBytes: 1,
+  gpus: [],
+  engineBuild: 'b',
+  nodeVersion: 'v',
+  startedAt: 't',
+};
 const result = {
   config: job.config,
   repeats: [{ prefillMs: 1, tpotMs: 1, totalMs: 1, tokensPerSec: 1, peakMemBytes: 1 }],
@@ -22,14 +46,18 @@ const result = {
 };
 
 const serverError = (code: string, message: string) =>
-  new TRPCClientError(message, { result: { error: { code: -32600, message, data: { code, httpStatus: 409 } } } as never });
+  new TRPCClientError(message, {
+    result: { error: { code: -32600, message, data: { code, httpStatus: 409 } } } as never,
+  });
 const closedError = () => new TRPCClientError('WebSocket closed');
 
 function fakeApi(overrides: Partial<AgentApi> = {}) {
   const calls: Array<[string, unknown[]]> = [];
-  const rec = (name: string) => async (...args: unknown[]) => {
-    calls.push([name, args]);
-  };
+  const rec =
+    (name: string) =>
+    async (...args: unknown[]) => {
+      calls.push([name, args]);
+    };
   const api = {
     hello: async () => ({ agentId: 'x', leaseMs: 1000, renewEveryMs: 100 }),
     lease: async () => null,
@@ -53,43 +81,64 @@ function fakeApi(overrides: Partial<AgentApi> = {}) {
 
 const quietLogger = { log() {} };
 /** A runner that works until its signal aborts (as the engine does), or returns after ms. */
-const slowRunner = (ms: number): JobRunner => (_config, ctx) =>
-  new Promise((resolve, reject) => {
-    ctx.progress(0.5, 'half way');
-    const t = setTimeout(() => resolve(result), ms);
-    ctx.signal.addEventListener('abort', () => {
-      clearTimeout(t);
-      reject(Object.assign(new Error('aborted'), { name: 'AbortError' }));
+const slowRunner =
+  (ms: number): JobRunner =>
+  (_config, ctx) =>
+    new Promise((resolve, reject) => {
+      ctx.progress(0.5, 'half way');
+      const t = setTimeout(() => resolve(result), ms);
+      ctx.signal.addEventListener('abort', () => {
+        clearTimeout(t);
+        reject(Object.assign(new Error('aborted'), { name: 'AbortError' }));
+      });
     });
-  });
 
 const deps = (api: AgentApi, runner: JobRunner, extra = {}) => ({
-  api, runner, environment: async () => environment, renewEveryMs: 20, logger: quietLogger, ...extra,
+  api,
+  runner,
+  environment: async () => environment,
+  renewEveryMs: 20,
+  logger: quietLogger,
+  ...extra,
 });
 
 describe('RunningJob', () => {
   it('completes with the runner result and sends the job-tagged log lines first', async () => {
     const { api, calls, reports } = fakeApi();
-    const outcome = await new RunningJob(job, deps(api, async (_c, ctx) => {
-      ctx.log('info', 'hello from the runner');
-      return result;
-    })).run();
+    const outcome = await new RunningJob(
+      job,
+      deps(api, async (_c, ctx) => {
+        ctx.log('info', 'hello from the runner');
+        return result;
+      }),
+    ).run();
     assert.equal(outcome, 'completed');
-    assert.deepEqual(reports().map(([n]) => n), ['complete']);
+    assert.deepEqual(
+      reports().map(([n]) => n),
+      ['complete'],
+    );
     assert.deepEqual(reports()[0][1], [{ jobId: 'job-1', attempt: 2 }, result]);
     const logged = calls.filter(([n]) => n === 'log').flatMap(([, a]) => a[1] as Array<{ text: string }>);
     assert.ok(logged.length >= 2);
-    assert.ok(logged.every((l) => l.text.startsWith('[job job-1#2] ')), 'every line carries the job id');
+    assert.ok(
+      logged.every((l) => l.text.startsWith('[job job-1#2] ')),
+      'every line carries the job id',
+    );
     assert.ok(calls.findIndex(([n]) => n === 'log') < calls.findIndex(([n]) => n === 'complete'));
   });
 
   it('fails with the engine message; out-of-memory is retryable, a bad shape is not', async () => {
     const { api, reports } = fakeApi();
-    const outcome = await new RunningJob(job, deps(api, async () => {
-      throw new Error('CUDA error: out of memory allocating 4 GiB');
-    })).run();
+    const outcome = await new RunningJob(
+      job,
+      deps(api, async () => {
+        throw new Error('CUDA error: out of memory allocating 4 GiB');
+      }),
+    ).run();
     assert.equal(outcome, 'failed');
-    assert.deepEqual(reports(), [['fail', [{ jobId: 'job-1', attempt: 2 }, 'CUDA error: out of memory allocating 4 GiB', true]]]);
+    assert.deepEqual(reports(), [
+      ['fail', [{ jobId: 'job-1', attempt: 2 }, 'CUDA error: out of memory allocating 4 GiB', true]],
+    ]);
     assert.equal(isRetryableEngineError(new Error('inputIds: row 0 has 0 tokens')), false);
   });
 
@@ -135,7 +184,13 @@ describe('RunningJob', () => {
         if (tries < 3) throw closedError();
       },
     });
-    assert.equal(await new RunningJob(job, deps(api, async () => result)).run(), 'completed');
+    assert.equal(
+      await new RunningJob(
+        job,
+        deps(api, async () => result),
+      ).run(),
+      'completed',
+    );
     assert.equal(tries, 3);
     assert.equal(reports().length, 0, 'complete was overridden and counted above');
 
@@ -146,7 +201,13 @@ describe('RunningJob', () => {
         throw serverError('CONFLICT', 'stale');
       },
     });
-    assert.equal(await new RunningJob(job, deps(refused.api, async () => result)).run(), 'unreported');
+    assert.equal(
+      await new RunningJob(
+        job,
+        deps(refused.api, async () => result),
+      ).run(),
+      'unreported',
+    );
     assert.equal(refusals, 1, 'a refused report is not retried');
   });
 

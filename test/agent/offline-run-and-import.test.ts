@@ -16,7 +16,11 @@ const flashlab = path.join(ROOT, 'bin', 'flashlab');
 
 async function cli(args: string[], env: Record<string, string> = {}) {
   try {
-    const { stdout, stderr } = await exec(flashlab, args, { cwd: ROOT, env: { ...process.env, ...env }, timeout: 240_000 });
+    const { stdout, stderr } = await exec(flashlab, args, {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      timeout: 240_000,
+    });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };
@@ -82,7 +86,9 @@ describe('flashlab run and import', () => {
       const experiments = db.prepare('SELECT id, name FROM "Experiment"').all() as Array<{ id: string; name: string }>;
       assert.equal(experiments.length, 1);
       assert.equal(experiments[0].name, 'offline tiny sweep');
-      const runs = db.prepare('SELECT * FROM "Run" WHERE "experimentId" = ?').all(experiments[0].id) as Array<Record<string, unknown>>;
+      const runs = db.prepare('SELECT * FROM "Run" WHERE "experimentId" = ?').all(experiments[0].id) as Array<
+        Record<string, unknown>
+      >;
       assert.equal(runs.length, 8);
       assert.ok(runs.every((row) => (row.prefillMsMedian as number) > 0 && row.model === 'gpt2-tiny'));
       assert.deepEqual(new Set(runs.map((row) => row.attention)), new Set(['naive', 'fa2']));
@@ -94,7 +100,20 @@ describe('flashlab run and import', () => {
   it('runs ChatGLM2 (multi-query attention) offline as well', async () => {
     const planPath = path.join(dir, 'glm.json');
     const outPath = path.join(dir, 'glm-results.json');
-    writeFileSync(planPath, JSON.stringify({ experiment: { ...plan.experiment, name: 'glm', model: 'chatglm2-tiny', attention: ['fa1'], kvCache: [true], tp: [2], repeats: 1 } }));
+    writeFileSync(
+      planPath,
+      JSON.stringify({
+        experiment: {
+          ...plan.experiment,
+          name: 'glm',
+          model: 'chatglm2-tiny',
+          attention: ['fa1'],
+          kvCache: [true],
+          tp: [2],
+          repeats: 1,
+        },
+      }),
+    );
     const r = await cli(['run', planPath, '--out', outPath]);
     assert.equal(r.code, 0, r.stderr);
     const results = OfflineResults.parse(JSON.parse(readFileSync(outPath, 'utf8')));

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { summarize, summarizeRepeats } from '../../agent/stats';
 
-const close = (a: number, b: number, eps = 1e-9) => assert.ok(Math.abs(a - b) <= eps * Math.max(1, Math.abs(b)), `${a} != ${b}`);
+const close = (a: number, b: number, eps = 1e-9) =>
+  assert.ok(Math.abs(a - b) <= eps * Math.max(1, Math.abs(b)), `${a} != ${b}`);
 
 describe('summarize', () => {
   it('matches numpy (median, mean, sample std, p90 type 7, min, max) on an unsorted list', () => {
@@ -37,7 +38,14 @@ describe('summarize', () => {
 });
 
 describe('summarizeRepeats', () => {
-  const rep = (prefillMs: number, extra: object = {}) => ({ prefillMs, tpotMs: prefillMs / 10, totalMs: prefillMs * 3, tokensPerSec: 1000 / prefillMs, peakMemBytes: 1e6, ...extra });
+  const rep = (prefillMs: number, extra: object = {}) => ({
+    prefillMs,
+    tpotMs: prefillMs / 10,
+    totalMs: prefillMs * 3,
+    tokensPerSec: 1000 / prefillMs,
+    peakMemBytes: 1e6,
+    ...extra,
+  });
 
   it('summarises every scalar figure, and optional ones only when every repeat has them', () => {
     const s = summarizeRepeats([rep(10, { kvCacheBytes: 5 }), rep(20, { kvCacheBytes: 7 }), rep(30)]);
@@ -45,10 +53,17 @@ describe('summarizeRepeats', () => {
     assert.equal(s.prefillMs.median, 20);
     assert.equal(s.totalMs.max, 90);
     assert.equal(s.peakMemBytes.std, 0);
-    const all = summarizeRepeats([rep(10, { kvCacheBytes: 5, weightsBytes: 9 }), rep(20, { kvCacheBytes: 7, weightsBytes: 9 })]);
+    const all = summarizeRepeats([
+      rep(10, { kvCacheBytes: 5, weightsBytes: 9 }),
+      rep(20, { kvCacheBytes: 7, weightsBytes: 9 }),
+    ]);
     assert.equal(all.kvCacheBytes.mean, 6);
     assert.equal(all.weightsBytes.median, 9);
-    assert.equal((all as Record<string, unknown>).decodeMs, undefined, 'per-token lists are kept per repeat, not summarised');
+    assert.equal(
+      (all as Record<string, unknown>).decodeMs,
+      undefined,
+      'per-token lists are kept per repeat, not summarised',
+    );
   });
 
   it('refuses a run without repeats', () => {

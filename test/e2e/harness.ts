@@ -29,7 +29,12 @@ export async function freePort(): Promise<number> {
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls until check returns a value (not undefined/false), or fails naming what it waited for. */
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000, everyMs = 200): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 30_000,
+  everyMs = 200,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -40,7 +45,9 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
       lastError = err;
     }
     if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`,
+      );
     await sleep(everyMs);
   }
 }
@@ -51,7 +58,12 @@ export class Proc {
   output = '';
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(readonly label: string, command: string, args: string[], env: NodeJS.ProcessEnv) {
+  constructor(
+    readonly label: string,
+    command: string,
+    args: string[],
+    env: NodeJS.ProcessEnv,
+  ) {
     this.child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const keep = (chunk: Buffer) => {
       this.output += chunk.toString();
@@ -71,10 +83,15 @@ export class Proc {
   }
 
   waitForOutput(re: RegExp, timeoutMs = 30_000): Promise<RegExpMatchArray> {
-    return waitFor(`${this.label} to print ${re}`, () => {
-      if (!this.running && !re.test(this.output)) throw new Error(`${this.label} exited:\n${this.tail()}`);
-      return this.output.match(re) ?? undefined;
-    }, timeoutMs, 100);
+    return waitFor(
+      `${this.label} to print ${re}`,
+      () => {
+        if (!this.running && !re.test(this.output)) throw new Error(`${this.label} exited:\n${this.tail()}`);
+        return this.output.match(re) ?? undefined;
+      },
+      timeoutMs,
+      100,
+    );
   }
 
   tail(lines = 40): string {
@@ -105,7 +122,11 @@ export interface DashboardOptions {
 /** A temporary directory with a SQLite database URL in it, removed by cleanup(). */
 export function tempDatabase(): { dir: string; url: string; cleanup: () => void } {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'flashlab-e2e-'));
-  return { dir, url: `file:${path.join(dir, 'flashlab.db')}`, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    url: `file:${path.join(dir, 'flashlab.db')}`,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 function childEnv(extra: Record<string, string | undefined>): NodeJS.ProcessEnv {
@@ -117,15 +138,29 @@ function childEnv(extra: Record<string, string | undefined>): NodeJS.ProcessEnv 
 
 export class Dashboard {
   proc: Proc;
-  private constructor(readonly port: number, readonly dbUrl: string, private readonly env: Record<string, string>) {
+  private constructor(
+    readonly port: number,
+    readonly dbUrl: string,
+    private readonly env: Record<string, string>,
+  ) {
     this.proc = Dashboard.spawn(port, dbUrl, env);
   }
 
   private static spawn(port: number, dbUrl: string, env: Record<string, string>): Proc {
-    return new Proc('dashboard', process.execPath, ['--import', TSX_LOADER, 'server.ts'], childEnv({
-      PORT: String(port), HOST: '127.0.0.1', DATABASE_URL: dbUrl, FLASHLAB_EMBEDDED_AGENT: '0',
-      FLASHLAB_ADMIN_TOKEN: ADMIN_TOKEN, NODE_ENV: 'production', ...env,
-    }));
+    return new Proc(
+      'dashboard',
+      process.execPath,
+      ['--import', TSX_LOADER, 'server.ts'],
+      childEnv({
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        DATABASE_URL: dbUrl,
+        FLASHLAB_EMBEDDED_AGENT: '0',
+        FLASHLAB_ADMIN_TOKEN: ADMIN_TOKEN,
+        NODE_ENV: 'production',
+        ...env,
+      }),
+    );
   }
 
   static async start(opts: DashboardOptions = {}): Promise<Dashboard> {
@@ -146,10 +181,15 @@ export class Dashboard {
   }
 
   async ready(timeoutMs = 120_000): Promise<void> {
-    await waitFor('the dashboard to answer /api/health', async () => {
-      if (!this.proc.running) throw new Error(`the dashboard exited:\n${this.proc.tail()}`);
-      return (await this.health()).db === 'ok';
-    }, timeoutMs, 250);
+    await waitFor(
+      'the dashboard to answer /api/health',
+      async () => {
+        if (!this.proc.running) throw new Error(`the dashboard exited:\n${this.proc.tail()}`);
+        return (await this.health()).db === 'ok';
+      },
+      timeoutMs,
+      250,
+    );
   }
 
   /** Same port, same database: what a redeploy or a crash-and-restart looks like to agents. */
@@ -162,7 +202,13 @@ export class Dashboard {
 
   trpc() {
     return createTRPCUntypedClient<AnyRouter>({
-      links: [httpLink({ url: `${this.baseUrl}/api/trpc`, transformer: superjson, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })],
+      links: [
+        httpLink({
+          url: `${this.baseUrl}/api/trpc`,
+          transformer: superjson,
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+        }),
+      ],
     });
   }
 
@@ -171,7 +217,18 @@ export class Dashboard {
   }
 }
 
-export function startAgent(url: string, token: string, name: string, extraArgs: string[] = [], env: Record<string, string> = {}): Proc {
+export function startAgent(
+  url: string,
+  token: string,
+  name: string,
+  extraArgs: string[] = [],
+  env: Record<string, string> = {},
+): Proc {
   // bin/flashlab execs node itself, so signals sent to this pid reach the agent.
-  return new Proc(`agent ${name}`, path.join(ROOT, 'bin', 'flashlab'), ['agent', '--url', url, '--token', token, '--name', name, ...extraArgs], childEnv(env));
+  return new Proc(
+    `agent ${name}`,
+    path.join(ROOT, 'bin', 'flashlab'),
+    ['agent', '--url', url, '--token', token, '--name', name, ...extraArgs],
+    childEnv(env),
+  );
 }
