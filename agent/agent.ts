@@ -1,6 +1,6 @@
 // The agent process's parts put together: connection (with hello after every (re)connect), the work loop,
 // chat sessions, and an orderly or immediate shutdown.
-import type { AgentInventory } from '../contracts/agent';
+import type { AgentEvent, AgentInventory } from '../contracts/agent';
 import { Engine } from '../native/engine';
 import { sleep } from './backoff';
 import { ChatSessions } from './chats';
@@ -46,6 +46,8 @@ export class Agent {
   private readyWaiters: Array<() => void> = [];
   private stopping: Promise<void> | undefined;
   private everConnected = false;
+  private readonly api: AgentApi;
+  private events: { unsubscribe(): void } | undefined;
 
   private constructor(
     private readonly opts: AgentOptions,
@@ -92,38 +94,7 @@ export class Agent {
       onJobEnd: (job, outcome) => log.log('info', `job ${job.jobId}#${job.attempt} ended: ${outcome}`),
     });
     this.chats = new ChatSessions(api, log);
-    this.conn.api.events(
-      (event) => {
-        switch (event.type) {
-          case 'work-available':
-            this.worker.poke();
-            break;
-          case 'cancel':
-            this.worker.cancel(event.jobId, event.attempt);
-            break;
-          case 'chat':
-            if (this.stopping)
-              void api
-                .chatEnd({
-                  requestId: event.request.requestId,
-                  ok: false,
-                  error: 'the agent is shutting down',
-                  stoppedBy: 'error',
-                })
-                .catch(() => undefined);
-            else this.chats.start(event.request);
-            break;
-          case 'chat-cancel':
-            this.chats.cancel(event.requestId);
-            break;
-        }
-      },
-      (err) => {
-        if (isAuthError(err))
-          this.fatal(EXIT.authRefused, `the dashboard refused this agent's token: ${(err as Error).message}`);
-        else log.log('warn', `event stream: ${(err as Error).message}`);
-      },
-    );
+    this.api = api;
   }
 
   static async start(opts: AgentOptions): Promise<Agent> {
@@ -150,6 +121,7 @@ export class Agent {
       );
       this.everConnected = true;
       for (const wake of this.readyWaiters.splice(0)) wake();
+      this.subscribeEvents();
       this.worker.poke();
     } catch (err) {
       // The socket closed under the hello: the next open says hello again.
@@ -157,6 +129,53 @@ export class Agent {
       if (isAuthError(err))
         this.fatal(EXIT.authRefused, `the dashboard refused this agent's token: ${(err as Error).message}`);
       else this.fatal(EXIT.refused, `the dashboard refused this agent's hello: ${(err as Error).message}`);
+    }
+  }
+
+  /** One agent.events stream, opened after hello. tRPC re-sends it by itself after a reconnect; should the
+   *  server end it with an error instead (e.g. it arrived before the new hello), it is opened again. */
+  private subscribeEvents(): void {
+    if (this.events || this.exitController.signal.aborted) return;
+    const log = this.opts.logger;
+    this.events = this.conn.api.events(
+      (event) => this.onEvent(event),
+      (err) => {
+        this.events = undefined;
+        if (isAuthError(err)) {
+          this.fatal(EXIT.authRefused, `the dashboard refused this agent's token: ${(err as Error).message}`);
+          return;
+        }
+        log.log('warn', `event stream ended: ${(err as Error).message}; reopening`);
+        setTimeout(() => {
+          if (this.hello) this.subscribeEvents();
+        }, 1_000).unref();
+      },
+    );
+  }
+
+  private onEvent(event: AgentEvent): void {
+    switch (event.type) {
+      case 'work-available':
+        this.worker.poke();
+        break;
+      case 'cancel':
+        this.worker.cancel(event.jobId, event.attempt);
+        break;
+      case 'chat':
+        if (this.stopping)
+          void this.api
+            .chatEnd({
+              requestId: event.request.requestId,
+              ok: false,
+              error: 'the agent is shutting down',
+              stoppedBy: 'error',
+            })
+            .catch(() => undefined);
+        else this.chats.start(event.request);
+        break;
+      case 'chat-cancel':
+        this.chats.cancel(event.requestId);
+        break;
     }
   }
 
@@ -246,6 +265,7 @@ export class Agent {
     this.closed = true;
     for (const cache of this.engines) cache?.dispose();
     this.chats.dispose();
+    this.events?.unsubscribe();
     await this.conn.close().catch(() => undefined);
     this.resolveExit(code);
   }
