@@ -6,7 +6,7 @@ import type { CheckedFile } from './file';
 import { isLoadableDtype } from './safetensors';
 import type { TensorLocation } from './tensor';
 import { unpickleStateDict } from './unpickle';
-import { readZipDirectory } from './zip';
+import { readZipDirectory, readZipEntryChecked } from './zip';
 
 export async function readTorchZipCheckpoint(
   file: CheckedFile,
@@ -33,7 +33,7 @@ export async function readTorchZipCheckpoint(
   }
   const pkl = entries.get(pkls[0]);
   if (!pkl) throw new CheckpointError(path, 'data.pkl vanished');
-  const pickle = await file.read(pkl.dataOffset, pkl.size, 'data.pkl');
+  const pickle = await readZipEntryChecked(file, pkl);
   const tensors = unpickleStateDict(pickle, path);
 
   const locations: TensorLocation[] = [];

@@ -1,6 +1,7 @@
 // Central-directory zip reader for torch.save archives: only what PyTorch writes (stored, unencrypted
 // entries, zip64 where needed), every size and offset checked against the file. Entry data is located,
 // not read, so multi-GB storages stay on disk until a tensor is asked for.
+import { crc32 } from 'node:zlib';
 import { CheckpointError } from './errors';
 import type { CheckedFile } from './file';
 
@@ -20,6 +21,8 @@ export interface ZipEntry {
   /** where the entry's (uncompressed, stored) bytes begin in the file */
   dataOffset: number;
   size: number;
+  /** CRC-32 from the central directory; checked for entries read whole (data.pkl), not for multi-GB storages */
+  crc32: number;
 }
 
 function u64(buf: Buffer, at: number, file: string, what: string): number {
@@ -93,6 +96,7 @@ export async function readZipDirectory(file: CheckedFile): Promise<Map<string, Z
     }
     const flags = cd.readUInt16LE(p + 8);
     const method = cd.readUInt16LE(p + 10);
+    const crc32 = cd.readUInt32LE(p + 16);
     let compSize = cd.readUInt32LE(p + 20);
     let size = cd.readUInt32LE(p + 24);
     const nameLen = cd.readUInt16LE(p + 28);
@@ -146,7 +150,7 @@ export async function readZipDirectory(file: CheckedFile): Promise<Map<string, Z
     if (compSize !== size)
       throw new CheckpointError(path, `zip entry '${name}' is stored but its sizes differ (${compSize} vs ${size})`);
     if (entries.has(name)) throw new CheckpointError(path, `zip holds two entries named '${name}'`);
-    entries.set(name, { name, dataOffset: localOffset, size });
+    entries.set(name, { name, dataOffset: localOffset, size, crc32 });
     p = end;
   }
 
@@ -183,4 +187,14 @@ export async function readZipDirectory(file: CheckedFile): Promise<Map<string, Z
     }
   }
   return entries;
+}
+
+/** Reads a whole (small) entry and checks its CRC-32, so a corrupted pickle is caught before it is parsed. */
+export async function readZipEntryChecked(file: CheckedFile, entry: ZipEntry): Promise<Buffer> {
+  const data = await file.read(entry.dataOffset, entry.size, `zip entry '${entry.name}'`);
+  const actual = crc32(data) >>> 0;
+  if (actual !== entry.crc32 >>> 0) {
+    throw new CheckpointError(file.path, `zip entry '${entry.name}' fails its CRC-32 check (corrupted)`);
+  }
+  return data;
 }
