@@ -1,6 +1,7 @@
 // `flashlab import results.json [--url http://127.0.0.1:3000]`: put an offline results file into the history,
 // through a running dashboard (--url) or straight into the database of DATABASE_URL.
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createTRPCUntypedClient, httpLink, TRPCClientError } from '@trpc/client';
 import type { AnyRouter } from '@trpc/server';
@@ -16,10 +17,12 @@ Validates a results file written by 'flashlab run' and stores its runs in the hi
   --admin-token TOKEN   the dashboard's admin token when it has one (env FLASHLAB_ADMIN_TOKEN)`;
 
 /** Reads and validates a results file; a bad file is refused with the field and the reason. */
-export async function readResults(file: string): Promise<OfflineResults> {
+export async function readResults(file: string): Promise<{ results: OfflineResults; content: string }> {
   let json: unknown;
+  let content: string;
   try {
-    json = JSON.parse(await readFile(file, 'utf8'));
+    content = await readFile(file, 'utf8');
+    json = JSON.parse(content);
   } catch (err) {
     throw new Error(`cannot read ${file}: ${(err as Error).message}`);
   }
@@ -28,7 +31,8 @@ export async function readResults(file: string): Promise<OfflineResults> {
     const problems = parsed.error.issues.slice(0, 20).map((i) => `  ${i.path.join('.') || '(file)'}: ${i.message}`);
     throw new Error(`${file} is not a flashlab results file:\n${problems.join('\n')}`);
   }
-  return parsed.data;
+  if (parsed.data.runs.length === 0) throw new Error(`${file} has no runs to import`);
+  return { results: parsed.data, content };
 }
 
 function trpcUrl(base: string): string {
@@ -46,7 +50,13 @@ function trpcUrl(base: string): string {
   return url.toString().replace(/\/$/, '');
 }
 
-async function viaDashboard(results: OfflineResults, base: string, adminToken: string | undefined): Promise<unknown> {
+/** The dashboard's own import: `runs.import` takes the file's text and validates it again on its side. */
+async function viaDashboard(
+  file: string,
+  content: string,
+  base: string,
+  adminToken: string | undefined,
+): Promise<unknown> {
   const client = createTRPCUntypedClient<AnyRouter>({
     links: [
       httpLink({
@@ -57,7 +67,7 @@ async function viaDashboard(results: OfflineResults, base: string, adminToken: s
     ],
   });
   try {
-    return await client.mutation('runs.importResults', results);
+    return await client.mutation('runs.import', { fileName: path.basename(file), content });
   } catch (err) {
     if (err instanceof TRPCClientError) {
       const code = (err.data as { code?: string } | undefined)?.code;
@@ -71,19 +81,31 @@ async function viaDashboard(results: OfflineResults, base: string, adminToken: s
   }
 }
 
-async function intoDatabase(results: OfflineResults): Promise<unknown> {
-  const [{ createClient }, { migrate, DEFAULT_SQLITE_URL }, { importResults }] = await Promise.all([
-    import('../server/db'),
-    import('../server/migrate'),
-    import('../server/import'),
-  ]);
+/** Without a dashboard: the same `runs.import` procedure, called in this process on the DATABASE_URL database
+ *  (migrated first, so a fresh machine gets a usable history file). */
+async function intoDatabase(file: string, content: string): Promise<unknown> {
+  const { DEFAULT_SQLITE_URL, migrate } = await import('../server/migrate');
   const url = process.env.DATABASE_URL || DEFAULT_SQLITE_URL;
   await migrate(url);
-  const { client } = createClient(url);
+  const [{ closeDb, db }, { queue }, { bus }, { runsRouter }, { createCallerFactory }] = await Promise.all([
+    import('../server/db'),
+    import('../server/services'),
+    import('../server/events'),
+    import('../server/routers/runs'),
+    import('../server/trpc'),
+  ]);
+  const caller = createCallerFactory(runsRouter)({
+    db: db(),
+    queue: queue(),
+    bus: bus(),
+    isAdmin: true,
+    agent: null,
+    transport: 'internal',
+  });
   try {
-    return await importResults(client, results);
+    return await caller.import({ fileName: path.basename(file), content });
   } finally {
-    await client.$disconnect();
+    await closeDb();
   }
 }
 
@@ -99,10 +121,11 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new Error('give exactly one results file: flashlab import results.json');
-  const results = await readResults(positionals[0]);
+  const file = positionals[0];
+  const { results, content } = await readResults(file);
   const answer = values.url
-    ? await viaDashboard(results, values.url, values['admin-token'] ?? process.env.FLASHLAB_ADMIN_TOKEN)
-    : await intoDatabase(results);
+    ? await viaDashboard(file, content, values.url, values['admin-token'] ?? process.env.FLASHLAB_ADMIN_TOKEN)
+    : await intoDatabase(file, content);
   process.stdout.write(`${JSON.stringify(answer)}\n`);
   process.stderr.write(
     `imported ${results.runs.length} runs of '${results.experiment.name}'${results.failures.length ? ` (${results.failures.length} failures recorded in the file were not imported as runs)` : ''}\n`,
