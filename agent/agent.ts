@@ -1,6 +1,6 @@
 // The agent process's parts put together: connection (with hello after every (re)connect), the work loop,
 // chat sessions, and an orderly or immediate shutdown.
-import type { AgentEvent, AgentInventory } from '../contracts/agent';
+import { AGENT_CLOSE_CODES, type AgentEvent, type AgentInventory } from '../contracts/agent';
 import { Engine } from '../native/engine';
 import { sleep } from './backoff';
 import { ChatSessions } from './chats';
@@ -62,6 +62,13 @@ export class Agent {
       token: opts.token,
       onOpen: () => void this.sayHello(),
       onClose: (code) => {
+        if (code === AGENT_CLOSE_CODES.revoked || code === AGENT_CLOSE_CODES.unauthorized) {
+          this.fatal(
+            EXIT.authRefused,
+            `the dashboard closed the connection: this agent's token is ${code === AGENT_CLOSE_CODES.revoked ? 'revoked' : 'not accepted'}`,
+          );
+          return;
+        }
         if (this.hello) log.log('warn', `connection to the dashboard lost (code ${code ?? '-'}); reconnecting`);
         this.hello = undefined;
       },

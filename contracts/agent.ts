@@ -102,3 +102,7 @@ export const AgentEvent = z.discriminatedUnion('type', [
   z.object({ type: z.literal('chat-cancel'), requestId: z.string() }),
 ]);
 export type AgentEvent = z.infer<typeof AgentEvent>;
+
+/** WebSocket close codes the dashboard uses on an agent's socket (4000–4999 are for applications); an agent
+ *  that sees one of them stops instead of reconnecting, since its token will not be accepted again. */
+export const AGENT_CLOSE_CODES = { revoked: 4001, unauthorized: 4003 } as const;
