@@ -1,0 +1,241 @@
+// The engine's public API: a small async wrapper around the native addon. Resolves model names and checkpoint
+// directories, validates options against the shared contracts, feeds checkpoint tensors to the native loader,
+// and turns AbortSignals and token callbacks into what the native side expects.
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { AttentionMethod, DeviceKind, Dtype, GenerateTimings, MemoryFigures } from '../contracts/engine';
+import { Sampling } from '../contracts/engine';
+import { KNOWN_MODELS, ModelConfig, tpProblem } from '../contracts/models';
+import type { NativeBinding, NativeEngine } from './binding';
+
+export interface EngineOptions {
+  model: string | ModelConfig;
+  weights?: 'random' | string /* HF checkpoint dir */;
+  seed?: number;
+  dtype?: Dtype;
+  device?: DeviceKind;
+  tp?: number;
+  maxBatch?: number;
+  maxSeqLen?: number;
+  threads?: number;
+}
+
+export interface GenerateRequest {
+  inputIds: number[][];
+  maxNewTokens: number;
+  attention: AttentionMethod;
+  kvCache: boolean;
+  sampling?: Partial<Sampling>;
+  signal?: AbortSignal;
+  /** one new token per row, streamed after every step (step 0 is the token after prefill) */
+  onTokens?: (step: number, tokens: number[]) => void;
+  dumpLogits?: boolean;
+}
+
+export interface GenerateResult {
+  /** prompt + new, per row */
+  tokens: number[][];
+  newTokens: number[][];
+  timings: GenerateTimings;
+  memory: MemoryFigures;
+  peakMemBytes: number;
+  stoppedBy: 'maxTokens' | 'stop';
+  /** per row, at the last prompt position */
+  logitsLast?: Float32Array[];
+  /** per row, per generated step after the first */
+  logitsSteps?: Float32Array[][];
+}
+
+export type ResolvedEngineOptions = Required<Omit<EngineOptions, 'model'>> & { model: ModelConfig };
+
+let binding: NativeBinding | undefined;
+
+/** The compiled addon; FLASHLAB_ENGINE_PATH overrides where it is (bundles, GPU hosts). */
+export function loadBinding(): NativeBinding {
+  if (binding) return binding;
+  const path =
+    process.env.FLASHLAB_ENGINE_PATH ?? join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'flashlab_engine.node');
+  const require = createRequire(import.meta.url);
+  try {
+    binding = require(path) as NativeBinding;
+  } catch (err) {
+    throw new Error(
+      `the native engine is not built or cannot load (${path}): run 'npm run build:native' (${(err as Error).message})`,
+    );
+  }
+  return binding;
+}
+
+export function abortError(message = 'generation was aborted'): Error {
+  const e = new Error(message);
+  e.name = 'AbortError';
+  return e;
+}
+
+function positiveInt(name: string, v: number | undefined, fallback: number): number {
+  if (v === undefined) return fallback;
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer, got ${v}`);
+  return v;
+}
+
+function resolveModel(model: string | ModelConfig): ModelConfig {
+  if (typeof model === 'string') {
+    const known = KNOWN_MODELS[model];
+    if (!known) throw new Error(`unknown model '${model}' (known: ${Object.keys(KNOWN_MODELS).join(', ')})`);
+    return known;
+  }
+  const parsed = ModelConfig.safeParse(model);
+  if (!parsed.success) throw new Error(`invalid model config: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return parsed.data;
+}
+
+const SIZE_FIELDS = ['vocabSize', 'hiddenSize', 'numLayers', 'numHeads', 'numKvHeads', 'headDim', 'ffnHiddenSize'] as const;
+
+export class Engine {
+  readonly config: ModelConfig;
+  readonly options: ResolvedEngineOptions;
+  #native: NativeEngine | undefined;
+  #busy = false;
+
+  private constructor(native: NativeEngine, options: ResolvedEngineOptions) {
+    this.#native = native;
+    this.options = options;
+    this.config = options.model;
+  }
+
+  static buildInfo(): { version: string; build: string; backends: DeviceKind[] } {
+    return loadBinding().buildInfo();
+  }
+
+  static async create(o: EngineOptions): Promise<Engine> {
+    const native = loadBinding();
+    const weights = o.weights ?? 'random';
+    let config = resolveModel(o.model);
+    type Ckpt = Awaited<ReturnType<typeof import('./loaders').openCheckpoint>>;
+    let checkpoint: Ckpt | undefined;
+    if (weights !== 'random') {
+      const { openCheckpoint } = await import('./loaders');
+      checkpoint = await openCheckpoint(weights);
+      const fromFile = checkpoint.config;
+      if (fromFile.family !== config.family)
+        throw new Error(`checkpoint ${weights} holds a ${fromFile.family} model, but model '${config.name}' is ${config.family}`);
+      if (typeof o.model !== 'string') {
+        for (const f of SIZE_FIELDS)
+          if (o.model[f] !== fromFile[f])
+            throw new Error(`checkpoint ${weights} has ${f} ${fromFile[f]}, but the given model config says ${o.model[f]}`);
+      }
+      config = fromFile;
+    }
+    const tp = o.tp ?? 1;
+    const problem = tpProblem(config, tp);
+    if (problem) {
+      await checkpoint?.close();
+      throw new Error(problem);
+    }
+    const options: ResolvedEngineOptions = {
+      model: config,
+      weights,
+      seed: o.seed ?? 0,
+      dtype: o.dtype ?? 'fp32',
+      device: o.device ?? 'cpu',
+      tp,
+      maxBatch: positiveInt('maxBatch', o.maxBatch, 8),
+      maxSeqLen: positiveInt('maxSeqLen', o.maxSeqLen, config.maxPositions),
+      threads: positiveInt('threads', o.threads, availableParallelism()),
+    };
+    if (!Number.isSafeInteger(options.seed) || options.seed < 0) throw new Error(`seed must be a non-negative integer, got ${options.seed}`);
+    if (options.maxSeqLen > config.maxPositions)
+      throw new Error(`maxSeqLen ${options.maxSeqLen} exceeds ${config.name}'s ${config.maxPositions} positions`);
+    let engine: NativeEngine | undefined;
+    try {
+      engine = await native.createEngine({
+        config,
+        weights: checkpoint ? 'load' : 'random',
+        seed: options.seed,
+        dtype: options.dtype,
+        device: options.device,
+        tp: options.tp,
+        maxBatch: options.maxBatch,
+        maxSeqLen: options.maxSeqLen,
+        threads: options.threads,
+      });
+      if (checkpoint) {
+        for await (const t of checkpoint.tensors()) {
+          await engine.setWeight(t.name, t.dtype, t.shape, await t.data());
+        }
+        engine.finishLoading();
+      }
+    } catch (err) {
+      engine?.dispose();
+      throw err;
+    } finally {
+      await checkpoint?.close();
+    }
+    return new Engine(engine, options);
+  }
+
+  get disposed(): boolean {
+    return this.#native === undefined;
+  }
+
+  memory(): MemoryFigures {
+    if (!this.#native) throw new Error('engine is disposed: cannot report memory');
+    return this.#native.memory();
+  }
+
+  async generate(r: GenerateRequest): Promise<GenerateResult> {
+    const native = this.#native;
+    if (!native) throw new Error('engine is disposed: cannot generate');
+    if (this.#busy) throw new Error('engine is busy with another generate (one at a time per engine)');
+    if (r.signal?.aborted) throw abortError();
+    const parsed = Sampling.safeParse(r.sampling ?? {});
+    if (!parsed.success)
+      throw new Error(`invalid sampling: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    this.#busy = true;
+    let callbackError: unknown;
+    const onAbort = () => native.cancel();
+    r.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const out = await native.generate(
+        {
+          inputIds: r.inputIds,
+          maxNewTokens: r.maxNewTokens,
+          attention: r.attention,
+          kvCache: r.kvCache,
+          sampling: parsed.data,
+          dumpLogits: r.dumpLogits ?? false,
+        },
+        (step, tokens) => {
+          if (!r.onTokens || callbackError !== undefined) return;
+          try {
+            r.onTokens(step, tokens);
+          } catch (err) {
+            // A failing consumer stops the generation; its error is what the caller sees.
+            callbackError = err;
+            native.cancel();
+          }
+        },
+      );
+      if (callbackError !== undefined) throw callbackError;
+      return out;
+    } catch (err) {
+      if (callbackError !== undefined) throw callbackError;
+      throw err;
+    } finally {
+      r.signal?.removeEventListener('abort', onAbort);
+      this.#busy = false;
+    }
+  }
+
+  dispose(): void {
+    this.#native?.dispose();
+    this.#native = undefined;
+  }
+}
+
+/** Host memory copy bandwidth in bytes/s (read + write), measured by the engine: the CPU decode roofline. */
+export function measureCopyBandwidth(bytes = 512 * 2 ** 20, repeats = 5, threads = 0): number {
+  return loadBinding().measureCopyBandwidth(bytes, repeats, threads);
+}

@@ -1,0 +1,52 @@
+// The CPU backend: fp32, OpenMP threads, cache-blocked matmul and the three attention algorithms. It is the
+// reference every other backend is checked against, and what CI runs.
+#pragma once
+
+#include "../backend.h"
+
+namespace flashlab {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(std::shared_ptr<MemoryTracker> tracker, int threads);
+  std::string name() const override { return "cpu"; }
+
+  void upload(Tensor& dst, const void* host, size_t bytes) override;
+  void download(const Tensor& src, void* host, size_t bytes) override;
+  void fillZero(Tensor& t) override;
+  void synchronize() override {}
+  void setThreads(int n) override;
+  int threads() const { return threads_; }
+
+  void embedding(const std::vector<int32_t>& ids, int T, int startPos, const Tensor& table, const Tensor* posTable,
+                 Tensor& out) override;
+  void layerNorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& out) override;
+  void rmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override;
+  void geluNew(Tensor& x) override;
+  void swiglu(const Tensor& gateUp, Tensor& out) override;
+  void rotary(Tensor& qkv, const AttnShape& s, int startPos, int rotDim, float theta) override;
+  void attentionPrefill(AttentionMethod method, const Tensor& qkv, const AttnShape& s, Tensor& out) override;
+  void kvCacheWrite(const Tensor& qkv, const AttnShape& s, int startPos, Tensor& kCache, Tensor& vCache) override;
+  void attentionDecode(const Tensor& qkv, const AttnShape& s, const Tensor& kCache, const Tensor& vCache, int pos,
+                       Tensor& out) override;
+  void add(Tensor& x, const Tensor& y) override;
+  void gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) override;
+  void allReduceSum(const std::vector<Tensor*>& parts) override;
+
+ protected:
+  void* rawAlloc(size_t bytes) override;
+  void rawFree(void* ptr, size_t bytes) override;
+
+ private:
+  void attentionNaive(const Tensor& qkv, const AttnShape& s, Tensor& out);
+  void attentionFa1(const Tensor& qkv, const AttnShape& s, Tensor& out);
+  void attentionFa2(const Tensor& qkv, const AttnShape& s, Tensor& out);
+  int threads_;
+};
+
+// Kernels shared by the backend's files (cpu_matmul.cpp).
+void cpuMatmul(const float* x, const float* w, const float* bias, float* out, int64_t M, int64_t N, int64_t K,
+               int threads);
+
+}  // namespace flashlab

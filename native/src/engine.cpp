@@ -1,0 +1,216 @@
+#include "engine.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <sstream>
+
+#include "cpu/cpu_backend.h"
+
+#ifndef FLASHLAB_VERSION
+#define FLASHLAB_VERSION "0.1.0"
+#endif
+#ifndef FLASHLAB_BUILD_HASH
+#define FLASHLAB_BUILD_HASH "dev"
+#endif
+
+namespace flashlab {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+}  // namespace
+
+Engine::Engine(const EngineOptions& o) : options_(o), tracker_(std::make_shared<MemoryTracker>()) {
+  std::string problem = configProblem(o.config);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  problem = tpProblem(o.config, o.tp);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  if (o.device != "cpu") {
+    if (o.device == "cuda")
+      throw std::invalid_argument("device 'cuda' is not available: this engine was built without the CUDA backend");
+    throw std::invalid_argument("unknown device '" + o.device + "' (expected 'cpu' or 'cuda')");
+  }
+  if (o.dtype != DType::F32)
+    throw std::invalid_argument(std::string("the CPU backend computes in fp32 only; dtype '") + dtypeName(o.dtype) +
+                                "' needs device 'cuda'");
+  if (o.maxBatch < 1) throw std::invalid_argument("maxBatch must be at least 1");
+  if (options_.maxSeqLen <= 0) options_.maxSeqLen = o.config.maxPositions;
+  if (options_.maxSeqLen > o.config.maxPositions)
+    throw std::invalid_argument("maxSeqLen " + std::to_string(options_.maxSeqLen) + " exceeds " + o.config.name + "'s " +
+                                std::to_string(o.config.maxPositions) + " positions");
+  if (options_.threads <= 0) options_.threads = omp_get_num_procs();
+  // One CPU device shared by every shard: the shards still run separately, one after another, each with all
+  // threads, and meet only in the all-reduce, as GPUs would.
+  owned_.push_back(std::make_unique<CpuBackend>(tracker_, options_.threads));
+  std::vector<Backend*> shardBackends(o.tp, owned_[0].get());
+  model_ = std::make_unique<Model>(o.config, shardBackends);
+  if (o.randomWeights) model_->initRandom(o.seed);
+}
+
+Engine::~Engine() {
+  model_.reset();  // frees weights before the backends that own them
+  owned_.clear();
+}
+
+MemoryFigures Engine::memory() const {
+  MemoryFigures m;
+  m.peakBytes = static_cast<double>(tracker_->peakTotal());
+  m.weightsBytes = static_cast<double>(tracker_->current(MemKind::Weights));
+  m.kvCacheBytes = static_cast<double>(tracker_->peak(MemKind::KvCache));
+  m.activationsPeakBytes = static_cast<double>(tracker_->peak(MemKind::Activations));
+  return m;
+}
+
+GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback& onTokens,
+                                const std::atomic<bool>& cancel) {
+  if (!model_->ready()) throw std::runtime_error("weights are not loaded yet (call finishLoading after setWeight)");
+  const ModelConfig& c = model_->config();
+  const int B = static_cast<int>(req.inputIds.size());
+  if (B < 1) throw std::invalid_argument("inputIds must hold at least one row");
+  if (B > options_.maxBatch)
+    throw std::invalid_argument("batch of " + std::to_string(B) + " rows exceeds maxBatch " + std::to_string(options_.maxBatch));
+  const int T0 = static_cast<int>(req.inputIds[0].size());
+  if (T0 < 1) throw std::invalid_argument("inputIds rows must not be empty");
+  for (int b = 1; b < B; ++b)
+    if (static_cast<int>(req.inputIds[b].size()) != T0)
+      throw std::invalid_argument("inputIds rows have different lengths (" + std::to_string(T0) + " and " +
+                                  std::to_string(req.inputIds[b].size()) + "); ragged batches are not supported");
+  for (const auto& row : req.inputIds)
+    for (int32_t id : row)
+      if (id < 0 || id >= c.vocabSize)
+        throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(c.vocabSize));
+  if (req.maxNewTokens < 1) throw std::invalid_argument("maxNewTokens must be at least 1");
+  const int total = T0 + req.maxNewTokens;
+  if (total > options_.maxSeqLen)
+    throw std::invalid_argument("prompt of " + std::to_string(T0) + " tokens + " + std::to_string(req.maxNewTokens) +
+                                " new tokens exceeds the maximum sequence length " + std::to_string(options_.maxSeqLen));
+  for (int32_t t : req.sampling.stopTokens)
+    if (t < 0 || t >= c.vocabSize) throw std::invalid_argument("stop token " + std::to_string(t) + " is outside the vocabulary");
+
+  Sampler sampler(req.sampling, B);
+  const int V = c.vocabSize;
+  GenerateResult r;
+  r.tokens = req.inputIds;
+  r.newTokens.assign(B, {});
+  if (req.dumpLogits) {
+    r.logitsLast.assign(B, {});
+    r.logitsSteps.assign(B, {});
+  }
+  std::vector<bool> finished(B, false);
+  std::vector<int32_t> stepTokens(B);
+
+  tracker_->resetPeaks();
+  const auto start = Clock::now();
+  std::vector<ShardCache> cache;
+  if (req.kvCache) cache = model_->makeCache(B, total - 1);  // the last token is never fed back
+
+  auto sampleStep = [&](std::vector<float>& logits, int step) {
+    for (int b = 0; b < B; ++b) {
+      float* row = logits.data() + static_cast<size_t>(b) * V;
+      if (req.dumpLogits) {
+        if (step == 0) r.logitsLast[b].assign(row, row + V);
+        else r.logitsSteps[b].emplace_back(row, row + V);
+      }
+      int32_t tok;
+      if (finished[b]) {
+        tok = r.tokens[b].back();  // a finished row keeps feeding its stop token; its output is not extended
+      } else {
+        tok = sampler.pick(b, row, V, r.tokens[b]);
+        r.tokens[b].push_back(tok);
+        r.newTokens[b].push_back(tok);
+        if (sampler.isStop(tok)) finished[b] = true;
+      }
+      stepTokens[b] = tok;
+    }
+    if (onTokens) onTokens(step, stepTokens);
+  };
+
+  ForwardArgs fa;
+  fa.batch = B;
+  fa.method = req.attention;
+  fa.cancel = &cancel;
+  std::vector<int32_t> ids;
+  for (const auto& row : req.inputIds) ids.insert(ids.end(), row.begin(), row.end());
+  fa.ids = &ids;
+  fa.seqLen = T0;
+  fa.startPos = 0;
+  fa.cache = req.kvCache ? &cache : nullptr;
+  std::vector<float> logits = model_->forward(fa);
+  sampleStep(logits, 0);
+  r.prefillMs = msSince(start);
+
+  int step = 1;
+  for (; step < req.maxNewTokens; ++step) {
+    if (std::all_of(finished.begin(), finished.end(), [](bool f) { return f; })) break;
+    if (cancel.load()) throw Cancelled();
+    const auto t0 = Clock::now();
+    if (req.kvCache) {
+      ids.assign(stepTokens.begin(), stepTokens.end());
+      fa.seqLen = 1;
+      fa.startPos = T0 + step - 1;
+      fa.decode = true;
+    } else {
+      // The baseline: recompute the whole sequence. Finished rows repeat their stop token to keep rows equal.
+      ids.clear();
+      for (int b = 0; b < B; ++b) {
+        ids.insert(ids.end(), r.tokens[b].begin(), r.tokens[b].end());
+        ids.insert(ids.end(), T0 + step - static_cast<int>(r.tokens[b].size()), r.tokens[b].back());
+      }
+      fa.seqLen = T0 + step;
+      fa.startPos = 0;
+    }
+    logits = model_->forward(fa);
+    sampleStep(logits, step);
+    r.decodeMs.push_back(msSince(t0));
+  }
+  r.totalMs = msSince(start);
+  // 'stop' when every row ended on a stop token, even on the last allowed step.
+  r.stoppedByStopToken = std::all_of(finished.begin(), finished.end(), [](bool f) { return f; });
+  double sum = 0;
+  for (double d : r.decodeMs) sum += d;
+  r.tpotMs = r.decodeMs.empty() ? 0 : sum / r.decodeMs.size();
+  size_t generated = 0;
+  for (const auto& n : r.newTokens) generated += n.size();
+  r.tokensPerSec = r.totalMs > 0 ? generated / (r.totalMs / 1000.0) : 0;
+  cache.clear();
+  r.memory = memory();
+  return r;
+}
+
+std::string Engine::buildInfo() {
+  std::ostringstream os;
+  os << "flashlab " << FLASHLAB_VERSION << " (" << FLASHLAB_BUILD_HASH << "), C++" << __cplusplus / 100 % 100
+#if defined(__AVX512F__)
+     << ", AVX-512"
+#elif defined(__AVX2__)
+     << ", AVX2"
+#endif
+     << ", OpenMP " << _OPENMP;
+  return os.str();
+}
+
+std::vector<std::string> Engine::backends() { return {"cpu"}; }
+
+double measureCopyBandwidth(size_t bytes, int repeats, int threads) {
+  if (threads <= 0) threads = omp_get_num_procs();
+  std::vector<char> a(bytes, 1), b(bytes, 0);
+  const size_t chunk = (bytes + threads - 1) / threads;
+  double best = 0;
+  for (int rep = 0; rep < repeats + 1; ++rep) {
+    const auto t0 = Clock::now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; ++t) {
+      size_t off = static_cast<size_t>(t) * chunk;
+      if (off < bytes) std::memcpy(b.data() + off, a.data() + off, std::min(chunk, bytes - off));
+    }
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (rep > 0) best = std::max(best, 2.0 * bytes / s);  // first pass faults the pages in
+  }
+  return best;
+}
+
+}  // namespace flashlab

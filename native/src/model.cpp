@@ -1,0 +1,472 @@
+// GPT-2 (Hugging Face GPT2LMHeadModel) and ChatGLM2 (THUDM modeling_chatglm.py) over N tensor-parallel shards.
+// Sharding follows Megatron: QKV and the first MLP linear are column-parallel (each shard owns whole heads /
+// a slice of the MLP width), the attention output projection and the second MLP linear are row-parallel, and
+// the partial outputs are all-reduced after each. The residual stream is replicated on every shard.
+#include "model.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+namespace flashlab {
+namespace {
+
+std::string shapeStr(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+float halfToFloat(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while (!(mant & 0x400u));
+      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (mant & 0x3ffu) << 13;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | mant << 13;
+  } else {
+    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Rows [start, start+len) of a row-major [rows, cols] matrix, appended to out.
+void appendRows(const std::vector<float>& src, int64_t cols, int64_t start, int64_t len, std::vector<float>& out) {
+  out.insert(out.end(), src.begin() + start * cols, src.begin() + (start + len) * cols);
+}
+
+}  // namespace
+
+std::string configProblem(const ModelConfig& c) {
+  std::ostringstream os;
+  if (c.vocabSize <= 0 || c.hiddenSize <= 0 || c.numLayers <= 0 || c.numHeads <= 0 || c.numKvHeads <= 0 ||
+      c.headDim <= 0 || c.ffnHiddenSize <= 0 || c.maxPositions <= 0)
+    return "model config '" + c.name + "' has a non-positive size";
+  if (!(c.normEps > 0)) return "model config '" + c.name + "': normEps must be positive";
+  if (c.numHeads % c.numKvHeads != 0)
+    return "model config '" + c.name + "': numHeads must be a multiple of numKvHeads";
+  if (c.family == Family::GPT2) {
+    if (c.numKvHeads != c.numHeads) return "GPT-2 config '" + c.name + "': numKvHeads must equal numHeads";
+    if (c.numHeads * c.headDim != c.hiddenSize)
+      return "GPT-2 config '" + c.name + "': numHeads * headDim must equal hiddenSize";
+  } else if (c.headDim % 4 != 0) {
+    return "ChatGLM2 config '" + c.name + "': headDim must be a multiple of 4 (rotary on half of it, in pairs)";
+  }
+  return "";
+}
+
+std::string tpProblem(const ModelConfig& c, int tp) {
+  if (tp < 1) return "tensor-parallel degree must be a positive integer, got " + std::to_string(tp);
+  if (c.numHeads % tp != 0)
+    return "tensor-parallel degree " + std::to_string(tp) + " does not divide " + c.name + "'s " +
+           std::to_string(c.numHeads) + " attention heads";
+  if (c.numKvHeads % tp != 0 && tp % c.numKvHeads != 0)
+    return "tensor-parallel degree " + std::to_string(tp) + " neither divides nor is a multiple of " + c.name + "'s " +
+           std::to_string(c.numKvHeads) + " KV heads";
+  if (c.ffnHiddenSize % tp != 0)
+    return "tensor-parallel degree " + std::to_string(tp) + " does not divide " + c.name + "'s MLP width " +
+           std::to_string(c.ffnHiddenSize);
+  return "";
+}
+
+int ShardPlan::kvHeadStart(int shard) const {
+  if (tp <= numKvHeads) return shard * kvHeadsPerShard;
+  return shard / (tp / numKvHeads);
+}
+
+Model::Model(const ModelConfig& config, std::vector<Backend*> backends) : config_(config), backends_(std::move(backends)) {
+  std::string problem = configProblem(config_);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  const int tp = static_cast<int>(backends_.size());
+  problem = tpProblem(config_, tp);
+  if (!problem.empty()) throw std::invalid_argument(problem);
+  plan_.tp = tp;
+  plan_.numKvHeads = config_.numKvHeads;
+  plan_.headsPerShard = config_.numHeads / tp;
+  plan_.kvHeadsPerShard = tp <= config_.numKvHeads ? config_.numKvHeads / tp : 1;
+  plan_.ffnPerShard = config_.ffnHiddenSize / tp;
+
+  const int64_t V = config_.vocabSize, H = config_.hiddenSize, F = config_.ffnHiddenSize, hd = config_.headDim;
+  const int64_t qkvRows = (config_.numHeads + 2 * config_.numKvHeads) * hd;
+  using I = WeightSpec::Init;
+  auto add = [&](std::string name, std::vector<int64_t> shape, ShardRole role, bool conv1d, I init) {
+    specIndex_[name] = specs_.size();
+    specs_.push_back(WeightSpec{std::move(name), std::move(shape), role, conv1d, init});
+  };
+  if (config_.family == Family::GPT2) {
+    add("transformer.wte.weight", {V, H}, ShardRole::Replicated, false, I::Normal);
+    add("transformer.wpe.weight", {config_.maxPositions, H}, ShardRole::Replicated, false, I::Normal);
+    for (int l = 0; l < config_.numLayers; ++l) {
+      const std::string p = "transformer.h." + std::to_string(l) + ".";
+      add(p + "ln_1.weight", {H}, ShardRole::Replicated, false, I::One);
+      add(p + "ln_1.bias", {H}, ShardRole::Replicated, false, I::Zero);
+      add(p + "attn.c_attn.weight", {H, qkvRows}, ShardRole::QkvRows, true, I::Normal);
+      add(p + "attn.c_attn.bias", {qkvRows}, ShardRole::QkvRows, false, I::Normal);
+      add(p + "attn.c_proj.weight", {H, H}, ShardRole::RowParallel, true, I::Normal);
+      add(p + "attn.c_proj.bias", {H}, ShardRole::FirstShardOnly, false, I::Normal);
+      add(p + "ln_2.weight", {H}, ShardRole::Replicated, false, I::One);
+      add(p + "ln_2.bias", {H}, ShardRole::Replicated, false, I::Zero);
+      add(p + "mlp.c_fc.weight", {H, F}, ShardRole::ColumnRows, true, I::Normal);
+      add(p + "mlp.c_fc.bias", {F}, ShardRole::ColumnRows, false, I::Normal);
+      add(p + "mlp.c_proj.weight", {F, H}, ShardRole::RowParallel, true, I::Normal);
+      add(p + "mlp.c_proj.bias", {H}, ShardRole::FirstShardOnly, false, I::Normal);
+    }
+    add("transformer.ln_f.weight", {H}, ShardRole::Replicated, false, I::One);
+    add("transformer.ln_f.bias", {H}, ShardRole::Replicated, false, I::Zero);
+  } else {
+    add("transformer.embedding.word_embeddings.weight", {V, H}, ShardRole::Replicated, false, I::Normal);
+    for (int l = 0; l < config_.numLayers; ++l) {
+      const std::string p = "transformer.encoder.layers." + std::to_string(l) + ".";
+      add(p + "input_layernorm.weight", {H}, ShardRole::Replicated, false, I::One);
+      add(p + "self_attention.query_key_value.weight", {qkvRows, H}, ShardRole::QkvRows, false, I::Normal);
+      add(p + "self_attention.query_key_value.bias", {qkvRows}, ShardRole::QkvRows, false, I::Normal);
+      add(p + "self_attention.dense.weight", {H, config_.numHeads * hd}, ShardRole::RowParallel, false, I::Normal);
+      add(p + "post_attention_layernorm.weight", {H}, ShardRole::Replicated, false, I::One);
+      add(p + "mlp.dense_h_to_4h.weight", {2 * F, H}, ShardRole::GateUpRows, false, I::Normal);
+      add(p + "mlp.dense_4h_to_h.weight", {H, F}, ShardRole::RowParallel, false, I::Normal);
+    }
+    add("transformer.encoder.final_layernorm.weight", {H}, ShardRole::Replicated, false, I::One);
+    add("transformer.output_layer.weight", {V, H}, ShardRole::Replicated, false, I::Normal);
+  }
+  shards_.resize(tp);
+  for (auto& s : shards_) s.layers.resize(config_.numLayers);
+}
+
+std::string Model::canonicalName(const std::string& name) const {
+  if (config_.family == Family::GPT2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0)
+    return "transformer." + name;
+  return name;
+}
+
+const WeightSpec* Model::findSpec(const std::string& canonical) const {
+  auto it = specIndex_.find(canonical);
+  return it == specIndex_.end() ? nullptr : &specs_[it->second];
+}
+
+Tensor* Model::slotFor(int shard, const std::string& n) {
+  ShardWeights& w = shards_[shard];
+  auto layerOf = [&](const std::string& prefix, std::string& rest) -> LayerWeights* {
+    size_t dot = n.find('.', prefix.size());
+    int l = std::stoi(n.substr(prefix.size(), dot - prefix.size()));
+    rest = n.substr(dot + 1);
+    return &w.layers.at(l);
+  };
+  std::string r;
+  if (config_.family == Family::GPT2) {
+    if (n == "transformer.wte.weight") return &w.embed;
+    if (n == "transformer.wpe.weight") return &w.pos;
+    if (n == "transformer.ln_f.weight") return &w.lnfW;
+    if (n == "transformer.ln_f.bias") return &w.lnfB;
+    LayerWeights* L = layerOf("transformer.h.", r);
+    if (r == "ln_1.weight") return &L->ln1w;
+    if (r == "ln_1.bias") return &L->ln1b;
+    if (r == "ln_2.weight") return &L->ln2w;
+    if (r == "ln_2.bias") return &L->ln2b;
+    if (r == "attn.c_attn.weight") return &L->qkvW;
+    if (r == "attn.c_attn.bias") return &L->qkvB;
+    if (r == "attn.c_proj.weight") return &L->outW;
+    if (r == "attn.c_proj.bias") return &L->outB;
+    if (r == "mlp.c_fc.weight") return &L->fcW;
+    if (r == "mlp.c_fc.bias") return &L->fcB;
+    if (r == "mlp.c_proj.weight") return &L->projW;
+    if (r == "mlp.c_proj.bias") return &L->projB;
+  } else {
+    if (n == "transformer.embedding.word_embeddings.weight") return &w.embed;
+    if (n == "transformer.encoder.final_layernorm.weight") return &w.lnfW;
+    if (n == "transformer.output_layer.weight") return &w.lmHead;
+    LayerWeights* L = layerOf("transformer.encoder.layers.", r);
+    if (r == "input_layernorm.weight") return &L->ln1w;
+    if (r == "post_attention_layernorm.weight") return &L->ln2w;
+    if (r == "self_attention.query_key_value.weight") return &L->qkvW;
+    if (r == "self_attention.query_key_value.bias") return &L->qkvB;
+    if (r == "self_attention.dense.weight") return &L->outW;
+    if (r == "mlp.dense_h_to_4h.weight") return &L->fcW;
+    if (r == "mlp.dense_4h_to_h.weight") return &L->projW;
+  }
+  throw std::logic_error("no slot for weight " + n);
+}
+
+void Model::placeWeight(const WeightSpec& spec, std::vector<float>&& full) {
+  int64_t rows = spec.shape[0], cols = spec.shape.size() > 1 ? spec.shape[1] : 1;
+  if (spec.conv1d) {  // [in, out] -> [out, in]
+    std::vector<float> t(full.size());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) t[j * rows + i] = full[i * cols + j];
+    full.swap(t);
+    std::swap(rows, cols);
+  }
+  const bool is2d = spec.shape.size() > 1;
+  const int tp = plan_.tp;
+  const int64_t hd = config_.headDim;
+  Tensor shard0;
+  for (int s = 0; s < tp; ++s) {
+    if (spec.role == ShardRole::FirstShardOnly && s > 0) break;
+    if ((spec.role == ShardRole::Replicated || tp == 1) && s > 0 && backends_[s] == backends_[0]) {
+      *slotFor(s, spec.name) = shard0;  // same device: share the one copy
+      continue;
+    }
+    std::vector<float> part;
+    int64_t pr = rows, pc = cols;
+    switch (spec.role) {
+      case ShardRole::Replicated:
+      case ShardRole::FirstShardOnly:
+        part = full;
+        break;
+      case ShardRole::QkvRows: {
+        const int64_t q = config_.numHeads * hd, kv = config_.numKvHeads * hd;
+        const int64_t nq = plan_.headsPerShard * hd, nkv = plan_.kvHeadsPerShard * hd;
+        const int64_t kv0 = plan_.kvHeadStart(s) * hd;
+        appendRows(full, cols, s * nq, nq, part);
+        appendRows(full, cols, q + kv0, nkv, part);
+        appendRows(full, cols, q + kv + kv0, nkv, part);
+        pr = nq + 2 * nkv;
+        break;
+      }
+      case ShardRole::ColumnRows:
+        pr = rows / tp;
+        appendRows(full, cols, s * pr, pr, part);
+        break;
+      case ShardRole::GateUpRows: {
+        const int64_t half = rows / 2, per = half / tp;
+        appendRows(full, cols, s * per, per, part);
+        appendRows(full, cols, half + s * per, per, part);
+        pr = 2 * per;
+        break;
+      }
+      case ShardRole::RowParallel: {
+        pc = cols / tp;
+        part.resize(static_cast<size_t>(rows * pc));
+        for (int64_t i = 0; i < rows; ++i)
+          std::memcpy(part.data() + i * pc, full.data() + i * cols + s * pc, pc * sizeof(float));
+        break;
+      }
+    }
+    Tensor t = backends_[s]->alloc(is2d ? std::vector<int64_t>{pr, pc} : std::vector<int64_t>{pr}, MemKind::Weights);
+    backends_[s]->upload(t, part.data(), part.size() * sizeof(float));
+    if (s == 0) shard0 = t;
+    *slotFor(s, spec.name) = t;
+  }
+}
+
+bool Model::setWeight(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
+                      size_t bytes) {
+  if (ready_) throw std::runtime_error("weights are already loaded; tensor '" + name + "' comes too late");
+  const std::string n = canonicalName(name);
+  if (config_.family == Family::GPT2) {
+    const bool causalBuffer = n.size() > 9 && (n.compare(n.size() - 9, 9, "attn.bias") == 0 ||
+                                              (n.size() > 16 && n.compare(n.size() - 16, 16, "attn.masked_bias") == 0));
+    if (causalBuffer && n.find(".attn.c_") == std::string::npos) return false;
+  } else if (n == "transformer.rotary_pos_emb.inv_freq") {
+    return false;  // recomputed from theta
+  }
+  const WeightSpec* spec = findSpec(n);
+  if (!spec && n == "lm_head.weight" && config_.family == Family::GPT2) {
+    // GPT-2's output layer is tied to wte; a checkpoint that stores it stores the same values.
+    std::vector<int64_t> want{config_.vocabSize, config_.hiddenSize};
+    if (shape != want)
+      throw std::invalid_argument("tensor 'lm_head.weight' has shape " + shapeStr(shape) + ", expected " + shapeStr(want));
+    return false;
+  }
+  if (!spec) throw std::invalid_argument("unexpected tensor '" + name + "' for a " + (config_.family == Family::GPT2 ? "GPT-2" : "ChatGLM2") + " model ('" + config_.name + "')");
+  if (shape != spec->shape)
+    throw std::invalid_argument("tensor '" + name + "' has shape " + shapeStr(shape) + ", expected " + shapeStr(spec->shape) + " for '" + config_.name + "'");
+  if (loaded_.count(n)) throw std::invalid_argument("tensor '" + name + "' was given twice");
+  int64_t count = 1;
+  for (auto d : shape) count *= d;
+  if (bytes != static_cast<size_t>(count) * dtypeSize(dtype))
+    throw std::invalid_argument("tensor '" + name + "': " + std::to_string(bytes) + " bytes of data for " + std::to_string(count) + " " + dtypeName(dtype) + " values");
+  std::vector<float> full(static_cast<size_t>(count));
+  if (dtype == DType::F32) {
+    std::memcpy(full.data(), data, bytes);
+  } else {
+    const uint16_t* src = static_cast<const uint16_t*>(data);
+    if (dtype == DType::F16) {
+      for (int64_t i = 0; i < count; ++i) full[i] = halfToFloat(src[i]);
+    } else {
+      for (int64_t i = 0; i < count; ++i) {
+        uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
+        std::memcpy(&full[i], &bits, 4);
+      }
+    }
+  }
+  for (int64_t i = 0; i < count; ++i)
+    if (!std::isfinite(full[i])) throw std::invalid_argument("tensor '" + name + "' contains a non-finite value at index " + std::to_string(i));
+  placeWeight(*spec, std::move(full));
+  loaded_.insert(n);
+  return true;
+}
+
+void Model::finishLoading() {
+  std::vector<std::string> missing;
+  for (const auto& s : specs_)
+    if (!loaded_.count(s.name)) missing.push_back(s.name);
+  if (!missing.empty()) {
+    std::ostringstream os;
+    os << "checkpoint is missing " << missing.size() << " tensor" << (missing.size() > 1 ? "s" : "") << ": ";
+    for (size_t i = 0; i < missing.size() && i < 12; ++i) os << (i ? ", " : "") << missing[i];
+    if (missing.size() > 12) os << ", ...";
+    throw std::invalid_argument(os.str());
+  }
+  if (config_.family == Family::GPT2)
+    for (auto& s : shards_) s.lmHead = s.embed;
+  ready_ = true;
+}
+
+void Model::initRandom(uint64_t seed) {
+  for (const auto& spec : specs_) {
+    int64_t count = 1;
+    for (auto d : spec.shape) count *= d;
+    std::vector<float> full(static_cast<size_t>(count));
+    if (spec.init == WeightSpec::Init::One) {
+      std::fill(full.begin(), full.end(), 1.0f);
+    } else if (spec.init == WeightSpec::Init::Zero) {
+      std::fill(full.begin(), full.end(), 0.0f);
+    } else {
+      // Counter-based: value i depends only on (seed, tensor name, i), so any thread count and any tp give
+      // the same weights. Box-Muller on pairs; std 0.02 as GPT-2's initializer_range.
+      const uint64_t key = splitmix64(seed ^ fnv1a(spec.name));
+      const float stdDev = 0.02f;
+#pragma omp parallel for schedule(static)
+      for (int64_t p = 0; p < (count + 1) / 2; ++p) {
+        uint64_t a = splitmix64(key + 2 * static_cast<uint64_t>(p)), b = splitmix64(key + 2 * static_cast<uint64_t>(p) + 1);
+        double u1 = (static_cast<double>(a >> 11) + 1.0) * 0x1.0p-53, u2 = static_cast<double>(b >> 11) * 0x1.0p-53;
+        double r = std::sqrt(-2.0 * std::log(u1)), th = 6.283185307179586 * u2;
+        full[2 * p] = static_cast<float>(r * std::cos(th)) * stdDev;
+        if (2 * p + 1 < count) full[2 * p + 1] = static_cast<float>(r * std::sin(th)) * stdDev;
+      }
+    }
+    placeWeight(spec, std::move(full));
+    loaded_.insert(spec.name);
+  }
+  finishLoading();
+}
+
+std::vector<ShardCache> Model::makeCache(int batch, int capacity) {
+  std::vector<ShardCache> caches(plan_.tp);
+  for (int s = 0; s < plan_.tp; ++s) {
+    for (int l = 0; l < config_.numLayers; ++l) {
+      std::vector<int64_t> shape{batch, plan_.kvHeadsPerShard, capacity, config_.headDim};
+      caches[s].k.push_back(backends_[s]->alloc(shape, MemKind::KvCache));
+      caches[s].v.push_back(backends_[s]->alloc(shape, MemKind::KvCache));
+    }
+  }
+  return caches;
+}
+
+void Model::checkCancel(const ForwardArgs& a) const {
+  if (a.cancel && a.cancel->load(std::memory_order_relaxed)) throw Cancelled();
+}
+
+std::vector<float> Model::forward(const ForwardArgs& a) {
+  if (!ready_) throw std::runtime_error("weights are not loaded");
+  const int tp = plan_.tp, B = a.batch, T = a.seqLen;
+  const int64_t M = static_cast<int64_t>(B) * T, H = config_.hiddenSize, hd = config_.headDim;
+  const bool gpt2 = config_.family == Family::GPT2;
+  AttnShape as;
+  as.batch = B;
+  as.seqLen = T;
+  as.numHeads = plan_.headsPerShard;
+  as.numKvHeads = plan_.kvHeadsPerShard;
+  as.headDim = config_.headDim;
+  as.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t qkvW = as.qkvRowStride(), attnW = static_cast<int64_t>(as.numHeads) * hd;
+  const int64_t ffW = gpt2 ? plan_.ffnPerShard : 2 * plan_.ffnPerShard;
+  const float eps = static_cast<float>(config_.normEps);
+
+  std::vector<Tensor> x(tp), y(tp);
+  std::vector<Tensor*> yp(tp);
+  for (int s = 0; s < tp; ++s) {
+    Backend& be = *backends_[s];
+    x[s] = be.alloc({M, H}, MemKind::Activations);
+    be.embedding(*a.ids, T, a.startPos, shards_[s].embed, gpt2 ? &shards_[s].pos : nullptr, x[s]);
+    y[s] = be.alloc({M, H}, MemKind::Activations);
+    yp[s] = &y[s];
+  }
+  auto norm = [&](Backend& be, const Tensor& in, const Tensor& w, const Tensor& b, Tensor& out) {
+    if (gpt2) be.layerNorm(in, w, b, eps, out);
+    else be.rmsNorm(in, w, eps, out);
+  };
+  for (int l = 0; l < config_.numLayers; ++l) {
+    checkCancel(a);
+    for (int s = 0; s < tp; ++s) {  // attention block, each shard on its own heads
+      Backend& be = *backends_[s];
+      const LayerWeights& w = shards_[s].layers[l];
+      Tensor h = be.alloc({M, H}, MemKind::Activations);
+      norm(be, x[s], w.ln1w, w.ln1b, h);
+      Tensor qkv = be.alloc({M, qkvW}, MemKind::Activations);
+      be.matmul(h, w.qkvW, &w.qkvB, qkv);
+      if (!gpt2) be.rotary(qkv, as, a.startPos, static_cast<int>(hd / 2), 10000.0f);
+      Tensor att = be.alloc({M, attnW}, MemKind::Activations);
+      if (a.cache) {
+        ShardCache& c = (*a.cache)[s];
+        be.kvCacheWrite(qkv, as, a.startPos, c.k[l], c.v[l]);
+        if (a.decode) be.attentionDecode(qkv, as, c.k[l], c.v[l], a.startPos, att);
+        else be.attentionPrefill(a.method, qkv, as, att);
+      } else {
+        be.attentionPrefill(a.method, qkv, as, att);
+      }
+      be.matmul(att, w.outW, w.outB.empty() ? nullptr : &w.outB, y[s]);
+    }
+    backends_[0]->allReduceSum(yp);
+    for (int s = 0; s < tp; ++s) backends_[s]->add(x[s], y[s]);
+    for (int s = 0; s < tp; ++s) {  // MLP block, each shard on its slice of the width
+      Backend& be = *backends_[s];
+      const LayerWeights& w = shards_[s].layers[l];
+      Tensor h = be.alloc({M, H}, MemKind::Activations);
+      norm(be, x[s], w.ln2w, w.ln2b, h);
+      Tensor u = be.alloc({M, ffW}, MemKind::Activations);
+      be.matmul(h, w.fcW, w.fcB.empty() ? nullptr : &w.fcB, u);
+      if (gpt2) {
+        be.geluNew(u);
+        be.matmul(u, w.projW, w.projB.empty() ? nullptr : &w.projB, y[s]);
+      } else {
+        Tensor g = be.alloc({M, plan_.ffnPerShard}, MemKind::Activations);
+        be.swiglu(u, g);
+        be.matmul(g, w.projW, nullptr, y[s]);
+      }
+    }
+    backends_[0]->allReduceSum(yp);
+    for (int s = 0; s < tp; ++s) backends_[s]->add(x[s], y[s]);
+  }
+  // The output head runs on shard 0 for the last position of each row only.
+  Backend& be = *backends_[0];
+  std::vector<int32_t> last(B);
+  for (int b = 0; b < B; ++b) last[b] = b * T + T - 1;
+  Tensor xl = be.alloc({B, H}, MemKind::Activations), hl = be.alloc({B, H}, MemKind::Activations);
+  be.gatherRows(x[0], last, xl);
+  norm(be, xl, shards_[0].lnfW, shards_[0].lnfB, hl);
+  Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations);
+  be.matmul(hl, shards_[0].lmHead, nullptr, logits);
+  std::vector<float> out(static_cast<size_t>(B) * config_.vocabSize);
+  be.download(logits, out.data(), out.size() * sizeof(float));
+  return out;
+}
+
+}  // namespace flashlab

@@ -1,0 +1,120 @@
+// GPT-2 and ChatGLM2 written against the Backend interface only: weight naming, validation, conversion and
+// tensor-parallel sharding, seeded random initialisation, and the forward pass over N shards.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+
+namespace flashlab {
+
+enum class Family { GPT2, ChatGLM2 };
+
+struct ModelConfig {
+  Family family = Family::GPT2;
+  std::string name;
+  int vocabSize = 0, hiddenSize = 0, numLayers = 0, numHeads = 0, numKvHeads = 0, headDim = 0, ffnHiddenSize = 0,
+      maxPositions = 0;
+  double normEps = 1e-5;
+};
+
+// Why a config is unusable, or "" when it is fine.
+std::string configProblem(const ModelConfig& c);
+// Why a tensor-parallel degree cannot shard a config (mirrors contracts/models.ts tpProblem), or "".
+std::string tpProblem(const ModelConfig& c, int tp);
+
+// How a full (Hugging Face) tensor is cut into shards.
+enum class ShardRole {
+  Replicated,      // every shard holds the whole tensor
+  QkvRows,         // fused [q | k | v] rows: each section split by (query / KV) heads
+  ColumnRows,      // column-parallel linear: output rows split evenly
+  GateUpRows,      // ChatGLM2 dense_h_to_4h [gate | up]: each half split evenly, shard keeps [gate_s | up_s]
+  RowParallel,     // row-parallel linear: input columns split evenly
+  FirstShardOnly,  // bias of a row-parallel linear: added once, by shard 0, before the all-reduce
+};
+
+struct WeightSpec {
+  std::string name;            // canonical Hugging Face name
+  std::vector<int64_t> shape;  // as stored in the checkpoint
+  ShardRole role;
+  bool conv1d = false;         // GPT-2 Conv1D [in, out]: transposed to [out, in] on load
+  enum class Init { Normal, Zero, One } init = Init::Normal;
+};
+
+struct ShardPlan {
+  int tp = 1;
+  int headsPerShard = 0, kvHeadsPerShard = 0, ffnPerShard = 0;
+  // First global KV head of a shard (KV heads are replicated when tp > numKvHeads).
+  int kvHeadStart(int shard) const;
+  int numKvHeads = 0;
+};
+
+struct LayerWeights {
+  Tensor ln1w, ln1b, ln2w, ln2b;  // *b only for GPT-2
+  Tensor qkvW, qkvB;              // [local (nh + 2 nkv) hd, H]
+  Tensor outW, outB;              // [H, local nh hd]; outB only on shard 0 (GPT-2)
+  Tensor fcW, fcB;                // GPT-2 c_fc [local F, H]; ChatGLM2 [gate_s | up_s] [2 local F, H]
+  Tensor projW, projB;            // [H, local F]; projB only on shard 0 (GPT-2)
+};
+
+struct ShardWeights {
+  Tensor embed, pos, lnfW, lnfB, lmHead;
+  std::vector<LayerWeights> layers;
+};
+
+// Per-generate state of one shard: its KV cache per layer.
+struct ShardCache {
+  std::vector<Tensor> k, v;
+};
+
+struct ForwardArgs {
+  const std::vector<int32_t>* ids = nullptr;  // B*T token ids
+  int batch = 1, seqLen = 1, startPos = 0;
+  AttentionMethod method = AttentionMethod::FA2;
+  std::vector<ShardCache>* cache = nullptr;   // null: no KV cache (prefill of the whole sequence)
+  bool decode = false;                        // one token per row against the cache
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+class Model {
+ public:
+  // backends: one per shard (shards may share one backend, as on the CPU).
+  Model(const ModelConfig& config, std::vector<Backend*> backends);
+
+  const ModelConfig& config() const { return config_; }
+  const ShardPlan& plan() const { return plan_; }
+
+  // Loading by Hugging Face tensor name. Returns false when the name is a known buffer that is ignored.
+  bool setWeight(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
+                 size_t bytes);
+  void finishLoading();  // throws listing every missing tensor
+  void initRandom(uint64_t seed);
+  bool ready() const { return ready_; }
+
+  // Runs the model and returns the logits of the last position of each row, [B * vocab] on the host.
+  std::vector<float> forward(const ForwardArgs& args);
+  std::vector<ShardCache> makeCache(int batch, int capacity);
+
+ private:
+  const WeightSpec* findSpec(const std::string& canonical) const;
+  std::string canonicalName(const std::string& name) const;
+  void placeWeight(const WeightSpec& spec, std::vector<float>&& full);
+  Tensor* slotFor(int shard, const std::string& canonical);
+  void checkCancel(const ForwardArgs& a) const;
+
+  ModelConfig config_;
+  ShardPlan plan_;
+  std::vector<Backend*> backends_;
+  std::vector<WeightSpec> specs_;
+  std::map<std::string, size_t> specIndex_;
+  std::set<std::string> loaded_;
+  std::vector<ShardWeights> shards_;
+  bool ready_ = false;
+};
+
+}  // namespace flashlab
