@@ -30,7 +30,7 @@ export function writePostgresSchema(source?: string): string {
   return file;
 }
 
-export function prismaCli(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): string {
+export function prismaCli(args: string[], opts: { env?: Record<string, string> } = {}): string {
   const bin = path.join(PRISMA_DIR, '..', 'node_modules', '.bin', 'prisma');
   return execFileSync(bin, args, {
     encoding: 'utf8',
