@@ -12,8 +12,8 @@ export interface Preset {
   spec: ExperimentSpecInput;
 }
 
-const GPU = { device: 'cuda', dtype: ['fp16'], warmup: 2, repeats: 5 } as const;
-const CPU = { device: 'cpu', dtype: ['fp32'], warmup: 1, repeats: 3 } as const;
+const GPU = () => ({ device: 'cuda' as const, dtype: ['fp16' as const], warmup: 2, repeats: 5 });
+const CPU = () => ({ device: 'cpu' as const, dtype: ['fp32' as const], warmup: 1, repeats: 3 });
 
 export const PRESETS: Preset[] = [
   {
@@ -23,7 +23,7 @@ export const PRESETS: Preset[] = [
     description: 'Naive attention against FlashAttention-1, KV cache on, over prompt lengths up to the full context.',
     size: 'full',
     spec: {
-      name: 'FlashAttention vs naive (GPT-2)', model: 'gpt2', ...GPU, attention: ['naive', 'fa1'], kvCache: [true], tp: [1],
+      name: 'FlashAttention vs naive (GPT-2)', model: 'gpt2', ...GPU(), attention: ['naive', 'fa1'], kvCache: [true], tp: [1],
       batchSizes: [1, 8], promptLengths: [128, 256, 512, 768], newTokens: [128], tags: ['study', 'fa-vs-naive'],
     },
   },
@@ -34,7 +34,7 @@ export const PRESETS: Preset[] = [
     description: 'The same comparison on ChatGLM2-6B, with long prompts where attention dominates.',
     size: 'full',
     spec: {
-      name: 'FlashAttention vs naive (ChatGLM2-6B)', model: 'chatglm2-6b', ...GPU, attention: ['naive', 'fa1'], kvCache: [true],
+      name: 'FlashAttention vs naive (ChatGLM2-6B)', model: 'chatglm2-6b', ...GPU(), attention: ['naive', 'fa1'], kvCache: [true],
       tp: [1], batchSizes: [1], promptLengths: [512, 1024, 2048, 4096], newTokens: [128], tags: ['study', 'fa-vs-naive'],
     },
   },
@@ -45,7 +45,7 @@ export const PRESETS: Preset[] = [
     description: 'All three attention kernels on ChatGLM2-6B at growing sequence lengths; every run records peak memory.',
     size: 'full',
     spec: {
-      name: 'FA2 vs FA1 vs naive with memory (ChatGLM2-6B)', model: 'chatglm2-6b', ...GPU, attention: ['naive', 'fa1', 'fa2'],
+      name: 'FA2 vs FA1 vs naive with memory (ChatGLM2-6B)', model: 'chatglm2-6b', ...GPU(), attention: ['naive', 'fa1', 'fa2'],
       kvCache: [true], tp: [1], batchSizes: [1], promptLengths: [1024, 2048, 4096, 8192], newTokens: [128],
       tags: ['study', 'fa2-memory'],
     },
@@ -59,7 +59,7 @@ export const PRESETS: Preset[] = [
       '(a 1024-token prompt leaves no room for new tokens; the builder refuses it and says why).',
     size: 'full',
     spec: {
-      name: 'KV cache on vs off (GPT-2)', model: 'gpt2', ...GPU, attention: ['naive'], kvCache: [false, true], tp: [1],
+      name: 'KV cache on vs off (GPT-2)', model: 'gpt2', ...GPU(), attention: ['naive'], kvCache: [false, true], tp: [1],
       batchSizes: [1], promptLengths: [128, 768], newTokens: [256], tags: ['study', 'kv-cache'],
     },
   },
@@ -70,7 +70,7 @@ export const PRESETS: Preset[] = [
     description: 'ChatGLM2-6B on one GPU and split over two (needs an agent with 2 GPUs).',
     size: 'full',
     spec: {
-      name: 'TP 1 vs 2 (ChatGLM2-6B)', model: 'chatglm2-6b', ...GPU, attention: ['fa2'], kvCache: [true], tp: [1, 2],
+      name: 'TP 1 vs 2 (ChatGLM2-6B)', model: 'chatglm2-6b', ...GPU(), attention: ['fa2'], kvCache: [true], tp: [1, 2],
       batchSizes: [1, 8], promptLengths: [512, 2048], newTokens: [128], tags: ['study', 'tensor-parallel'],
     },
   },
@@ -81,7 +81,7 @@ export const PRESETS: Preset[] = [
     description: 'gpt2-tiny on the CPU backend: finishes in seconds on the embedded agent.',
     size: 'tiny',
     spec: {
-      name: 'Tiny FlashAttention vs naive', model: 'gpt2-tiny', ...CPU, attention: ['naive', 'fa1'], kvCache: [true], tp: [1],
+      name: 'Tiny FlashAttention vs naive', model: 'gpt2-tiny', ...CPU(), attention: ['naive', 'fa1'], kvCache: [true], tp: [1],
       batchSizes: [1], promptLengths: [16, 64], newTokens: [8], tags: ['tiny', 'fa-vs-naive'],
     },
   },
@@ -92,7 +92,7 @@ export const PRESETS: Preset[] = [
     description: 'chatglm2-tiny, three kernels, growing prompts, on the CPU backend.',
     size: 'tiny',
     spec: {
-      name: 'Tiny FA2 vs FA1 vs naive', model: 'chatglm2-tiny', ...CPU, attention: ['naive', 'fa1', 'fa2'], kvCache: [true],
+      name: 'Tiny FA2 vs FA1 vs naive', model: 'chatglm2-tiny', ...CPU(), attention: ['naive', 'fa1', 'fa2'], kvCache: [true],
       tp: [1], batchSizes: [1], promptLengths: [32, 128], newTokens: [4], tags: ['tiny', 'fa2-memory'],
     },
   },
@@ -103,7 +103,7 @@ export const PRESETS: Preset[] = [
     description: 'gpt2-tiny, 32 new tokens after 16 and after 128 prompt tokens, cache on and off.',
     size: 'tiny',
     spec: {
-      name: 'Tiny KV cache on vs off', model: 'gpt2-tiny', ...CPU, attention: ['naive'], kvCache: [false, true], tp: [1],
+      name: 'Tiny KV cache on vs off', model: 'gpt2-tiny', ...CPU(), attention: ['naive'], kvCache: [false, true], tp: [1],
       batchSizes: [1], promptLengths: [16, 128], newTokens: [32], tags: ['tiny', 'kv-cache'],
     },
   },
@@ -114,7 +114,7 @@ export const PRESETS: Preset[] = [
     description: 'chatglm2-tiny sharded over 2 CPU shards (the same sharded computation the GPUs run).',
     size: 'tiny',
     spec: {
-      name: 'Tiny TP 1 vs 2', model: 'chatglm2-tiny', ...CPU, attention: ['fa2'], kvCache: [true], tp: [1, 2],
+      name: 'Tiny TP 1 vs 2', model: 'chatglm2-tiny', ...CPU(), attention: ['fa2'], kvCache: [true], tp: [1, 2],
       batchSizes: [1], promptLengths: [32], newTokens: [8], tags: ['tiny', 'tensor-parallel'],
     },
   },

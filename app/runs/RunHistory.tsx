@@ -1,0 +1,367 @@
+'use client';
+// The shared history. Filters, sort and page live in the URL (a link shows a colleague the same table); the
+// database does the filtering, sorting, paging and grouping.
+import { keepPreviousData, useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
+import Link from 'next/link';
+import { usePathname, useRouter, useSearchParams } from 'next/navigation';
+import { useMemo, useRef, useState } from 'react';
+import { toCsv } from '@/lib/csv';
+import { formatBytes, formatDate, formatMs, formatRate, methodLabel } from '@/lib/format';
+import { downloadText } from '../_components/download';
+import { type RouterInputs, useTRPC } from '../_trpc/client';
+
+type Filter = RouterInputs['runs']['list']['filter'];
+type SortField = NonNullable<NonNullable<RouterInputs['runs']['list']['sort']>['field']>;
+type GroupSortField = NonNullable<NonNullable<RouterInputs['runs']['groups']['sort']>['field']>;
+
+const PAGE_SIZE = 50;
+
+function listParam(sp: URLSearchParams, k: string): string[] | undefined {
+  const v = sp.get(k);
+  return v ? v.split(',').filter(Boolean) : undefined;
+}
+
+function filterFromUrl(sp: URLSearchParams): NonNullable<Filter> {
+  const tp = listParam(sp, 'tp')?.map(Number).filter((n) => Number.isInteger(n) && n >= 1 && n <= 8);
+  const kv = sp.get('kv');
+  return {
+    model: listParam(sp, 'model'),
+    attention: listParam(sp, 'attention')?.filter((a): a is 'naive' | 'fa1' | 'fa2' => ['naive', 'fa1', 'fa2'].includes(a)),
+    kvCache: kv === 'on' ? true : kv === 'off' ? false : undefined,
+    tp: tp?.length ? tp : undefined,
+    agentName: listParam(sp, 'agent'),
+    gpuName: listParam(sp, 'gpu'),
+    tag: sp.get('tag') || undefined,
+    experimentId: sp.get('experiment') || undefined,
+    from: sp.get('from') ? new Date(`${sp.get('from')}T00:00:00Z`) : undefined,
+    to: sp.get('to') ? new Date(`${sp.get('to')}T23:59:59.999Z`) : undefined,
+  };
+}
+
+const COLUMNS: { field: SortField | null; label: string; num?: boolean }[] = [
+  { field: 'createdAt', label: 'When' },
+  { field: 'model', label: 'Model' },
+  { field: 'attention', label: 'Method' },
+  { field: 'batchSize', label: 'Batch', num: true },
+  { field: 'promptLength', label: 'Prompt', num: true },
+  { field: 'newTokens', label: 'New', num: true },
+  { field: 'prefillMsMedian', label: 'TTFT', num: true },
+  { field: 'tpotMsMedian', label: 'TPOT', num: true },
+  { field: 'totalMsMedian', label: 'Total', num: true },
+  { field: 'tokensPerSecMedian', label: 'Tokens/s', num: true },
+  { field: 'peakMemBytes', label: 'Peak mem', num: true },
+  { field: 'agentName', label: 'Agent / GPU' },
+  { field: null, label: 'Tags' },
+];
+
+export function RunHistory() {
+  const trpc = useTRPC();
+  const queryClient = useQueryClient();
+  const sp = useSearchParams();
+  const router = useRouter();
+  const pathname = usePathname();
+  const filter = useMemo(() => filterFromUrl(new URLSearchParams(sp.toString())), [sp]);
+  const sortField = (sp.get('sort') ?? 'createdAt') as SortField;
+  const sortDir = (sp.get('dir') ?? 'desc') as 'asc' | 'desc';
+  const page = Math.max(0, Number(sp.get('page') ?? 0) || 0);
+  const grouped = sp.get('group') === '1';
+  const [selected, setSelected] = useState<Set<string>>(new Set());
+  const [notice, setNotice] = useState<{ kind: 'ok' | 'bad'; text: string } | null>(null);
+  const fileRef = useRef<HTMLInputElement>(null);
+
+  const setParams = (patch: Record<string, string | null>, resetPage = true) => {
+    const next = new URLSearchParams(sp.toString());
+    for (const [k, v] of Object.entries(patch)) {
+      if (v == null || v === '') next.delete(k);
+      else next.set(k, v);
+    }
+    if (resetPage && !('page' in patch)) next.delete('page');
+    router.replace(`${pathname}?${next.toString()}`, { scroll: false });
+  };
+
+  const facets = useQuery(trpc.runs.facets.queryOptions());
+  const list = useQuery({
+    ...trpc.runs.list.queryOptions({ filter, sort: { field: sortField, dir: sortDir }, page, pageSize: PAGE_SIZE }),
+    enabled: !grouped,
+    placeholderData: keepPreviousData,
+    refetchInterval: 5000,
+  });
+  const groupSort = (['lastAt', 'count', 'model', 'promptLength', 'batchSize', 'totalMs', 'prefillMs', 'tpotMs', 'tokensPerSec', 'peakMemBytes'].includes(sortField)
+    ? sortField : 'lastAt') as GroupSortField;
+  const groups = useQuery({
+    ...trpc.runs.groups.queryOptions({ filter, sort: { field: groupSort, dir: sortDir }, page, pageSize: 25 }),
+    enabled: grouped,
+    placeholderData: keepPreviousData,
+  });
+  const annotate = useMutation(
+    trpc.runs.annotate.mutationOptions({
+      onSuccess: (r) => {
+        setNotice({ kind: 'ok', text: `Updated ${r.updated} run${r.updated === 1 ? '' : 's'}.` });
+        queryClient.invalidateQueries({ queryKey: trpc.runs.pathKey() });
+      },
+      onError: (e) => setNotice({ kind: 'bad', text: e.message }),
+    }),
+  );
+  const importFile = useMutation(
+    trpc.runs.import.mutationOptions({
+      onSuccess: (r) => {
+        setNotice({ kind: 'ok', text: `Imported ${r.runs} runs${r.failures ? ` (${r.failures} failed configurations were in the file)` : ''}.` });
+        queryClient.invalidateQueries({ queryKey: trpc.runs.pathKey() });
+        setParams({ experiment: r.experimentId });
+      },
+      onError: (e) => setNotice({ kind: 'bad', text: e.message }),
+    }),
+  );
+
+  async function exportAs(format: 'csv' | 'json') {
+    setNotice(null);
+    try {
+      const data = await queryClient.fetchQuery(trpc.runs.export.queryOptions({ filter, sort: { field: sortField, dir: sortDir }, format }));
+      const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
+      if (data.format === 'csv') downloadText(toCsv(data.header, data.rows), `flashlab-runs-${stamp}.csv`, 'text/csv');
+      else downloadText(JSON.stringify({ format: 'flashlab-runs/1', exportedAt: new Date().toISOString(), runs: data.runs }, null, 2), `flashlab-runs-${stamp}.json`, 'application/json');
+      if (data.truncated) setNotice({ kind: 'bad', text: `Only the first 20 000 of ${data.total} runs were exported: narrow the filter.` });
+    } catch (e) {
+      setNotice({ kind: 'bad', text: `Export failed: ${(e as Error).message}` });
+    }
+  }
+
+  const sortBy = (f: string) => setParams({ sort: f, dir: sortField === f && sortDir === 'desc' ? 'asc' : 'desc' });
+  const ariaSort = (f: string | null) => (f && sortField === f ? (sortDir === 'asc' ? 'ascending' : 'descending') : undefined);
+  const toggle = (id: string) => setSelected((s) => { const n = new Set(s); n.has(id) ? n.delete(id) : n.add(id); return n; });
+  const items = list.data?.items ?? [];
+  const total = grouped ? (groups.data?.total ?? 0) : (list.data?.total ?? 0);
+  const pageCount = Math.max(1, Math.ceil(total / (grouped ? 25 : PAGE_SIZE)));
+  const error = grouped ? groups.error : list.error;
+  const anyFilter = Object.values(filter).some((v) => v !== undefined);
+
+  const multi = (k: string, label: string, options: readonly string[] | undefined) => (
+    <div className="field">
+      <label htmlFor={`flt-${k}`}>{label}</label>
+      <select id={`flt-${k}`} value={sp.get(k) ?? ''} onChange={(e) => setParams({ [k]: e.target.value || null })}>
+        <option value="">any</option>
+        {(options ?? []).map((o) => (
+          <option key={o} value={o}>{o}</option>
+        ))}
+      </select>
+    </div>
+  );
+
+  return (
+    <>
+      <section className="panel" aria-label="Filters">
+        <div className="grid" style={{ gridTemplateColumns: 'repeat(auto-fit, minmax(140px, 1fr))', alignItems: 'end' }}>
+          {multi('model', 'Model', facets.data?.model)}
+          {multi('attention', 'Attention', facets.data?.attention)}
+          <div className="field">
+            <label htmlFor="flt-kv">KV cache</label>
+            <select id="flt-kv" value={sp.get('kv') ?? ''} onChange={(e) => setParams({ kv: e.target.value || null })}>
+              <option value="">any</option>
+              <option value="on">on</option>
+              <option value="off">off</option>
+            </select>
+          </div>
+          {multi('tp', 'TP degree', facets.data?.tp.map(String))}
+          {multi('agent', 'Agent', facets.data?.agentName)}
+          {multi('gpu', 'GPU', facets.data?.gpuName)}
+          {multi('tag', 'Tag', facets.data?.tags)}
+          <div className="field">
+            <label htmlFor="flt-from">From</label>
+            <input id="flt-from" type="date" value={sp.get('from') ?? ''} onChange={(e) => setParams({ from: e.target.value || null })} />
+          </div>
+          <div className="field">
+            <label htmlFor="flt-to">To</label>
+            <input id="flt-to" type="date" value={sp.get('to') ?? ''} onChange={(e) => setParams({ to: e.target.value || null })} />
+          </div>
+        </div>
+        <div className="row" style={{ justifyContent: 'space-between' }}>
+          <div className="row">
+            <label>
+              <input type="checkbox" checked={grouped} onChange={(e) => setParams({ group: e.target.checked ? '1' : null })} />
+              Group repeats of one configuration (mean ± std)
+            </label>
+            {filter.experimentId && <span className="badge info">experiment {filter.experimentId.slice(0, 10)}…</span>}
+            {anyFilter && (
+              <button type="button" className="link" onClick={() => router.replace(pathname)}>
+                Clear filters
+              </button>
+            )}
+          </div>
+          <div className="row">
+            <button type="button" onClick={() => exportAs('csv')} data-testid="export-csv">Export CSV</button>
+            <button type="button" onClick={() => exportAs('json')}>Export JSON</button>
+            <button type="button" onClick={() => fileRef.current?.click()} disabled={importFile.isPending}>
+              {importFile.isPending ? 'Importing…' : 'Import results file'}
+            </button>
+            <input
+              ref={fileRef}
+              type="file"
+              accept="application/json,.json"
+              className="sr-only"
+              aria-label="Results file to import"
+              data-testid="import-file"
+              onChange={async (e) => {
+                const f = e.target.files?.[0];
+                e.target.value = '';
+                if (f) importFile.mutate({ fileName: f.name, content: await f.text() });
+              }}
+            />
+          </div>
+        </div>
+      </section>
+
+      {notice && (
+        <div className={`notice ${notice.kind}`} role={notice.kind === 'bad' ? 'alert' : 'status'}>
+          {notice.text}
+        </div>
+      )}
+
+      {!grouped && (
+        <SelectionBar
+          selected={selected}
+          clear={() => setSelected(new Set())}
+          onTag={(tag) => annotate.mutate({ ids: [...selected], addTags: [tag] })}
+          onNotes={(notes) => annotate.mutate({ ids: [...selected], notes })}
+        />
+      )}
+
+      <section className="panel" aria-label="Runs">
+        {error && <p className="error" role="alert">Could not load runs: {error.message}</p>}
+        {!grouped && list.data && items.length === 0 && (
+          <p className="empty">
+            {anyFilter ? 'No run matches these filters.' : <>No runs yet. <Link href="/experiments">Queue an experiment</Link> or import a results file.</>}
+          </p>
+        )}
+        {!grouped && items.length > 0 && (
+          <div className="table-wrap">
+            <table data-testid="runs-table">
+              <thead>
+                <tr>
+                  <th>
+                    <input
+                      type="checkbox"
+                      aria-label="Select every run on this page"
+                      checked={items.every((r) => selected.has(r.id))}
+                      onChange={(e) => setSelected((s) => { const n = new Set(s); for (const r of items) e.target.checked ? n.add(r.id) : n.delete(r.id); return n; })}
+                    />
+                  </th>
+                  {COLUMNS.map((c) => (
+                    <th key={c.label} className={c.num ? 'num' : undefined} aria-sort={ariaSort(c.field)}>
+                      {c.field ? (
+                        <button type="button" className="sort" onClick={() => sortBy(c.field as string)}>
+                          {c.label} {sortField === c.field ? (sortDir === 'asc' ? '▲' : '▼') : ''}
+                        </button>
+                      ) : c.label}
+                    </th>
+                  ))}
+                </tr>
+              </thead>
+              <tbody>
+                {items.map((r) => (
+                  <tr key={r.id} data-run-id={r.id}>
+                    <td>
+                      <input type="checkbox" aria-label={`Select run ${r.id}`} checked={selected.has(r.id)} onChange={() => toggle(r.id)} />
+                    </td>
+                    <td className="nowrap small" title={r.experimentName}>{formatDate(r.createdAt)}</td>
+                    <td>{r.model}</td>
+                    <td className="nowrap">{methodLabel(r)}</td>
+                    <td className="num">{r.batchSize}</td>
+                    <td className="num">{r.promptLength}</td>
+                    <td className="num">{r.newTokens}</td>
+                    <td className="num" title={`± ${formatMs(r.prefillMsStd)} over ${r.repeatCount} repeats`}>{formatMs(r.prefillMsMedian)}</td>
+                    <td className="num" title={`± ${formatMs(r.tpotMsStd)}`}>{formatMs(r.tpotMsMedian)}</td>
+                    <td className="num" title={`± ${formatMs(r.totalMsStd)}`}>{formatMs(r.totalMsMedian)}</td>
+                    <td className="num">{formatRate(r.tokensPerSecMedian)}</td>
+                    <td className="num">{formatBytes(r.peakMemBytes)}</td>
+                    <td className="small">{r.agentName}{r.gpuName ? <><br />{r.gpuName}</> : r.device === 'cpu' ? <><br />CPU</> : null}</td>
+                    <td className="small">
+                      {r.tags.map((t) => <span key={t} className="badge" style={{ marginRight: 3 }}>{t}</span>)}
+                      {r.notes && <div className="muted" title={r.notes}>📝 {r.notes.slice(0, 40)}{r.notes.length > 40 ? '…' : ''}</div>}
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+        {grouped && groups.data && groups.data.items.length === 0 && <p className="empty">No run matches these filters.</p>}
+        {grouped && groups.data && groups.data.items.length > 0 && (
+          <div className="table-wrap">
+            <table data-testid="groups-table">
+              <thead>
+                <tr>
+                  {([
+                    ['model', 'Model'], [null, 'Method'], ['batchSize', 'Batch'], ['promptLength', 'Prompt'], [null, 'New'],
+                    ['count', 'Runs'], ['prefillMs', 'TTFT mean ± std'], ['tpotMs', 'TPOT mean ± std'], ['totalMs', 'Total mean ± std'],
+                    ['tokensPerSec', 'Tokens/s'], ['peakMemBytes', 'Peak mem'], ['lastAt', 'Last run'], [null, ''],
+                  ] as const).map(([f, label]) => (
+                    <th key={label} aria-sort={ariaSort(f)} className={f && !['model', 'lastAt'].includes(f) ? 'num' : undefined}>
+                      {f ? <button type="button" className="sort" onClick={() => sortBy(f)}>{label} {sortField === f ? (sortDir === 'asc' ? '▲' : '▼') : ''}</button> : label}
+                    </th>
+                  ))}
+                </tr>
+              </thead>
+              <tbody>
+                {groups.data.items.map((g) => (
+                  <tr key={g.configKey}>
+                    <td>{g.config.model}</td>
+                    <td className="nowrap">{methodLabel(g.config)}</td>
+                    <td className="num">{g.config.batchSize}</td>
+                    <td className="num">{g.config.promptLength}</td>
+                    <td className="num">{g.config.newTokens}</td>
+                    <td className="num" title={`${g.repeatCount} repeats in all`}>{g.runCount}</td>
+                    <td className="num">{formatMs(g.prefillMs.mean)} ± {formatMs(g.prefillMs.std)}</td>
+                    <td className="num">{formatMs(g.tpotMs.mean)} ± {formatMs(g.tpotMs.std)}</td>
+                    <td className="num">{formatMs(g.totalMs.mean)} ± {formatMs(g.totalMs.std)}</td>
+                    <td className="num">{formatRate(g.tokensPerSecMean)}</td>
+                    <td className="num">{formatBytes(g.peakMemBytes)}</td>
+                    <td className="nowrap small">{formatDate(g.lastAt)}</td>
+                    <td><Link href={`/compare?runs=${g.runIds.join(',')}`}>Compare</Link></td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+        <nav className="row" aria-label="Pages" style={{ justifyContent: 'space-between', marginTop: 10 }}>
+          <span className="muted small" data-testid="runs-total">
+            {total} {grouped ? 'configurations' : 'runs'}
+          </span>
+          <div className="row">
+            <button type="button" disabled={page === 0} onClick={() => setParams({ page: String(page - 1) }, false)}>← Previous</button>
+            <span className="small">Page {page + 1} of {pageCount}</span>
+            <button type="button" disabled={page + 1 >= pageCount} onClick={() => setParams({ page: String(page + 1) }, false)}>Next →</button>
+          </div>
+        </nav>
+      </section>
+    </>
+  );
+}
+
+function SelectionBar(props: { selected: Set<string>; clear: () => void; onTag: (t: string) => void; onNotes: (n: string) => void }) {
+  const [tag, setTag] = useState('');
+  const [notes, setNotes] = useState('');
+  const n = props.selected.size;
+  if (n === 0) return <p className="muted small">Select runs to compare them, tag them or add notes.</p>;
+  return (
+    <section className="panel row" aria-label="Selected runs" style={{ justifyContent: 'space-between' }}>
+      <div className="row">
+        <strong>{n} selected</strong>
+        <Link className="button primary" href={`/compare?runs=${[...props.selected].join(',')}`} data-testid="compare-selected">
+          Compare selected
+        </Link>
+        <button type="button" onClick={props.clear}>Clear</button>
+      </div>
+      <form className="row" onSubmit={(e) => { e.preventDefault(); if (tag.trim()) { props.onTag(tag.trim()); setTag(''); } }}>
+        <label htmlFor="sel-tag" className="sr-only">Tag</label>
+        <input id="sel-tag" placeholder="tag" value={tag} onChange={(e) => setTag(e.target.value)} style={{ width: 120 }} />
+        <button type="submit">Add tag</button>
+      </form>
+      <form className="row" onSubmit={(e) => { e.preventDefault(); props.onNotes(notes); }}>
+        <label htmlFor="sel-notes" className="sr-only">Notes</label>
+        <input id="sel-notes" placeholder="notes" value={notes} onChange={(e) => setNotes(e.target.value)} style={{ width: 220 }} />
+        <button type="submit">Set notes</button>
+      </form>
+    </section>
+  );
+}

@@ -1,0 +1,113 @@
+// Data for the compare page (the runs picked, with every repeat) and the home page's best speedups, found by
+// grouping in the database.
+import { z } from 'zod';
+import { EnvironmentRecord, RepeatFigures } from '../../contracts/experiment';
+import type { CompareRun } from '../../lib/compare';
+import { publicProcedure, router } from '../trpc';
+
+const MAX_RUNS = 2000;
+
+const Env = EnvironmentRecord.partial();
+
+function toCompareRun(r: {
+  id: string; model: string; attention: string; kvCache: boolean; tp: number; dtype: string; device: string;
+  batchSize: number; promptLength: number; newTokens: number; repeats: unknown; environment: unknown; peakMemBytes: number;
+  agentName: string; gpuName: string | null; engineBuild: string; createdAt: Date;
+}): CompareRun {
+  const repeats = z.array(RepeatFigures).catch([]).parse(r.repeats);
+  const env = Env.catch({}).parse(r.environment);
+  const ceilings = env.ceilings ?? null;
+  return {
+    id: r.id,
+    config: {
+      model: r.model, attention: r.attention as CompareRun['config']['attention'], kvCache: r.kvCache, tp: r.tp,
+      dtype: r.dtype as CompareRun['config']['dtype'], device: r.device as CompareRun['config']['device'],
+      batchSize: r.batchSize, promptLength: r.promptLength, newTokens: r.newTokens,
+    },
+    repeats: repeats.map((p) => ({
+      prefillMs: p.prefillMs, tpotMs: p.tpotMs, totalMs: p.totalMs, tokensPerSec: p.tokensPerSec, peakMemBytes: p.peakMemBytes,
+    })),
+    peakMemBytes: r.peakMemBytes,
+    agentName: r.agentName,
+    gpuName: r.gpuName,
+    driver: env.gpus?.[0]?.driver ?? null,
+    cudaVersion: env.cudaVersion ?? null,
+    engineBuild: r.engineBuild,
+    backend: env.backend ?? r.device,
+    createdAt: r.createdAt,
+    ceilings,
+  };
+}
+
+/** Which runs differ only in one method dimension, and how a method's time relates to its baseline's. */
+const BEST = [
+  { id: 'fa1', label: 'FlashAttention-1 vs naive', method: { attention: 'fa1' }, baseline: { attention: 'naive' }, vary: 'attention' },
+  { id: 'fa2', label: 'FlashAttention-2 vs naive', method: { attention: 'fa2' }, baseline: { attention: 'naive' }, vary: 'attention' },
+  { id: 'kv', label: 'KV cache on vs off', method: { kvCache: true }, baseline: { kvCache: false }, vary: 'kvCache' },
+  { id: 'tp', label: 'Tensor parallel vs TP=1', method: { tp: 'gt1' }, baseline: { tp: 1 }, vary: 'tp' },
+] as const;
+
+export const compareRouter = router({
+  /** The runs to compare: by id, or every run of some experiments. */
+  runs: publicProcedure
+    .input(
+      z
+        .object({
+          runIds: z.array(z.string().min(1)).max(MAX_RUNS).default([]),
+          experimentIds: z.array(z.string().min(1)).max(50).default([]),
+        })
+        .refine((v) => v.runIds.length + v.experimentIds.length > 0, { message: 'name at least one run or experiment', path: ['runIds'] }),
+    )
+    .query(async ({ ctx, input }) => {
+      const or = [];
+      if (input.runIds.length) or.push({ id: { in: input.runIds } });
+      if (input.experimentIds.length) or.push({ experimentId: { in: input.experimentIds } });
+      const rows = await ctx.db.run.findMany({
+        where: { OR: or },
+        orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
+        take: MAX_RUNS + 1,
+        select: {
+          id: true, model: true, attention: true, kvCache: true, tp: true, dtype: true, device: true, batchSize: true,
+          promptLength: true, newTokens: true, repeats: true, environment: true, peakMemBytes: true, agentName: true,
+          gpuName: true, engineBuild: true, createdAt: true, experimentId: true,
+        },
+      });
+      const truncated = rows.length > MAX_RUNS;
+      const kept = rows.slice(0, MAX_RUNS);
+      const missing = input.runIds.filter((id) => !kept.some((r) => r.id === id));
+      return { runs: kept.map(toCompareRun), truncated, missing };
+    }),
+
+  /** For each method, the largest speedup over its baseline at one shape on one machine (median times). Both
+   *  sides are grouped by configuration in the database; only the groups are matched here. */
+  bestSpeedups: publicProcedure.query(async ({ ctx }) => {
+    const groups = await ctx.db.run.groupBy({
+      by: ['model', 'attention', 'kvCache', 'tp', 'dtype', 'device', 'batchSize', 'promptLength', 'newTokens', 'gpuName', 'agentName'],
+      _avg: { totalMsMedian: true },
+      _count: { id: true },
+    });
+    const shapeKey = (g: (typeof groups)[number], without: string) =>
+      ['model', 'attention', 'kvCache', 'tp', 'dtype', 'device', 'batchSize', 'promptLength', 'newTokens', 'gpuName', 'agentName']
+        .filter((k) => k !== without)
+        .map((k) => String(g[k as keyof typeof g]))
+        .join('|');
+    return BEST.map((b) => {
+      const baselines = new Map<string, number>();
+      for (const g of groups) {
+        const isBase = Object.entries(b.baseline).every(([k, v]) => g[k as keyof typeof g] === v);
+        if (isBase && g._avg.totalMsMedian) baselines.set(shapeKey(g, b.vary), g._avg.totalMsMedian);
+      }
+      let best: null | { speedup: number; model: string; promptLength: number; batchSize: number; newTokens: number; tp: number; gpu: string | null } = null;
+      for (const g of groups) {
+        const isMethod = Object.entries(b.method).every(([k, v]) => (v === 'gt1' ? (g[k as keyof typeof g] as number) > 1 : g[k as keyof typeof g] === v));
+        if (!isMethod || !g._avg.totalMsMedian) continue;
+        const base = baselines.get(shapeKey(g, b.vary));
+        if (!base) continue;
+        const speedup = base / g._avg.totalMsMedian;
+        if (!best || speedup > best.speedup)
+          best = { speedup, model: g.model, promptLength: g.promptLength, batchSize: g.batchSize, newTokens: g.newTokens, tp: g.tp, gpu: g.gpuName };
+      }
+      return { id: b.id, label: b.label, best };
+    });
+  }),
+});
