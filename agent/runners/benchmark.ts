@@ -70,7 +70,7 @@ export async function runBenchmark(config: JobConfig, ctx: BenchmarkContext): Pr
   checkAborted(ctx.signal);
 
   // A checkpoint may have a smaller vocabulary than the named model's: draw ids the loaded model has.
-  const vocabSize = (engine as { config?: { vocabSize?: number } }).config?.vocabSize ?? model.vocabSize;
+  const vocabSize = engine.config.vocabSize;
   const inputIds = benchmarkPrompt(
     config.weights.kind === 'random' ? config.weights.seed : 0,
     config.batchSize,
@@ -93,26 +93,28 @@ export async function runBenchmark(config: JobConfig, ctx: BenchmarkContext): Pr
       // Greedy, no stop tokens: every repeat generates exactly newTokens, so repeats are comparable.
       sampling: { greedy: true, stopTokens: [] },
       signal: ctx.signal,
-      onTokens: (step) => ctx.progress((i + step / config.newTokens) / total, label),
+      // step 0 is the token after prefill.
+      onTokens: (step) => ctx.progress((i + (step + 1) / config.newTokens) / total, label),
     });
     if (warm) {
       ctx.log('info', `${label}: ${out.timings.totalMs.toFixed(1)} ms`);
       continue;
     }
-    if (out.newTokens !== undefined && out.newTokens !== config.newTokens)
-      ctx.log('warn', `${label} stopped after ${out.newTokens} of ${config.newTokens} tokens (${out.stoppedBy})`);
+    const generated = out.newTokens[0]?.length ?? 0;
+    if (generated !== config.newTokens)
+      ctx.log('warn', `${label} stopped after ${generated} of ${config.newTokens} tokens (${out.stoppedBy})`);
     const figures: RepeatFigures = {
       prefillMs: out.timings.prefillMs,
       tpotMs: out.timings.tpotMs,
       totalMs: out.timings.totalMs,
       tokensPerSec: out.timings.tokensPerSec,
-      peakMemBytes: out.peakMemBytes ?? out.memory.peakBytes,
+      peakMemBytes: out.peakMemBytes,
       kvCacheBytes: out.memory.kvCacheBytes,
       weightsBytes: out.memory.weightsBytes,
       decodeMs: out.timings.decodeMs,
     };
     repeats.push(figures);
-    sampleTokens ??= out.tokens[0]?.slice(config.promptLength);
+    sampleTokens ??= out.newTokens[0];
     ctx.log(
       'info',
       `${label}: prefill ${figures.prefillMs.toFixed(2)} ms, tpot ${figures.tpotMs.toFixed(2)} ms, ${figures.tokensPerSec.toFixed(1)} tok/s`,

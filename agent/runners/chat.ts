@@ -79,11 +79,11 @@ export async function runChat(req: ChatRequest, ctx: ChatContext): Promise<ChatE
     pendingText += stream.flush();
     clearInterval(timer);
     await flush();
-    const generated = out.tokens[0].length - inputIds.length;
+    const generated = out.newTokens[0]?.length ?? 0;
     return {
       requestId: req.requestId,
       ok: true,
-      stoppedBy: out.stoppedBy === 'maxTokens' ? 'maxTokens' : 'eos',
+      stoppedBy: out.stoppedBy === 'stop' ? 'eos' : 'maxTokens',
       prefillMs: out.timings.prefillMs,
       tokensPerSec: out.timings.tokensPerSec,
       tpotMs: out.timings.tpotMs,
