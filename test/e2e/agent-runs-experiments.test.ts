@@ -1,0 +1,249 @@
+// End to end with real processes: a dashboard, agents started as `bin/flashlab agent`, experiments submitted
+// over tRPC, and the faults an operator meets — an agent killed mid-job, a dashboard restarted mid-run, an agent
+// told to stop (SIGTERM), a job cancelled while it runs. The history must stay exact: one run per job.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
+import type { ExperimentSpecInput } from '../../contracts';
+import { Dashboard, type Proc, startAgent, tempDatabase, waitFor } from './harness';
+
+interface JobRow {
+  id: string;
+  state: string;
+  attempt: number;
+  failedAttempts: number;
+  leaseHolderId: string | null;
+  progress: number;
+  error: string | null;
+}
+interface RunRow {
+  id: string;
+  jobId: string;
+  attempt: number;
+  agentName: string;
+  prefillMsMedian: number;
+  tpotMsMedian: number;
+  tokensPerSecMedian: number;
+  peakMemBytes: number;
+  repeats: string;
+  environment: string;
+}
+
+// A job of a few seconds on the CPU engine (400 tokens without KV cache), long enough to be hit mid-run.
+const slow = (name: string, repeats = 6): ExperimentSpecInput => ({
+  name,
+  model: 'gpt2-tiny',
+  weights: { kind: 'random', seed: 11 },
+  attention: ['naive'],
+  kvCache: [false],
+  tp: [1],
+  dtype: ['fp32'],
+  device: 'cpu',
+  batchSizes: [1],
+  promptLengths: [32],
+  newTokens: [400],
+  warmup: 0,
+  repeats,
+});
+
+describe('dashboard, agents and the queue, end to end', { timeout: 600_000 }, () => {
+  const database = tempDatabase();
+  let dash: Dashboard;
+  let sql: Database.Database;
+  const agents: Proc[] = [];
+
+  const trpc = () => dash.trpc();
+  const jobsOf = (experimentId: string) =>
+    sql.prepare('SELECT * FROM "Job" WHERE "experimentId" = ? ORDER BY "index"').all(experimentId) as JobRow[];
+  const runsOfJob = (jobId: string) => sql.prepare('SELECT * FROM "Run" WHERE "jobId" = ?').all(jobId) as RunRow[];
+  const runsOfExperiment = (experimentId: string) =>
+    sql.prepare('SELECT * FROM "Run" WHERE "experimentId" = ?').all(experimentId) as RunRow[];
+
+  async function newAgent(name: string, args: string[] = []): Promise<{ proc: Proc; agentId: string; token: string }> {
+    const { token, agentId } = (await trpc().mutation('agents.createToken', { name })) as {
+      token: string;
+      agentId: string;
+    };
+    const proc = startAgent(dash.baseUrl, token, name, ['--poll-ms', '500', ...args]);
+    agents.push(proc);
+    await proc.waitForOutput(/connected to ws:\/\/127\.0\.0\.1:\d+\/api\/agent-ws as agent/, 60_000);
+    return { proc, agentId, token };
+  }
+
+  async function submit(spec: ExperimentSpecInput): Promise<string> {
+    const { id } = (await trpc().mutation('experiments.create', spec)) as { id: string };
+    return id;
+  }
+
+  /** The single job of an experiment, once it is running on some agent with progress made. */
+  const runningJob = (experimentId: string, timeoutMs = 60_000) =>
+    waitFor(
+      `a job of ${experimentId} to be running with progress`,
+      () => {
+        const [job] = jobsOf(experimentId);
+        return job && ['leased', 'running'].includes(job.state) && job.progress > 0 ? job : undefined;
+      },
+      timeoutMs,
+      100,
+    );
+
+  const finishedJob = (experimentId: string, timeoutMs = 120_000) =>
+    waitFor(
+      `the job of ${experimentId} to finish`,
+      () => {
+        const [job] = jobsOf(experimentId);
+        return job && ['succeeded', 'failed', 'cancelled'].includes(job.state) ? job : undefined;
+      },
+      timeoutMs,
+      200,
+    );
+
+  before(async () => {
+    // Short leases and a fast sweeper so that a dead agent's job comes back within seconds.
+    dash = await Dashboard.start({ dbUrl: database.url, env: { LEASE_MS: '4000', SWEEP_EVERY_MS: '300' } });
+    sql = new Database(database.url.slice('file:'.length), { readonly: true, fileMustExist: true });
+  });
+
+  after(async () => {
+    await Promise.all(agents.map((a) => a.stop(5_000)));
+    sql?.close();
+    await dash?.stop();
+    database.cleanup();
+  });
+
+  it('runs an experiment submitted over tRPC and stores every run with its figures', async () => {
+    const { proc } = await newAgent('e2e-a');
+    const health = await dash.health();
+    const me = health.agents.find((a) => a.name === 'e2e-a');
+    assert.ok(me?.online, `the agent is online in /api/health: ${JSON.stringify(health)}`);
+    assert.equal(me?.backend, 'cpu');
+
+    const experimentId = await submit({
+      name: 'e2e sweep',
+      model: 'gpt2-tiny',
+      weights: { kind: 'random', seed: 5 },
+      attention: ['naive', 'fa1', 'fa2'],
+      kvCache: [true],
+      tp: [1, 2],
+      dtype: ['fp32'],
+      device: 'cpu',
+      batchSizes: [2],
+      promptLengths: [12],
+      newTokens: [6],
+      warmup: 1,
+      repeats: 3,
+    });
+    await waitFor('6 runs to be stored', () => runsOfExperiment(experimentId).length === 6, 120_000);
+    const jobs = jobsOf(experimentId);
+    assert.deepEqual(
+      jobs.map((j) => j.state),
+      Array(6).fill('succeeded'),
+    );
+    for (const job of jobs) {
+      const runs = runsOfJob(job.id);
+      assert.equal(runs.length, 1, 'one run per job');
+      const run = runs[0];
+      assert.equal(run.agentName, 'e2e-a');
+      assert.ok(run.prefillMsMedian > 0 && run.tpotMsMedian > 0 && run.tokensPerSecMedian > 0 && run.peakMemBytes > 0);
+      assert.equal(JSON.parse(run.repeats).length, 3);
+      const env = JSON.parse(run.environment);
+      assert.equal(env.backend, 'cpu');
+      assert.match(env.engineBuild, /flashlab/);
+    }
+    const logs = sql.prepare('SELECT "text" FROM "JobLog" WHERE "jobId" = ?').all(jobs[0].id) as Array<{
+      text: string;
+    }>;
+    assert.ok(
+      logs.some((l) => /repeat 3\/3/.test(l.text)),
+      'the job log reached the dashboard',
+    );
+    assert.ok(
+      logs.every((l) => l.text.includes(`[job ${jobs[0].id}#1]`)),
+      'every log line names its job',
+    );
+    await proc.stop();
+    assert.equal(proc.child.exitCode, 0, proc.tail());
+  });
+
+  it('requeues the job of an agent killed with SIGKILL; a second agent completes it and one run is stored', async () => {
+    const first = await newAgent('e2e-killed');
+    const experimentId = await submit(slow('killed mid-job'));
+    const job = await runningJob(experimentId);
+    assert.equal(job.leaseHolderId, first.agentId);
+    first.proc.kill('SIGKILL');
+    await first.proc.exited;
+
+    await newAgent('e2e-rescuer');
+    const done = await finishedJob(experimentId);
+    assert.equal(done.state, 'succeeded', done.error ?? '');
+    assert.equal(done.attempt, 2, 'the expired lease was requeued as attempt 2');
+    const runs = runsOfJob(done.id);
+    assert.equal(runs.length, 1, 'nothing counted twice');
+    assert.equal(runs[0].agentName, 'e2e-rescuer');
+    assert.equal(runs[0].attempt, 2);
+  });
+
+  it('SIGTERM hands back a job that would outlast the grace period, exits 0, and the job completes elsewhere', async () => {
+    // The rescuer from the previous test is still connected: stop it so that the new agent takes the job.
+    for (const a of agents) if (a.running) await a.stop();
+    const leaving = await newAgent('e2e-leaving', ['--grace-ms', '1000']);
+    const experimentId = await submit(slow('handed back'));
+    const job = await runningJob(experimentId);
+    assert.equal(job.leaseHolderId, leaving.agentId);
+    leaving.proc.kill('SIGTERM');
+    const exit = await leaving.proc.exited;
+    assert.equal(exit.code, 0, leaving.proc.tail());
+    assert.match(leaving.proc.output, /giving the job back/);
+    const back = jobsOf(experimentId)[0];
+    assert.equal(back.state, 'queued', 'given back, not left to expire');
+    assert.equal(back.failedAttempts, 0, 'a give-back is not a failure');
+
+    await newAgent('e2e-taker');
+    const done = await finishedJob(experimentId);
+    assert.equal(done.state, 'succeeded');
+    assert.equal(runsOfJob(done.id).length, 1);
+  });
+
+  it('SIGTERM lets a job that ends within the grace period finish before the agent exits', async () => {
+    for (const a of agents) if (a.running) await a.stop();
+    const staying = await newAgent('e2e-finisher', ['--grace-ms', '60000']);
+    const experimentId = await submit(slow('finished on SIGTERM', 2));
+    await runningJob(experimentId);
+    staying.proc.kill('SIGTERM');
+    const exit = await staying.proc.exited;
+    assert.equal(exit.code, 0, staying.proc.tail());
+    const [job] = jobsOf(experimentId);
+    assert.equal(job.state, 'succeeded', 'finished, not handed back');
+    assert.equal(runsOfJob(job.id)[0]?.agentName, 'e2e-finisher');
+  });
+
+  it('cancelling a running job aborts the engine on the agent', async () => {
+    const { proc } = await newAgent('e2e-cancelled');
+    const experimentId = await submit(slow('cancelled', 50));
+    const job = await runningJob(experimentId);
+    const started = Date.now();
+    await trpc().mutation('jobs.cancel', { id: job.id });
+    const done = await finishedJob(experimentId, 30_000);
+    assert.equal(done.state, 'cancelled');
+    assert.ok(Date.now() - started < 15_000, 'aborted, not run to the end (50 repeats take minutes)');
+    assert.equal(runsOfJob(job.id).length, 0);
+    await proc.waitForOutput(new RegExp(`\\[job ${job.id}#1\\] cancelled`), 10_000);
+    assert.ok(proc.running, 'the agent goes on after a cancel');
+  });
+
+  it('a dashboard restarted mid-run: the agent reconnects and the run completes, stored once', async () => {
+    for (const a of agents) if (a.running) await a.stop();
+    const { proc } = await newAgent('e2e-survivor');
+    const experimentId = await submit(slow('dashboard restarted'));
+    await runningJob(experimentId);
+    await dash.restart('SIGKILL');
+    await proc.waitForOutput(/reconnected to ws:/, 60_000);
+    const done = await finishedJob(experimentId);
+    assert.equal(done.state, 'succeeded', done.error ?? '');
+    const runs = runsOfJob(done.id);
+    assert.equal(runs.length, 1);
+    assert.equal(runs[0].agentName, 'e2e-survivor');
+    const health = await dash.health();
+    assert.ok(health.agents.find((a) => a.name === 'e2e-survivor')?.online, 'online again after the restart');
+  });
+});
