@@ -84,10 +84,12 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
       if (id < 0 || id >= c.vocabSize)
         throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(c.vocabSize));
   if (req.maxNewTokens < 1) throw std::invalid_argument("maxNewTokens must be at least 1");
+  // The last new token is never fed back, so it needs no position: a 1024-token prompt can still get one token.
   const int total = T0 + req.maxNewTokens;
-  if (total > options_.maxSeqLen)
+  if (total - 1 > options_.maxSeqLen)
     throw std::invalid_argument("prompt of " + std::to_string(T0) + " tokens + " + std::to_string(req.maxNewTokens) +
-                                " new tokens exceeds the maximum sequence length " + std::to_string(options_.maxSeqLen));
+                                " new tokens needs " + std::to_string(total - 1) + " positions, more than the maximum sequence length " +
+                                std::to_string(options_.maxSeqLen));
   for (int32_t t : req.sampling.stopTokens)
     if (t < 0 || t >= c.vocabSize) throw std::invalid_argument("stop token " + std::to_string(t) + " is outside the vocabulary");
 
