@@ -2,7 +2,7 @@
 // method, stream the text back in small batches, and report the measured TTFT and tokens/s.
 import type { ChatDelta, ChatEnd, ChatRequest } from '../../contracts/agent';
 import { KNOWN_MODELS } from '../../contracts/models';
-import { chatglm2Prompt, loadTokenizer } from '../../native/tokenizers';
+import { chatInputIds, loadTokenizer } from '../../native/tokenizers';
 import type { EngineCache } from '../engine-cache';
 
 export interface ChatContext {
@@ -13,26 +13,22 @@ export interface ChatContext {
   flushMs?: number;
 }
 
-/** GPT-2 is no chat model: a plain transcript it can continue. */
-function transcript(messages: ChatRequest['messages']): string {
-  const label = { system: 'System', user: 'User', assistant: 'Assistant' } as const;
-  return `${messages.map((m) => `${label[m.role]}: ${m.content}`).join('\n')}\n${label.assistant}:`;
-}
-
 export async function runChat(req: ChatRequest, ctx: ChatContext): Promise<ChatEnd> {
   const model = KNOWN_MODELS[req.model];
   if (!model) throw new Error(`request.model: unknown model '${req.model}'`);
   const dir = req.weights.kind === 'checkpoint' ? req.weights.path : undefined;
   const tokenizer = await loadTokenizer({ family: model.family, ...(dir ? { dir } : {}) });
-  const prompt = model.family === 'chatglm2' ? chatglm2Prompt(req.messages) : transcript(req.messages);
-  let inputIds = tokenizer.encode(prompt);
-  // Keep the newest context when the conversation outgrows the model: the answer needs room too.
+  let inputIds = chatInputIds(tokenizer, req.messages);
+  // Keep the newest context when the conversation outgrows the model (the answer needs room too), and
+  // ChatGLM2's [gMASK] sop prefix, without which it does not answer.
   const room = model.maxPositions - req.maxNewTokens;
-  if (room < 1)
+  const keepHead = model.family === 'chatglm2' ? 2 : 0;
+  if (room <= keepHead)
     throw new Error(
       `request.maxNewTokens: ${req.maxNewTokens} leaves no room for a prompt in ${model.name}'s ${model.maxPositions} positions`,
     );
-  if (inputIds.length > room) inputIds = inputIds.slice(inputIds.length - room);
+  if (inputIds.length > room)
+    inputIds = [...inputIds.slice(0, keepHead), ...inputIds.slice(inputIds.length - (room - keepHead))];
 
   const { engine } = await ctx.engines.get({
     model: req.model,
@@ -41,7 +37,8 @@ export async function runChat(req: ChatRequest, ctx: ChatContext): Promise<ChatE
     device: req.device,
     tp: req.tp,
     maxBatch: 1,
-    maxSeqLen: inputIds.length + req.maxNewTokens,
+    // Room for a growing conversation up front, so that the next turn does not reload the model.
+    maxSeqLen: Math.min(model.maxPositions, Math.max(2048, inputIds.length + req.maxNewTokens)),
   });
 
   const stream = tokenizer.createStreamDecoder();
