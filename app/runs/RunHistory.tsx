@@ -105,7 +105,7 @@ export function RunHistory() {
   const importFile = useMutation(
     trpc.runs.import.mutationOptions({
       onSuccess: (r) => {
-        setNotice({ kind: 'ok', text: `Imported ${r.runs} runs${r.failures ? ` (${r.failures} failed configurations were in the file)` : ''}.` });
+        setNotice({ kind: 'ok', text: `Imported ${r.runs} run${r.runs === 1 ? '' : 's'}${r.failures ? ` (${r.failures} failed configurations were in the file)` : ''}.` });
         queryClient.invalidateQueries({ queryKey: trpc.runs.pathKey() });
         setParams({ experiment: r.experimentId });
       },
@@ -353,12 +353,12 @@ function SelectionBar(props: { selected: Set<string>; clear: () => void; onTag: 
         <button type="button" onClick={props.clear}>Clear</button>
       </div>
       <form className="row" onSubmit={(e) => { e.preventDefault(); if (tag.trim()) { props.onTag(tag.trim()); setTag(''); } }}>
-        <label htmlFor="sel-tag" className="sr-only">Tag</label>
+        <label htmlFor="sel-tag" className="sr-only">Tag to add</label>
         <input id="sel-tag" placeholder="tag" value={tag} onChange={(e) => setTag(e.target.value)} style={{ width: 120 }} />
         <button type="submit">Add tag</button>
       </form>
       <form className="row" onSubmit={(e) => { e.preventDefault(); props.onNotes(notes); }}>
-        <label htmlFor="sel-notes" className="sr-only">Notes</label>
+        <label htmlFor="sel-notes" className="sr-only">Notes for the selected runs</label>
         <input id="sel-notes" placeholder="notes" value={notes} onChange={(e) => setNotes(e.target.value)} style={{ width: 220 }} />
         <button type="submit">Set notes</button>
       </form>

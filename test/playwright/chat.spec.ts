@@ -1,0 +1,66 @@
+// The chat playground against the embedded CPU agent: streaming with stop, per-answer figures, side by side.
+import { expect, test } from '@playwright/test';
+import { screenshot } from './helpers';
+
+test.describe.configure({ mode: 'serial' });
+
+test('an answer streams and the stop button stops it', async ({ page }) => {
+  await page.goto('/chat');
+  await expect(page.getByTestId('random-weights-notice')).toContainText('Random weights produce noise');
+  // GPT-2 at full size on the CPU is slow enough per token to stop mid-answer.
+  await page.locator('#single-model').selectOption('gpt2');
+  await page.locator('#single-max').fill('400');
+  await page.getByLabel('Message').fill('Tell me a long story');
+  await page.getByRole('button', { name: 'Send' }).click();
+  const streaming = page.getByTestId('streaming-answer');
+  await expect(streaming).toBeVisible();
+  await expect(streaming).not.toContainText('waiting for the first token', { timeout: 120_000 });
+  await expect(page.getByTestId('stop')).toBeEnabled();
+  await page.getByTestId('stop').click();
+  const answer = page.locator('.msg.assistant[data-status="cancelled"]');
+  await expect(answer).toBeVisible({ timeout: 60_000 });
+  await expect(answer).toContainText('stopped');
+  await expect(answer).toContainText('gpt2 · FA2 + KV cache, fp32 · cpu');
+});
+
+test('each answer shows its method, TTFT and tokens/s, and the conversation is saved', async ({ page }) => {
+  await page.goto('/chat');
+  await page.locator('#single-attention').selectOption('naive');
+  await page.locator('#single-max').fill('12');
+  await page.getByLabel('Message').fill('Hello there');
+  await page.getByLabel('Message').press('Enter');
+  const answer = page.locator('.msg.assistant[data-status="done"]').last();
+  await expect(answer).toBeVisible({ timeout: 120_000 });
+  await expect(answer).toContainText('gpt2-tiny · naive + KV cache, fp32 · cpu');
+  await expect(answer).toContainText(/TTFT \d/);
+  await expect(answer).toContainText(/tok\/s/);
+  await expect(page.locator('.session-list')).toContainText('Hello there');
+  await screenshot(page, 'chat');
+});
+
+test('side by side: one prompt through two methods, both streaming, differences marked', async ({ page }) => {
+  await page.goto('/chat?mode=side');
+  await expect(page.getByRole('tab', { name: 'Side by side' })).toHaveAttribute('aria-selected', 'true');
+  await page.locator('#shared-max').fill('24');
+  await page.getByLabel('Prompt').fill('The quick brown fox');
+  await page.getByRole('button', { name: 'Run both' }).click();
+  for (const side of ['A', 'B']) {
+    const a = page.getByTestId(`answer-${side}`).locator('.msg');
+    await expect(a).toHaveAttribute('data-status', 'done', { timeout: 120_000 });
+    await expect(page.getByTestId(`rate-${side}`)).toContainText('tok/s');
+  }
+  await expect(page.getByTestId('answer-A')).toContainText('naive');
+  await expect(page.getByTestId('answer-B')).toContainText('FA2 + KV cache');
+  const verdict = page.getByTestId('sbs-diff');
+  await expect(verdict).toContainText(/identical|First difference/);
+  if ((await verdict.textContent())?.includes('First difference')) await expect(page.locator('mark.diff')).toHaveCount(2);
+
+  // Different weights on B's model make the answers part at once: the mark must appear in both.
+  await page.locator('#B-model').selectOption('chatglm2-tiny');
+  await page.getByRole('button', { name: 'Run both' }).click();
+  for (const side of ['A', 'B'])
+    await expect(page.getByTestId(`answer-${side}`).locator('.msg')).toHaveAttribute('data-status', 'done', { timeout: 120_000 });
+  await expect(verdict).toContainText('First difference');
+  await expect(page.locator('mark.diff')).toHaveCount(2);
+  await screenshot(page, 'chat-side-by-side');
+});
