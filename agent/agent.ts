@@ -62,6 +62,7 @@ export class Agent {
       token: opts.token,
       onOpen: () => void this.sayHello(),
       onClose: (code) => {
+        if (this.closed) return;
         if (code === AGENT_CLOSE_CODES.revoked || code === AGENT_CLOSE_CODES.unauthorized) {
           this.fatal(
             EXIT.authRefused,

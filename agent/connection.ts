@@ -142,7 +142,8 @@ export class AgentConnection {
       url: this.url,
       WebSocket: socketClass((m) => opts.onAuthRefused?.(m)),
       connectionParams: { token: opts.token },
-      retryDelayMs: opts.retryDelayMs ?? ((attempt) => backoffDelay(attempt)),
+      // Capped at 5 s: a restarted dashboard gets its agents back within seconds; jitter spreads them out.
+      retryDelayMs: opts.retryDelayMs ?? ((attempt) => backoffDelay(attempt, { maxMs: 5_000 })),
       // A dashboard that vanished without closing the socket (host down, cable cut) is noticed within seconds.
       keepAlive: { enabled: true, intervalMs: 5_000, pongTimeoutMs: 5_000 },
       onOpen: () => opts.onOpen?.(),

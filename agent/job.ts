@@ -129,7 +129,11 @@ export class RunningJob {
     return outcome;
   }
 
+  private renewing = false;
   private async renew(): Promise<void> {
+    // While the dashboard is away a renewal waits for the reconnect; ticks meanwhile would pile up behind it.
+    if (this.renewing || this.controller.signal.aborted) return;
+    this.renewing = true;
     try {
       const { cancelRequested } = await this.deps.api.renew(this.ref);
       if (cancelRequested) this.stop({ kind: 'cancel' });
@@ -141,6 +145,8 @@ export class RunningJob {
         `[${jobTag(this.ref)}] lease renewal refused (${serverErrorCode(err) ?? 'error'}): ${(err as Error).message}`,
       );
       this.stop({ kind: 'lease-lost', reason: `lease renewal refused: ${(err as Error).message}` });
+    } finally {
+      this.renewing = false;
     }
   }
 

@@ -43,11 +43,12 @@ export class Worker {
       if (job.ref.jobId === jobId && job.ref.attempt === attempt) job.stop({ kind: 'cancel' });
   }
 
-  /** Stops leasing; running jobs go on until they end or are stopped. */
+  /** Stops leasing; running jobs go on until they end or are stopped. A lease call still in flight (say, waiting
+   *  for a reconnect) is not waited for long: whatever it brings is handed straight back. */
   async stopTaking(): Promise<void> {
     this.taking = false;
     this.poke();
-    await this.loop;
+    await Promise.race([this.loop, sleep(1_000)]);
   }
 
   stopAll(reason: StopReason): void {
