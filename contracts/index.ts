@@ -2,3 +2,4 @@ export * from './agent';
 export * from './engine';
 export * from './experiment';
 export * from './models';
+export * from './bench';

@@ -1,0 +1,16 @@
+// Token (+ learned position) embedding lookup (see embedding.cu).
+#pragma once
+
+#include <cstdint>
+
+#include "common.cuh"
+
+namespace flashlab::cuda {
+
+// out[i, :] = table[ids[i], :] (+ posTable[startPos + i % tokensPerSeq, :] when posTable is not null).
+// ids: device int32 [rows]. An id outside [0, vocab) or a position outside [0, maxPos) yields a zero row and
+// sets *badIndex (device int, when given) to 1, so the caller can turn it into an error after the step.
+void embedding(ElemType dtype, void* out, const int32_t* ids, const void* table, const void* posTable, int rows,
+               int tokensPerSeq, int startPos, int vocab, int maxPos, int hidden, int* badIndex, cudaStream_t stream);
+
+}  // namespace flashlab::cuda

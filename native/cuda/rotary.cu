@@ -1,0 +1,56 @@
+// ChatGLM2's rotary embedding: interleaved pairs (x[2i], x[2i+1]) on the first rotDim (= headDim / 2) dims
+// of each q and k head; the rest of the head passes through. One thread per pair. The angle is computed in
+// fp32 the way the reference model builds its cache (inv_freq = 1 / theta^(2i/rotDim), angle = pos *
+// inv_freq), and, like the reference, cos/sin are rounded to the tensor's dtype before use; the rotation
+// itself is done in fp32 and rounded once. Variants: fp32 | fp16 | bf16.
+#include "rotary.h"
+
+#include <algorithm>
+
+namespace flashlab::cuda {
+namespace {
+
+template <class T>
+__global__ void rotaryKernel(T* __restrict__ x, int64_t pairs, int64_t rowStride, int tokensPerSeq, int startPos,
+                             int numRotHeads, int headDim, int rotDim, float theta) {
+  const int half = rotDim / 2;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < pairs;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    const int64_t rest = idx / half;
+    const int head = static_cast<int>(rest % numRotHeads);
+    const int64_t row = rest / numRotHeads;
+    const int pos = startPos + static_cast<int>(row % tokensPerSeq);
+    const float invFreq = 1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(rotDim));
+    const float angle = static_cast<float>(pos) * invFreq;
+    const float c = toFloat(fromFloat<T>(cosf(angle)));
+    const float s = toFloat(fromFloat<T>(sinf(angle)));
+    T* p = x + row * rowStride + static_cast<int64_t>(head) * headDim + 2 * i;
+    const float x0 = toFloat(p[0]), x1 = toFloat(p[1]);
+    p[0] = fromFloat<T>(x0 * c - x1 * s);
+    p[1] = fromFloat<T>(x1 * c + x0 * s);
+  }
+}
+
+}  // namespace
+
+void rotaryInterleaved(ElemType dtype, void* x, int rows, int64_t rowStride, int tokensPerSeq, int startPos,
+                       int numRotHeads, int headDim, int rotDim, float theta, cudaStream_t stream) {
+  FL_REQUIRE(x != nullptr, "rotary: null tensor");
+  FL_REQUIRE(rows >= 1 && tokensPerSeq >= 1 && startPos >= 0, "rotary: rows, tokens per sequence and start must be valid");
+  FL_REQUIRE(rotDim >= 2 && rotDim % 2 == 0 && rotDim <= headDim,
+             "rotary: rotDim " + std::to_string(rotDim) + " must be even and <= head dim " + std::to_string(headDim));
+  FL_REQUIRE(numRotHeads >= 1 && static_cast<int64_t>(numRotHeads) * headDim <= rowStride,
+             "rotary: rotated heads do not fit in the row");
+  FL_REQUIRE(theta > 1.0f, "rotary: theta must be > 1");
+  const int64_t pairs = static_cast<int64_t>(rows) * numRotHeads * (rotDim / 2);
+  const int blocks = static_cast<int>(std::min<int64_t>(ceilDiv64(pairs, 256), 65536));
+  dispatchElem(dtype, [&](auto t) {
+    using T = decltype(t);
+    rotaryKernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(x), pairs, rowStride, tokensPerSeq, startPos,
+                                                 numRotHeads, headDim, rotDim, theta);
+    FL_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace flashlab::cuda

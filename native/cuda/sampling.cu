@@ -1,0 +1,95 @@
+// Token choice over a row of logits, one CTA per row: a (value, index) max-reduction. Variants: argmax
+// (greedy) and temperature sampling by Gumbel-max (argmax of logit / T + Gumbel noise, which draws from
+// softmax(logit / T) without a sort or a normalisation pass); each for fp32 | fp16 | bf16 logits.
+// Top-k / top-p filtering stays in the host sampler.
+#include "sampling.h"
+
+namespace flashlab::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+
+// splitmix64 finaliser: a good 64-bit mix for counter-based noise.
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+  // NaN never wins; ties go to the lower index.
+  return v > bv || (v == bv && i < bi);
+}
+
+template <class T, bool kSample>
+__global__ void __launch_bounds__(kThreads)
+    chooseKernel(const T* __restrict__ logits, int vocab, float invTemp, uint64_t seed, uint64_t step,
+                 int32_t* __restrict__ outIds) {
+  __shared__ float sv[kThreads / 32];
+  __shared__ int si[kThreads / 32];
+  const int row = blockIdx.x;
+  const T* l = logits + static_cast<int64_t>(row) * vocab;
+  float bv = -INFINITY;
+  int bi = vocab;  // "none yet"
+  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+    float v = toFloat(l[i]);
+    if (kSample) {
+      const uint64_t h = mix64(seed ^ mix64(step * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(row) * 0x632be59bd9b4e019ULL +
+                                            static_cast<uint64_t>(i)));
+      // uniform in (0, 1): 24 random bits, offset by half a step so that log never sees 0
+      const float u = (static_cast<float>(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+      v = v * invTemp - logf(-logf(u));
+    }
+    if (better(v, i, bv, bi)) bv = v, bi = i;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (better(ov, oi, bv, bi)) bv = ov, bi = oi;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sv[warp] = bv, si[warp] = bi;
+  __syncthreads();
+  if (warp == 0) {
+    bv = lane < kThreads / 32 ? sv[lane] : -INFINITY;
+    bi = lane < kThreads / 32 ? si[lane] : vocab;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (better(ov, oi, bv, bi)) bv = ov, bi = oi;
+    }
+    // A row of all NaN / -inf has no winner: report 0 rather than an out-of-range id.
+    if (lane == 0) outIds[row] = bi < vocab ? bi : 0;
+  }
+}
+
+template <bool kSample>
+void launchChoose(ElemType dtype, const void* logits, int rows, int vocab, float invTemp, uint64_t seed, uint64_t step,
+                  int32_t* outIds, cudaStream_t stream) {
+  dispatchElem(dtype, [&](auto t) {
+    using T = decltype(t);
+    chooseKernel<T, kSample><<<rows, kThreads, 0, stream>>>(static_cast<const T*>(logits), vocab, invTemp, seed, step,
+                                                           outIds);
+    FL_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+void argmaxRows(ElemType dtype, const void* logits, int rows, int vocab, int32_t* outIds, cudaStream_t stream) {
+  FL_REQUIRE(logits && outIds, "argmax: null tensor");
+  FL_REQUIRE(rows >= 1 && vocab >= 1, "argmax: empty logits");
+  launchChoose<false>(dtype, logits, rows, vocab, 1.f, 0, 0, outIds, stream);
+}
+
+void sampleRows(ElemType dtype, const void* logits, int rows, int vocab, float temperature, uint64_t seed,
+                uint64_t step, int32_t* outIds, cudaStream_t stream) {
+  FL_REQUIRE(logits && outIds, "sample: null tensor");
+  FL_REQUIRE(rows >= 1 && vocab >= 1, "sample: empty logits");
+  FL_REQUIRE(temperature > 0.f, "sample: temperature must be > 0 (use argmax for greedy)");
+  launchChoose<true>(dtype, logits, rows, vocab, 1.f / temperature, seed, step, outIds, stream);
+}
+
+}  // namespace flashlab::cuda

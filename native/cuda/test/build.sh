@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds the CUDA kernels (native/cuda/*.cu) for Hopper into native/build/cuda/:
+#   libflashlab_kernels.so   every kernel + the C ABI of capi.h (what bench/attention.py loads)
+#   kernel_tests             the correctness harness (test/kernel_tests.cu)
+#   libflashlab_kernels_fa2bn32.so   the same library with fa2's head-dim-128 K/V block at 32 keys (a tuning
+#                                    comparison for the benchmark), only with --variants
+# Usage: native/cuda/test/build.sh [--variants]. Needs nvcc (CUDA 12.4+); NVCC and CUDA_ARCH override.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+out="$here/../build/cuda"
+nvcc="${NVCC:-nvcc}"
+arch="${CUDA_ARCH:--gencode=arch=compute_90a,code=sm_90a}"
+if ! command -v "$nvcc" >/dev/null; then
+  echo "build.sh: nvcc not found (set NVCC or put the CUDA toolkit's bin on PATH)" >&2
+  exit 1
+fi
+mkdir -p "$out/obj"
+flags=(-std=c++17 -O3 $arch -lineinfo -Xcompiler -fPIC -Xcompiler -Wall -I"$here")
+
+compile() {  # src obj [extra flags]
+  local src=$1 obj=$2
+  shift 2
+  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find "$here" -maxdepth 1 \( -name '*.h' -o -name '*.cuh' \) -newer "$obj")" ]; then
+    "$nvcc" "${flags[@]}" "$@" -c "$src" -o "$obj"
+  fi
+}
+
+pids=()
+objs=()
+for src in "$here"/*.cu; do
+  obj="$out/obj/$(basename "${src%.cu}").o"
+  objs+=("$obj")
+  compile "$src" "$obj" & pids+=($!)
+done
+compile "$here/test/kernel_tests.cu" "$out/obj/kernel_tests.o" & pids+=($!)
+if [ "${1:-}" = "--variants" ]; then
+  compile "$here/attention_fa2.cu" "$out/obj/attention_fa2_bn32.o" -DFLASHLAB_FA2_HD128_BLOCK_N=32 & pids+=($!)
+fi
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+[ $status = 0 ] || { echo "build.sh: compilation failed" >&2; exit 1; }
+
+"$nvcc" $arch -shared -o "$out/libflashlab_kernels.so" "${objs[@]}"
+kernel_objs=()
+for o in "${objs[@]}"; do [ "$(basename "$o")" = capi.o ] || kernel_objs+=("$o"); done
+"$nvcc" $arch -o "$out/kernel_tests" "$out/obj/kernel_tests.o" "${kernel_objs[@]}"
+if [ "${1:-}" = "--variants" ]; then
+  variant_objs=()
+  for o in "${objs[@]}"; do [ "$(basename "$o")" = attention_fa2.o ] && variant_objs+=("$out/obj/attention_fa2_bn32.o") || variant_objs+=("$o"); done
+  "$nvcc" $arch -shared -o "$out/libflashlab_kernels_fa2bn32.so" "${variant_objs[@]}"
+fi
+echo "built $out"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The one script for a GPU host: builds the CUDA kernels, runs their correctness tests, runs the quick test
+# suite under compute-sanitizer memcheck, and benchmarks attention against PyTorch on this card, in one go.
+# Logs go to $FLASHLAB_OUT (default bench/out/); the benchmark's JSON lands in bench/results/ (and a copy in
+# $FLASHLAB_OUT). Needs nvcc and Python 3 with PyTorch (CUDA); compute-sanitizer when present.
+# usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${FLASHLAB_OUT:-bench/out}"
+mkdir -p "$out"
+quick="" bench=1 sanitizer=1
+for a in "$@"; do
+  case "$a" in
+    --quick) quick="--quick" ;;
+    --no-bench) bench=0 ;;
+    --no-sanitizer) sanitizer=0 ;;
+    *) echo "usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer]" >&2; exit 2 ;;
+  esac
+done
+export PYTHONUNBUFFERED=1
+export FLASHLAB_GIT_COMMIT="${FLASHLAB_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}"
+declare -a summary
+step() {  # name command...: runs it, logs to $out/<name>.log, records pass/fail and seconds
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  summary+=("$(printf '%-12s %-4s %4ss' "$name" "$([ "$rc" = 0 ] && echo ok || echo FAIL)" $((SECONDS - t0)))")
+  return "$rc"
+}
+
+nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv | tee "$out/gpu.csv"
+status=0
+if step build bash native/cuda/test/build.sh --variants; then
+  lib=native/build/cuda
+  step tests "$lib/kernel_tests" || status=1
+  if [ $sanitizer = 1 ]; then
+    if command -v compute-sanitizer >/dev/null; then
+      step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/kernel_tests" --quick || status=1
+    else
+      echo "compute-sanitizer not found: memcheck skipped" | tee "$out/memcheck.log"
+      summary+=("memcheck     n/a")
+    fi
+  fi
+  if [ $bench = 1 ]; then
+    step bench python3 bench/attention.py --lib "$lib/libflashlab_kernels.so" \
+      --variant "fa2_bn32=$lib/libflashlab_kernels_fa2bn32.so" $quick || status=1
+    cp bench/results/cuda-attention-*.json "$out/" 2>/dev/null || true
+  fi
+else
+  status=1
+fi
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"
+grep -h "^FAIL" "$out"/tests.log "$out"/memcheck.log 2>/dev/null | head -20
+grep -h "ERROR SUMMARY" "$out"/memcheck.log 2>/dev/null
+exit $status
