@@ -20,11 +20,13 @@ done
 export PYTHONUNBUFFERED=1
 export FLASHLAB_GIT_COMMIT="${FLASHLAB_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}"
 declare -a summary
+# A hung kernel must not hang the host: each step gets at most this many seconds.
+step_timeout="${FLASHLAB_STEP_TIMEOUT:-1800}"
 step() {  # name command...: runs it, logs to $out/<name>.log, records pass/fail and seconds
   local name=$1; shift
   local t0=$SECONDS
   echo "== $name: $*"
-  "$@" 2>&1 | tee "$out/$name.log"
+  timeout "$step_timeout" "$@" 2>&1 | tee "$out/$name.log"
   local rc=${PIPESTATUS[0]}
   summary+=("$(printf '%-12s %-4s %4ss' "$name" "$([ "$rc" = 0 ] && echo ok || echo FAIL)" $((SECONDS - t0)))")
   return "$rc"
