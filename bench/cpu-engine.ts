@@ -3,7 +3,7 @@
 // and decode speed against this machine's memory-bandwidth bound. Prints a table, writes
 // bench/results/cpu-engine.json.   Run: node --import ./node_modules/tsx/dist/loader.mjs bench/cpu-engine.ts
 //   [--no-cache-tokens N] (default 256; fewer keeps the quadratic baseline short) [--threads N]
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,16 +47,30 @@ const boundTokensPerSec = bandwidth / weightBytesPerToken;
 
 await engine.generate({ inputIds: [prompt(16, 3)], maxNewTokens: 8, attention: 'fa2', kvCache: true }); // warm-up
 
-const kv = await engine.generate({ inputIds: [prompt(promptLen, 7)], maxNewTokens: newTokens, attention: 'fa2', kvCache: true });
+const kv = await engine.generate({
+  inputIds: [prompt(promptLen, 7)],
+  maxNewTokens: newTokens,
+  attention: 'fa2',
+  kvCache: true,
+});
 const kvDecodeTps = 1000 / median(kv.timings.decodeMs);
-const noKv = await engine.generate({ inputIds: [prompt(promptLen, 7)], maxNewTokens: noCacheTokens, attention: 'fa2', kvCache: false });
+const noKv = await engine.generate({
+  inputIds: [prompt(promptLen, 7)],
+  maxNewTokens: noCacheTokens,
+  attention: 'fa2',
+  kvCache: false,
+});
 const noKvDecodeTps = 1000 / median(noKv.timings.decodeMs);
 const sameTokens = noKv.newTokens[0].every((t, i) => t === kv.newTokens[0][i]);
 
 const prefill: Record<string, { peakBytes: number; activationsPeakBytes: number; prefillMs: number }> = {};
 for (const attention of ['naive', 'fa1', 'fa2'] as const) {
   const r = await engine.generate({ inputIds: [prompt(1024, 11)], maxNewTokens: 1, attention, kvCache: false });
-  prefill[attention] = { peakBytes: r.memory.peakBytes, activationsPeakBytes: r.memory.activationsPeakBytes, prefillMs: r.timings.prefillMs };
+  prefill[attention] = {
+    peakBytes: r.memory.peakBytes,
+    activationsPeakBytes: r.memory.activationsPeakBytes,
+    prefillMs: r.timings.prefillMs,
+  };
 }
 engine.dispose();
 
@@ -70,14 +84,27 @@ const result = {
   weightBytesPerToken,
   boundTokensPerSec,
   kvCache: {
-    promptLen, newTokens, prefillMs: kv.timings.prefillMs, tpotMsMedian: median(kv.timings.decodeMs),
-    decodeTokensPerSec: kvDecodeTps, totalMs: kv.timings.totalMs, tokensPerSec: kv.timings.tokensPerSec,
-    peakBytes: kv.memory.peakBytes, kvCacheBytes: kv.memory.kvCacheBytes, ratioToBound: kvDecodeTps / boundTokensPerSec,
+    promptLen,
+    newTokens,
+    prefillMs: kv.timings.prefillMs,
+    tpotMsMedian: median(kv.timings.decodeMs),
+    decodeTokensPerSec: kvDecodeTps,
+    totalMs: kv.timings.totalMs,
+    tokensPerSec: kv.timings.tokensPerSec,
+    peakBytes: kv.memory.peakBytes,
+    kvCacheBytes: kv.memory.kvCacheBytes,
+    ratioToBound: kvDecodeTps / boundTokensPerSec,
   },
   noKvCache: {
-    promptLen, newTokens: noCacheTokens, prefillMs: noKv.timings.prefillMs, tpotMsMedian: median(noKv.timings.decodeMs),
-    decodeTokensPerSec: noKvDecodeTps, totalMs: noKv.timings.totalMs, tokensPerSec: noKv.timings.tokensPerSec,
-    peakBytes: noKv.memory.peakBytes, sameTokensAsKvCache: sameTokens,
+    promptLen,
+    newTokens: noCacheTokens,
+    prefillMs: noKv.timings.prefillMs,
+    tpotMsMedian: median(noKv.timings.decodeMs),
+    decodeTokensPerSec: noKvDecodeTps,
+    totalMs: noKv.timings.totalMs,
+    tokensPerSec: noKv.timings.tokensPerSec,
+    peakBytes: noKv.memory.peakBytes,
+    sameTokensAsKvCache: sameTokens,
   },
   prefill1024: prefill,
 };
@@ -87,11 +114,23 @@ const rows: [string, string][] = [
   ['weight bytes per decoded token', `${mib(weightBytesPerToken).toFixed(1)} MiB`],
   ['bandwidth bound', `${boundTokensPerSec.toFixed(2)} tokens/s`],
   [`KV cache: prefill ${promptLen}`, `${kv.timings.prefillMs.toFixed(1)} ms`],
-  [`KV cache: decode (median of ${newTokens - 1})`, `${median(kv.timings.decodeMs).toFixed(2)} ms/token = ${kvDecodeTps.toFixed(2)} tokens/s`],
+  [
+    `KV cache: decode (median of ${newTokens - 1})`,
+    `${median(kv.timings.decodeMs).toFixed(2)} ms/token = ${kvDecodeTps.toFixed(2)} tokens/s`,
+  ],
   ['KV cache: achieved / bound', `${(kvDecodeTps / boundTokensPerSec).toFixed(2)}`],
-  [`KV cache: total (${newTokens} tokens)`, `${(kv.timings.totalMs / 1000).toFixed(2)} s, ${kv.timings.tokensPerSec.toFixed(2)} tokens/s`],
-  [`no cache: decode (median of ${noCacheTokens - 1})`, `${median(noKv.timings.decodeMs).toFixed(1)} ms/token = ${noKvDecodeTps.toFixed(2)} tokens/s`],
-  [`no cache: total (${noCacheTokens} tokens)`, `${(noKv.timings.totalMs / 1000).toFixed(2)} s, ${noKv.timings.tokensPerSec.toFixed(2)} tokens/s`],
+  [
+    `KV cache: total (${newTokens} tokens)`,
+    `${(kv.timings.totalMs / 1000).toFixed(2)} s, ${kv.timings.tokensPerSec.toFixed(2)} tokens/s`,
+  ],
+  [
+    `no cache: decode (median of ${noCacheTokens - 1})`,
+    `${median(noKv.timings.decodeMs).toFixed(1)} ms/token = ${noKvDecodeTps.toFixed(2)} tokens/s`,
+  ],
+  [
+    `no cache: total (${noCacheTokens} tokens)`,
+    `${(noKv.timings.totalMs / 1000).toFixed(2)} s, ${noKv.timings.tokensPerSec.toFixed(2)} tokens/s`,
+  ],
   ['no cache: same greedy tokens', String(sameTokens)],
   ...(['naive', 'fa1', 'fa2'] as const).map((m): [string, string] => [
     `prefill 1024 ${m}: peak / activations / time`,

@@ -50,7 +50,10 @@ export interface NativeEngine {
   setWeight(name: string, dtype: 'F32' | 'F16' | 'BF16', shape: number[], data: Buffer): Promise<boolean>;
   /** Throws listing the missing tensors. */
   finishLoading(): void;
-  generate(request: NativeGenerateRequest, onTokens: (step: number, tokens: number[]) => void): Promise<NativeGenerateResult>;
+  generate(
+    request: NativeGenerateRequest,
+    onTokens: (step: number, tokens: number[]) => void,
+  ): Promise<NativeGenerateResult>;
   /** Makes the running generate reject with an AbortError at its next step. */
   cancel(): void;
   memory(): MemoryFigures;

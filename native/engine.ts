@@ -56,7 +56,8 @@ let binding: NativeBinding | undefined;
 export function loadBinding(): NativeBinding {
   if (binding) return binding;
   const path =
-    process.env.FLASHLAB_ENGINE_PATH ?? join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'flashlab_engine.node');
+    process.env.FLASHLAB_ENGINE_PATH ??
+    join(dirname(fileURLToPath(import.meta.url)), 'build', 'Release', 'flashlab_engine.node');
   const require = createRequire(import.meta.url);
   try {
     binding = require(path) as NativeBinding;
@@ -87,11 +88,22 @@ function resolveModel(model: string | ModelConfig): ModelConfig {
     return known;
   }
   const parsed = ModelConfig.safeParse(model);
-  if (!parsed.success) throw new Error(`invalid model config: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!parsed.success)
+    throw new Error(
+      `invalid model config: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   return parsed.data;
 }
 
-const SIZE_FIELDS = ['vocabSize', 'hiddenSize', 'numLayers', 'numHeads', 'numKvHeads', 'headDim', 'ffnHiddenSize'] as const;
+const SIZE_FIELDS = [
+  'vocabSize',
+  'hiddenSize',
+  'numLayers',
+  'numHeads',
+  'numKvHeads',
+  'headDim',
+  'ffnHiddenSize',
+] as const;
 
 export class Engine {
   readonly config: ModelConfig;
@@ -120,11 +132,15 @@ export class Engine {
       checkpoint = await openCheckpoint(weights);
       const fromFile = checkpoint.config;
       if (fromFile.family !== config.family)
-        throw new Error(`checkpoint ${weights} holds a ${fromFile.family} model, but model '${config.name}' is ${config.family}`);
+        throw new Error(
+          `checkpoint ${weights} holds a ${fromFile.family} model, but model '${config.name}' is ${config.family}`,
+        );
       if (typeof o.model !== 'string') {
         for (const f of SIZE_FIELDS)
           if (o.model[f] !== fromFile[f])
-            throw new Error(`checkpoint ${weights} has ${f} ${fromFile[f]}, but the given model config says ${o.model[f]}`);
+            throw new Error(
+              `checkpoint ${weights} has ${f} ${fromFile[f]}, but the given model config says ${o.model[f]}`,
+            );
       }
       config = fromFile;
     }
@@ -145,7 +161,8 @@ export class Engine {
       maxSeqLen: positiveInt('maxSeqLen', o.maxSeqLen, config.maxPositions),
       threads: positiveInt('threads', o.threads, availableParallelism()),
     };
-    if (!Number.isSafeInteger(options.seed) || options.seed < 0) throw new Error(`seed must be a non-negative integer, got ${options.seed}`);
+    if (!Number.isSafeInteger(options.seed) || options.seed < 0)
+      throw new Error(`seed must be a non-negative integer, got ${options.seed}`);
     if (options.maxSeqLen > config.maxPositions)
       throw new Error(`maxSeqLen ${options.maxSeqLen} exceeds ${config.name}'s ${config.maxPositions} positions`);
     let engine: NativeEngine | undefined;
@@ -192,7 +209,9 @@ export class Engine {
     if (r.signal?.aborted) throw abortError();
     const parsed = Sampling.safeParse(r.sampling ?? {});
     if (!parsed.success)
-      throw new Error(`invalid sampling: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+      throw new Error(
+        `invalid sampling: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+      );
     this.#busy = true;
     let callbackError: unknown;
     const onAbort = () => native.cancel();

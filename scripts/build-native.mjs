@@ -8,7 +8,7 @@
 // (a hash stamp next to the output). FLASHLAB_PORTABLE=1 leaves out -march=native (for binaries that move).
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -66,7 +66,8 @@ function nodeHeaders() {
 function addonApiDir() {
   const candidates = [process.env.NODE_ADDON_API_DIR, join(root, 'node_modules', 'node-addon-api')].filter(Boolean);
   const dir = candidates.find((d) => existsSync(join(d, 'napi.h')));
-  if (!dir) fail("node-addon-api headers not found: run 'npm install' (or set NODE_ADDON_API_DIR to a copy of node-addon-api)");
+  if (!dir)
+    fail("node-addon-api headers not found: run 'npm install' (or set NODE_ADDON_API_DIR to a copy of node-addon-api)");
   return dir;
 }
 
@@ -110,13 +111,25 @@ else await buildWithNodeGyp();
 
 if (!existsSync(output)) fail(`the build finished but ${relative(root, output)} is missing`);
 writeFileSync(stampFile, `${digest}\n`);
-process.stdout.write(`build-native: built ${relative(root, output)} (${digest}) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+process.stdout.write(
+  `build-native: built ${relative(root, output)} (${digest}) in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
+);
 
 function nodeGypCommand() {
   // npm bundles node-gyp; using it (rather than fetching one) keeps the build offline.
   const bundled = [
     process.env.npm_config_node_gyp,
-    join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    join(
+      dirname(process.execPath),
+      '..',
+      'lib',
+      'node_modules',
+      'npm',
+      'node_modules',
+      'node-gyp',
+      'bin',
+      'node-gyp.js',
+    ),
     join(root, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
   ].filter(Boolean);
   const found = bundled.find((p) => existsSync(p));
@@ -129,7 +142,10 @@ function nodeGypCommand() {
 async function buildWithNodeGyp() {
   for (const tool of ['make', 'python3']) {
     const r = run(tool, ['--version'], { capture: true });
-    if (r.missing) fail(`'${tool}' not found: node-gyp needs make and python3 (Debian/Ubuntu: apt-get install build-essential python3)`);
+    if (r.missing)
+      fail(
+        `'${tool}' not found: node-gyp needs make and python3 (Debian/Ubuntu: apt-get install build-essential python3)`,
+      );
   }
   const gyp = nodeGypCommand();
   if (!gyp) {
@@ -158,14 +174,27 @@ function headersMatchNode(includeDir) {
 
 async function buildDirect() {
   const headers = nodeHeaders();
-  if (!headers) fail('Node-API headers not found: set NODE_API_INCLUDE to a folder holding node_api.h (source .device-pack/env.sh on GPU hosts)');
+  if (!headers)
+    fail(
+      'Node-API headers not found: set NODE_API_INCLUDE to a folder holding node_api.h (source .device-pack/env.sh on GPU hosts)',
+    );
   const includes = [`-I${headers}`, `-I${addonApiDir()}`];
   const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
   const flags = [
-    '-std=c++17', '-O3', '-fPIC', '-fopenmp', '-fexceptions', '-Wall', '-Wno-unknown-pragmas',
+    '-std=c++17',
+    '-O3',
+    '-fPIC',
+    '-fopenmp',
+    '-fexceptions',
+    '-Wall',
+    '-Wno-unknown-pragmas',
     ...(process.env.FLASHLAB_PORTABLE ? [] : ['-march=native']),
-    '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS', '-DNODE_ADDON_API_DISABLE_DEPRECATED', '-DBUILDING_NODE_EXTENSION',
-    `-DFLASHLAB_VERSION="${version}"`, `-DFLASHLAB_BUILD_HASH="${digest}"`,
+    '-DNAPI_VERSION=8',
+    '-DNAPI_CPP_EXCEPTIONS',
+    '-DNODE_ADDON_API_DISABLE_DEPRECATED',
+    '-DBUILDING_NODE_EXTENSION',
+    `-DFLASHLAB_VERSION="${version}"`,
+    `-DFLASHLAB_BUILD_HASH="${digest}"`,
   ];
   const objDir = join(nativeDir, 'build-direct', 'obj');
   rmSync(objDir, { recursive: true, force: true });
@@ -192,8 +221,12 @@ function compile(cmd, argv) {
   return new Promise((resolve) => {
     const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
-    child.stdout.on('data', (d) => { output += d; });
-    child.stderr.on('data', (d) => { output += d; });
+    child.stdout.on('data', (d) => {
+      output += d;
+    });
+    child.stderr.on('data', (d) => {
+      output += d;
+    });
     child.on('error', (err) => resolve({ status: 1, output: `${err.message}\n` }));
     child.on('close', (status) => resolve({ status: status ?? 1, output }));
   });

@@ -14,7 +14,13 @@ describe('random weights', () => {
     const ids = [randomIds(12, glm.vocabSize, 1)];
     const logits = async (seed: number, tp: number, threads: number) => {
       const e = await Engine.create({ model: 'chatglm2-tiny', seed, tp, threads });
-      const out = await e.generate({ inputIds: ids, maxNewTokens: 1, attention: 'fa2', kvCache: true, dumpLogits: true });
+      const out = await e.generate({
+        inputIds: ids,
+        maxNewTokens: 1,
+        attention: 'fa2',
+        kvCache: true,
+        dumpLogits: true,
+      });
       e.dispose();
       return out.logitsLast?.[0] ?? new Float32Array();
     };
@@ -33,13 +39,25 @@ describe('generate', () => {
     const e = await Engine.create({ model: 'gpt2-tiny', seed: 1, threads: 2 });
     const steps: Array<[number, number[]]> = [];
     const out = await e.generate({
-      inputIds: [randomIds(5, gpt2.vocabSize, 2), randomIds(5, gpt2.vocabSize, 3)], maxNewTokens: 7, attention: 'fa1', kvCache: true,
+      inputIds: [randomIds(5, gpt2.vocabSize, 2), randomIds(5, gpt2.vocabSize, 3)],
+      maxNewTokens: 7,
+      attention: 'fa1',
+      kvCache: true,
       onTokens: (step, tokens) => steps.push([step, [...tokens]]),
     });
     e.dispose();
-    assert.deepEqual(steps.map((s) => s[0]), [0, 1, 2, 3, 4, 5, 6]);
-    assert.deepEqual(steps.map((s) => s[1][0]), out.newTokens[0]);
-    assert.deepEqual(steps.map((s) => s[1][1]), out.newTokens[1]);
+    assert.deepEqual(
+      steps.map((s) => s[0]),
+      [0, 1, 2, 3, 4, 5, 6],
+    );
+    assert.deepEqual(
+      steps.map((s) => s[1][0]),
+      out.newTokens[0],
+    );
+    assert.deepEqual(
+      steps.map((s) => s[1][1]),
+      out.newTokens[1],
+    );
     const t = out.timings;
     assert.equal(t.decodeMs.length, 6);
     assert.ok(t.prefillMs > 0 && t.decodeMs.every((d) => d > 0));
@@ -54,7 +72,11 @@ describe('generate', () => {
     let seen = 0;
     await assert.rejects(
       e.generate({
-        inputIds: [randomIds(4, gpt2.vocabSize, 5)], maxNewTokens: 400, attention: 'fa2', kvCache: false, signal: ac.signal,
+        inputIds: [randomIds(4, gpt2.vocabSize, 5)],
+        maxNewTokens: 400,
+        attention: 'fa2',
+        kvCache: false,
+        signal: ac.signal,
         onTokens: (step) => {
           seen = step + 1;
           if (step === 2) ac.abort();
@@ -76,7 +98,10 @@ describe('generate', () => {
     const e = await Engine.create({ model: 'gpt2-tiny', seed: 1, threads: 2 });
     await assert.rejects(
       e.generate({
-        inputIds: [[1, 2]], maxNewTokens: 50, attention: 'fa2', kvCache: true,
+        inputIds: [[1, 2]],
+        maxNewTokens: 50,
+        attention: 'fa2',
+        kvCache: true,
         onTokens: () => {
           throw new Error('consumer went away');
         },
@@ -103,7 +128,10 @@ describe('generate', () => {
     await assert.rejects(e.generate({ ...base, inputIds: [] }), /at least one row/);
     await assert.rejects(e.generate({ ...base, inputIds: [[]] }), /must not be empty/);
     await assert.rejects(e.generate({ ...base, inputIds: [[1], [2], [3]] }), /maxBatch 2/);
-    await assert.rejects(e.generate({ ...base, inputIds: [randomIds(500, 100, 1)], maxNewTokens: 20 }), /maximum sequence length 512/);
+    await assert.rejects(
+      e.generate({ ...base, inputIds: [randomIds(500, 100, 1)], maxNewTokens: 20 }),
+      /maximum sequence length 512/,
+    );
     await assert.rejects(e.generate({ ...base, inputIds: [[1]], maxNewTokens: 0 }), /maxNewTokens/);
     await assert.rejects(e.generate({ ...base, inputIds: [[1]], attention: 'flash3' as never }), /attention must be/);
     const edge = await e.generate({ ...base, inputIds: [randomIds(511, 100, 1)], maxNewTokens: 2 });
@@ -114,14 +142,26 @@ describe('generate', () => {
 
 describe('engine options', () => {
   it('refuses tensor-parallel degrees that cannot shard the model', async () => {
-    await assert.rejects(Engine.create({ model: 'gpt2-tiny', tp: 3 }), /tensor-parallel degree 3 does not divide gpt2-tiny's 4 attention heads/);
-    await assert.rejects(Engine.create({ model: 'chatglm2-6b', tp: 3 }), /does not divide chatglm2-6b's 32 attention heads/);
-    await assert.rejects(Engine.create({ model: { ...glm, numHeads: 6, numKvHeads: 4, hiddenSize: 96 }, tp: 3 }), /neither divides nor is a multiple/);
+    await assert.rejects(
+      Engine.create({ model: 'gpt2-tiny', tp: 3 }),
+      /tensor-parallel degree 3 does not divide gpt2-tiny's 4 attention heads/,
+    );
+    await assert.rejects(
+      Engine.create({ model: 'chatglm2-6b', tp: 3 }),
+      /does not divide chatglm2-6b's 32 attention heads/,
+    );
+    await assert.rejects(
+      Engine.create({ model: { ...glm, numHeads: 6, numKvHeads: 4, hiddenSize: 96 }, tp: 3 }),
+      /neither divides nor is a multiple/,
+    );
     await assert.rejects(Engine.create({ model: 'gpt2-tiny', tp: 0 }), /positive integer/);
   });
 
   it('refuses what the CPU backend cannot do, and unknown models', async () => {
-    await assert.rejects(Engine.create({ model: 'gpt2-tiny', dtype: 'fp16' }), /CPU backend computes in fp32 only; dtype 'fp16'/);
+    await assert.rejects(
+      Engine.create({ model: 'gpt2-tiny', dtype: 'fp16' }),
+      /CPU backend computes in fp32 only; dtype 'fp16'/,
+    );
     await assert.rejects(Engine.create({ model: 'gpt2-tiny', device: 'cuda' }), /cuda/);
     await assert.rejects(Engine.create({ model: 'gpt3' }), /unknown model 'gpt3'/);
     await assert.rejects(Engine.create({ model: { ...gpt2, headDim: 10 } }), /numHeads \* headDim/);
@@ -150,7 +190,10 @@ describe('dispose', () => {
   it('during a generate aborts it', async () => {
     const e = await Engine.create({ model: 'gpt2-tiny', seed: 1, threads: 2 });
     const running = e.generate({
-      inputIds: [[1, 2, 3]], maxNewTokens: 400, attention: 'naive', kvCache: false,
+      inputIds: [[1, 2, 3]],
+      maxNewTokens: 400,
+      attention: 'naive',
+      kvCache: false,
       onTokens: (step) => {
         if (step === 1) e.dispose();
       },
@@ -166,8 +209,14 @@ describe('memory figures', () => {
     const c = glm;
     const ids = [randomIds(1000, c.vocabSize, 4)];
     const weights = e.memory().weightsBytes;
-    const params = c.vocabSize * c.hiddenSize * 2 + c.hiddenSize
-      + c.numLayers * ((c.numHeads + 2 * c.numKvHeads) * c.headDim * (c.hiddenSize + 1) + c.hiddenSize * c.numHeads * c.headDim + 3 * c.hiddenSize * c.ffnHiddenSize + 2 * c.hiddenSize);
+    const params =
+      c.vocabSize * c.hiddenSize * 2 +
+      c.hiddenSize +
+      c.numLayers *
+        ((c.numHeads + 2 * c.numKvHeads) * c.headDim * (c.hiddenSize + 1) +
+          c.hiddenSize * c.numHeads * c.headDim +
+          3 * c.hiddenSize * c.ffnHiddenSize +
+          2 * c.hiddenSize);
     assert.equal(weights, params * 4);
     const figures: Record<string, { peak: number; act: number; kv: number }> = {};
     for (const attention of ['naive', 'fa1', 'fa2'] as const) {

@@ -8,7 +8,13 @@ import { tpProblem } from '../../contracts/models';
 import { Engine } from '../../native/engine';
 import { FIXTURES, readReference, relErr } from './helpers';
 
-const sizes = (layers: number, hidden: number, heads: number, kvHeads: number, ffn: number) => ({ layers, hidden, heads, kvHeads, ffn });
+const sizes = (layers: number, hidden: number, heads: number, kvHeads: number, ffn: number) => ({
+  layers,
+  hidden,
+  heads,
+  kvHeads,
+  ffn,
+});
 const checkpoints = [
   { fixture: 'gpt2-tiny-a', dir: 'gpt2-tiny-a', model: 'gpt2-tiny', s: sizes(2, 64, 4, 4, 256) },
   { fixture: 'gpt2-tiny-b', dir: 'gpt2-tiny-b', model: 'gpt2-tiny', s: sizes(3, 48, 3, 3, 192) },
@@ -20,9 +26,17 @@ const checkpoints = [
 ].map((c) => ({
   ...c,
   config: {
-    family: c.model === 'gpt2-tiny' ? ('gpt2' as const) : ('chatglm2' as const), name: c.fixture, vocabSize: 1,
-    hiddenSize: c.s.hidden, numLayers: c.s.layers, numHeads: c.s.heads, numKvHeads: c.s.kvHeads,
-    headDim: c.s.hidden / c.s.heads, ffnHiddenSize: c.s.ffn, maxPositions: 1, normEps: 1e-5,
+    family: c.model === 'gpt2-tiny' ? ('gpt2' as const) : ('chatglm2' as const),
+    name: c.fixture,
+    vocabSize: 1,
+    hiddenSize: c.s.hidden,
+    numLayers: c.s.layers,
+    numHeads: c.s.heads,
+    numKvHeads: c.s.kvHeads,
+    headDim: c.s.hidden / c.s.heads,
+    ffnHiddenSize: c.s.ffn,
+    maxPositions: 1,
+    normEps: 1e-5,
   },
 }));
 
@@ -30,7 +44,10 @@ for (const c of checkpoints) {
   describe(`${c.dir} against its reference`, () => {
     const ref = readReference(c.fixture);
     it('has every prompt length the fixtures promise', () => {
-      assert.deepEqual(ref.cases.map((k) => k.inputIds.length), [1, 7, 97, 130]);
+      assert.deepEqual(
+        ref.cases.map((k) => k.inputIds.length),
+        [1, 7, 97, 130],
+      );
     });
     // tp 1 and the valid degrees of this config (odd head counts: 3, 5, 6 shards; ChatGLM2 at 4 replicates KV heads)
     const degrees = [1, 2, 3, 4, 5, 6].filter((tp) => tpProblem(c.config, tp) === null);
@@ -47,13 +64,20 @@ for (const c of checkpoints) {
               for (const kvCache of [true, false]) {
                 const what = `prompt ${k.inputIds.length}, ${attention}, kvCache ${kvCache}`;
                 const out = await engine.generate({
-                  inputIds: [k.inputIds], maxNewTokens: ref.maxNewTokens, attention, kvCache, dumpLogits: true,
+                  inputIds: [k.inputIds],
+                  maxNewTokens: ref.maxNewTokens,
+                  attention,
+                  kvCache,
+                  dumpLogits: true,
                 });
                 assert.deepEqual(out.newTokens[0], k.greedy, `greedy tokens, ${what}`);
                 assert.deepEqual(out.tokens[0], [...k.inputIds, ...k.greedy]);
                 const last = out.logitsLast?.[0];
                 assert.ok(last, 'logitsLast dumped');
-                assert.ok(relErr(last, k.logitsLast) <= 1e-4, `logitsLast rel err ${relErr(last, k.logitsLast)}, ${what}`);
+                assert.ok(
+                  relErr(last, k.logitsLast) <= 1e-4,
+                  `logitsLast rel err ${relErr(last, k.logitsLast)}, ${what}`,
+                );
                 const steps = out.logitsSteps?.[0] ?? [];
                 assert.equal(steps.length, k.logitsSteps.length);
                 steps.forEach((s, i) => {

@@ -10,9 +10,31 @@ import { randomIds, relErr } from './helpers';
 // Odd sizes on purpose: 6 heads of 12 (GPT-2), 6 query heads over 2 KV groups (ChatGLM2: tp 6 replicates KV).
 const configs: ModelConfig[] = [
   KNOWN_MODELS['gpt2-tiny'],
-  { ...KNOWN_MODELS['gpt2-tiny'], name: 'gpt2-odd', vocabSize: 777, hiddenSize: 72, numHeads: 6, numKvHeads: 6, headDim: 12, ffnHiddenSize: 288, numLayers: 3, maxPositions: 200 },
+  {
+    ...KNOWN_MODELS['gpt2-tiny'],
+    name: 'gpt2-odd',
+    vocabSize: 777,
+    hiddenSize: 72,
+    numHeads: 6,
+    numKvHeads: 6,
+    headDim: 12,
+    ffnHiddenSize: 288,
+    numLayers: 3,
+    maxPositions: 200,
+  },
   KNOWN_MODELS['chatglm2-tiny'],
-  { ...KNOWN_MODELS['chatglm2-tiny'], name: 'chatglm2-odd', vocabSize: 555, hiddenSize: 48, numHeads: 6, numKvHeads: 2, headDim: 8, ffnHiddenSize: 72, numLayers: 2, maxPositions: 300 },
+  {
+    ...KNOWN_MODELS['chatglm2-tiny'],
+    name: 'chatglm2-odd',
+    vocabSize: 555,
+    hiddenSize: 48,
+    numHeads: 6,
+    numKvHeads: 2,
+    headDim: 8,
+    ffnHiddenSize: 72,
+    numLayers: 2,
+    maxPositions: 300,
+  },
 ];
 const NEW = 6;
 
@@ -22,12 +44,12 @@ function assertSame(a: GenerateResult, b: GenerateResult, what: string) {
     const e = relErr(row, b.logitsLast?.[r] ?? []);
     assert.ok(e <= 1e-4, `logitsLast row ${r} rel err ${e}, ${what}`);
   });
-  a.logitsSteps?.forEach((row, r) =>
+  a.logitsSteps?.forEach((row, r) => {
     row.forEach((step, i) => {
       const e = relErr(step, b.logitsSteps?.[r]?.[i] ?? []);
       assert.ok(e <= 1e-4, `row ${r} step ${i} rel err ${e}, ${what}`);
-    }),
-  );
+    });
+  });
 }
 
 for (const config of configs) {
@@ -44,7 +66,13 @@ for (const config of configs) {
           try {
             for (const attention of ['naive', 'fa1', 'fa2'] as const) {
               for (const kvCache of [false, true]) {
-                const out = await engine.generate({ inputIds, maxNewTokens: NEW, attention, kvCache, dumpLogits: true });
+                const out = await engine.generate({
+                  inputIds,
+                  maxNewTokens: NEW,
+                  attention,
+                  kvCache,
+                  dumpLogits: true,
+                });
                 assert.equal(out.newTokens[0].length, NEW);
                 if (!reference) reference = out;
                 else assertSame(out, reference, `tp ${tp}, ${attention}, kvCache ${kvCache}`);
@@ -57,7 +85,13 @@ for (const config of configs) {
         if (rows === 2) {
           // Row 1 alone gives what it gave inside the batch.
           const engine = await Engine.create({ model: config, seed: 5, threads: 2 });
-          const alone = await engine.generate({ inputIds: [inputIds[1]], maxNewTokens: NEW, attention: 'fa2', kvCache: true, dumpLogits: true });
+          const alone = await engine.generate({
+            inputIds: [inputIds[1]],
+            maxNewTokens: NEW,
+            attention: 'fa2',
+            kvCache: true,
+            dumpLogits: true,
+          });
           engine.dispose();
           assert.deepEqual(alone.tokens[0], reference?.tokens[1]);
           assert.ok(relErr(alone.logitsLast?.[0] ?? [], reference?.logitsLast?.[1] ?? []) <= 1e-4);

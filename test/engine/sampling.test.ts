@@ -28,7 +28,13 @@ function logitsFor(out: { logitsLast?: Float32Array[]; logitsSteps?: Float32Arra
 describe('sampling', () => {
   it('is reproducible with a seed and changes with it', async () => {
     const run = (seed: number) =>
-      engine.generate({ inputIds: prompt(), maxNewTokens: 24, attention: 'fa2', kvCache: true, sampling: { greedy: false, temperature: 1.5, seed } });
+      engine.generate({
+        inputIds: prompt(),
+        maxNewTokens: 24,
+        attention: 'fa2',
+        kvCache: true,
+        sampling: { greedy: false, temperature: 1.5, seed },
+      });
     const a = await run(7);
     const b = await run(7);
     const c = await run(8);
@@ -40,7 +46,13 @@ describe('sampling', () => {
 
   it('temperature 0 is greedy', async () => {
     const g = await engine.generate({ inputIds: prompt(), maxNewTokens: 10, attention: 'fa1', kvCache: true });
-    const t0 = await engine.generate({ inputIds: prompt(), maxNewTokens: 10, attention: 'fa1', kvCache: true, sampling: { greedy: false, temperature: 0, seed: 9 } });
+    const t0 = await engine.generate({
+      inputIds: prompt(),
+      maxNewTokens: 10,
+      attention: 'fa1',
+      kvCache: true,
+      sampling: { greedy: false, temperature: 0, seed: 9 },
+    });
     assert.deepEqual(t0.newTokens, g.newTokens);
   });
 
@@ -48,7 +60,11 @@ describe('sampling', () => {
     const ranks = new Set<number>();
     for (let seed = 0; seed < 4; seed++) {
       const out = await engine.generate({
-        inputIds: prompt(), maxNewTokens: 16, attention: 'fa2', kvCache: true, dumpLogits: true,
+        inputIds: prompt(),
+        maxNewTokens: 16,
+        attention: 'fa2',
+        kvCache: true,
+        dumpLogits: true,
         sampling: { greedy: false, temperature: 5, topK: 3, seed },
       });
       out.newTokens[0].forEach((tok, i) => {
@@ -66,7 +82,11 @@ describe('sampling', () => {
     let beyondTop = 0;
     for (let seed = 0; seed < 4; seed++) {
       const out = await engine.generate({
-        inputIds: prompt(), maxNewTokens: 16, attention: 'naive', kvCache: true, dumpLogits: true,
+        inputIds: prompt(),
+        maxNewTokens: 16,
+        attention: 'naive',
+        kvCache: true,
+        dumpLogits: true,
         sampling: { greedy: false, temperature, topP, seed },
       });
       out.newTokens[0].forEach((tok, i) => {
@@ -89,7 +109,11 @@ describe('sampling', () => {
   it('repetition penalty divides positive and multiplies negative logits of seen tokens', async () => {
     const penalty = 3;
     const out = await engine.generate({
-      inputIds: prompt(), maxNewTokens: 12, attention: 'fa2', kvCache: true, dumpLogits: true,
+      inputIds: prompt(),
+      maxNewTokens: 12,
+      attention: 'fa2',
+      kvCache: true,
+      dumpLogits: true,
       sampling: { repetitionPenalty: penalty },
     });
     const history = [...prompt()[0]];
@@ -109,7 +133,11 @@ describe('sampling', () => {
     const stop = free.newTokens[0][3];
     const firstAt = free.newTokens[0].indexOf(stop);
     const out = await engine.generate({
-      inputIds: prompt(), maxNewTokens: 10, attention: 'fa2', kvCache: true, sampling: { stopTokens: [stop] },
+      inputIds: prompt(),
+      maxNewTokens: 10,
+      attention: 'fa2',
+      kvCache: true,
+      sampling: { stopTokens: [stop] },
     });
     assert.equal(out.stoppedBy, 'stop');
     assert.deepEqual(out.newTokens[0], free.newTokens[0].slice(0, firstAt + 1));
@@ -122,7 +150,13 @@ describe('sampling', () => {
       /topP/,
     );
     await assert.rejects(
-      engine.generate({ inputIds: prompt(), maxNewTokens: 2, attention: 'fa2', kvCache: true, sampling: { stopTokens: [60000] } }),
+      engine.generate({
+        inputIds: prompt(),
+        maxNewTokens: 2,
+        attention: 'fa2',
+        kvCache: true,
+        sampling: { stopTokens: [60000] },
+      }),
       /stop token 60000/,
     );
   });

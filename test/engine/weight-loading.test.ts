@@ -9,9 +9,16 @@ import { loadBinding } from '../../native/engine';
 import { openCheckpoint } from '../../native/loaders';
 import { FIXTURES, readReference, relErr } from './helpers';
 
-interface Tensor { name: string; dtype: 'F32'; shape: number[]; data: Buffer }
+interface Tensor {
+  name: string;
+  dtype: 'F32';
+  shape: number[];
+  data: Buffer;
+}
 
-async function readTensors(dir: string): Promise<{ config: import('../../contracts/models').ModelConfig; tensors: Tensor[] }> {
+async function readTensors(
+  dir: string,
+): Promise<{ config: import('../../contracts/models').ModelConfig; tensors: Tensor[] }> {
   const ck = await openCheckpoint(join(FIXTURES, dir));
   const tensors: Tensor[] = [];
   for await (const t of ck.tensors()) {
@@ -23,11 +30,25 @@ async function readTensors(dir: string): Promise<{ config: import('../../contrac
 }
 
 async function emptyEngine(config: import('../../contracts/models').ModelConfig, tp = 1): Promise<NativeEngine> {
-  return loadBinding().createEngine({ config, weights: 'load', seed: 0, dtype: 'fp32', device: 'cpu', tp, maxBatch: 2, maxSeqLen: config.maxPositions, threads: 2 });
+  return loadBinding().createEngine({
+    config,
+    weights: 'load',
+    seed: 0,
+    dtype: 'fp32',
+    device: 'cpu',
+    tp,
+    maxBatch: 2,
+    maxSeqLen: config.maxPositions,
+    threads: 2,
+  });
 }
 
 const request = (ids: number[]): NativeGenerateRequest => ({
-  inputIds: [ids], maxNewTokens: 4, attention: 'fa2', kvCache: true, dumpLogits: true,
+  inputIds: [ids],
+  maxNewTokens: 4,
+  attention: 'fa2',
+  kvCache: true,
+  dumpLogits: true,
   sampling: { greedy: true, temperature: 1, topK: 0, topP: 1, repetitionPenalty: 1, seed: 0, stopTokens: [] },
 });
 
@@ -53,12 +74,22 @@ function toF16(f32: Buffer): { bits: Buffer; rounded: Buffer } {
     const a = Math.abs(x);
     let h: number;
     let v: number;
-    if (a < 2 ** -24) { h = 0; v = 0; } // flushes below half of the smallest subnormal
-    else if (a < 2 ** -14) { const m = Math.round(a / 2 ** -24); h = m; v = m * 2 ** -24; } // subnormal
+    if (a < 2 ** -24) {
+      h = 0;
+      v = 0;
+    } // flushes below half of the smallest subnormal
+    else if (a < 2 ** -14) {
+      const m = Math.round(a / 2 ** -24);
+      h = m;
+      v = m * 2 ** -24;
+    } // subnormal
     else {
       let e = Math.floor(Math.log2(a));
       let m = Math.round((a / 2 ** e - 1) * 1024);
-      if (m === 1024) { m = 0; e += 1; }
+      if (m === 1024) {
+        m = 0;
+        e += 1;
+      }
       h = ((e + 15) << 10) | m;
       v = (1 + m / 1024) * 2 ** e;
     }
@@ -73,7 +104,8 @@ describe('setWeight / finishLoading', () => {
     const { config, tensors } = await readTensors('gpt2-tiny-a');
     const ref = readReference('gpt2-tiny-a').cases[1];
     const e = await emptyEngine(config, 2);
-    for (const t of tensors) assert.equal(await e.setWeight(t.name.replace(/^transformer\./, ''), t.dtype, t.shape, t.data), true);
+    for (const t of tensors)
+      assert.equal(await e.setWeight(t.name.replace(/^transformer\./, ''), t.dtype, t.shape, t.data), true);
     const wte = tensors.find((t) => t.name === 'transformer.wte.weight');
     assert.ok(wte);
     assert.equal(await e.setWeight('lm_head.weight', 'F32', wte.shape, wte.data), false);
@@ -91,10 +123,22 @@ describe('setWeight / finishLoading', () => {
     const e = await emptyEngine(config);
     const qkv = tensors.find((t) => t.name.endsWith('layers.1.self_attention.query_key_value.weight'));
     assert.ok(qkv);
-    await assert.rejects(e.setWeight('transformer.encoder.layers.9.mlp.dense_4h_to_h.weight', 'F32', [64, 96], Buffer.alloc(64 * 96 * 4)), /unexpected tensor 'transformer.encoder.layers.9.mlp.dense_4h_to_h.weight'/);
-    await assert.rejects(e.setWeight('model.embed_tokens.weight', 'F32', [300, 64], Buffer.alloc(300 * 64 * 4)), /unexpected tensor 'model.embed_tokens.weight'/);
-    await assert.rejects(e.setWeight(qkv.name, 'F32', [64, 128], qkv.data), /'transformer.encoder.layers.1.self_attention.query_key_value.weight' has shape \[64, 128\], expected \[128, 64\]/);
-    await assert.rejects(e.setWeight(qkv.name, 'F32', qkv.shape, qkv.data.subarray(4)), /query_key_value.weight': 32764 bytes of data for 8192 fp32 values/);
+    await assert.rejects(
+      e.setWeight('transformer.encoder.layers.9.mlp.dense_4h_to_h.weight', 'F32', [64, 96], Buffer.alloc(64 * 96 * 4)),
+      /unexpected tensor 'transformer.encoder.layers.9.mlp.dense_4h_to_h.weight'/,
+    );
+    await assert.rejects(
+      e.setWeight('model.embed_tokens.weight', 'F32', [300, 64], Buffer.alloc(300 * 64 * 4)),
+      /unexpected tensor 'model.embed_tokens.weight'/,
+    );
+    await assert.rejects(
+      e.setWeight(qkv.name, 'F32', [64, 128], qkv.data),
+      /'transformer.encoder.layers.1.self_attention.query_key_value.weight' has shape \[64, 128\], expected \[128, 64\]/,
+    );
+    await assert.rejects(
+      e.setWeight(qkv.name, 'F32', qkv.shape, qkv.data.subarray(4)),
+      /query_key_value.weight': 32764 bytes of data for 8192 fp32 values/,
+    );
     const nan = Buffer.from(qkv.data);
     nan.writeFloatLE(Number.NaN, 40);
     await assert.rejects(e.setWeight(qkv.name, 'F32', qkv.shape, nan), /non-finite value at index 10/);
@@ -103,16 +147,24 @@ describe('setWeight / finishLoading', () => {
     for (const t of tensors.slice(0, 5)) await e.setWeight(t.name, t.dtype, t.shape, t.data);
     await assert.rejects(e.setWeight(tensors[0].name, 'F32', tensors[0].shape, tensors[0].data), /given twice/);
     assert.equal(await e.setWeight('transformer.rotary_pos_emb.inv_freq', 'F32', [4], Buffer.alloc(16)), false);
-    assert.throws(() => e.finishLoading(), (err: Error) => {
-      assert.match(err.message, /missing 12 tensors: /);
-      for (const t of tensors.slice(5, 17)) if (!t.name.endsWith('inv_freq')) assert.ok(err.message.includes(t.name) || err.message.endsWith('...'), t.name);
-      return true;
-    });
+    assert.throws(
+      () => e.finishLoading(),
+      (err: Error) => {
+        assert.match(err.message, /missing 12 tensors: /);
+        for (const t of tensors.slice(5, 17))
+          if (!t.name.endsWith('inv_freq'))
+            assert.ok(err.message.includes(t.name) || err.message.endsWith('...'), t.name);
+        return true;
+      },
+    );
     e.dispose();
     await assert.rejects(async () => e.setWeight(qkv.name, 'F32', qkv.shape, qkv.data), /disposed/);
   });
 
-  for (const [dtype, convert] of [['BF16', toBf16], ['F16', toF16]] as const) {
+  for (const [dtype, convert] of [
+    ['BF16', toBf16],
+    ['F16', toF16],
+  ] as const) {
     it(`converts ${dtype} exactly: same logits as fp32 weights holding the rounded values`, async () => {
       const { config, tensors } = await readTensors('chatglm2-tiny-b');
       const ref = readReference('chatglm2-tiny-b').cases[2];
