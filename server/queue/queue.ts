@@ -161,8 +161,8 @@ export class Queue {
     if (!job) throw new QueueError('NOT_FOUND', `${what}: job ${ref.jobId} does not exist`);
     let why: string;
     if (job.attempt !== ref.attempt) why = `attempt ${ref.attempt} is stale (the job is on attempt ${job.attempt}, state ${job.state})`;
-    else if (job.leaseHolderId !== agentId) why = `attempt ${ref.attempt} is not leased to this agent (state ${job.state})`;
-    else why = `attempt ${ref.attempt} is no longer active (state ${job.state})`;
+    else if (!(ACTIVE_STATES as readonly string[]).includes(job.state)) why = `attempt ${ref.attempt} is no longer active (state ${job.state})`;
+    else why = `attempt ${ref.attempt} is not leased to this agent (state ${job.state})`;
     throw new QueueError('STALE_ATTEMPT', `${what} refused for job ${ref.jobId}: ${why}`);
   }
 
