@@ -1,14 +1,15 @@
 import type { Metadata } from 'next';
 import Link from 'next/link';
 import type { ReactNode } from 'react';
-import { Nav } from './_components/Nav';
 import { AdminToken } from './_components/AdminToken';
+import { Nav } from './_components/Nav';
 import { TRPCReactProvider } from './_trpc/client';
 import './globals.css';
 
 export const metadata: Metadata = {
   title: { default: 'flashlab', template: '%s · flashlab' },
-  description: 'Measure and compare naive attention, FlashAttention-1/2, KV caching and tensor parallelism on GPT-2 and ChatGLM2-6B.',
+  description:
+    'Measure and compare naive attention, FlashAttention-1/2, KV caching and tensor parallelism on GPT-2 and ChatGLM2-6B.',
 };
 
 export default function RootLayout({ children }: { children: ReactNode }) {

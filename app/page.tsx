@@ -6,7 +6,10 @@ export default function HomePage() {
       <div className="page-head">
         <div>
           <h1>flashlab</h1>
-          <p>What makes LLM inference fast — naive attention, FlashAttention-1/2, KV caching, tensor parallelism — measured on our own engine.</p>
+          <p>
+            What makes LLM inference fast — naive attention, FlashAttention-1/2, KV caching, tensor parallelism —
+            measured on our own engine.
+          </p>
         </div>
       </div>
       <HomeView />

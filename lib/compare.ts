@@ -3,7 +3,7 @@
 import type { JobConfig } from '../contracts/experiment';
 import { KNOWN_MODELS, type ModelConfig } from '../contracts/models';
 import { methodLabel } from './format';
-import { type SpeedupInterval, type Statistic, bootstrapSpeedup, mean, median, std } from './stats';
+import { bootstrapSpeedup, mean, median, type SpeedupInterval, type Statistic, std } from './stats';
 
 /** The figures of one repeat the charts use. */
 export interface RepeatPoint {
@@ -17,7 +17,10 @@ export interface RepeatPoint {
 /** One run as the compare router returns it. */
 export interface CompareRun {
   id: string;
-  config: Pick<JobConfig, 'model' | 'attention' | 'kvCache' | 'tp' | 'dtype' | 'device' | 'batchSize' | 'promptLength' | 'newTokens'>;
+  config: Pick<
+    JobConfig,
+    'model' | 'attention' | 'kvCache' | 'tp' | 'dtype' | 'device' | 'batchSize' | 'promptLength' | 'newTokens'
+  >;
   repeats: RepeatPoint[];
   peakMemBytes: number;
   agentName: string;
@@ -77,14 +80,10 @@ export function labelOf(c: CompareRun['config'], dims: Iterable<Dim>): string {
   return parts.length ? parts.join(', ') : methodLabel(c);
 }
 
-function valueOf(r: RepeatPoint, m: Metric): number {
-  return r[m];
-}
-
 /** Every repeat's value of one figure, pooled over the runs given (repeats of one configuration). */
 export function pooled(runs: readonly CompareRun[], m: Metric): number[] {
   if (m === 'peakMemBytes') return runs.map((r) => r.peakMemBytes);
-  return runs.flatMap((r) => r.repeats.map((p) => valueOf(p, m))).filter((v) => Number.isFinite(v));
+  return runs.flatMap((r) => r.repeats.map((p) => p[m])).filter((v) => Number.isFinite(v));
 }
 
 export interface SeriesChart {
@@ -109,7 +108,10 @@ export function seriesBy(
   for (const r of runs) {
     const label = labelOf(r.config, vary);
     let s = bySeries.get(label);
-    if (!s) bySeries.set(label, (s = { label, byX: new Map() }));
+    if (!s) {
+      s = { label, byX: new Map() };
+      bySeries.set(label, s);
+    }
     const xv = xOf(r.config);
     s.byX.set(xv, [...(s.byX.get(xv) ?? []), r]);
   }
@@ -119,12 +121,24 @@ export function seriesBy(
     const row: Record<string, number | null> = { x: xv };
     [...bySeries.values()].forEach((s, i) => {
       const vals = pooled(s.byX.get(xv) ?? [], metric);
-      row[`s${i}`] = vals.length ? (metric === 'peakMemBytes' ? Math.max(...vals) : stat === 'mean' ? mean(vals) : median(vals)) : null;
+      row[`s${i}`] = vals.length
+        ? metric === 'peakMemBytes'
+          ? Math.max(...vals)
+          : stat === 'mean'
+            ? mean(vals)
+            : median(vals)
+        : null;
       row[`s${i}:std`] = vals.length ? std(vals) : null;
     });
     return row;
   });
-  const xLabel = { promptLength: 'Prompt length (tokens)', batchSize: 'Batch size', newTokens: 'New tokens', tp: 'Tensor-parallel degree', seqLength: 'Sequence length: prompt + new (tokens)' }[x];
+  const xLabel = {
+    promptLength: 'Prompt length (tokens)',
+    batchSize: 'Batch size',
+    newTokens: 'New tokens',
+    tp: 'Tensor-parallel degree',
+    seqLength: 'Sequence length: prompt + new (tokens)',
+  }[x];
   return { series, rows, xLabel };
 }
 
@@ -134,7 +148,10 @@ function byShapeThenMethod(runs: readonly CompareRun[]) {
   for (const r of runs) {
     const sk = SHAPE_DIMS.map((d) => String(r.config[d])).join('|');
     let s = shapes.get(sk);
-    if (!s) shapes.set(sk, (s = { config: r.config, methods: new Map() }));
+    if (!s) {
+      s = { config: r.config, methods: new Map() };
+      shapes.set(sk, s);
+    }
     const mk = methodKey(r.config);
     s.methods.set(mk, [...(s.methods.get(mk) ?? []), r]);
   }
@@ -167,7 +184,9 @@ export function speedups(
       const vals = pooled(group, metric).filter((v) => v > 0);
       if (!baseVals.length || !vals.length) continue;
       const ci = bootstrapSpeedup(baseVals, vals, {
-        statistic: opts.statistic ?? 'median', seed: opts.seed ?? 1, iterations: opts.iterations ?? 4000,
+        statistic: opts.statistic ?? 'median',
+        seed: opts.seed ?? 1,
+        iterations: opts.iterations ?? 4000,
       });
       out.push({
         ...ci,
@@ -205,7 +224,10 @@ export function tpScaling(runs: readonly CompareRun[], metric: TimeMetric = 'tot
     const k = [...SHAPE_DIMS, 'attention', 'kvCache', 'dtype'].map((d) => String(r.config[d as Dim])).join('|');
     labels.set(k, labelOf(r.config, vary));
     let g = groups.get(k);
-    if (!g) groups.set(k, (g = new Map()));
+    if (!g) {
+      g = new Map();
+      groups.set(k, g);
+    }
     g.set(r.config.tp, [...(g.get(r.config.tp) ?? []), ...pooled([r], metric)]);
   }
   const out: TpPoint[] = [];
@@ -227,16 +249,17 @@ const BYTES_PER: Record<string, number> = { fp32: 4, fp16: 2, bf16: 2 };
 /** Floating-point work and memory traffic of a forward pass, from the model's shape: matmuls of the weights
  *  (2 FLOPs per multiply-add) plus attention's QKᵀ and PV over the causal context. */
 export function workOf(model: ModelConfig, c: CompareRun['config']) {
-  const layerWeights = (model.numHeads + 2 * model.numKvHeads) * model.headDim * model.hiddenSize
-    + model.numHeads * model.headDim * model.hiddenSize
-    + (model.family === 'gpt2' ? 2 : 3) * model.hiddenSize * model.ffnHiddenSize;
+  const layerWeights =
+    (model.numHeads + 2 * model.numKvHeads) * model.headDim * model.hiddenSize +
+    model.numHeads * model.headDim * model.hiddenSize +
+    (model.family === 'gpt2' ? 2 : 3) * model.hiddenSize * model.ffnHiddenSize;
   const matmulParams = model.numLayers * layerWeights + model.vocabSize * model.hiddenSize;
   const bytes = BYTES_PER[c.dtype] ?? 4;
   const attnDim = model.numHeads * model.headDim;
   const P = c.promptLength;
   const B = c.batchSize;
   // Prefill: every prompt token through every weight; causal attention touches P(P+1)/2 pairs, twice (QKᵀ, PV).
-  const prefillFlops = 2 * matmulParams * B * P + 2 * 2 * model.numLayers * B * attnDim * (P * (P + 1)) / 2;
+  const prefillFlops = 2 * matmulParams * B * P + (2 * 2 * model.numLayers * B * attnDim * (P * (P + 1))) / 2;
   const prefillBytes = matmulParams * bytes + 2 * model.numLayers * B * P * model.numKvHeads * model.headDim * bytes;
   // One decode step at the middle of generation with the KV cache: weights read once, the cache read once.
   const ctx = P + c.newTokens / 2;
@@ -266,11 +289,23 @@ export function rooflinePoints(runs: readonly CompareRun[]): RooflinePoint[] {
     const tpot = median(pooled([r], 'tpotMs'));
     const label = labelOf(r.config, vary);
     if (prefill > 0)
-      out.push({ runId: r.id, label, phase: 'prefill', intensity: w.prefillFlops / w.prefillBytes,
-        tflops: w.prefillFlops / (prefill / 1000) / 1e12, gbps: w.prefillBytes / (prefill / 1000) / 1e9 });
+      out.push({
+        runId: r.id,
+        label,
+        phase: 'prefill',
+        intensity: w.prefillFlops / w.prefillBytes,
+        tflops: w.prefillFlops / (prefill / 1000) / 1e12,
+        gbps: w.prefillBytes / (prefill / 1000) / 1e9,
+      });
     if (r.config.kvCache && tpot > 0 && r.config.newTokens > 1)
-      out.push({ runId: r.id, label, phase: 'decode', intensity: w.decodeFlops / w.decodeBytes,
-        tflops: w.decodeFlops / (tpot / 1000) / 1e12, gbps: w.decodeBytes / (tpot / 1000) / 1e9 });
+      out.push({
+        runId: r.id,
+        label,
+        phase: 'decode',
+        intensity: w.decodeFlops / w.decodeBytes,
+        tflops: w.decodeFlops / (tpot / 1000) / 1e12,
+        gbps: w.decodeBytes / (tpot / 1000) / 1e9,
+      });
   }
   return out;
 }
@@ -309,7 +344,11 @@ export interface StudyComparison {
 /** Our figure for each of the study's claims, from pairs of runs that differ only in the dimension it names.
  *  The median over matched shapes, so one odd shape does not decide it. */
 export function studyComparison(runs: readonly CompareRun[]): StudyComparison[] {
-  const pairs = (differ: (a: CompareRun['config'], b: CompareRun['config']) => boolean, metric: Metric, ratio: (b: number, m: number) => number) => {
+  const pairs = (
+    differ: (a: CompareRun['config'], b: CompareRun['config']) => boolean,
+    metric: Metric,
+    ratio: (b: number, m: number) => number,
+  ) => {
     const vals: number[] = [];
     for (const a of runs)
       for (const b of runs) {
@@ -327,12 +366,42 @@ export function studyComparison(runs: readonly CompareRun[]): StudyComparison[] 
   const speed = (base: number, m: number) => base / m;
   const rows: [string, string, string, number[], (v: number) => string][] = [
     ['fa', 'FlashAttention vs naive: speed', '+14 %', pairs(attn('naive', 'fa1'), 'totalMs', speed), (v) => pct(v - 1)],
-    ['fa2-time', 'FlashAttention-2 vs naive: time', '−60 %', pairs(attn('naive', 'fa2'), 'totalMs', (b, m) => m / b), (v) => pct(v - 1)],
-    ['fa2-mem', 'FlashAttention-2 vs naive: peak memory', '−35 %', pairs(attn('naive', 'fa2'), 'peakMemBytes', (b, m) => m / b), (v) => pct(v - 1)],
-    ['kv', 'KV cache on vs off: time', '−78 % (54.9 s → 12.3 s)',
-      pairs((a, b) => !a.kvCache && b.kvCache && sameExcept(a, b, ['kvCache']), 'totalMs', (b, m) => m / b), (v) => pct(v - 1)],
-    ['tp', 'TP=2 vs TP=1: time', '−16 %',
-      pairs((a, b) => a.tp === 1 && b.tp === 2 && sameExcept(a, b, ['tp']), 'totalMs', (b, m) => m / b), (v) => pct(v - 1)],
+    [
+      'fa2-time',
+      'FlashAttention-2 vs naive: time',
+      '−60 %',
+      pairs(attn('naive', 'fa2'), 'totalMs', (b, m) => m / b),
+      (v) => pct(v - 1),
+    ],
+    [
+      'fa2-mem',
+      'FlashAttention-2 vs naive: peak memory',
+      '−35 %',
+      pairs(attn('naive', 'fa2'), 'peakMemBytes', (b, m) => m / b),
+      (v) => pct(v - 1),
+    ],
+    [
+      'kv',
+      'KV cache on vs off: time',
+      '−78 % (54.9 s → 12.3 s)',
+      pairs(
+        (a, b) => !a.kvCache && b.kvCache && sameExcept(a, b, ['kvCache']),
+        'totalMs',
+        (b, m) => m / b,
+      ),
+      (v) => pct(v - 1),
+    ],
+    [
+      'tp',
+      'TP=2 vs TP=1: time',
+      '−16 %',
+      pairs(
+        (a, b) => a.tp === 1 && b.tp === 2 && sameExcept(a, b, ['tp']),
+        'totalMs',
+        (b, m) => m / b,
+      ),
+      (v) => pct(v - 1),
+    ],
   ];
   return rows.map(([id, label, study, vals, fmt]) => {
     const v = vals.length ? median(vals) : null;

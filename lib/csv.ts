@@ -19,7 +19,10 @@ export function toCsv(header: readonly string[], rows: readonly (readonly CsvVal
 }
 
 /** Objects to CSV with the given columns in order. */
-export function objectsToCsv<T>(columns: readonly { header: string; value: (row: T) => CsvValue }[], rows: readonly T[]): string {
+export function objectsToCsv<T>(
+  columns: readonly { header: string; value: (row: T) => CsvValue }[],
+  rows: readonly T[],
+): string {
   return toCsv(
     columns.map((c) => c.header),
     rows.map((r) => columns.map((c) => c.value(r))),

@@ -63,7 +63,11 @@ export function formatAgo(d: Date | string | null | undefined, now: number = Dat
   return `${Math.floor(s / 86400)} d ago`;
 }
 
-export const METHOD_LABEL: Record<string, string> = { naive: 'naive', fa1: 'FlashAttention-1', fa2: 'FlashAttention-2' };
+export const METHOD_LABEL: Record<string, string> = {
+  naive: 'naive',
+  fa1: 'FlashAttention-1',
+  fa2: 'FlashAttention-2',
+};
 
 /** A configuration's method in the field's words: "FA2 + KV cache, TP=2, fp16". */
 export function methodLabel(c: { attention: string; kvCache: boolean; tp: number; dtype?: string }): string {

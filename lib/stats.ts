@@ -116,7 +116,8 @@ export function bootstrapSpeedup(
     throw new Error('bootstrap: times must be positive to form a speedup ratio');
   if (!Number.isInteger(iterations) || iterations < 100)
     throw new Error(`bootstrap: iterations must be an integer of at least 100, got ${iterations}`);
-  if (!(confidence > 0 && confidence < 1)) throw new Error(`bootstrap: confidence must be in (0, 1), got ${confidence}`);
+  if (!(confidence > 0 && confidence < 1))
+    throw new Error(`bootstrap: confidence must be in (0, 1), got ${confidence}`);
 
   const rand = seededRandom(seed);
   const bufB = new Array<number>(base.length);
@@ -147,7 +148,15 @@ export function bootstrapSpeedup(
 /** The fields that make two runs the same configuration (and therefore repeats of each other).
  *  warm-up and repeat counts describe how it was measured, not what was measured. */
 export const CONFIG_KEY_FIELDS = [
-  'model', 'attention', 'kvCache', 'tp', 'dtype', 'device', 'batchSize', 'promptLength', 'newTokens',
+  'model',
+  'attention',
+  'kvCache',
+  'tp',
+  'dtype',
+  'device',
+  'batchSize',
+  'promptLength',
+  'newTokens',
 ] as const satisfies readonly (keyof JobConfig)[];
 
 export type ConfigKeyFields = Pick<JobConfig, (typeof CONFIG_KEY_FIELDS)[number]>;

@@ -51,14 +51,29 @@ export function ChartCard(props: {
       <header>
         <h3>{props.title}</h3>
         {!isEmpty && (
-          <div className="actions" role="group" aria-label={`Download ${props.title}`}>
-            <button type="button" onClick={() => save('png')} title="Download as PNG">
+          <div className="actions">
+            <button
+              type="button"
+              onClick={() => save('png')}
+              title="Download as PNG"
+              aria-label={`Download ${props.title} as PNG`}
+            >
               PNG
             </button>
-            <button type="button" onClick={() => save('svg')} title="Download as SVG">
+            <button
+              type="button"
+              onClick={() => save('svg')}
+              title="Download as SVG"
+              aria-label={`Download ${props.title} as SVG`}
+            >
               SVG
             </button>
-            <button type="button" onClick={() => save('csv')} title="Download the plotted data as CSV">
+            <button
+              type="button"
+              onClick={() => save('csv')}
+              title="Download the plotted data as CSV"
+              aria-label={`Download the data of ${props.title} as CSV`}
+            >
               CSV
             </button>
           </div>

@@ -10,7 +10,14 @@ import { type RouterOutputs, useTRPC } from '../_trpc/client';
 
 type Job = RouterOutputs['jobs']['list'][number];
 
-const STATE_BADGE: Record<string, string> = { queued: '', leased: 'info', running: 'info', succeeded: 'ok', failed: 'bad', cancelled: 'warn' };
+const STATE_BADGE: Record<string, string> = {
+  queued: '',
+  leased: 'info',
+  running: 'info',
+  succeeded: 'ok',
+  failed: 'bad',
+  cancelled: 'warn',
+};
 
 export function AgentsView() {
   const trpc = useTRPC();
@@ -21,7 +28,10 @@ export function AgentsView() {
   const states = showFinished
     ? (['queued', 'leased', 'running', 'succeeded', 'failed', 'cancelled'] as const)
     : (['queued', 'leased', 'running', 'failed'] as const);
-  const jobs = useQuery({ ...trpc.jobs.list.queryOptions({ states: [...states], limit: 300 }), refetchInterval: 10_000 });
+  const jobs = useQuery({
+    ...trpc.jobs.list.queryOptions({ states: [...states], limit: 300 }),
+    refetchInterval: 10_000,
+  });
 
   useSubscription(
     trpc.agents.onChange.subscriptionOptions(undefined, {
@@ -54,9 +64,16 @@ export function AgentsView() {
           <h2 id="agents-h">Agents</h2>
           <span className="muted small">{(agents.data ?? []).filter((a) => a.online).length} online</span>
         </div>
-        {agents.error && <p className="error" role="alert">Could not load agents: {agents.error.message}</p>}
+        {agents.error && (
+          <p className="error" role="alert">
+            Could not load agents: {agents.error.message}
+          </p>
+        )}
         {agents.data && agents.data.length === 0 && (
-          <p className="empty">No agents yet. Create a token below and start one with <code>./bin/flashlab agent --url ws://HOST:3000 --token TOKEN</code>.</p>
+          <p className="empty">
+            No agents yet. Create a token below and start one with{' '}
+            <code>./bin/flashlab agent --url ws://HOST:3000 --token TOKEN</code>.
+          </p>
         )}
         {agents.data && agents.data.length > 0 && (
           <div className="table-wrap">
@@ -93,10 +110,20 @@ export function AgentsView() {
             Show finished jobs
           </label>
         </div>
-        {jobError && <div className="notice bad" role="alert">{jobError}</div>}
-        {jobs.error && <p className="error" role="alert">Could not load jobs: {jobs.error.message}</p>}
+        {jobError && (
+          <div className="notice bad" role="alert">
+            {jobError}
+          </div>
+        )}
+        {jobs.error && (
+          <p className="error" role="alert">
+            Could not load jobs: {jobs.error.message}
+          </p>
+        )}
         {jobs.data && list.length === 0 && (
-          <p className="empty">The queue is empty. <Link href="/experiments">Queue an experiment</Link>.</p>
+          <p className="empty">
+            The queue is empty. <Link href="/experiments">Queue an experiment</Link>.
+          </p>
         )}
         {list.length > 0 && (
           <div className="table-wrap">
@@ -135,13 +162,21 @@ export function AgentsView() {
 function AgentRow({ agent: a }: { agent: RouterOutputs['agents']['list'][number] }) {
   const trpc = useTRPC();
   const queryClient = useQueryClient();
-  const revoke = useMutation(trpc.agents.revoke.mutationOptions({ onSuccess: () => queryClient.invalidateQueries({ queryKey: trpc.agents.list.queryKey() }) }));
+  const revoke = useMutation(
+    trpc.agents.revoke.mutationOptions({
+      onSuccess: () => queryClient.invalidateQueries({ queryKey: trpc.agents.list.queryKey() }),
+    }),
+  );
   const inv = a.inventory;
   return (
     <tr data-agent={a.name}>
       <td>
         <strong>{a.name}</strong>
-        {a.embedded && <span className="badge" style={{ marginLeft: 6 }}>embedded</span>}
+        {a.embedded && (
+          <span className="badge" style={{ marginLeft: 6 }}>
+            embedded
+          </span>
+        )}
         {inv && <div className="muted small">{inv.hostname}</div>}
       </td>
       <td className="nowrap">
@@ -149,14 +184,25 @@ function AgentRow({ agent: a }: { agent: RouterOutputs['agents']['list'][number]
         {a.online ? 'online' : 'offline'}
       </td>
       <td>{a.backend ?? inv?.backend ?? '—'}</td>
-      <td className="small">{inv ? `${inv.cpu.model} · ${inv.cpu.cores} cores · ${formatBytes(inv.memoryBytes)}` : '—'}</td>
+      <td className="small">
+        {inv ? `${inv.cpu.model} · ${inv.cpu.cores} cores · ${formatBytes(inv.memoryBytes)}` : '—'}
+      </td>
       <td className="small">
         {inv?.gpus.length
-          ? inv.gpus.map((g) => <div key={g.index}>{g.index}: {g.name} · {formatBytes(g.memoryBytes)}{g.driver ? ` · driver ${g.driver}` : ''}</div>)
+          ? inv.gpus.map((g) => (
+              <div key={g.index}>
+                {g.index}: {g.name} · {formatBytes(g.memoryBytes)}
+                {g.driver ? ` · driver ${g.driver}` : ''}
+              </div>
+            ))
           : 'none'}
       </td>
-      <td className="small mono">{inv ? `${inv.engine.version} (${inv.engine.build.slice(0, 12)}) ${inv.engine.backends.join('+')}` : '—'}</td>
-      <td className="small">{a.leasedJobs.length ? `${a.leasedJobs.length} job${a.leasedJobs.length > 1 ? 's' : ''}` : 'idle'}</td>
+      <td className="small mono">
+        {inv ? `${inv.engine.version} (${inv.engine.build.slice(0, 12)}) ${inv.engine.backends.join('+')}` : '—'}
+      </td>
+      <td className="small">
+        {a.leasedJobs.length ? `${a.leasedJobs.length} job${a.leasedJobs.length > 1 ? 's' : ''}` : 'idle'}
+      </td>
       <td className="nowrap small">{formatAgo(a.lastSeenAt)}</td>
       <td>
         {revoke.error && <span className="error small">{revoke.error.message}</span>}
@@ -165,7 +211,12 @@ function AgentRow({ agent: a }: { agent: RouterOutputs['agents']['list'][number]
           className="danger"
           disabled={revoke.isPending}
           onClick={() => {
-            if (window.confirm(`Revoke ${a.name}'s token? Its connection closes and its running jobs go back to the queue.`)) revoke.mutate({ id: a.id });
+            if (
+              window.confirm(
+                `Revoke ${a.name}'s token? Its connection closes and its running jobs go back to the queue.`,
+              )
+            )
+              revoke.mutate({ id: a.id });
           }}
         >
           Revoke
@@ -179,7 +230,11 @@ function NewToken() {
   const trpc = useTRPC();
   const queryClient = useQueryClient();
   const [name, setName] = useState('');
-  const create = useMutation(trpc.agents.createToken.mutationOptions({ onSuccess: () => queryClient.invalidateQueries({ queryKey: trpc.agents.list.queryKey() }) }));
+  const create = useMutation(
+    trpc.agents.createToken.mutationOptions({
+      onSuccess: () => queryClient.invalidateQueries({ queryKey: trpc.agents.list.queryKey() }),
+    }),
+  );
   const origin = typeof window === 'undefined' ? 'http://127.0.0.1:3000' : window.location.origin;
   const wsUrl = origin.replace(/^http/, 'ws');
   return (
@@ -192,9 +247,22 @@ function NewToken() {
         }}
       >
         <label htmlFor="new-agent">New agent</label>
-        <input id="new-agent" placeholder="gpu-box-1" value={name} onChange={(e) => setName(e.target.value)} aria-invalid={create.error ? true : undefined} aria-describedby={create.error ? 'new-agent-error' : undefined} />
-        <button type="submit" disabled={!name.trim() || create.isPending}>Create token</button>
-        {create.error && <span id="new-agent-error" className="error small" role="alert">{create.error.message}</span>}
+        <input
+          id="new-agent"
+          placeholder="gpu-box-1"
+          value={name}
+          onChange={(e) => setName(e.target.value)}
+          aria-invalid={create.error ? true : undefined}
+          aria-describedby={create.error ? 'new-agent-error' : undefined}
+        />
+        <button type="submit" disabled={!name.trim() || create.isPending}>
+          Create token
+        </button>
+        {create.error && (
+          <span id="new-agent-error" className="error small" role="alert">
+            {create.error.message}
+          </span>
+        )}
       </form>
       {create.data && (
         <div className="notice ok" role="status" style={{ marginTop: 8 }}>
@@ -223,8 +291,15 @@ function JobRows(props: { job: Job; open: boolean; toggle: () => void; onCancel:
           {j.model} · {methodLabel(j)} · b{j.batchSize} · p{j.promptLength} · n{j.newTokens}
         </td>
         <td>
-          <span className={`badge ${STATE_BADGE[j.state] ?? ''}`}>{j.state}{j.cancelRequested && active ? ' (cancelling)' : ''}</span>
-          {j.error && <div className="error small" style={{ maxWidth: 360 }}>{j.error}</div>}
+          <span className={`badge ${STATE_BADGE[j.state] ?? ''}`}>
+            {j.state}
+            {j.cancelRequested && active ? ' (cancelling)' : ''}
+          </span>
+          {j.error && (
+            <div className="error small" style={{ maxWidth: 360 }}>
+              {j.error}
+            </div>
+          )}
         </td>
         <td style={{ minWidth: 160 }}>
           <div
@@ -237,7 +312,9 @@ function JobRows(props: { job: Job; open: boolean; toggle: () => void; onCancel:
           >
             <div style={{ width: `${pct}%` }} />
           </div>
-          <div className="muted small">{pct} %{j.progressMessage ? ` · ${j.progressMessage}` : ''}</div>
+          <div className="muted small">
+            {pct} %{j.progressMessage ? ` · ${j.progressMessage}` : ''}
+          </div>
         </td>
         <td className="small">{j.leaseHolder?.name ?? '—'}</td>
         <td className="small">
@@ -290,7 +367,12 @@ function JobLogs({ id, live }: { id: string; live: boolean }) {
       )}
       {job.data.runs.length > 0 && (
         <p className="small">
-          Runs: {job.data.runs.map((r) => <Link key={r.id} href={`/compare?runs=${r.id}`} style={{ marginRight: 6 }}>{r.id.slice(0, 10)}</Link>)}
+          Runs:{' '}
+          {job.data.runs.map((r) => (
+            <Link key={r.id} href={`/compare?runs=${r.id}`} style={{ marginRight: 6 }}>
+              {r.id.slice(0, 10)}
+            </Link>
+          ))}
         </p>
       )}
     </div>

@@ -27,7 +27,10 @@ export interface LiveAnswer {
 }
 
 /** Follows one answer's stream; calls back with the text so far and, at the end, the measured figures. */
-function useAnswerStream(requestId: string | null, onUpdate: (a: (prev: LiveAnswer | null) => LiveAnswer | null) => void) {
+function useAnswerStream(
+  requestId: string | null,
+  onUpdate: (a: (prev: LiveAnswer | null) => LiveAnswer | null) => void,
+) {
   const trpc = useTRPC();
   useSubscription(
     trpc.chat.stream.subscriptionOptions(
@@ -43,8 +46,15 @@ function useAnswerStream(requestId: string | null, onUpdate: (a: (prev: LiveAnsw
             if (item.kind === 'delta')
               return { ...prev, text: item.text, firstAt: prev.firstAt ?? (item.text ? now : null), tokens };
             return {
-              ...prev, text: item.text, done: true, status: item.status, error: item.error, prefillMs: item.prefillMs,
-              tokensPerSec: item.tokensPerSec, newTokens: item.newTokens, tokens: item.newTokens ?? tokens,
+              ...prev,
+              text: item.text,
+              done: true,
+              status: item.status,
+              error: item.error,
+              prefillMs: item.prefillMs,
+              tokensPerSec: item.tokensPerSec,
+              newTokens: item.newTokens,
+              tokens: item.newTokens ?? tokens,
             };
           });
         },
@@ -76,8 +86,18 @@ export function ChatView() {
   return (
     <>
       <div className="tabs" role="tablist" aria-label="Chat mode">
-        <button type="button" role="tab" aria-selected={mode === 'single'} onClick={() => setMode('single')}>Conversation</button>
-        <button type="button" role="tab" aria-selected={mode === 'side'} onClick={() => setMode('side')} data-testid="side-by-side-tab">Side by side</button>
+        <button type="button" role="tab" aria-selected={mode === 'single'} onClick={() => setMode('single')}>
+          Conversation
+        </button>
+        <button
+          type="button"
+          role="tab"
+          aria-selected={mode === 'side'}
+          onClick={() => setMode('side')}
+          data-testid="side-by-side-tab"
+        >
+          Side by side
+        </button>
       </div>
       <RandomWeightsNotice />
       {mode === 'single' ? <Conversation /> : <SideBySide />}
@@ -85,10 +105,35 @@ export function ChatView() {
   );
 }
 
-function MessageMeta({ m }: { m: Pick<Message, 'attention' | 'kvCache' | 'tp' | 'dtype' | 'model' | 'device' | 'agentName' | 'prefillMs' | 'tokensPerSec' | 'newTokens' | 'status' | 'error' | 'stoppedBy'> }) {
+function MessageMeta({
+  m,
+}: {
+  m: Pick<
+    Message,
+    | 'attention'
+    | 'kvCache'
+    | 'tp'
+    | 'dtype'
+    | 'model'
+    | 'device'
+    | 'agentName'
+    | 'prefillMs'
+    | 'tokensPerSec'
+    | 'newTokens'
+    | 'status'
+    | 'error'
+    | 'stoppedBy'
+  >;
+}) {
   return (
     <div className="meta">
-      {m.attention && <span className="badge info">{m.model} · {methodLabel({ attention: m.attention, kvCache: !!m.kvCache, tp: m.tp ?? 1, dtype: m.dtype ?? undefined })} · {m.device}</span>}
+      {m.attention && (
+        <span className="badge info">
+          {m.model} ·{' '}
+          {methodLabel({ attention: m.attention, kvCache: !!m.kvCache, tp: m.tp ?? 1, dtype: m.dtype ?? undefined })} ·{' '}
+          {m.device}
+        </span>
+      )}
       {m.agentName && <span>on {m.agentName}</span>}
       <span>TTFT {formatMs(m.prefillMs)}</span>
       <span>{formatRate(m.tokensPerSec)}</span>
@@ -116,10 +161,12 @@ function Conversation() {
   const [error, setError] = useState<string | null>(null);
   const logRef = useRef<HTMLDivElement>(null);
 
-  // A session brings its own settings; edits apply to the next message.
-  useEffect(() => {
-    if (session.data) setSettings(session.data.settings);
-  }, [session.data?.id]); // eslint-disable-line react-hooks/exhaustive-deps
+  // A session brings its own settings when it is opened; edits apply to the next message.
+  const [settingsOf, setSettingsOf] = useState<string | null>(null);
+  if (session.data && session.data.id !== settingsOf) {
+    setSettingsOf(session.data.id);
+    setSettings(session.data.settings);
+  }
 
   const open = (id: string | null) => {
     const n = new URLSearchParams(sp.toString());
@@ -133,9 +180,14 @@ function Conversation() {
   const update = useMutation(trpc.chat.updateSettings.mutationOptions());
   const send = useMutation(trpc.chat.send.mutationOptions());
   const cancel = useMutation(trpc.chat.cancel.mutationOptions());
-  const del = useMutation(trpc.chat.delete.mutationOptions({
-    onSuccess: () => { open(null); queryClient.invalidateQueries({ queryKey: trpc.chat.sessions.queryKey() }); },
-  }));
+  const del = useMutation(
+    trpc.chat.delete.mutationOptions({
+      onSuccess: () => {
+        open(null);
+        queryClient.invalidateQueries({ queryKey: trpc.chat.sessions.queryKey() });
+      },
+    }),
+  );
 
   useAnswerStream(live && !live.done ? live.requestId : null, setLive);
   useEffect(() => {
@@ -144,6 +196,7 @@ function Conversation() {
       queryClient.invalidateQueries({ queryKey: trpc.chat.sessions.queryKey() });
     }
   }, [live?.done, sessionId, queryClient, trpc]);
+  // biome-ignore lint/correctness/useExhaustiveDependencies: follow the newest text as it arrives
   useEffect(() => {
     logRef.current?.scrollTo({ top: logRef.current.scrollHeight });
   }, [live?.text, session.data?.messages.length]);
@@ -173,16 +226,22 @@ function Conversation() {
   }
 
   const streaming = live != null && !live.done;
-  const messages = (session.data?.messages ?? []).filter((m) => !(live && m.requestId === live.requestId && !live.done));
+  const messages = (session.data?.messages ?? []).filter(
+    (m) => !(live && m.requestId === live.requestId && !live.done),
+  );
 
   return (
     <div className="chat-wrap">
       <aside className="panel" aria-labelledby="sessions-h">
         <div className="row" style={{ justifyContent: 'space-between' }}>
           <h2 id="sessions-h">Conversations</h2>
-          <button type="button" onClick={() => open(null)}>New</button>
+          <button type="button" onClick={() => open(null)}>
+            New
+          </button>
         </div>
-        {sessions.data && sessions.data.length === 0 && <p className="muted small">None saved yet: your first message starts one.</p>}
+        {sessions.data && sessions.data.length === 0 && (
+          <p className="muted small">None saved yet: your first message starts one.</p>
+        )}
         <ul className="session-list">
           {(sessions.data ?? []).map((s) => (
             <li key={s.id}>
@@ -190,7 +249,9 @@ function Conversation() {
                 <span>
                   {s.title}
                   <br />
-                  <span className="muted small">{s._count.messages} messages · {formatAgo(s.updatedAt)}</span>
+                  <span className="muted small">
+                    {s._count.messages} messages · {formatAgo(s.updatedAt)}
+                  </span>
                 </span>
               </button>
             </li>
@@ -202,7 +263,9 @@ function Conversation() {
         <section className="panel" aria-label="Conversation">
           {session.error && <p className="error">Could not load this conversation: {session.error.message}</p>}
           <div className="chat-log" ref={logRef} aria-live="polite" data-testid="chat-log">
-            {messages.length === 0 && !live && <p className="empty">Ask something. The answer streams token by token.</p>}
+            {messages.length === 0 && !live && (
+              <p className="empty">Ask something. The answer streams token by token.</p>
+            )}
             {messages.map((m) => (
               <div key={m.id} className={`msg ${m.role}`} data-role={m.role} data-status={m.status}>
                 {m.content || (m.status === 'streaming' ? '…' : <span className="muted">(no text)</span>)}
@@ -210,17 +273,31 @@ function Conversation() {
               </div>
             ))}
             {live && !live.done && (
-              <div className="msg assistant" data-role="assistant" data-status="streaming" data-testid="streaming-answer">
+              <div
+                className="msg assistant"
+                data-role="assistant"
+                data-status="streaming"
+                data-testid="streaming-answer"
+              >
                 {live.text || <span className="muted">waiting for the first token…</span>}
                 <div className="meta">
-                  <span className="badge info">{settings.model} · {methodLabel({ ...settings, kvCache: settings.kvCache ?? true, tp: settings.tp ?? 1 })}</span>
-                  <span>{live.firstAt ? `first token after ${formatMs(live.firstAt - live.startedAt)}` : 'prefill…'}</span>
+                  <span className="badge info">
+                    {settings.model} ·{' '}
+                    {methodLabel({ ...settings, kvCache: settings.kvCache ?? true, tp: settings.tp ?? 1 })}
+                  </span>
+                  <span>
+                    {live.firstAt ? `first token after ${formatMs(live.firstAt - live.startedAt)}` : 'prefill…'}
+                  </span>
                   <span>{liveRate(live)}</span>
                 </div>
               </div>
             )}
           </div>
-          {error && <div className="notice bad" role="alert">{error}</div>}
+          {error && (
+            <div className="notice bad" role="alert">
+              {error}
+            </div>
+          )}
           <form
             className="stack"
             onSubmit={(e) => {
@@ -228,7 +305,9 @@ function Conversation() {
               void submit();
             }}
           >
-            <label htmlFor="chat-input" className="sr-only">Message</label>
+            <label htmlFor="chat-input" className="sr-only">
+              Message
+            </label>
             <textarea
               id="chat-input"
               rows={3}
@@ -244,20 +323,40 @@ function Conversation() {
             />
             <div className="row" style={{ justifyContent: 'space-between' }}>
               <div className="row">
-                <button type="submit" className="primary" disabled={streaming || !draft.trim() || send.isPending}>Send</button>
-                <button type="button" className="danger" disabled={!streaming} onClick={() => live && cancel.mutate({ requestId: live.requestId })} data-testid="stop">
+                <button type="submit" className="primary" disabled={streaming || !draft.trim() || send.isPending}>
+                  Send
+                </button>
+                <button
+                  type="button"
+                  className="danger"
+                  disabled={!streaming}
+                  onClick={() => live && cancel.mutate({ requestId: live.requestId })}
+                  data-testid="stop"
+                >
                   Stop
                 </button>
               </div>
               {sessionId && (
-                <button type="button" className="link" onClick={() => { if (window.confirm('Delete this conversation for everyone?')) del.mutate({ id: sessionId }); }}>
+                <button
+                  type="button"
+                  className="link"
+                  onClick={() => {
+                    if (window.confirm('Delete this conversation for everyone?')) del.mutate({ id: sessionId });
+                  }}
+                >
                   Delete conversation
                 </button>
               )}
             </div>
           </form>
         </section>
-        <SettingsForm id="single" value={settings} onChange={setSettings} agents={agents.data} legend="Method and sampling (applies to the next message)" />
+        <SettingsForm
+          id="single"
+          value={settings}
+          onChange={setSettings}
+          agents={agents.data}
+          legend="Method and sampling (applies to the next message)"
+        />
       </div>
     </div>
   );
@@ -273,8 +372,16 @@ function SideBySide() {
   const trpc = useTRPC();
   const agents = useQuery(trpc.agents.list.queryOptions());
   const [shared, setShared] = useState<Settings>(DEFAULT_SETTINGS);
-  const [a, setA] = useState<Side>({ settings: { ...DEFAULT_SETTINGS, attention: 'naive', kvCache: false }, live: null, error: null });
-  const [b, setB] = useState<Side>({ settings: { ...DEFAULT_SETTINGS, attention: 'fa2', kvCache: true }, live: null, error: null });
+  const [a, setA] = useState<Side>({
+    settings: { ...DEFAULT_SETTINGS, attention: 'naive', kvCache: false },
+    live: null,
+    error: null,
+  });
+  const [b, setB] = useState<Side>({
+    settings: { ...DEFAULT_SETTINGS, attention: 'fa2', kvCache: true },
+    live: null,
+    error: null,
+  });
   const [prompt, setPrompt] = useState('');
   const create = useMutation(trpc.chat.create.mutationOptions());
   const send = useMutation(trpc.chat.send.mutationOptions());
@@ -302,10 +409,17 @@ function SideBySide() {
   async function start(content: string) {
     const run = async (side: Side, set: (f: (s: Side) => Side) => void, label: string) => {
       try {
-        const s = await create.mutateAsync({ title: `⇆ ${label}: ${content.slice(0, 50)}`, settings: merged(side.settings) });
+        const s = await create.mutateAsync({
+          title: `⇆ ${label}: ${content.slice(0, 50)}`,
+          settings: merged(side.settings),
+        });
         const startedAt = performance.now();
         const r = await send.mutateAsync({ sessionId: s.id, content });
-        set((x) => ({ ...x, error: null, live: { requestId: r.requestId, text: '', startedAt, firstAt: null, tokens: null, done: false } }));
+        set((x) => ({
+          ...x,
+          error: null,
+          live: { requestId: r.requestId, text: '', startedAt, firstAt: null, tokens: null, done: false },
+        }));
       } catch (e) {
         set((x) => ({ ...x, live: null, error: (e as Error).message }));
       }
@@ -319,17 +433,33 @@ function SideBySide() {
   return (
     <div className="stack">
       <div className="grid grid-3" style={{ alignItems: 'start' }}>
-        <SettingsForm id="A" legend="A" value={a.settings} onChange={(s) => setA((x) => ({ ...x, settings: s }))} agents={agents.data} methodOnly />
-        <SettingsForm id="B" legend="B" value={b.settings} onChange={(s) => setB((x) => ({ ...x, settings: s }))} agents={agents.data} methodOnly />
+        <SettingsForm
+          id="A"
+          legend="A"
+          value={a.settings}
+          onChange={(s) => setA((x) => ({ ...x, settings: s }))}
+          agents={agents.data}
+          methodOnly
+        />
+        <SettingsForm
+          id="B"
+          legend="B"
+          value={b.settings}
+          onChange={(s) => setB((x) => ({ ...x, settings: s }))}
+          agents={agents.data}
+          methodOnly
+        />
         <div>
           <SamplingFields
             id="shared"
-            sampling={shared.sampling ?? DEFAULT_SETTINGS.sampling!}
-            set={(p) => setShared((s) => ({ ...s, sampling: { ...(s.sampling ?? DEFAULT_SETTINGS.sampling!), ...p } }))}
+            sampling={shared.sampling ?? DEFAULT_SETTINGS.sampling}
+            set={(p) => setShared((s) => ({ ...s, sampling: { ...(s.sampling ?? DEFAULT_SETTINGS.sampling), ...p } }))}
             maxNewTokens={shared.maxNewTokens ?? 64}
             setMax={(n) => setShared((s) => ({ ...s, maxNewTokens: n }))}
           />
-          <p className="small muted">Both sides use the same prompt, weights, sampling and seed: only the method differs.</p>
+          <p className="small muted">
+            Both sides use the same prompt, weights, sampling and seed: only the method differs.
+          </p>
         </div>
       </div>
       <form
@@ -342,7 +472,9 @@ function SideBySide() {
         <label htmlFor="sbs-prompt">Prompt</label>
         <textarea id="sbs-prompt" rows={2} value={prompt} onChange={(e) => setPrompt(e.target.value)} />
         <div className="row">
-          <button type="submit" className="primary" disabled={streaming || !prompt.trim()}>Run both</button>
+          <button type="submit" className="primary" disabled={streaming || !prompt.trim()}>
+            Run both
+          </button>
           <button
             type="button"
             className="danger"
@@ -356,25 +488,48 @@ function SideBySide() {
           {a.live && b.live && (
             <span className="small" data-testid="sbs-diff">
               {diff == null
-                ? bothDone ? 'The two answers are identical.' : 'Identical so far.'
+                ? bothDone
+                  ? 'The two answers are identical.'
+                  : 'Identical so far.'
                 : `First difference at character ${diff + 1}${bothDone ? '' : ' (so far)'} — marked in both answers.`}
             </span>
           )}
         </div>
       </form>
       <div className="side-by-side">
-        {([['A', a], ['B', b]] as const).map(([label, side]) => (
+        {(
+          [
+            ['A', a],
+            ['B', b],
+          ] as const
+        ).map(([label, side]) => (
           <section key={label} className="panel" aria-label={`Answer ${label}`} data-testid={`answer-${label}`}>
             <h3>
-              {label}: {side.settings.model} · {methodLabel({ ...side.settings, kvCache: side.settings.kvCache ?? true, tp: side.settings.tp ?? 1 })}
+              {label}: {side.settings.model} ·{' '}
+              {methodLabel({ ...side.settings, kvCache: side.settings.kvCache ?? true, tp: side.settings.tp ?? 1 })}
             </h3>
-            {side.error && <div className="notice bad" role="alert">{side.error}</div>}
+            {side.error && (
+              <div className="notice bad" role="alert">
+                {side.error}
+              </div>
+            )}
             {side.live ? (
-              <div className="msg assistant" style={{ maxWidth: '100%' }} data-status={side.live.done ? side.live.status : 'streaming'}>
+              <div
+                className="msg assistant"
+                style={{ maxWidth: '100%' }}
+                data-status={side.live.done ? side.live.status : 'streaming'}
+              >
                 <MarkedText text={side.live.text} at={diff} />
                 {!side.live.text && !side.live.done && <span className="muted">waiting for the first token…</span>}
                 <div className="meta">
-                  <span>TTFT {side.live.done ? formatMs(side.live.prefillMs) : side.live.firstAt ? `≈ ${formatMs(side.live.firstAt - side.live.startedAt)}` : '…'}</span>
+                  <span>
+                    TTFT{' '}
+                    {side.live.done
+                      ? formatMs(side.live.prefillMs)
+                      : side.live.firstAt
+                        ? `≈ ${formatMs(side.live.firstAt - side.live.startedAt)}`
+                        : '…'}
+                  </span>
                   <span data-testid={`rate-${label}`}>{liveRate(side.live)}</span>
                   {side.live.done && side.live.newTokens != null && <span>{side.live.newTokens} tokens</span>}
                   {side.live.status === 'cancelled' && <span className="badge warn">stopped</span>}
@@ -394,11 +549,13 @@ function SideBySide() {
 function MarkedText({ text, at }: { text: string; at: number | null }) {
   if (at == null || at >= text.length) return <>{text}</>;
   // Mark the token-sized piece where the answers part: up to the next space, at least one character.
-  const end = Math.max(at + 1, (text.slice(at + 1).search(/\s/) + at + 1) || text.length);
+  const end = Math.max(at + 1, text.slice(at + 1).search(/\s/) + at + 1 || text.length);
   return (
     <>
       {text.slice(0, at)}
-      <mark className="diff" title="first difference between A and B">{text.slice(at, end)}</mark>
+      <mark className="diff" title="first difference between A and B">
+        {text.slice(at, end)}
+      </mark>
       {text.slice(end)}
     </>
   );

@@ -10,7 +10,10 @@ export default function ChatPage() {
       <div className="page-head">
         <div>
           <h1>Chat playground</h1>
-          <p>Talk to a model through an agent and see what each method costs: every answer shows its method, TTFT and tokens/s.</p>
+          <p>
+            Talk to a model through an agent and see what each method costs: every answer shows its method, TTFT and
+            tokens/s.
+          </p>
         </div>
       </div>
       <Suspense fallback={<p className="muted">Loading…</p>}>

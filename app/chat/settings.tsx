@@ -39,11 +39,16 @@ export function SettingsForm(props: {
       <div className="stack">
         <div className="field">
           <label htmlFor={id('agent')}>Agent</label>
-          <select id={id('agent')} value={s.agentName ?? ''} onChange={(e) => set({ agentName: e.target.value || undefined })}>
+          <select
+            id={id('agent')}
+            value={s.agentName ?? ''}
+            onChange={(e) => set({ agentName: e.target.value || undefined })}
+          >
             <option value="">any connected agent that can run it</option>
             {(props.agents ?? []).map((a) => (
               <option key={a.id} value={a.name} disabled={!a.online}>
-                {a.name} ({a.backend ?? '?'}{a.online ? '' : ', offline'})
+                {a.name} ({a.backend ?? '?'}
+                {a.online ? '' : ', offline'})
               </option>
             ))}
           </select>
@@ -52,12 +57,22 @@ export function SettingsForm(props: {
           <div className="field">
             <label htmlFor={id('model')}>Model</label>
             <select id={id('model')} value={s.model} onChange={(e) => set({ model: e.target.value })}>
-              {Object.keys(KNOWN_MODELS).map((m) => <option key={m} value={m}>{m}</option>)}
+              {Object.keys(KNOWN_MODELS).map((m) => (
+                <option key={m} value={m}>
+                  {m}
+                </option>
+              ))}
             </select>
           </div>
           <div className="field">
             <label htmlFor={id('device')}>Device</label>
-            <select id={id('device')} value={s.device} onChange={(e) => set({ device: e.target.value as 'cpu' | 'cuda', dtype: e.target.value === 'cpu' ? 'fp32' : s.dtype })}>
+            <select
+              id={id('device')}
+              value={s.device}
+              onChange={(e) =>
+                set({ device: e.target.value as 'cpu' | 'cuda', dtype: e.target.value === 'cpu' ? 'fp32' : s.dtype })
+              }
+            >
               <option value="cpu">CPU</option>
               <option value="cuda">CUDA</option>
             </select>
@@ -66,7 +81,11 @@ export function SettingsForm(props: {
         <div className="row">
           <div className="field">
             <label htmlFor={id('attention')}>Attention</label>
-            <select id={id('attention')} value={s.attention} onChange={(e) => set({ attention: e.target.value as Settings['attention'] })}>
+            <select
+              id={id('attention')}
+              value={s.attention}
+              onChange={(e) => set({ attention: e.target.value as Settings['attention'] })}
+            >
               <option value="naive">naive</option>
               <option value="fa1">FlashAttention-1</option>
               <option value="fa2">FlashAttention-2</option>
@@ -75,13 +94,25 @@ export function SettingsForm(props: {
           <div className="field">
             <label htmlFor={id('tp')}>TP</label>
             <select id={id('tp')} value={s.tp} onChange={(e) => set({ tp: Number(e.target.value) })}>
-              {[1, 2, 4, 8].map((t) => <option key={t} value={t}>{t}</option>)}
+              {[1, 2, 4, 8].map((t) => (
+                <option key={t} value={t}>
+                  {t}
+                </option>
+              ))}
             </select>
           </div>
           <div className="field">
             <label htmlFor={id('dtype')}>dtype</label>
-            <select id={id('dtype')} value={s.dtype} onChange={(e) => set({ dtype: e.target.value as Settings['dtype'] })}>
-              {(s.device === 'cpu' ? ['fp32'] : ['fp16', 'bf16', 'fp32']).map((d) => <option key={d} value={d}>{d}</option>)}
+            <select
+              id={id('dtype')}
+              value={s.dtype}
+              onChange={(e) => set({ dtype: e.target.value as Settings['dtype'] })}
+            >
+              {(s.device === 'cpu' ? ['fp32'] : ['fp16', 'bf16', 'fp32']).map((d) => (
+                <option key={d} value={d}>
+                  {d}
+                </option>
+              ))}
             </select>
           </div>
         </div>
@@ -95,25 +126,53 @@ export function SettingsForm(props: {
               <span className="label">Weights</span>
               <div className="row">
                 <label>
-                  <input type="radio" name={id('w')} checked={weights.kind === 'random'} onChange={() => set({ weights: { kind: 'random', seed: 0 } })} />
+                  <input
+                    type="radio"
+                    name={id('w')}
+                    checked={weights.kind === 'random'}
+                    onChange={() => set({ weights: { kind: 'random', seed: 0 } })}
+                  />
                   random
                 </label>
                 <label>
-                  <input type="radio" name={id('w')} checked={weights.kind === 'checkpoint'} onChange={() => set({ weights: { kind: 'checkpoint', path: '' } })} />
+                  <input
+                    type="radio"
+                    name={id('w')}
+                    checked={weights.kind === 'checkpoint'}
+                    onChange={() => set({ weights: { kind: 'checkpoint', path: '' } })}
+                  />
                   checkpoint
                 </label>
               </div>
               {weights.kind === 'checkpoint' && (
                 <>
-                  <label className="sr-only" htmlFor={id('ckpt')}>Checkpoint path on the agent</label>
-                  <input id={id('ckpt')} placeholder="/models/gpt2" value={weights.path} onChange={(e) => set({ weights: { kind: 'checkpoint', path: e.target.value } })} />
+                  <label className="sr-only" htmlFor={id('ckpt')}>
+                    Checkpoint path on the agent
+                  </label>
+                  <input
+                    id={id('ckpt')}
+                    placeholder="/models/gpt2"
+                    value={weights.path}
+                    onChange={(e) => set({ weights: { kind: 'checkpoint', path: e.target.value } })}
+                  />
                 </>
               )}
             </div>
-            <SamplingFields id={props.id} sampling={samp} set={setSampling} maxNewTokens={s.maxNewTokens ?? 64} setMax={(n) => set({ maxNewTokens: n })} />
+            <SamplingFields
+              id={props.id}
+              sampling={samp}
+              set={setSampling}
+              maxNewTokens={s.maxNewTokens ?? 64}
+              setMax={(n) => set({ maxNewTokens: n })}
+            />
             <div className="field">
               <label htmlFor={id('system')}>System prompt</label>
-              <textarea id={id('system')} rows={2} value={s.systemPrompt ?? ''} onChange={(e) => set({ systemPrompt: e.target.value })} />
+              <textarea
+                id={id('system')}
+                rows={2}
+                value={s.systemPrompt ?? ''}
+                onChange={(e) => set({ systemPrompt: e.target.value })}
+              />
             </div>
           </>
         )}
@@ -131,11 +190,25 @@ export function SamplingFields(props: {
 }) {
   const s = props.sampling;
   const id = (k: string) => `${props.id}-${k}`;
-  const num = (k: 'temperature' | 'topP' | 'topK' | 'repetitionPenalty' | 'seed', label: string, step: string, min: number, max?: number) => (
+  const num = (
+    k: 'temperature' | 'topP' | 'topK' | 'repetitionPenalty' | 'seed',
+    label: string,
+    step: string,
+    min: number,
+    max?: number,
+  ) => (
     <div className="field" style={{ width: 110 }}>
       <label htmlFor={id(k)}>{label}</label>
-      <input id={id(k)} type="number" step={step} min={min} max={max} value={s[k] ?? ''} disabled={s.greedy && k !== 'seed' && k !== 'repetitionPenalty'}
-        onChange={(e) => props.set({ [k]: e.target.value === '' ? undefined : Number(e.target.value) })} />
+      <input
+        id={id(k)}
+        type="number"
+        step={step}
+        min={min}
+        max={max}
+        value={s[k] ?? ''}
+        disabled={s.greedy && k !== 'seed' && k !== 'repetitionPenalty'}
+        onChange={(e) => props.set({ [k]: e.target.value === '' ? undefined : Number(e.target.value) })}
+      />
     </div>
   );
   return (
@@ -153,7 +226,14 @@ export function SamplingFields(props: {
         {num('seed', 'Seed', '1', 0)}
         <div className="field" style={{ width: 110 }}>
           <label htmlFor={id('max')}>Max tokens</label>
-          <input id={id('max')} type="number" min={1} max={4096} value={props.maxNewTokens} onChange={(e) => props.setMax(Number(e.target.value))} />
+          <input
+            id={id('max')}
+            type="number"
+            min={1}
+            max={4096}
+            value={props.maxNewTokens}
+            onChange={(e) => props.setMax(Number(e.target.value))}
+          />
         </div>
       </div>
     </fieldset>
@@ -163,11 +243,12 @@ export function SamplingFields(props: {
 export function RandomWeightsNotice() {
   return (
     <div className="notice info" role="note" data-testid="random-weights-notice">
-      <strong>Random weights produce noise.</strong> With <em>random</em> weights the model answers with meaningless tokens — the
-      timings (TTFT, tokens/s) are real, the text is not. To chat with a real model, choose <em>checkpoint</em> and give the path of a
-      Hugging Face checkpoint folder on the agent’s machine: for GPT-2, a folder with <code>config.json</code>,{' '}
-      <code>model.safetensors</code>, <code>vocab.json</code> and <code>merges.txt</code> (e.g. from <code>huggingface.co/gpt2</code>); for
-      ChatGLM2-6B, the <code>pytorch_model-0000N-of-00007.bin</code> shards with their index, <code>config.json</code> and{' '}
+      <strong>Random weights produce noise.</strong> With <em>random</em> weights the model answers with meaningless
+      tokens — the timings (TTFT, tokens/s) are real, the text is not. To chat with a real model, choose{' '}
+      <em>checkpoint</em> and give the path of a Hugging Face checkpoint folder on the agent’s machine: for GPT-2, a
+      folder with <code>config.json</code>, <code>model.safetensors</code>, <code>vocab.json</code> and{' '}
+      <code>merges.txt</code> (e.g. from <code>huggingface.co/gpt2</code>); for ChatGLM2-6B, the{' '}
+      <code>pytorch_model-0000N-of-00007.bin</code> shards with their index, <code>config.json</code> and{' '}
       <code>tokenizer.model</code> (from <code>huggingface.co/THUDM/chatglm2-6b</code>).
     </div>
   );

@@ -4,12 +4,35 @@ import Link from 'next/link';
 import { usePathname, useRouter, useSearchParams } from 'next/navigation';
 import { useMemo } from 'react';
 import {
-  CartesianGrid, ErrorBar, Bar, BarChart, Legend, Line, LineChart, ReferenceLine, ResponsiveContainer, Scatter,
-  ScatterChart, Tooltip, XAxis, YAxis, ZAxis, Cell,
+  Bar,
+  BarChart,
+  CartesianGrid,
+  Cell,
+  ErrorBar,
+  Legend,
+  Line,
+  LineChart,
+  ReferenceLine,
+  ResponsiveContainer,
+  Scatter,
+  ScatterChart,
+  Tooltip,
+  XAxis,
+  YAxis,
+  ZAxis,
 } from 'recharts';
 import {
-  type CompareRun, METRICS, type Metric, type TimeMetric, environmentDifferences, methodsOf, rooflinePoints, seriesBy,
-  speedups, studyComparison, tpScaling,
+  type CompareRun,
+  environmentDifferences,
+  METRICS,
+  type Metric,
+  methodsOf,
+  rooflinePoints,
+  seriesBy,
+  speedups,
+  studyComparison,
+  type TimeMetric,
+  tpScaling,
 } from '@/lib/compare';
 import { formatBytes, formatMs, formatNumber, formatRate, formatSpeedup } from '@/lib/format';
 import { STUDY_FIGURES } from '@/lib/presets';
@@ -29,21 +52,52 @@ function seriesData(chart: ReturnType<typeof seriesBy>, metric: Metric): ChartDa
   };
 }
 
-function SeriesLines(props: { chart: ReturnType<typeof seriesBy>; metric: Metric; scale?: number; unit: string; logX?: boolean }) {
+function SeriesLines(props: {
+  chart: ReturnType<typeof seriesBy>;
+  metric: Metric;
+  scale?: number;
+  unit: string;
+  logX?: boolean;
+}) {
   const { chart, metric } = props;
   const k = props.scale ?? 1;
-  const rows = chart.rows.map((r) => Object.fromEntries(Object.entries(r).map(([key, v]) => [key, key === 'x' || v == null ? v : v / k])));
+  const rows = chart.rows.map((r) =>
+    Object.fromEntries(Object.entries(r).map(([key, v]) => [key, key === 'x' || v == null ? v : v / k])),
+  );
   return (
     <ResponsiveContainer width="100%" height="100%">
       <LineChart data={rows} margin={{ top: 8, right: 16, bottom: 24, left: 8 }}>
         <CartesianGrid stroke="#e3e6ec" />
-        <XAxis dataKey="x" type="number" domain={['dataMin', 'dataMax']} scale={props.logX ? 'log' : 'auto'} ticks={chart.rows.map((r) => r.x as number)}
-          label={{ value: chart.xLabel, position: 'insideBottom', offset: -14, fontSize: 12 }} tick={{ fontSize: 11 }} />
-        <YAxis tick={{ fontSize: 11 }} width={64} label={{ value: props.unit, angle: -90, position: 'insideLeft', fontSize: 12 }} />
-        <Tooltip formatter={(v, name) => [fmtMetric(metric, typeof v === 'number' ? v * k : null), name]} labelFormatter={(l) => `${chart.xLabel}: ${l}`} />
+        <XAxis
+          dataKey="x"
+          type="number"
+          domain={['dataMin', 'dataMax']}
+          scale={props.logX ? 'log' : 'auto'}
+          ticks={chart.rows.map((r) => r.x as number)}
+          label={{ value: chart.xLabel, position: 'insideBottom', offset: -14, fontSize: 12 }}
+          tick={{ fontSize: 11 }}
+        />
+        <YAxis
+          tick={{ fontSize: 11 }}
+          width={64}
+          label={{ value: props.unit, angle: -90, position: 'insideLeft', fontSize: 12 }}
+        />
+        <Tooltip
+          formatter={(v, name) => [fmtMetric(metric, typeof v === 'number' ? v * k : null), name]}
+          labelFormatter={(l) => `${chart.xLabel}: ${l}`}
+        />
         <Legend verticalAlign="top" height={28} wrapperStyle={{ fontSize: 12 }} />
         {chart.series.map((s, i) => (
-          <Line key={s.key} dataKey={s.key} name={s.label} stroke={COLORS[i % COLORS.length]} strokeWidth={2} dot={{ r: 3 }} connectNulls isAnimationActive={false} />
+          <Line
+            key={s.key}
+            dataKey={s.key}
+            name={s.label}
+            stroke={COLORS[i % COLORS.length]}
+            strokeWidth={2}
+            dot={{ r: 3 }}
+            connectNulls
+            isAnimationActive={false}
+          />
         ))}
       </LineChart>
     </ResponsiveContainer>
@@ -57,10 +111,15 @@ export function CompareView() {
   const pathname = usePathname();
   const runIds = (sp.get('runs') ?? '').split(',').filter(Boolean);
   const experimentIds = (sp.get('experiments') ?? '').split(',').filter(Boolean);
-  const metric = (['totalMs', 'prefillMs', 'tpotMs'].includes(sp.get('metric') ?? '') ? sp.get('metric') : 'totalMs') as TimeMetric;
+  const metric = (
+    ['totalMs', 'prefillMs', 'tpotMs'].includes(sp.get('metric') ?? '') ? sp.get('metric') : 'totalMs'
+  ) as TimeMetric;
   const stat = sp.get('stat') === 'mean' ? 'mean' : 'median';
   const xParam = sp.get('x');
-  const x = (xParam === 'batchSize' || xParam === 'newTokens' ? xParam : 'promptLength') as 'promptLength' | 'batchSize' | 'newTokens';
+  const x = (xParam === 'batchSize' || xParam === 'newTokens' ? xParam : 'promptLength') as
+    | 'promptLength'
+    | 'batchSize'
+    | 'newTokens';
   const setParam = (k: string, v: string | null) => {
     const n = new URLSearchParams(sp.toString());
     if (v == null) n.delete(k);
@@ -72,8 +131,11 @@ export function CompareView() {
   const q = useQuery({ ...trpc.compare.runs.queryOptions({ runIds, experimentIds }), enabled: hasSelection });
   const runs: CompareRun[] = q.data?.runs ?? [];
   const methods = useMemo(() => methodsOf(runs), [runs]);
-  const baseline = methods.find((m) => m.key === sp.get('baseline'))?.key
-    ?? methods.find((m) => m.key.startsWith('naive|nokv'))?.key ?? methods.find((m) => m.key.startsWith('naive'))?.key ?? methods[0]?.key;
+  const baseline =
+    methods.find((m) => m.key === sp.get('baseline'))?.key ??
+    methods.find((m) => m.key.startsWith('naive|nokv'))?.key ??
+    methods.find((m) => m.key.startsWith('naive'))?.key ??
+    methods[0]?.key;
 
   const derived = useMemo(() => {
     if (!runs.length) return null;
@@ -96,30 +158,74 @@ export function CompareView() {
       <div className="panel empty">
         <p>Nothing to compare yet.</p>
         <p>
-          Select runs in the <Link href="/runs">history</Link> and press “Compare selected”, or open an experiment’s comparison from{' '}
-          <Link href="/experiments">Experiments</Link>.
+          Select runs in the <Link href="/runs">history</Link> and press “Compare selected”, or open an experiment’s
+          comparison from <Link href="/experiments">Experiments</Link>.
         </p>
       </div>
     );
-  if (q.error) return <div className="notice bad" role="alert">Could not load the runs: {q.error.message}</div>;
+  if (q.error)
+    return (
+      <div className="notice bad" role="alert">
+        Could not load the runs: {q.error.message}
+      </div>
+    );
   if (q.isPending) return <p className="muted">Loading runs…</p>;
-  if (!derived) return <div className="panel empty">None of these runs exist (any more). <Link href="/runs">Pick others</Link>.</div>;
+  if (!derived)
+    return (
+      <div className="panel empty">
+        None of these runs exist (any more). <Link href="/runs">Pick others</Link>.
+      </div>
+    );
 
-  const speedRows = derived.speed.map((s) => ({ ...s, label: `${s.method} · ${s.shape}`, err: [s.speedup - s.lower, s.upper - s.speedup] }));
+  const speedRows = derived.speed.map((s) => ({
+    ...s,
+    label: `${s.method} · ${s.shape}`,
+    err: [s.speedup - s.lower, s.upper - s.speedup],
+  }));
   const speedupData: ChartData = {
-    header: ['shape', 'method', 'speedup', 'ci_lower', 'ci_upper', 'confidence', 'includes_1x', 'baseline_repeats', 'method_repeats'],
-    rows: derived.speed.map((s) => [s.shape, s.method, s.speedup, s.lower, s.upper, s.confidence, s.includesOne, s.baselineCount, s.candidateCount]),
+    header: [
+      'shape',
+      'method',
+      'speedup',
+      'ci_lower',
+      'ci_upper',
+      'confidence',
+      'includes_1x',
+      'baseline_repeats',
+      'method_repeats',
+    ],
+    rows: derived.speed.map((s) => [
+      s.shape,
+      s.method,
+      s.speedup,
+      s.lower,
+      s.upper,
+      s.confidence,
+      s.includesOne,
+      s.baselineCount,
+      s.candidateCount,
+    ]),
   };
   const present = new Set(runs.map((r) => r.config.attention));
   const studyLines = STUDY_FIGURES.filter((f) => 'speedup' in f).filter((f) =>
-    f.id === 'fa' ? present.has('fa1') : f.id === 'fa2-time' ? present.has('fa2')
-    : f.id === 'kv' ? new Set(runs.map((r) => r.config.kvCache)).size > 1 : new Set(runs.map((r) => r.config.tp)).size > 1);
+    f.id === 'fa'
+      ? present.has('fa1')
+      : f.id === 'fa2-time'
+        ? present.has('fa2')
+        : f.id === 'kv'
+          ? new Set(runs.map((r) => r.config.kvCache)).size > 1
+          : new Set(runs.map((r) => r.config.tp)).size > 1,
+  );
   const tpShapes = [...new Set(derived.tp.map((p) => p.shape))];
-  const tpRows = [...new Set(derived.tp.map((p) => p.tp))].sort((a, b) => a - b).map((tp) => {
-    const row: Record<string, number | null> = { tp, ideal: tp };
-    tpShapes.forEach((s, i) => { row[`s${i}`] = derived.tp.find((p) => p.shape === s && p.tp === tp)?.speedup ?? null; });
-    return row;
-  });
+  const tpRows = [...new Set(derived.tp.map((p) => p.tp))]
+    .sort((a, b) => a - b)
+    .map((tp) => {
+      const row: Record<string, number | null> = { tp, ideal: tp };
+      tpShapes.forEach((s, i) => {
+        row[`s${i}`] = derived.tp.find((p) => p.shape === s && p.tp === tp)?.speedup ?? null;
+      });
+      return row;
+    });
   const ceilings = runs.find((r) => r.ceilings)?.ceilings ?? null;
   const roofLabels = [...new Set(derived.roofline.map((p) => `${p.label} · ${p.phase}`))];
   const memStudy = STUDY_FIGURES.find((f) => f.id === 'fa2-mem');
@@ -130,13 +236,23 @@ export function CompareView() {
         <div className="row">
           <span className="badge">{runs.length} runs</span>
           {q.data?.truncated && <span className="badge warn">only the first 2000 runs are shown</span>}
-          {(q.data?.missing.length ?? 0) > 0 && <span className="badge warn">{q.data?.missing.length} runs no longer exist</span>}
+          {(q.data?.missing.length ?? 0) > 0 && (
+            <span className="badge warn">{q.data?.missing.length} runs no longer exist</span>
+          )}
         </div>
         <div className="row">
           <label>
             Baseline
-            <select value={baseline ?? ''} onChange={(e) => setParam('baseline', e.target.value)} data-testid="baseline">
-              {methods.map((m) => <option key={m.key} value={m.key}>{m.label}</option>)}
+            <select
+              value={baseline ?? ''}
+              onChange={(e) => setParam('baseline', e.target.value)}
+              data-testid="baseline"
+            >
+              {methods.map((m) => (
+                <option key={m.key} value={m.key}>
+                  {m.label}
+                </option>
+              ))}
             </select>
           </label>
           <label>
@@ -167,8 +283,8 @@ export function CompareView() {
 
       {derived.env.length > 0 && (
         <div className="notice warn" role="alert" data-testid="env-warning">
-          <strong>These runs did not all run in the same environment</strong> — differences may come from the machine, not the method:{' '}
-          {derived.env.map((d) => `${d.field}: ${d.values.join(' vs ')}`).join('; ')}.
+          <strong>These runs did not all run in the same environment</strong> — differences may come from the machine,
+          not the method: {derived.env.map((d) => `${d.field}: ${d.values.join(' vs ')}`).join('; ')}.
         </div>
       )}
 
@@ -190,8 +306,8 @@ export function CompareView() {
           empty={speedRows.length ? null : 'The baseline and another method were never measured at the same shape.'}
           caption={
             <>
-              Bootstrap over repeats ({stat}, 4000 resamples, seeded). Hatched-pale bars: the interval includes 1× — no demonstrated difference.
-              Dashed lines: the study’s published speedups.
+              Bootstrap over repeats ({stat}, 4000 resamples, seeded). Hatched-pale bars: the interval includes 1× — no
+              demonstrated difference. Dashed lines: the study’s published speedups.
             </>
           }
         >
@@ -199,24 +315,39 @@ export function CompareView() {
             <BarChart data={speedRows} margin={{ top: 8, right: 16, bottom: 40, left: 8 }}>
               <CartesianGrid stroke="#e3e6ec" />
               <XAxis dataKey="label" tick={{ fontSize: 10 }} interval={0} angle={-15} textAnchor="end" height={50} />
-              <YAxis tick={{ fontSize: 11 }} width={56} label={{ value: 'speedup (×)', angle: -90, position: 'insideLeft', fontSize: 12 }} domain={[0, 'auto']} />
+              <YAxis
+                tick={{ fontSize: 11 }}
+                width={56}
+                label={{ value: 'speedup (×)', angle: -90, position: 'insideLeft', fontSize: 12 }}
+                domain={[0, 'auto']}
+              />
               <Tooltip
                 content={({ active, payload }) => {
-                  const p = active && payload?.[0]?.payload as (typeof speedRows)[number] | undefined;
+                  const p = active && (payload?.[0]?.payload as (typeof speedRows)[number] | undefined);
                   if (!p) return null;
                   return (
                     <div className="panel small" style={{ margin: 0, padding: 8 }}>
                       <strong>{p.label}</strong>
-                      <div>{formatSpeedup(p.speedup)} (95 % CI {formatSpeedup(p.lower)} – {formatSpeedup(p.upper)})</div>
-                      <div>{p.baselineCount} baseline / {p.candidateCount} method repeats{p.includesOne ? ' · includes 1×' : ''}</div>
+                      <div>
+                        {formatSpeedup(p.speedup)} (95 % CI {formatSpeedup(p.lower)} – {formatSpeedup(p.upper)})
+                      </div>
+                      <div>
+                        {p.baselineCount} baseline / {p.candidateCount} method repeats
+                        {p.includesOne ? ' · includes 1×' : ''}
+                      </div>
                     </div>
                   );
                 }}
               />
               <ReferenceLine y={1} stroke="#16181d" label={{ value: '1×', position: 'right', fontSize: 11 }} />
               {studyLines.map((f) => (
-                <ReferenceLine key={f.id} y={f.speedup} stroke="#a15c00" strokeDasharray="5 4"
-                  label={{ value: `study: ${f.label}`, position: 'insideTopLeft', fontSize: 10, fill: '#a15c00' }} />
+                <ReferenceLine
+                  key={f.id}
+                  y={f.speedup}
+                  stroke="#a15c00"
+                  strokeDasharray="5 4"
+                  label={{ value: `study: ${f.label}`, position: 'insideTopLeft', fontSize: 10, fill: '#a15c00' }}
+                />
               ))}
               <Bar dataKey="speedup" name="speedup" isAnimationActive={false}>
                 {speedRows.map((r) => (
@@ -233,16 +364,30 @@ export function CompareView() {
           testId="chart-memory"
           data={seriesData(derived.memory, 'peakMemBytes')}
           empty={derived.memory.rows.length ? null : 'No data.'}
-          caption={memStudy ? `The study reports FlashAttention-2 at ${formatNumber(('memoryRatio' in memStudy ? memStudy.memoryRatio : 1) * 100, 2)} % of naive attention’s memory (−35 %); ours is in the table below.` : undefined}
+          caption={
+            memStudy
+              ? `The study reports FlashAttention-2 at ${formatNumber(('memoryRatio' in memStudy ? memStudy.memoryRatio : 1) * 100, 2)} % of naive attention’s memory (−35 %); ours is in the table below.`
+              : undefined
+          }
         >
           <SeriesLines chart={derived.memory} metric="peakMemBytes" scale={MIB} unit="MiB" />
         </ChartCard>
 
-        <ChartCard title="Time to first token vs prompt length" testId="chart-ttft" data={seriesData(derived.ttft, 'prefillMs')} empty={derived.ttft.rows.length ? null : 'No data.'}>
+        <ChartCard
+          title="Time to first token vs prompt length"
+          testId="chart-ttft"
+          data={seriesData(derived.ttft, 'prefillMs')}
+          empty={derived.ttft.rows.length ? null : 'No data.'}
+        >
           <SeriesLines chart={derived.ttft} metric="prefillMs" unit="ms" />
         </ChartCard>
 
-        <ChartCard title="Time per output token vs prompt length" testId="chart-tpot" data={seriesData(derived.tpot, 'tpotMs')} empty={derived.tpot.rows.length ? null : 'No data.'}>
+        <ChartCard
+          title="Time per output token vs prompt length"
+          testId="chart-tpot"
+          data={seriesData(derived.tpot, 'tpotMs')}
+          empty={derived.tpot.rows.length ? null : 'No data.'}
+        >
           <SeriesLines chart={derived.tpot} metric="tpotMs" unit="ms" />
         </ChartCard>
 
@@ -250,7 +395,11 @@ export function CompareView() {
           title="Throughput vs batch size"
           testId="chart-throughput"
           data={seriesData(derived.throughput, 'tokensPerSec')}
-          empty={derived.throughput.rows.length > 1 ? null : 'Only one batch size among these runs: add runs at other batch sizes to see scaling.'}
+          empty={
+            derived.throughput.rows.length > 1
+              ? null
+              : 'Only one batch size among these runs: add runs at other batch sizes to see scaling.'
+          }
         >
           <SeriesLines chart={derived.throughput} metric="tokensPerSec" unit="tokens/s" />
         </ChartCard>
@@ -258,28 +407,68 @@ export function CompareView() {
         <ChartCard
           title="Tensor-parallel scaling"
           testId="chart-tp"
-          data={{ header: ['shape', 'tp', 'speedup', 'efficiency'], rows: derived.tp.map((p) => [p.shape, p.tp, p.speedup, p.efficiency]) }}
+          data={{
+            header: ['shape', 'tp', 'speedup', 'efficiency'],
+            rows: derived.tp.map((p) => [p.shape, p.tp, p.speedup, p.efficiency]),
+          }}
           empty={derived.tp.length ? null : 'No configuration was measured at TP=1 and at a higher degree.'}
           caption={
             <>
               Speedup over TP=1 at the same shape; the grey line is perfect scaling. Efficiency:{' '}
-              {derived.tp.filter((p) => p.tp > 1).map((p) => `${p.shape ? `${p.shape} ` : ''}TP=${p.tp} ${formatNumber(p.efficiency * 100, 2)} %`).join(', ') || '—'}.
+              {derived.tp
+                .filter((p) => p.tp > 1)
+                .map((p) => `${p.shape ? `${p.shape} ` : ''}TP=${p.tp} ${formatNumber(p.efficiency * 100, 2)} %`)
+                .join(', ') || '—'}
+              .
             </>
           }
         >
           <ResponsiveContainer width="100%" height="100%">
             <LineChart data={tpRows} margin={{ top: 8, right: 16, bottom: 24, left: 8 }}>
               <CartesianGrid stroke="#e3e6ec" />
-              <XAxis dataKey="tp" type="number" domain={['dataMin', 'dataMax']} ticks={tpRows.map((r) => r.tp as number)} label={{ value: 'TP degree (GPUs)', position: 'insideBottom', offset: -14, fontSize: 12 }} tick={{ fontSize: 11 }} />
-              <YAxis tick={{ fontSize: 11 }} width={56} label={{ value: 'speedup (×)', angle: -90, position: 'insideLeft', fontSize: 12 }} />
+              <XAxis
+                dataKey="tp"
+                type="number"
+                domain={['dataMin', 'dataMax']}
+                ticks={tpRows.map((r) => r.tp as number)}
+                label={{ value: 'TP degree (GPUs)', position: 'insideBottom', offset: -14, fontSize: 12 }}
+                tick={{ fontSize: 11 }}
+              />
+              <YAxis
+                tick={{ fontSize: 11 }}
+                width={56}
+                label={{ value: 'speedup (×)', angle: -90, position: 'insideLeft', fontSize: 12 }}
+              />
               <Tooltip formatter={(v, n) => [formatSpeedup(typeof v === 'number' ? v : null), n]} />
               <Legend verticalAlign="top" height={28} wrapperStyle={{ fontSize: 12 }} />
-              <Line dataKey="ideal" name="perfect scaling" stroke="#9aa3b2" strokeDasharray="4 4" dot={false} isAnimationActive={false} />
-              {studyLines.filter((f) => f.id === 'tp').map((f) => (
-                <ReferenceLine key={f.id} y={f.speedup} stroke="#a15c00" strokeDasharray="5 4" label={{ value: `study: ${f.label}`, position: 'insideTopLeft', fontSize: 10, fill: '#a15c00' }} />
-              ))}
+              <Line
+                dataKey="ideal"
+                name="perfect scaling"
+                stroke="#9aa3b2"
+                strokeDasharray="4 4"
+                dot={false}
+                isAnimationActive={false}
+              />
+              {studyLines
+                .filter((f) => f.id === 'tp')
+                .map((f) => (
+                  <ReferenceLine
+                    key={f.id}
+                    y={f.speedup}
+                    stroke="#a15c00"
+                    strokeDasharray="5 4"
+                    label={{ value: `study: ${f.label}`, position: 'insideTopLeft', fontSize: 10, fill: '#a15c00' }}
+                  />
+                ))}
               {tpShapes.map((s, i) => (
-                <Line key={s} dataKey={`s${i}`} name={s || 'measured'} stroke={COLORS[i % COLORS.length]} strokeWidth={2} isAnimationActive={false} />
+                <Line
+                  key={s}
+                  dataKey={`s${i}`}
+                  name={s || 'measured'}
+                  stroke={COLORS[i % COLORS.length]}
+                  strokeWidth={2}
+                  isAnimationActive={false}
+                />
               ))}
             </LineChart>
           </ResponsiveContainer>
@@ -288,7 +477,10 @@ export function CompareView() {
         <ChartCard
           title="Roofline: achieved compute vs arithmetic intensity"
           testId="chart-roofline"
-          data={{ header: ['run', 'label', 'phase', 'flop_per_byte', 'tflops', 'gbps'], rows: derived.roofline.map((p) => [p.runId, p.label, p.phase, p.intensity, p.tflops, p.gbps]) }}
+          data={{
+            header: ['run', 'label', 'phase', 'flop_per_byte', 'tflops', 'gbps'],
+            rows: derived.roofline.map((p) => [p.runId, p.label, p.phase, p.intensity, p.tflops, p.gbps]),
+          }}
           empty={derived.roofline.length ? null : 'No run of a known model.'}
           caption={
             ceilings
@@ -299,23 +491,66 @@ export function CompareView() {
           <ResponsiveContainer width="100%" height="100%">
             <ScatterChart margin={{ top: 8, right: 16, bottom: 24, left: 8 }}>
               <CartesianGrid stroke="#e3e6ec" />
-              <XAxis dataKey="intensity" type="number" scale="log" domain={['auto', 'auto']} name="arithmetic intensity" unit=" FLOP/B"
-                tick={{ fontSize: 11 }} label={{ value: 'arithmetic intensity (FLOP/byte, log)', position: 'insideBottom', offset: -14, fontSize: 12 }} />
-              <YAxis dataKey="tflops" type="number" scale="log" domain={['auto', 'auto']} name="achieved" unit=" TFLOP/s" width={72}
-                tick={{ fontSize: 11 }} tickFormatter={(v: number) => formatNumber(v, 2)} />
+              <XAxis
+                dataKey="intensity"
+                type="number"
+                scale="log"
+                domain={['auto', 'auto']}
+                name="arithmetic intensity"
+                unit=" FLOP/B"
+                tick={{ fontSize: 11 }}
+                label={{
+                  value: 'arithmetic intensity (FLOP/byte, log)',
+                  position: 'insideBottom',
+                  offset: -14,
+                  fontSize: 12,
+                }}
+              />
+              <YAxis
+                dataKey="tflops"
+                type="number"
+                scale="log"
+                domain={['auto', 'auto']}
+                name="achieved"
+                unit=" TFLOP/s"
+                width={72}
+                tick={{ fontSize: 11 }}
+                tickFormatter={(v: number) => formatNumber(v, 2)}
+              />
               <ZAxis range={[50, 50]} />
               <Tooltip formatter={(v, n) => [formatNumber(typeof v === 'number' ? v : null, 3), n]} />
               <Legend verticalAlign="top" height={28} wrapperStyle={{ fontSize: 12 }} />
-              {ceilings && <ReferenceLine y={ceilings.tflops} stroke="#16181d" label={{ value: `${formatNumber(ceilings.tflops, 3)} TFLOP/s`, fontSize: 10, position: 'insideTopRight' }} />}
               {ceilings && (
                 <ReferenceLine
-                  segment={[{ x: 0.5, y: (ceilings.gbps * 0.5) / 1000 }, { x: (ceilings.tflops * 1000) / ceilings.gbps, y: ceilings.tflops }]}
-                  stroke="#16181d" strokeDasharray="3 3" ifOverflow="extendDomain"
+                  y={ceilings.tflops}
+                  stroke="#16181d"
+                  label={{
+                    value: `${formatNumber(ceilings.tflops, 3)} TFLOP/s`,
+                    fontSize: 10,
+                    position: 'insideTopRight',
+                  }}
+                />
+              )}
+              {ceilings && (
+                <ReferenceLine
+                  segment={[
+                    { x: 0.5, y: (ceilings.gbps * 0.5) / 1000 },
+                    { x: (ceilings.tflops * 1000) / ceilings.gbps, y: ceilings.tflops },
+                  ]}
+                  stroke="#16181d"
+                  strokeDasharray="3 3"
+                  ifOverflow="extendDomain"
                 />
               )}
               {roofLabels.map((l, i) => (
-                <Scatter key={l} name={l} data={derived.roofline.filter((p) => `${p.label} · ${p.phase}` === l)} fill={COLORS[i % COLORS.length]}
-                  shape={l.endsWith('decode') ? 'triangle' : 'circle'} isAnimationActive={false} />
+                <Scatter
+                  key={l}
+                  name={l}
+                  data={derived.roofline.filter((p) => `${p.label} · ${p.phase}` === l)}
+                  fill={COLORS[i % COLORS.length]}
+                  shape={l.endsWith('decode') ? 'triangle' : 'circle'}
+                  isAnimationActive={false}
+                />
               ))}
             </ScatterChart>
           </ResponsiveContainer>
@@ -327,7 +562,12 @@ export function CompareView() {
           <h2 id="study-h">The study’s figures beside ours</h2>
           <table data-testid="study-table">
             <thead>
-              <tr><th>Claim</th><th className="num">Study</th><th className="num">Ours</th><th className="num">Matched pairs</th></tr>
+              <tr>
+                <th>Claim</th>
+                <th className="num">Study</th>
+                <th className="num">Ours</th>
+                <th className="num">Matched pairs</th>
+              </tr>
             </thead>
             <tbody>
               {derived.study.map((s) => (
@@ -340,22 +580,48 @@ export function CompareView() {
               ))}
             </tbody>
           </table>
-          <p className="small muted">Ours: the median over pairs of runs that differ only in the method the claim names (end-to-end time, or peak memory).</p>
+          <p className="small muted">
+            Ours: the median over pairs of runs that differ only in the method the claim names (end-to-end time, or peak
+            memory).
+          </p>
         </section>
         <section className="panel" aria-labelledby="speed-h">
           <h2 id="speed-h">Speedups with 95 % confidence intervals</h2>
-          {derived.speed.length === 0 ? <p className="empty">No method shares a shape with the baseline.</p> : (
+          {derived.speed.length === 0 ? (
+            <p className="empty">No method shares a shape with the baseline.</p>
+          ) : (
             <div className="table-wrap">
               <table data-testid="speedup-table">
-                <thead><tr><th>Method</th><th>Shape</th><th className="num">Speedup</th><th className="num">95 % CI</th><th /></tr></thead>
+                <thead>
+                  <tr>
+                    <th>Method</th>
+                    <th>Shape</th>
+                    <th className="num">Speedup</th>
+                    <th className="num">95 % CI</th>
+                    <th />
+                  </tr>
+                </thead>
                 <tbody>
                   {derived.speed.map((s) => (
                     <tr key={`${s.methodKey}-${s.shape}`}>
                       <td>{s.method}</td>
                       <td>{s.shape}</td>
                       <td className="num">{formatSpeedup(s.speedup)}</td>
-                      <td className="num">{formatSpeedup(s.lower)} – {formatSpeedup(s.upper)}</td>
-                      <td>{s.includesOne ? <span className="badge warn" title="The interval contains 1×: these repeats do not show a difference">includes 1×</span> : <span className="badge ok">{s.speedup > 1 ? 'faster' : 'slower'}</span>}</td>
+                      <td className="num">
+                        {formatSpeedup(s.lower)} – {formatSpeedup(s.upper)}
+                      </td>
+                      <td>
+                        {s.includesOne ? (
+                          <span
+                            className="badge warn"
+                            title="The interval contains 1×: these repeats do not show a difference"
+                          >
+                            includes 1×
+                          </span>
+                        ) : (
+                          <span className="badge ok">{s.speedup > 1 ? 'faster' : 'slower'}</span>
+                        )}
+                      </td>
                     </tr>
                   ))}
                 </tbody>

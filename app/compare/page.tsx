@@ -10,7 +10,10 @@ export default function ComparePage() {
       <div className="page-head">
         <div>
           <h1>Compare</h1>
-          <p>Methods side by side, with the study’s published figures drawn beside ours. The view is in the URL: share the link.</p>
+          <p>
+            Methods side by side, with the study’s published figures drawn beside ours. The view is in the URL: share
+            the link.
+          </p>
         </div>
       </div>
       <Suspense fallback={<p className="muted">Loading…</p>}>

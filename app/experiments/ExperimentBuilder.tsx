@@ -34,12 +34,24 @@ interface FormState {
 function fromSpec(s: ExperimentSpecInput): FormState {
   const w = s.weights ?? { kind: 'random', seed: 0 };
   return {
-    name: s.name, model: s.model, weightsKind: w.kind,
-    seed: w.kind === 'random' ? String(w.seed ?? 0) : '0', checkpointPath: w.kind === 'checkpoint' ? w.path : '',
-    attention: [...s.attention], kvCache: s.kvCache.map((k) => (k ? 'on' : 'off')), tp: s.tp.join(', '),
-    dtype: [...s.dtype], device: s.device ?? 'cpu', batchSizes: s.batchSizes.join(', '),
-    promptLengths: s.promptLengths.join(', '), newTokens: s.newTokens.join(', '), warmup: String(s.warmup ?? 1),
-    repeats: String(s.repeats ?? 3), targetAgent: s.targetAgent ?? '', tags: (s.tags ?? []).join(', '), notes: s.notes ?? '',
+    name: s.name,
+    model: s.model,
+    weightsKind: w.kind,
+    seed: w.kind === 'random' ? String(w.seed ?? 0) : '0',
+    checkpointPath: w.kind === 'checkpoint' ? w.path : '',
+    attention: [...s.attention],
+    kvCache: s.kvCache.map((k) => (k ? 'on' : 'off')),
+    tp: s.tp.join(', '),
+    dtype: [...s.dtype],
+    device: s.device ?? 'cpu',
+    batchSizes: s.batchSizes.join(', '),
+    promptLengths: s.promptLengths.join(', '),
+    newTokens: s.newTokens.join(', '),
+    warmup: String(s.warmup ?? 1),
+    repeats: String(s.repeats ?? 3),
+    targetAgent: s.targetAgent ?? '',
+    tags: (s.tags ?? []).join(', '),
+    notes: s.notes ?? '',
   };
 }
 
@@ -57,7 +69,10 @@ function toSpecInput(f: FormState): unknown {
   return {
     name: f.name.trim(),
     model: f.model,
-    weights: f.weightsKind === 'random' ? { kind: 'random', seed: Number(f.seed) } : { kind: 'checkpoint', path: f.checkpointPath.trim() },
+    weights:
+      f.weightsKind === 'random'
+        ? { kind: 'random', seed: Number(f.seed) }
+        : { kind: 'checkpoint', path: f.checkpointPath.trim() },
     attention: f.attention,
     kvCache: f.kvCache.map((k) => k === 'on'),
     tp: numberList(f.tp),
@@ -69,16 +84,32 @@ function toSpecInput(f: FormState): unknown {
     warmup: Number(f.warmup),
     repeats: Number(f.repeats),
     targetAgent: f.targetAgent || undefined,
-    tags: f.tags.split(',').map((t) => t.trim()).filter(Boolean),
+    tags: f.tags
+      .split(',')
+      .map((t) => t.trim())
+      .filter(Boolean),
     notes: f.notes,
   };
 }
 
 type FieldName = keyof FormState;
 const PATH_TO_FIELD: Record<string, FieldName> = {
-  name: 'name', model: 'model', weights: 'seed', attention: 'attention', kvCache: 'kvCache', tp: 'tp', dtype: 'dtype',
-  device: 'device', batchSizes: 'batchSizes', promptLengths: 'promptLengths', newTokens: 'newTokens', warmup: 'warmup',
-  repeats: 'repeats', targetAgent: 'targetAgent', tags: 'tags', notes: 'notes',
+  name: 'name',
+  model: 'model',
+  weights: 'seed',
+  attention: 'attention',
+  kvCache: 'kvCache',
+  tp: 'tp',
+  dtype: 'dtype',
+  device: 'device',
+  batchSizes: 'batchSizes',
+  promptLengths: 'promptLengths',
+  newTokens: 'newTokens',
+  warmup: 'warmup',
+  repeats: 'repeats',
+  targetAgent: 'targetAgent',
+  tags: 'tags',
+  notes: 'notes',
 };
 
 function fieldErrors(f: FormState): { errors: Partial<Record<FieldName, string[]>>; spec: ExperimentSpec | null } {
@@ -88,20 +119,33 @@ function fieldErrors(f: FormState): { errors: Partial<Record<FieldName, string[]
   for (const issue of r.error.issues) {
     let field = PATH_TO_FIELD[String(issue.path[0])] ?? 'name';
     if (issue.path[0] === 'weights' && f.weightsKind === 'checkpoint') field = 'checkpointPath';
-    const where = typeof issue.path[1] === 'number' && ['tp', 'batchSizes', 'promptLengths', 'newTokens'].includes(String(issue.path[0]))
-      ? `value ${issue.path[1] + 1}: ` : '';
-    const msg = issue.code === 'too_small' && issue.path.length === 1 && Array.isArray((toSpecInput(f) as Record<string, unknown>)[String(issue.path[0])])
-      ? 'choose at least one'
-      : issue.message;
-    (errors[field] ??= []).push(`${where}${msg}`);
+    const where =
+      typeof issue.path[1] === 'number' &&
+      ['tp', 'batchSizes', 'promptLengths', 'newTokens'].includes(String(issue.path[0]))
+        ? `value ${issue.path[1] + 1}: `
+        : '';
+    const msg =
+      issue.code === 'too_small' &&
+      issue.path.length === 1 &&
+      Array.isArray((toSpecInput(f) as Record<string, unknown>)[String(issue.path[0])])
+        ? 'choose at least one'
+        : issue.message;
+    errors[field] = [...(errors[field] ?? []), `${where}${msg}`];
   }
   return { errors, spec: null };
 }
 
 function jobCount(f: FormState): number {
   const len = (xs: unknown[]) => xs.length;
-  return len(f.attention) * len(f.kvCache) * len(numberList(f.tp)) * len(f.dtype) * len(numberList(f.batchSizes))
-    * len(numberList(f.promptLengths)) * len(numberList(f.newTokens));
+  return (
+    len(f.attention) *
+    len(f.kvCache) *
+    len(numberList(f.tp)) *
+    len(f.dtype) *
+    len(numberList(f.batchSizes)) *
+    len(numberList(f.promptLengths)) *
+    len(numberList(f.newTokens))
+  );
 }
 
 export function ExperimentBuilder() {
@@ -139,7 +183,10 @@ export function ExperimentBuilder() {
         {errors[k]?.join('; ')}
       </span>
     ) : null;
-  const aria = (k: FieldName) => ({ 'aria-invalid': errors[k] ? true : undefined, 'aria-describedby': errors[k] ? `${k}-error` : undefined });
+  const aria = (k: FieldName) => ({
+    'aria-invalid': errors[k] ? true : undefined,
+    'aria-describedby': errors[k] ? `${k}-error` : undefined,
+  });
   const serverError = create.error?.message;
 
   return (
@@ -147,7 +194,10 @@ export function ExperimentBuilder() {
       <aside>
         <section className="panel" aria-labelledby="presets-h">
           <h2 id="presets-h">Presets</h2>
-          <p className="muted small">The study’s four experiments at full size need a GPU agent; the tiny ones finish in seconds on the CPU agent.</p>
+          <p className="muted small">
+            The study’s four experiments at full size need a GPU agent; the tiny ones finish in seconds on the CPU
+            agent.
+          </p>
           {(['tiny', 'full'] as const).map((size) => (
             <div key={size} className="stack" style={{ marginBottom: 10 }}>
               <h3>{size === 'tiny' ? 'Tiny (CPU, seconds)' : 'Full size (GPU)'}</h3>
@@ -164,7 +214,9 @@ export function ExperimentBuilder() {
                   <span>
                     {p.title}
                     <br />
-                    <span className="small" style={{ opacity: 0.8 }}>{p.study}</span>
+                    <span className="small" style={{ opacity: 0.8 }}>
+                      {p.study}
+                    </span>
                   </span>
                 </button>
               ))}
@@ -206,14 +258,20 @@ export function ExperimentBuilder() {
               </select>
               {model && (
                 <span className="hint">
-                  {model.numLayers} layers, {model.numHeads} heads ({model.numKvHeads} KV), {model.maxPositions} positions
+                  {model.numLayers} layers, {model.numHeads} heads ({model.numKvHeads} KV), {model.maxPositions}{' '}
+                  positions
                 </span>
               )}
               {err('model')}
             </div>
             <div className="field">
               <label htmlFor="f-device">Device</label>
-              <select id="f-device" value={form.device} onChange={(e) => set('device', e.target.value as 'cpu' | 'cuda')} {...aria('device')}>
+              <select
+                id="f-device"
+                value={form.device}
+                onChange={(e) => set('device', e.target.value as 'cpu' | 'cuda')}
+                {...aria('device')}
+              >
                 <option value="cpu">CPU</option>
                 <option value="cuda">CUDA GPU</option>
               </select>
@@ -225,22 +283,52 @@ export function ExperimentBuilder() {
             <legend>Weights</legend>
             <div className="row">
               <label>
-                <input type="radio" name="weights" checked={form.weightsKind === 'random'} onChange={() => set('weightsKind', 'random')} />
+                <input
+                  type="radio"
+                  name="weights"
+                  checked={form.weightsKind === 'random'}
+                  onChange={() => set('weightsKind', 'random')}
+                />
                 Random, seed
               </label>
-              <label className="sr-only" htmlFor="f-seed">Seed</label>
-              <input id="f-seed" style={{ width: 90 }} value={form.seed} onChange={(e) => set('seed', e.target.value)} disabled={form.weightsKind !== 'random'} {...aria('seed')} />
+              <label className="sr-only" htmlFor="f-seed">
+                Seed
+              </label>
+              <input
+                id="f-seed"
+                style={{ width: 90 }}
+                value={form.seed}
+                onChange={(e) => set('seed', e.target.value)}
+                disabled={form.weightsKind !== 'random'}
+                {...aria('seed')}
+              />
               <label>
-                <input type="radio" name="weights" checked={form.weightsKind === 'checkpoint'} onChange={() => set('weightsKind', 'checkpoint')} />
+                <input
+                  type="radio"
+                  name="weights"
+                  checked={form.weightsKind === 'checkpoint'}
+                  onChange={() => set('weightsKind', 'checkpoint')}
+                />
                 Checkpoint on the agent
               </label>
-              <label className="sr-only" htmlFor="f-ckpt">Checkpoint path</label>
-              <input id="f-ckpt" style={{ flex: 1, minWidth: 220 }} placeholder="/models/gpt2 (a Hugging Face checkpoint folder)" value={form.checkpointPath}
-                onChange={(e) => set('checkpointPath', e.target.value)} disabled={form.weightsKind !== 'checkpoint'} {...aria('checkpointPath')} />
+              <label className="sr-only" htmlFor="f-ckpt">
+                Checkpoint path
+              </label>
+              <input
+                id="f-ckpt"
+                style={{ flex: 1, minWidth: 220 }}
+                placeholder="/models/gpt2 (a Hugging Face checkpoint folder)"
+                value={form.checkpointPath}
+                onChange={(e) => set('checkpointPath', e.target.value)}
+                disabled={form.weightsKind !== 'checkpoint'}
+                {...aria('checkpointPath')}
+              />
             </div>
             {err('seed')}
             {err('checkpointPath')}
-            <p className="hint small muted">Speed does not depend on the weights’ values: random weights measure the same as the real ones.</p>
+            <p className="hint small muted">
+              Speed does not depend on the weights’ values: random weights measure the same as the real ones.
+            </p>
           </fieldset>
 
           <div className="grid grid-3">
@@ -249,7 +337,11 @@ export function ExperimentBuilder() {
               <div className="checks">
                 {(['naive', 'fa1', 'fa2'] as const).map((a) => (
                   <label key={a}>
-                    <input type="checkbox" checked={form.attention.includes(a)} onChange={() => toggle('attention', a)} />
+                    <input
+                      type="checkbox"
+                      checked={form.attention.includes(a)}
+                      onChange={() => toggle('attention', a)}
+                    />
                     {a === 'naive' ? 'naive' : a === 'fa1' ? 'FlashAttention-1' : 'FlashAttention-2'}
                   </label>
                 ))}
@@ -303,17 +395,34 @@ export function ExperimentBuilder() {
           <div className="grid grid-4">
             <div className="field">
               <label htmlFor="f-warmup">Warm-up runs</label>
-              <input id="f-warmup" inputMode="numeric" value={form.warmup} onChange={(e) => set('warmup', e.target.value)} {...aria('warmup')} />
+              <input
+                id="f-warmup"
+                inputMode="numeric"
+                value={form.warmup}
+                onChange={(e) => set('warmup', e.target.value)}
+                {...aria('warmup')}
+              />
               {err('warmup')}
             </div>
             <div className="field">
               <label htmlFor="f-repeats">Repeats</label>
-              <input id="f-repeats" inputMode="numeric" value={form.repeats} onChange={(e) => set('repeats', e.target.value)} {...aria('repeats')} />
+              <input
+                id="f-repeats"
+                inputMode="numeric"
+                value={form.repeats}
+                onChange={(e) => set('repeats', e.target.value)}
+                {...aria('repeats')}
+              />
               {err('repeats')}
             </div>
             <div className="field">
               <label htmlFor="f-agent">Target agent</label>
-              <select id="f-agent" value={form.targetAgent} onChange={(e) => set('targetAgent', e.target.value)} {...aria('targetAgent')}>
+              <select
+                id="f-agent"
+                value={form.targetAgent}
+                onChange={(e) => set('targetAgent', e.target.value)}
+                {...aria('targetAgent')}
+              >
                 <option value="">any agent that can run it</option>
                 {(agents.data ?? []).map((a) => (
                   <option key={a.id} value={a.name}>
@@ -325,13 +434,25 @@ export function ExperimentBuilder() {
             </div>
             <div className="field">
               <label htmlFor="f-tags">Tags</label>
-              <input id="f-tags" value={form.tags} onChange={(e) => set('tags', e.target.value)} placeholder="comma-separated" {...aria('tags')} />
+              <input
+                id="f-tags"
+                value={form.tags}
+                onChange={(e) => set('tags', e.target.value)}
+                placeholder="comma-separated"
+                {...aria('tags')}
+              />
               {err('tags')}
             </div>
           </div>
           <div className="field">
             <label htmlFor="f-notes">Notes</label>
-            <textarea id="f-notes" rows={2} value={form.notes} onChange={(e) => set('notes', e.target.value)} {...aria('notes')} />
+            <textarea
+              id="f-notes"
+              rows={2}
+              value={form.notes}
+              onChange={(e) => set('notes', e.target.value)}
+              {...aria('notes')}
+            />
             {err('notes')}
           </div>
 
@@ -353,7 +474,8 @@ export function ExperimentBuilder() {
           {create.data && (
             <div className="notice ok" role="status" data-testid="experiment-created">
               Queued <strong>{create.data.jobCount ?? count}</strong> jobs for “{form.name}”.{' '}
-              <Link href="/agents">Watch the queue</Link> · <Link href={`/runs?experiment=${create.data.id}`}>See its runs</Link> ·{' '}
+              <Link href="/agents">Watch the queue</Link> ·{' '}
+              <Link href={`/runs?experiment=${create.data.id}`}>See its runs</Link> ·{' '}
               <Link href={`/compare?experiments=${create.data.id}`}>Compare them</Link>
             </div>
           )}
@@ -362,7 +484,9 @@ export function ExperimentBuilder() {
         <section className="panel" aria-labelledby="recent-h">
           <h2 id="recent-h">Recent experiments</h2>
           {recent.error && <p className="error">Could not load experiments: {recent.error.message}</p>}
-          {recent.data && recent.data.items.length === 0 && <p className="empty">No experiments yet. Pick a preset and queue it.</p>}
+          {recent.data && recent.data.items.length === 0 && (
+            <p className="empty">No experiments yet. Pick a preset and queue it.</p>
+          )}
           {recent.data && recent.data.items.length > 0 && (
             <div className="table-wrap">
               <table>
@@ -385,20 +509,34 @@ export function ExperimentBuilder() {
                         <td>{e.name}</td>
                         <td>{e.model}</td>
                         <td className="small">
-                          {Object.entries(c).filter(([, v]) => v).map(([k, v]) => (
-                            <span key={k} className={`badge ${k === 'succeeded' ? 'ok' : k === 'failed' ? 'bad' : k === 'running' || k === 'leased' ? 'info' : ''}`} style={{ marginRight: 4 }}>
-                              {v} {k}
-                            </span>
-                          ))}
+                          {Object.entries(c)
+                            .filter(([, v]) => v)
+                            .map(([k, v]) => (
+                              <span
+                                key={k}
+                                className={`badge ${k === 'succeeded' ? 'ok' : k === 'failed' ? 'bad' : k === 'running' || k === 'leased' ? 'info' : ''}`}
+                                style={{ marginRight: 4 }}
+                              >
+                                {v} {k}
+                              </span>
+                            ))}
                         </td>
                         <td>
-                          <div className={`progress ${total && done === total ? 'done' : ''}`} role="progressbar" aria-valuemin={0} aria-valuemax={total} aria-valuenow={done} aria-label={`${e.name}: ${done} of ${total} jobs finished`}>
+                          <div
+                            className={`progress ${total && done === total ? 'done' : ''}`}
+                            role="progressbar"
+                            aria-valuemin={0}
+                            aria-valuemax={total}
+                            aria-valuenow={done}
+                            aria-label={`${e.name}: ${done} of ${total} jobs finished`}
+                          >
                             <div style={{ width: `${total ? (100 * done) / total : 0}%` }} />
                           </div>
                         </td>
                         <td className="nowrap">{formatAgo(e.createdAt)}</td>
                         <td className="nowrap">
-                          <Link href={`/runs?experiment=${e.id}`}>Runs</Link> · <Link href={`/compare?experiments=${e.id}`}>Compare</Link>
+                          <Link href={`/runs?experiment=${e.id}`}>Runs</Link> ·{' '}
+                          <Link href={`/compare?experiments=${e.id}`}>Compare</Link>
                         </td>
                       </tr>
                     );

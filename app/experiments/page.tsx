@@ -10,7 +10,10 @@ export default function ExperimentsPage() {
       <div className="page-head">
         <div>
           <h1>Experiments</h1>
-          <p>Design a sweep or start from one of the study’s experiments. Each configuration becomes one job in the queue.</p>
+          <p>
+            Design a sweep or start from one of the study’s experiments. Each configuration becomes one job in the
+            queue.
+          </p>
         </div>
       </div>
       <Suspense fallback={<p className="muted">Loading…</p>}>

@@ -22,11 +22,15 @@ function listParam(sp: URLSearchParams, k: string): string[] | undefined {
 }
 
 function filterFromUrl(sp: URLSearchParams): NonNullable<Filter> {
-  const tp = listParam(sp, 'tp')?.map(Number).filter((n) => Number.isInteger(n) && n >= 1 && n <= 8);
+  const tp = listParam(sp, 'tp')
+    ?.map(Number)
+    .filter((n) => Number.isInteger(n) && n >= 1 && n <= 8);
   const kv = sp.get('kv');
   return {
     model: listParam(sp, 'model'),
-    attention: listParam(sp, 'attention')?.filter((a): a is 'naive' | 'fa1' | 'fa2' => ['naive', 'fa1', 'fa2'].includes(a)),
+    attention: listParam(sp, 'attention')?.filter((a): a is 'naive' | 'fa1' | 'fa2' =>
+      ['naive', 'fa1', 'fa2'].includes(a),
+    ),
     kvCache: kv === 'on' ? true : kv === 'off' ? false : undefined,
     tp: tp?.length ? tp : undefined,
     agentName: listParam(sp, 'agent'),
@@ -86,8 +90,22 @@ export function RunHistory() {
     placeholderData: keepPreviousData,
     refetchInterval: 5000,
   });
-  const groupSort = (['lastAt', 'count', 'model', 'promptLength', 'batchSize', 'totalMs', 'prefillMs', 'tpotMs', 'tokensPerSec', 'peakMemBytes'].includes(sortField)
-    ? sortField : 'lastAt') as GroupSortField;
+  const groupSort = (
+    [
+      'lastAt',
+      'count',
+      'model',
+      'promptLength',
+      'batchSize',
+      'totalMs',
+      'prefillMs',
+      'tpotMs',
+      'tokensPerSec',
+      'peakMemBytes',
+    ].includes(sortField)
+      ? sortField
+      : 'lastAt'
+  ) as GroupSortField;
   const groups = useQuery({
     ...trpc.runs.groups.queryOptions({ filter, sort: { field: groupSort, dir: sortDir }, page, pageSize: 25 }),
     enabled: grouped,
@@ -105,7 +123,10 @@ export function RunHistory() {
   const importFile = useMutation(
     trpc.runs.import.mutationOptions({
       onSuccess: (r) => {
-        setNotice({ kind: 'ok', text: `Imported ${r.runs} run${r.runs === 1 ? '' : 's'}${r.failures ? ` (${r.failures} failed configurations were in the file)` : ''}.` });
+        setNotice({
+          kind: 'ok',
+          text: `Imported ${r.runs} run${r.runs === 1 ? '' : 's'}${r.failures ? ` (${r.failures} failed configurations were in the file)` : ''}.`,
+        });
         queryClient.invalidateQueries({ queryKey: trpc.runs.pathKey() });
         setParams({ experiment: r.experimentId });
       },
@@ -116,19 +137,36 @@ export function RunHistory() {
   async function exportAs(format: 'csv' | 'json') {
     setNotice(null);
     try {
-      const data = await queryClient.fetchQuery(trpc.runs.export.queryOptions({ filter, sort: { field: sortField, dir: sortDir }, format }));
+      const data = await queryClient.fetchQuery(
+        trpc.runs.export.queryOptions({ filter, sort: { field: sortField, dir: sortDir }, format }),
+      );
       const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
       if (data.format === 'csv') downloadText(toCsv(data.header, data.rows), `flashlab-runs-${stamp}.csv`, 'text/csv');
-      else downloadText(JSON.stringify({ format: 'flashlab-runs/1', exportedAt: new Date().toISOString(), runs: data.runs }, null, 2), `flashlab-runs-${stamp}.json`, 'application/json');
-      if (data.truncated) setNotice({ kind: 'bad', text: `Only the first 20 000 of ${data.total} runs were exported: narrow the filter.` });
+      else
+        downloadText(
+          JSON.stringify({ format: 'flashlab-runs/1', exportedAt: new Date().toISOString(), runs: data.runs }, null, 2),
+          `flashlab-runs-${stamp}.json`,
+          'application/json',
+        );
+      if (data.truncated)
+        setNotice({
+          kind: 'bad',
+          text: `Only the first 20 000 of ${data.total} runs were exported: narrow the filter.`,
+        });
     } catch (e) {
       setNotice({ kind: 'bad', text: `Export failed: ${(e as Error).message}` });
     }
   }
 
   const sortBy = (f: string) => setParams({ sort: f, dir: sortField === f && sortDir === 'desc' ? 'asc' : 'desc' });
-  const ariaSort = (f: string | null) => (f && sortField === f ? (sortDir === 'asc' ? 'ascending' : 'descending') : undefined);
-  const toggle = (id: string) => setSelected((s) => { const n = new Set(s); n.has(id) ? n.delete(id) : n.add(id); return n; });
+  const ariaSort = (f: string | null) =>
+    f && sortField === f ? (sortDir === 'asc' ? 'ascending' : 'descending') : undefined;
+  const toggle = (id: string) =>
+    setSelected((s) => {
+      const n = new Set(s);
+      n.has(id) ? n.delete(id) : n.add(id);
+      return n;
+    });
   const items = list.data?.items ?? [];
   const total = grouped ? (groups.data?.total ?? 0) : (list.data?.total ?? 0);
   const pageCount = Math.max(1, Math.ceil(total / (grouped ? 25 : PAGE_SIZE)));
@@ -141,7 +179,9 @@ export function RunHistory() {
       <select id={`flt-${k}`} value={sp.get(k) ?? ''} onChange={(e) => setParams({ [k]: e.target.value || null })}>
         <option value="">any</option>
         {(options ?? []).map((o) => (
-          <option key={o} value={o}>{o}</option>
+          <option key={o} value={o}>
+            {o}
+          </option>
         ))}
       </select>
     </div>
@@ -150,7 +190,10 @@ export function RunHistory() {
   return (
     <>
       <section className="panel" aria-label="Filters">
-        <div className="grid" style={{ gridTemplateColumns: 'repeat(auto-fit, minmax(140px, 1fr))', alignItems: 'end' }}>
+        <div
+          className="grid"
+          style={{ gridTemplateColumns: 'repeat(auto-fit, minmax(140px, 1fr))', alignItems: 'end' }}
+        >
           {multi('model', 'Model', facets.data?.model)}
           {multi('attention', 'Attention', facets.data?.attention)}
           <div className="field">
@@ -167,17 +210,31 @@ export function RunHistory() {
           {multi('tag', 'Tag', facets.data?.tags)}
           <div className="field">
             <label htmlFor="flt-from">From</label>
-            <input id="flt-from" type="date" value={sp.get('from') ?? ''} onChange={(e) => setParams({ from: e.target.value || null })} />
+            <input
+              id="flt-from"
+              type="date"
+              value={sp.get('from') ?? ''}
+              onChange={(e) => setParams({ from: e.target.value || null })}
+            />
           </div>
           <div className="field">
             <label htmlFor="flt-to">To</label>
-            <input id="flt-to" type="date" value={sp.get('to') ?? ''} onChange={(e) => setParams({ to: e.target.value || null })} />
+            <input
+              id="flt-to"
+              type="date"
+              value={sp.get('to') ?? ''}
+              onChange={(e) => setParams({ to: e.target.value || null })}
+            />
           </div>
         </div>
         <div className="row" style={{ justifyContent: 'space-between' }}>
           <div className="row">
             <label>
-              <input type="checkbox" checked={grouped} onChange={(e) => setParams({ group: e.target.checked ? '1' : null })} />
+              <input
+                type="checkbox"
+                checked={grouped}
+                onChange={(e) => setParams({ group: e.target.checked ? '1' : null })}
+              />
               Group repeats of one configuration (mean ± std)
             </label>
             {filter.experimentId && <span className="badge info">experiment {filter.experimentId.slice(0, 10)}…</span>}
@@ -188,8 +245,12 @@ export function RunHistory() {
             )}
           </div>
           <div className="row">
-            <button type="button" onClick={() => exportAs('csv')} data-testid="export-csv">Export CSV</button>
-            <button type="button" onClick={() => exportAs('json')}>Export JSON</button>
+            <button type="button" onClick={() => exportAs('csv')} data-testid="export-csv">
+              Export CSV
+            </button>
+            <button type="button" onClick={() => exportAs('json')}>
+              Export JSON
+            </button>
             <button type="button" onClick={() => fileRef.current?.click()} disabled={importFile.isPending}>
               {importFile.isPending ? 'Importing…' : 'Import results file'}
             </button>
@@ -226,10 +287,20 @@ export function RunHistory() {
       )}
 
       <section className="panel" aria-label="Runs">
-        {error && <p className="error" role="alert">Could not load runs: {error.message}</p>}
+        {error && (
+          <p className="error" role="alert">
+            Could not load runs: {error.message}
+          </p>
+        )}
         {!grouped && list.data && items.length === 0 && (
           <p className="empty">
-            {anyFilter ? 'No run matches these filters.' : <>No runs yet. <Link href="/experiments">Queue an experiment</Link> or import a results file.</>}
+            {anyFilter ? (
+              'No run matches these filters.'
+            ) : (
+              <>
+                No runs yet. <Link href="/experiments">Queue an experiment</Link> or import a results file.
+              </>
+            )}
           </p>
         )}
         {!grouped && items.length > 0 && (
@@ -242,7 +313,13 @@ export function RunHistory() {
                       type="checkbox"
                       aria-label="Select every run on this page"
                       checked={items.every((r) => selected.has(r.id))}
-                      onChange={(e) => setSelected((s) => { const n = new Set(s); for (const r of items) e.target.checked ? n.add(r.id) : n.delete(r.id); return n; })}
+                      onChange={(e) =>
+                        setSelected((s) => {
+                          const n = new Set(s);
+                          for (const r of items) e.target.checked ? n.add(r.id) : n.delete(r.id);
+                          return n;
+                        })
+                      }
                     />
                   </th>
                   {COLUMNS.map((c) => (
@@ -251,7 +328,9 @@ export function RunHistory() {
                         <button type="button" className="sort" onClick={() => sortBy(c.field as string)}>
                           {c.label} {sortField === c.field ? (sortDir === 'asc' ? '▲' : '▼') : ''}
                         </button>
-                      ) : c.label}
+                      ) : (
+                        c.label
+                      )}
                     </th>
                   ))}
                 </tr>
@@ -260,23 +339,58 @@ export function RunHistory() {
                 {items.map((r) => (
                   <tr key={r.id} data-run-id={r.id}>
                     <td>
-                      <input type="checkbox" aria-label={`Select run ${r.id}`} checked={selected.has(r.id)} onChange={() => toggle(r.id)} />
+                      <input
+                        type="checkbox"
+                        aria-label={`Select run ${r.id}`}
+                        checked={selected.has(r.id)}
+                        onChange={() => toggle(r.id)}
+                      />
                     </td>
-                    <td className="nowrap small" title={r.experimentName}>{formatDate(r.createdAt)}</td>
+                    <td className="nowrap small" title={r.experimentName}>
+                      {formatDate(r.createdAt)}
+                    </td>
                     <td>{r.model}</td>
                     <td className="nowrap">{methodLabel(r)}</td>
                     <td className="num">{r.batchSize}</td>
                     <td className="num">{r.promptLength}</td>
                     <td className="num">{r.newTokens}</td>
-                    <td className="num" title={`± ${formatMs(r.prefillMsStd)} over ${r.repeatCount} repeats`}>{formatMs(r.prefillMsMedian)}</td>
-                    <td className="num" title={`± ${formatMs(r.tpotMsStd)}`}>{formatMs(r.tpotMsMedian)}</td>
-                    <td className="num" title={`± ${formatMs(r.totalMsStd)}`}>{formatMs(r.totalMsMedian)}</td>
+                    <td className="num" title={`± ${formatMs(r.prefillMsStd)} over ${r.repeatCount} repeats`}>
+                      {formatMs(r.prefillMsMedian)}
+                    </td>
+                    <td className="num" title={`± ${formatMs(r.tpotMsStd)}`}>
+                      {formatMs(r.tpotMsMedian)}
+                    </td>
+                    <td className="num" title={`± ${formatMs(r.totalMsStd)}`}>
+                      {formatMs(r.totalMsMedian)}
+                    </td>
                     <td className="num">{formatRate(r.tokensPerSecMedian)}</td>
                     <td className="num">{formatBytes(r.peakMemBytes)}</td>
-                    <td className="small">{r.agentName}{r.gpuName ? <><br />{r.gpuName}</> : r.device === 'cpu' ? <><br />CPU</> : null}</td>
                     <td className="small">
-                      {r.tags.map((t) => <span key={t} className="badge" style={{ marginRight: 3 }}>{t}</span>)}
-                      {r.notes && <div className="muted" title={r.notes}>📝 {r.notes.slice(0, 40)}{r.notes.length > 40 ? '…' : ''}</div>}
+                      {r.agentName}
+                      {r.gpuName ? (
+                        <>
+                          <br />
+                          {r.gpuName}
+                        </>
+                      ) : r.device === 'cpu' ? (
+                        <>
+                          <br />
+                          CPU
+                        </>
+                      ) : null}
+                    </td>
+                    <td className="small">
+                      {r.tags.map((t) => (
+                        <span key={t} className="badge" style={{ marginRight: 3 }}>
+                          {t}
+                        </span>
+                      ))}
+                      {r.notes && (
+                        <div className="muted" title={r.notes}>
+                          📝 {r.notes.slice(0, 40)}
+                          {r.notes.length > 40 ? '…' : ''}
+                        </div>
+                      )}
                     </td>
                   </tr>
                 ))}
@@ -284,19 +398,43 @@ export function RunHistory() {
             </table>
           </div>
         )}
-        {grouped && groups.data && groups.data.items.length === 0 && <p className="empty">No run matches these filters.</p>}
+        {grouped && groups.data && groups.data.items.length === 0 && (
+          <p className="empty">No run matches these filters.</p>
+        )}
         {grouped && groups.data && groups.data.items.length > 0 && (
           <div className="table-wrap">
             <table data-testid="groups-table">
               <thead>
                 <tr>
-                  {([
-                    ['model', 'Model'], [null, 'Method'], ['batchSize', 'Batch'], ['promptLength', 'Prompt'], [null, 'New'],
-                    ['count', 'Runs'], ['prefillMs', 'TTFT mean ± std'], ['tpotMs', 'TPOT mean ± std'], ['totalMs', 'Total mean ± std'],
-                    ['tokensPerSec', 'Tokens/s'], ['peakMemBytes', 'Peak mem'], ['lastAt', 'Last run'], [null, ''],
-                  ] as const).map(([f, label]) => (
-                    <th key={label} aria-sort={ariaSort(f)} className={f && !['model', 'lastAt'].includes(f) ? 'num' : undefined}>
-                      {f ? <button type="button" className="sort" onClick={() => sortBy(f)}>{label} {sortField === f ? (sortDir === 'asc' ? '▲' : '▼') : ''}</button> : label}
+                  {(
+                    [
+                      ['model', 'Model'],
+                      [null, 'Method'],
+                      ['batchSize', 'Batch'],
+                      ['promptLength', 'Prompt'],
+                      [null, 'New'],
+                      ['count', 'Runs'],
+                      ['prefillMs', 'TTFT mean ± std'],
+                      ['tpotMs', 'TPOT mean ± std'],
+                      ['totalMs', 'Total mean ± std'],
+                      ['tokensPerSec', 'Tokens/s'],
+                      ['peakMemBytes', 'Peak mem'],
+                      ['lastAt', 'Last run'],
+                      [null, ''],
+                    ] as const
+                  ).map(([f, label]) => (
+                    <th
+                      key={label}
+                      aria-sort={ariaSort(f)}
+                      className={f && !['model', 'lastAt'].includes(f) ? 'num' : undefined}
+                    >
+                      {f ? (
+                        <button type="button" className="sort" onClick={() => sortBy(f)}>
+                          {label} {sortField === f ? (sortDir === 'asc' ? '▲' : '▼') : ''}
+                        </button>
+                      ) : (
+                        label
+                      )}
                     </th>
                   ))}
                 </tr>
@@ -309,14 +447,24 @@ export function RunHistory() {
                     <td className="num">{g.config.batchSize}</td>
                     <td className="num">{g.config.promptLength}</td>
                     <td className="num">{g.config.newTokens}</td>
-                    <td className="num" title={`${g.repeatCount} repeats in all`}>{g.runCount}</td>
-                    <td className="num">{formatMs(g.prefillMs.mean)} ± {formatMs(g.prefillMs.std)}</td>
-                    <td className="num">{formatMs(g.tpotMs.mean)} ± {formatMs(g.tpotMs.std)}</td>
-                    <td className="num">{formatMs(g.totalMs.mean)} ± {formatMs(g.totalMs.std)}</td>
+                    <td className="num" title={`${g.repeatCount} repeats in all`}>
+                      {g.runCount}
+                    </td>
+                    <td className="num">
+                      {formatMs(g.prefillMs.mean)} ± {formatMs(g.prefillMs.std)}
+                    </td>
+                    <td className="num">
+                      {formatMs(g.tpotMs.mean)} ± {formatMs(g.tpotMs.std)}
+                    </td>
+                    <td className="num">
+                      {formatMs(g.totalMs.mean)} ± {formatMs(g.totalMs.std)}
+                    </td>
                     <td className="num">{formatRate(g.tokensPerSecMean)}</td>
                     <td className="num">{formatBytes(g.peakMemBytes)}</td>
                     <td className="nowrap small">{formatDate(g.lastAt)}</td>
-                    <td><Link href={`/compare?runs=${g.runIds.join(',')}`}>Compare</Link></td>
+                    <td>
+                      <Link href={`/compare?runs=${g.runIds.join(',')}`}>Compare</Link>
+                    </td>
                   </tr>
                 ))}
               </tbody>
@@ -328,9 +476,19 @@ export function RunHistory() {
             {total} {grouped ? 'configurations' : 'runs'}
           </span>
           <div className="row">
-            <button type="button" disabled={page === 0} onClick={() => setParams({ page: String(page - 1) }, false)}>← Previous</button>
-            <span className="small">Page {page + 1} of {pageCount}</span>
-            <button type="button" disabled={page + 1 >= pageCount} onClick={() => setParams({ page: String(page + 1) }, false)}>Next →</button>
+            <button type="button" disabled={page === 0} onClick={() => setParams({ page: String(page - 1) }, false)}>
+              ← Previous
+            </button>
+            <span className="small">
+              Page {page + 1} of {pageCount}
+            </span>
+            <button
+              type="button"
+              disabled={page + 1 >= pageCount}
+              onClick={() => setParams({ page: String(page + 1) }, false)}
+            >
+              Next →
+            </button>
           </div>
         </nav>
       </section>
@@ -338,7 +496,12 @@ export function RunHistory() {
   );
 }
 
-function SelectionBar(props: { selected: Set<string>; clear: () => void; onTag: (t: string) => void; onNotes: (n: string) => void }) {
+function SelectionBar(props: {
+  selected: Set<string>;
+  clear: () => void;
+  onTag: (t: string) => void;
+  onNotes: (n: string) => void;
+}) {
   const [tag, setTag] = useState('');
   const [notes, setNotes] = useState('');
   const n = props.selected.size;
@@ -347,19 +510,56 @@ function SelectionBar(props: { selected: Set<string>; clear: () => void; onTag: 
     <section className="panel row" aria-label="Selected runs" style={{ justifyContent: 'space-between' }}>
       <div className="row">
         <strong>{n} selected</strong>
-        <Link className="button primary" href={`/compare?runs=${[...props.selected].join(',')}`} data-testid="compare-selected">
+        <Link
+          className="button primary"
+          href={`/compare?runs=${[...props.selected].join(',')}`}
+          data-testid="compare-selected"
+        >
           Compare selected
         </Link>
-        <button type="button" onClick={props.clear}>Clear</button>
+        <button type="button" onClick={props.clear}>
+          Clear
+        </button>
       </div>
-      <form className="row" onSubmit={(e) => { e.preventDefault(); if (tag.trim()) { props.onTag(tag.trim()); setTag(''); } }}>
-        <label htmlFor="sel-tag" className="sr-only">Tag to add</label>
-        <input id="sel-tag" placeholder="tag" value={tag} onChange={(e) => setTag(e.target.value)} style={{ width: 120 }} />
+      <form
+        className="row"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (tag.trim()) {
+            props.onTag(tag.trim());
+            setTag('');
+          }
+        }}
+      >
+        <label htmlFor="sel-tag" className="sr-only">
+          Tag to add
+        </label>
+        <input
+          id="sel-tag"
+          placeholder="tag"
+          value={tag}
+          onChange={(e) => setTag(e.target.value)}
+          style={{ width: 120 }}
+        />
         <button type="submit">Add tag</button>
       </form>
-      <form className="row" onSubmit={(e) => { e.preventDefault(); props.onNotes(notes); }}>
-        <label htmlFor="sel-notes" className="sr-only">Notes for the selected runs</label>
-        <input id="sel-notes" placeholder="notes" value={notes} onChange={(e) => setNotes(e.target.value)} style={{ width: 220 }} />
+      <form
+        className="row"
+        onSubmit={(e) => {
+          e.preventDefault();
+          props.onNotes(notes);
+        }}
+      >
+        <label htmlFor="sel-notes" className="sr-only">
+          Notes for the selected runs
+        </label>
+        <input
+          id="sel-notes"
+          placeholder="notes"
+          value={notes}
+          onChange={(e) => setNotes(e.target.value)}
+          style={{ width: 220 }}
+        />
         <button type="submit">Set notes</button>
       </form>
     </section>

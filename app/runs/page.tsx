@@ -10,7 +10,10 @@ export default function RunsPage() {
       <div className="page-head">
         <div>
           <h1>Runs</h1>
-          <p>Every measured configuration, from every agent and every import. Filter, sort, group repeats, pick runs to compare.</p>
+          <p>
+            Every measured configuration, from every agent and every import. Filter, sort, group repeats, pick runs to
+            compare.
+          </p>
         </div>
       </div>
       <Suspense fallback={<p className="muted">Loading…</p>}>

@@ -10,9 +10,23 @@ const MAX_RUNS = 2000;
 const Env = EnvironmentRecord.partial();
 
 function toCompareRun(r: {
-  id: string; model: string; attention: string; kvCache: boolean; tp: number; dtype: string; device: string;
-  batchSize: number; promptLength: number; newTokens: number; repeats: unknown; environment: unknown; peakMemBytes: number;
-  agentName: string; gpuName: string | null; engineBuild: string; createdAt: Date;
+  id: string;
+  model: string;
+  attention: string;
+  kvCache: boolean;
+  tp: number;
+  dtype: string;
+  device: string;
+  batchSize: number;
+  promptLength: number;
+  newTokens: number;
+  repeats: unknown;
+  environment: unknown;
+  peakMemBytes: number;
+  agentName: string;
+  gpuName: string | null;
+  engineBuild: string;
+  createdAt: Date;
 }): CompareRun {
   const repeats = z.array(RepeatFigures).catch([]).parse(r.repeats);
   const env = Env.catch({}).parse(r.environment);
@@ -20,12 +34,22 @@ function toCompareRun(r: {
   return {
     id: r.id,
     config: {
-      model: r.model, attention: r.attention as CompareRun['config']['attention'], kvCache: r.kvCache, tp: r.tp,
-      dtype: r.dtype as CompareRun['config']['dtype'], device: r.device as CompareRun['config']['device'],
-      batchSize: r.batchSize, promptLength: r.promptLength, newTokens: r.newTokens,
+      model: r.model,
+      attention: r.attention as CompareRun['config']['attention'],
+      kvCache: r.kvCache,
+      tp: r.tp,
+      dtype: r.dtype as CompareRun['config']['dtype'],
+      device: r.device as CompareRun['config']['device'],
+      batchSize: r.batchSize,
+      promptLength: r.promptLength,
+      newTokens: r.newTokens,
     },
     repeats: repeats.map((p) => ({
-      prefillMs: p.prefillMs, tpotMs: p.tpotMs, totalMs: p.totalMs, tokensPerSec: p.tokensPerSec, peakMemBytes: p.peakMemBytes,
+      prefillMs: p.prefillMs,
+      tpotMs: p.tpotMs,
+      totalMs: p.totalMs,
+      tokensPerSec: p.tokensPerSec,
+      peakMemBytes: p.peakMemBytes,
     })),
     peakMemBytes: r.peakMemBytes,
     agentName: r.agentName,
@@ -41,8 +65,20 @@ function toCompareRun(r: {
 
 /** Which runs differ only in one method dimension, and how a method's time relates to its baseline's. */
 const BEST = [
-  { id: 'fa1', label: 'FlashAttention-1 vs naive', method: { attention: 'fa1' }, baseline: { attention: 'naive' }, vary: 'attention' },
-  { id: 'fa2', label: 'FlashAttention-2 vs naive', method: { attention: 'fa2' }, baseline: { attention: 'naive' }, vary: 'attention' },
+  {
+    id: 'fa1',
+    label: 'FlashAttention-1 vs naive',
+    method: { attention: 'fa1' },
+    baseline: { attention: 'naive' },
+    vary: 'attention',
+  },
+  {
+    id: 'fa2',
+    label: 'FlashAttention-2 vs naive',
+    method: { attention: 'fa2' },
+    baseline: { attention: 'naive' },
+    vary: 'attention',
+  },
   { id: 'kv', label: 'KV cache on vs off', method: { kvCache: true }, baseline: { kvCache: false }, vary: 'kvCache' },
   { id: 'tp', label: 'Tensor parallel vs TP=1', method: { tp: 'gt1' }, baseline: { tp: 1 }, vary: 'tp' },
 ] as const;
@@ -56,7 +92,10 @@ export const compareRouter = router({
           runIds: z.array(z.string().min(1)).max(MAX_RUNS).default([]),
           experimentIds: z.array(z.string().min(1)).max(50).default([]),
         })
-        .refine((v) => v.runIds.length + v.experimentIds.length > 0, { message: 'name at least one run or experiment', path: ['runIds'] }),
+        .refine((v) => v.runIds.length + v.experimentIds.length > 0, {
+          message: 'name at least one run or experiment',
+          path: ['runIds'],
+        }),
     )
     .query(async ({ ctx, input }) => {
       const or = [];
@@ -67,9 +106,24 @@ export const compareRouter = router({
         orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
         take: MAX_RUNS + 1,
         select: {
-          id: true, model: true, attention: true, kvCache: true, tp: true, dtype: true, device: true, batchSize: true,
-          promptLength: true, newTokens: true, repeats: true, environment: true, peakMemBytes: true, agentName: true,
-          gpuName: true, engineBuild: true, createdAt: true, experimentId: true,
+          id: true,
+          model: true,
+          attention: true,
+          kvCache: true,
+          tp: true,
+          dtype: true,
+          device: true,
+          batchSize: true,
+          promptLength: true,
+          newTokens: true,
+          repeats: true,
+          environment: true,
+          peakMemBytes: true,
+          agentName: true,
+          gpuName: true,
+          engineBuild: true,
+          createdAt: true,
+          experimentId: true,
         },
       });
       const truncated = rows.length > MAX_RUNS;
@@ -82,12 +136,36 @@ export const compareRouter = router({
    *  sides are grouped by configuration in the database; only the groups are matched here. */
   bestSpeedups: publicProcedure.query(async ({ ctx }) => {
     const groups = await ctx.db.run.groupBy({
-      by: ['model', 'attention', 'kvCache', 'tp', 'dtype', 'device', 'batchSize', 'promptLength', 'newTokens', 'gpuName', 'agentName'],
+      by: [
+        'model',
+        'attention',
+        'kvCache',
+        'tp',
+        'dtype',
+        'device',
+        'batchSize',
+        'promptLength',
+        'newTokens',
+        'gpuName',
+        'agentName',
+      ],
       _avg: { totalMsMedian: true },
       _count: { id: true },
     });
     const shapeKey = (g: (typeof groups)[number], without: string) =>
-      ['model', 'attention', 'kvCache', 'tp', 'dtype', 'device', 'batchSize', 'promptLength', 'newTokens', 'gpuName', 'agentName']
+      [
+        'model',
+        'attention',
+        'kvCache',
+        'tp',
+        'dtype',
+        'device',
+        'batchSize',
+        'promptLength',
+        'newTokens',
+        'gpuName',
+        'agentName',
+      ]
         .filter((k) => k !== without)
         .map((k) => String(g[k as keyof typeof g]))
         .join('|');
@@ -97,15 +175,33 @@ export const compareRouter = router({
         const isBase = Object.entries(b.baseline).every(([k, v]) => g[k as keyof typeof g] === v);
         if (isBase && g._avg.totalMsMedian) baselines.set(shapeKey(g, b.vary), g._avg.totalMsMedian);
       }
-      let best: null | { speedup: number; model: string; promptLength: number; batchSize: number; newTokens: number; tp: number; gpu: string | null } = null;
+      let best: null | {
+        speedup: number;
+        model: string;
+        promptLength: number;
+        batchSize: number;
+        newTokens: number;
+        tp: number;
+        gpu: string | null;
+      } = null;
       for (const g of groups) {
-        const isMethod = Object.entries(b.method).every(([k, v]) => (v === 'gt1' ? (g[k as keyof typeof g] as number) > 1 : g[k as keyof typeof g] === v));
+        const isMethod = Object.entries(b.method).every(([k, v]) =>
+          v === 'gt1' ? (g[k as keyof typeof g] as number) > 1 : g[k as keyof typeof g] === v,
+        );
         if (!isMethod || !g._avg.totalMsMedian) continue;
         const base = baselines.get(shapeKey(g, b.vary));
         if (!base) continue;
         const speedup = base / g._avg.totalMsMedian;
         if (!best || speedup > best.speedup)
-          best = { speedup, model: g.model, promptLength: g.promptLength, batchSize: g.batchSize, newTokens: g.newTokens, tp: g.tp, gpu: g.gpuName };
+          best = {
+            speedup,
+            model: g.model,
+            promptLength: g.promptLength,
+            batchSize: g.batchSize,
+            newTokens: g.newTokens,
+            tp: g.tp,
+            gpu: g.gpuName,
+          };
       }
       return { id: b.id, label: b.label, best };
     });

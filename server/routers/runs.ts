@@ -30,12 +30,37 @@ export type RunFilter = z.infer<typeof RunFilter>;
 
 /** Figures a table can sort by: each is an indexed column (or a cheap one) of Run. */
 export const SORTABLE = [
-  'createdAt', 'model', 'attention', 'tp', 'batchSize', 'promptLength', 'newTokens', 'prefillMsMedian', 'tpotMsMedian',
-  'totalMsMedian', 'tokensPerSecMedian', 'peakMemBytes', 'agentName', 'gpuName',
+  'createdAt',
+  'model',
+  'attention',
+  'tp',
+  'batchSize',
+  'promptLength',
+  'newTokens',
+  'prefillMsMedian',
+  'tpotMsMedian',
+  'totalMsMedian',
+  'tokensPerSecMedian',
+  'peakMemBytes',
+  'agentName',
+  'gpuName',
 ] as const;
-const Sort = z.object({ field: z.enum(SORTABLE).default('createdAt'), dir: z.enum(['asc', 'desc']).default('desc') }).default({ field: 'createdAt', dir: 'desc' });
+const Sort = z
+  .object({ field: z.enum(SORTABLE).default('createdAt'), dir: z.enum(['asc', 'desc']).default('desc') })
+  .default({ field: 'createdAt', dir: 'desc' });
 
-const GROUP_SORTABLE = ['lastAt', 'count', 'model', 'promptLength', 'batchSize', 'totalMs', 'prefillMs', 'tpotMs', 'tokensPerSec', 'peakMemBytes'] as const;
+const GROUP_SORTABLE = [
+  'lastAt',
+  'count',
+  'model',
+  'promptLength',
+  'batchSize',
+  'totalMs',
+  'prefillMs',
+  'tpotMs',
+  'tokensPerSec',
+  'peakMemBytes',
+] as const;
 
 export function runWhere(f: RunFilter): PrismaNs.RunWhereInput {
   const and: PrismaNs.RunWhereInput[] = [];
@@ -58,11 +83,39 @@ export function runWhere(f: RunFilter): PrismaNs.RunWhereInput {
 }
 
 const listSelect = {
-  id: true, experimentId: true, jobId: true, attempt: true, model: true, weightsKind: true, attention: true, kvCache: true,
-  tp: true, dtype: true, device: true, batchSize: true, promptLength: true, newTokens: true, warmup: true,
-  repeatCount: true, configKey: true, prefillMsMedian: true, prefillMsStd: true, tpotMsMedian: true, tpotMsStd: true,
-  totalMsMedian: true, totalMsStd: true, tokensPerSecMedian: true, peakMemBytes: true, kvCacheBytes: true,
-  gpuName: true, agentName: true, engineBuild: true, tags: true, notes: true, source: true, createdAt: true,
+  id: true,
+  experimentId: true,
+  jobId: true,
+  attempt: true,
+  model: true,
+  weightsKind: true,
+  attention: true,
+  kvCache: true,
+  tp: true,
+  dtype: true,
+  device: true,
+  batchSize: true,
+  promptLength: true,
+  newTokens: true,
+  warmup: true,
+  repeatCount: true,
+  configKey: true,
+  prefillMsMedian: true,
+  prefillMsStd: true,
+  tpotMsMedian: true,
+  tpotMsStd: true,
+  totalMsMedian: true,
+  totalMsStd: true,
+  tokensPerSecMedian: true,
+  peakMemBytes: true,
+  kvCacheBytes: true,
+  gpuName: true,
+  agentName: true,
+  engineBuild: true,
+  tags: true,
+  notes: true,
+  source: true,
+  createdAt: true,
   experiment: { select: { name: true } },
 } as const satisfies PrismaNs.RunSelect;
 
@@ -72,7 +125,11 @@ function tagsOf(v: unknown): string[] {
 
 /** Pools the repeats of runs of one configuration: the mean and sample std over every repeat, from each run's
  *  repeat count, mean and std (exact: the within-run and between-run sums of squares add up). */
-export function pooledMeanStd(parts: readonly { n: number; mean: number; std: number }[]): { n: number; mean: number; std: number } {
+export function pooledMeanStd(parts: readonly { n: number; mean: number; std: number }[]): {
+  n: number;
+  mean: number;
+  std: number;
+} {
   const n = parts.reduce((s, p) => s + p.n, 0);
   if (n === 0) return { n: 0, mean: Number.NaN, std: Number.NaN };
   const m = parts.reduce((s, p) => s + p.n * p.mean, 0) / n;
@@ -80,15 +137,36 @@ export function pooledMeanStd(parts: readonly { n: number; mean: number; std: nu
   return { n, mean: m, std: n > 1 ? Math.sqrt(Math.max(0, ss) / (n - 1)) : 0 };
 }
 
-async function groups(client: Db, filter: RunFilter, sort: { field: (typeof GROUP_SORTABLE)[number]; dir: 'asc' | 'desc' }, page: number, pageSize: number) {
+async function groups(
+  client: Db,
+  filter: RunFilter,
+  sort: { field: (typeof GROUP_SORTABLE)[number]; dir: 'asc' | 'desc' },
+  page: number,
+  pageSize: number,
+) {
   const where = runWhere(filter);
-  const by = ['configKey', 'model', 'attention', 'kvCache', 'tp', 'dtype', 'device', 'batchSize', 'promptLength', 'newTokens'] as const;
+  const by = [
+    'configKey',
+    'model',
+    'attention',
+    'kvCache',
+    'tp',
+    'dtype',
+    'device',
+    'batchSize',
+    'promptLength',
+    'newTokens',
+  ] as const;
   const orderBy: PrismaNs.RunOrderByWithAggregationInput =
-    sort.field === 'lastAt' ? { _max: { createdAt: sort.dir } }
-    : sort.field === 'count' ? { _count: { id: sort.dir } }
-    : sort.field === 'model' || sort.field === 'promptLength' || sort.field === 'batchSize' ? { [sort.field]: sort.dir }
-    : sort.field === 'peakMemBytes' ? { _max: { peakMemBytes: sort.dir } }
-    : { _avg: { [`${sort.field}Mean`]: sort.dir } };
+    sort.field === 'lastAt'
+      ? { _max: { createdAt: sort.dir } }
+      : sort.field === 'count'
+        ? { _count: { id: sort.dir } }
+        : sort.field === 'model' || sort.field === 'promptLength' || sort.field === 'batchSize'
+          ? { [sort.field]: sort.dir }
+          : sort.field === 'peakMemBytes'
+            ? { _max: { peakMemBytes: sort.dir } }
+            : { _avg: { [`${sort.field}Mean`]: sort.dir } };
   // Prisma's groupBy typing cannot follow an orderBy chosen at run time; the row shape is stated here instead.
   type GroupRow = Pick<PrismaNs.RunGroupByOutputType, (typeof by)[number]> & {
     _count: { id: number };
@@ -116,8 +194,17 @@ async function groups(client: Db, filter: RunFilter, sort: { field: (typeof GROU
     ? await client.run.findMany({
         where: { AND: [where, { configKey: { in: page_.map((g) => g.configKey) } }] },
         select: {
-          id: true, configKey: true, repeatCount: true, prefillMsMean: true, prefillMsStd: true, tpotMsMean: true,
-          tpotMsStd: true, totalMsMean: true, totalMsStd: true, agentName: true, gpuName: true,
+          id: true,
+          configKey: true,
+          repeatCount: true,
+          prefillMsMean: true,
+          prefillMsStd: true,
+          tpotMsMean: true,
+          tpotMsStd: true,
+          totalMsMean: true,
+          totalMsStd: true,
+          agentName: true,
+          gpuName: true,
         },
         orderBy: { createdAt: 'asc' },
       })
@@ -131,8 +218,15 @@ async function groups(client: Db, filter: RunFilter, sort: { field: (typeof GROU
     return {
       configKey: g.configKey,
       config: {
-        model: g.model, attention: g.attention, kvCache: g.kvCache, tp: g.tp, dtype: g.dtype, device: g.device,
-        batchSize: g.batchSize, promptLength: g.promptLength, newTokens: g.newTokens,
+        model: g.model,
+        attention: g.attention,
+        kvCache: g.kvCache,
+        tp: g.tp,
+        dtype: g.dtype,
+        device: g.device,
+        batchSize: g.batchSize,
+        promptLength: g.promptLength,
+        newTokens: g.newTokens,
       },
       runCount: g._count.id,
       repeatCount: g._sum.repeatCount ?? 0,
@@ -158,10 +252,36 @@ async function groups(client: Db, filter: RunFilter, sort: { field: (typeof GROU
 
 const ExportRow = {
   header: [
-    'id', 'experiment', 'model', 'weights', 'attention', 'kvCache', 'tp', 'dtype', 'device', 'batchSize', 'promptLength',
-    'newTokens', 'warmup', 'repeats', 'prefillMsMedian', 'prefillMsStd', 'tpotMsMedian', 'tpotMsStd', 'totalMsMedian',
-    'totalMsStd', 'tokensPerSecMedian', 'peakMemBytes', 'kvCacheBytes', 'agent', 'gpu', 'engineBuild', 'tags', 'notes',
-    'source', 'createdAt',
+    'id',
+    'experiment',
+    'model',
+    'weights',
+    'attention',
+    'kvCache',
+    'tp',
+    'dtype',
+    'device',
+    'batchSize',
+    'promptLength',
+    'newTokens',
+    'warmup',
+    'repeats',
+    'prefillMsMedian',
+    'prefillMsStd',
+    'tpotMsMedian',
+    'tpotMsStd',
+    'totalMsMedian',
+    'totalMsStd',
+    'tokensPerSecMedian',
+    'peakMemBytes',
+    'kvCacheBytes',
+    'agent',
+    'gpu',
+    'engineBuild',
+    'tags',
+    'notes',
+    'source',
+    'createdAt',
   ],
 } as const;
 
@@ -196,7 +316,9 @@ export const runsRouter = router({
     .input(
       z.object({
         filter: RunFilter,
-        sort: z.object({ field: z.enum(GROUP_SORTABLE).default('lastAt'), dir: z.enum(['asc', 'desc']).default('desc') }).default({ field: 'lastAt', dir: 'desc' }),
+        sort: z
+          .object({ field: z.enum(GROUP_SORTABLE).default('lastAt'), dir: z.enum(['asc', 'desc']).default('desc') })
+          .default({ field: 'lastAt', dir: 'desc' }),
         page: z.number().int().min(0).default(0),
         pageSize: z.number().int().min(1).max(100).default(25),
       }),
@@ -210,7 +332,11 @@ export const runsRouter = router({
     const distinct = async (k: 'model' | 'agentName' | 'gpuName' | 'attention' | 'dtype') =>
       (await groupBy({ by: [k], orderBy: { [k]: 'asc' } })).map((r) => r[k]).filter((v): v is string => v != null);
     const [model, agentName, gpuName, attention, dtype, tagRows, tpRows] = await Promise.all([
-      distinct('model'), distinct('agentName'), distinct('gpuName'), distinct('attention'), distinct('dtype'),
+      distinct('model'),
+      distinct('agentName'),
+      distinct('gpuName'),
+      distinct('attention'),
+      distinct('dtype'),
       client.run.groupBy({ by: ['tagList'] }),
       client.run.groupBy({ by: ['tp'], orderBy: { tp: 'asc' } }),
     ]);
@@ -219,7 +345,10 @@ export const runsRouter = router({
   }),
 
   get: publicProcedure.input(z.object({ id: z.string().min(1) })).query(async ({ ctx, input }) => {
-    const run = await ctx.db.run.findUnique({ where: { id: input.id }, include: { experiment: { select: { name: true, spec: true } } } });
+    const run = await ctx.db.run.findUnique({
+      where: { id: input.id },
+      include: { experiment: { select: { name: true, spec: true } } },
+    });
     if (!run) throw new TRPCError({ code: 'NOT_FOUND', message: `run ${input.id} does not exist` });
     return {
       ...run,
@@ -234,8 +363,28 @@ export const runsRouter = router({
     .input(
       z.object({
         ids: z.array(z.string().min(1)).min(1).max(1000),
-        tags: z.array(z.string().trim().min(1).max(50).regex(/^[^,]+$/, 'a tag cannot contain a comma')).max(20).optional(),
-        addTags: z.array(z.string().trim().min(1).max(50).regex(/^[^,]+$/, 'a tag cannot contain a comma')).max(20).optional(),
+        tags: z
+          .array(
+            z
+              .string()
+              .trim()
+              .min(1)
+              .max(50)
+              .regex(/^[^,]+$/, 'a tag cannot contain a comma'),
+          )
+          .max(20)
+          .optional(),
+        addTags: z
+          .array(
+            z
+              .string()
+              .trim()
+              .min(1)
+              .max(50)
+              .regex(/^[^,]+$/, 'a tag cannot contain a comma'),
+          )
+          .max(20)
+          .optional(),
         notes: z.string().max(5000).optional(),
       }),
     )
@@ -268,17 +417,59 @@ export const runsRouter = router({
       const limit = 20_000;
       const total = await client.run.count({ where });
       if (input.format === 'json') {
-        const runs = await client.run.findMany({ where, orderBy: [{ [input.sort.field]: input.sort.dir }, { id: 'asc' }], take: limit });
-        return { format: 'json' as const, total, truncated: total > limit, runs: runs.map((r) => ({ ...r, tags: tagsOf(r.tags) })), header: [] as string[], rows: [] as (string | number | boolean | null)[][] };
+        const runs = await client.run.findMany({
+          where,
+          orderBy: [{ [input.sort.field]: input.sort.dir }, { id: 'asc' }],
+          take: limit,
+        });
+        return {
+          format: 'json' as const,
+          total,
+          truncated: total > limit,
+          runs: runs.map((r) => ({ ...r, tags: tagsOf(r.tags) })),
+          header: [] as string[],
+          rows: [] as (string | number | boolean | null)[][],
+        };
       }
-      const runs = await client.run.findMany({ where, select: listSelect, orderBy: [{ [input.sort.field]: input.sort.dir }, { id: 'asc' }], take: limit });
+      const runs = await client.run.findMany({
+        where,
+        select: listSelect,
+        orderBy: [{ [input.sort.field]: input.sort.dir }, { id: 'asc' }],
+        take: limit,
+      });
       const rows = runs.map((r) => [
-        r.id, r.experiment.name, r.model, r.weightsKind, r.attention, r.kvCache, r.tp, r.dtype, r.device, r.batchSize,
-        r.promptLength, r.newTokens, r.warmup, r.repeatCount, r.prefillMsMedian, r.prefillMsStd, r.tpotMsMedian, r.tpotMsStd,
-        r.totalMsMedian, r.totalMsStd, r.tokensPerSecMedian, r.peakMemBytes, r.kvCacheBytes, r.agentName, r.gpuName,
-        r.engineBuild, tagsOf(r.tags).join(' '), r.notes, r.source, r.createdAt.toISOString(),
+        r.id,
+        r.experiment.name,
+        r.model,
+        r.weightsKind,
+        r.attention,
+        r.kvCache,
+        r.tp,
+        r.dtype,
+        r.device,
+        r.batchSize,
+        r.promptLength,
+        r.newTokens,
+        r.warmup,
+        r.repeatCount,
+        r.prefillMsMedian,
+        r.prefillMsStd,
+        r.tpotMsMedian,
+        r.tpotMsStd,
+        r.totalMsMedian,
+        r.totalMsStd,
+        r.tokensPerSecMedian,
+        r.peakMemBytes,
+        r.kvCacheBytes,
+        r.agentName,
+        r.gpuName,
+        r.engineBuild,
+        tagsOf(r.tags).join(' '),
+        r.notes,
+        r.source,
+        r.createdAt.toISOString(),
       ]);
-      return { format: 'csv' as const, total, truncated: total > limit, header: [...ExportRow.header], rows, runs: [] };
+      return { format: 'csv' as const, total, truncated: total > limit, header: [...ExportRow.header] as string[], rows, runs: [] };
     }),
 
   /** A results file from `flashlab run plan.json --out results.json`: one experiment and its runs, in one transaction. */
@@ -289,18 +480,26 @@ export const runsRouter = router({
       try {
         json = JSON.parse(input.content);
       } catch (e) {
-        throw new TRPCError({ code: 'BAD_REQUEST', message: `${input.fileName ?? 'the file'} is not JSON: ${(e as Error).message}` });
+        throw new TRPCError({
+          code: 'BAD_REQUEST',
+          message: `${input.fileName ?? 'the file'} is not JSON: ${(e as Error).message}`,
+        });
       }
       const parsed = OfflineResults.safeParse(json);
       if (!parsed.success) {
         const first = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(file)'}: ${i.message}`);
-        throw new TRPCError({ code: 'BAD_REQUEST', message: `${input.fileName ?? 'the file'} is not a flashlab results file — ${first.join('; ')}` });
+        throw new TRPCError({
+          code: 'BAD_REQUEST',
+          message: `${input.fileName ?? 'the file'} is not a flashlab results file — ${first.join('; ')}`,
+        });
       }
       const r = parsed.data;
       if (r.runs.length === 0) throw new TRPCError({ code: 'BAD_REQUEST', message: 'the results file has no runs' });
       let rows: ReturnType<typeof runRow>[];
       try {
-        rows = r.runs.map((run) => runRow(run, { experimentId: '', tags: r.experiment.tags, notes: r.experiment.notes, source: 'import' }));
+        rows = r.runs.map((run) =>
+          runRow(run, { experimentId: '', tags: r.experiment.tags, notes: r.experiment.notes, source: 'import' }),
+        );
       } catch (e) {
         throw new TRPCError({ code: 'BAD_REQUEST', message: (e as Error).message });
       }
@@ -308,12 +507,20 @@ export const runsRouter = router({
       const experiment = await client.$transaction(async (tx) => {
         const exp = await tx.experiment.create({
           data: {
-            name: r.experiment.name, spec: r.experiment, model: r.experiment.model, device: r.experiment.device,
-            targetAgent: r.experiment.targetAgent ?? null, tags: r.experiment.tags, tagList: tagList(r.experiment.tags),
-            notes: r.experiment.notes, source: 'import', createdBy: input.fileName ? `import:${input.fileName}` : 'import',
+            name: r.experiment.name,
+            spec: r.experiment,
+            model: r.experiment.model,
+            device: r.experiment.device,
+            targetAgent: r.experiment.targetAgent ?? null,
+            tags: r.experiment.tags,
+            tagList: tagList(r.experiment.tags),
+            notes: r.experiment.notes,
+            source: 'import',
+            createdBy: input.fileName ? `import:${input.fileName}` : 'import',
           },
         });
-        for (const row of rows) await tx.run.create({ data: { ...row, experimentId: exp.id } as PrismaNs.RunUncheckedCreateInput });
+        for (const row of rows)
+          await tx.run.create({ data: { ...row, experimentId: exp.id } as PrismaNs.RunUncheckedCreateInput });
         return exp;
       });
       return { experimentId: experiment.id, runs: rows.length, failures: r.failures.length };

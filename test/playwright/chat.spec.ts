@@ -53,13 +53,16 @@ test('side by side: one prompt through two methods, both streaming, differences 
   await expect(page.getByTestId('answer-B')).toContainText('FA2 + KV cache');
   const verdict = page.getByTestId('sbs-diff');
   await expect(verdict).toContainText(/identical|First difference/);
-  if ((await verdict.textContent())?.includes('First difference')) await expect(page.locator('mark.diff')).toHaveCount(2);
+  if ((await verdict.textContent())?.includes('First difference'))
+    await expect(page.locator('mark.diff')).toHaveCount(2);
 
   // Different weights on B's model make the answers part at once: the mark must appear in both.
   await page.locator('#B-model').selectOption('chatglm2-tiny');
   await page.getByRole('button', { name: 'Run both' }).click();
   for (const side of ['A', 'B'])
-    await expect(page.getByTestId(`answer-${side}`).locator('.msg')).toHaveAttribute('data-status', 'done', { timeout: 120_000 });
+    await expect(page.getByTestId(`answer-${side}`).locator('.msg')).toHaveAttribute('data-status', 'done', {
+      timeout: 120_000,
+    });
   await expect(verdict).toContainText('First difference');
   await expect(page.locator('mark.diff')).toHaveCount(2);
   await screenshot(page, 'chat-side-by-side');

@@ -55,7 +55,10 @@ test('the queue shows the jobs finish live on the embedded agent', async ({ page
   await page.goto('/agents');
   await expect(page.getByTestId('agents-table')).toContainText('online');
   await page.getByLabel('Show finished jobs').check();
-  const rows = page.getByTestId('jobs-table').locator('tbody tr[data-job-state]').filter({ hasText: 'Playwright tiny FA vs naive' });
+  const rows = page
+    .getByTestId('jobs-table')
+    .locator('tbody tr[data-job-state]')
+    .filter({ hasText: 'Playwright tiny FA vs naive' });
   await expect(rows).toHaveCount(4);
   // Every job succeeds; the page learns it through the SSE stream (no reload here).
   await expect(rows.and(page.locator('[data-job-state="succeeded"]'))).toHaveCount(4, { timeout: 150_000 });
@@ -158,18 +161,37 @@ test('comparing two methods draws the charts, with the CI and the study’s mark
   await expect(page.getByTestId('chart-latency')).toContainText('Time to first token');
 
   // Each chart downloads its data as CSV, and as SVG.
-  const [csv] = await Promise.all([page.waitForEvent('download'), speedup.getByRole('button', { name: 'CSV' }).click()]);
+  const [csv] = await Promise.all([
+    page.waitForEvent('download'),
+    speedup.getByRole('button', { name: 'CSV' }).click(),
+  ]);
   const rows = parseCsv(await readDownload(csv));
-  expect(rows[0]).toEqual(['shape', 'method', 'speedup', 'ci_lower', 'ci_upper', 'confidence', 'includes_1x', 'baseline_repeats', 'method_repeats']);
+  expect(rows[0]).toEqual([
+    'shape',
+    'method',
+    'speedup',
+    'ci_lower',
+    'ci_upper',
+    'confidence',
+    'includes_1x',
+    'baseline_repeats',
+    'method_repeats',
+  ]);
   expect(rows).toHaveLength(3);
   for (const r of rows.slice(1)) {
     expect(Number(r[3])).toBeLessThanOrEqual(Number(r[2]));
     expect(Number(r[4])).toBeGreaterThanOrEqual(Number(r[2]));
     expect(r[7]).toBe('3');
   }
-  const [svg] = await Promise.all([page.waitForEvent('download'), latency.getByRole('button', { name: 'SVG' }).click()]);
+  const [svg] = await Promise.all([
+    page.waitForEvent('download'),
+    latency.getByRole('button', { name: 'SVG' }).click(),
+  ]);
   expect(await readDownload(svg)).toMatch(/^<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
-  const [png] = await Promise.all([page.waitForEvent('download'), latency.getByRole('button', { name: 'PNG' }).click()]);
+  const [png] = await Promise.all([
+    page.waitForEvent('download'),
+    latency.getByRole('button', { name: 'PNG' }).click(),
+  ]);
   expect(png.suggestedFilename()).toMatch(/\.png$/);
   await page.getByLabel('Figure').selectOption('totalMs');
   await screenshot(page, 'compare');
@@ -177,23 +199,72 @@ test('comparing two methods draws the charts, with the CI and the study’s mark
 
 test('a results file is imported into the history', async ({ page }) => {
   await page.goto('/runs');
-  const config = { model: 'gpt2', weights: { kind: 'random', seed: 0 }, attention: 'fa2', kvCache: true, tp: 1, dtype: 'fp16', device: 'cuda',
-    batchSize: 1, promptLength: 128, newTokens: 32, warmup: 1, repeats: 2 };
-  const repeat = (t: number) => ({ prefillMs: t / 10, tpotMs: t / 40, totalMs: t, tokensPerSec: 32000 / t, peakMemBytes: 6e8 });
+  const config = {
+    model: 'gpt2',
+    weights: { kind: 'random', seed: 0 },
+    attention: 'fa2',
+    kvCache: true,
+    tp: 1,
+    dtype: 'fp16',
+    device: 'cuda',
+    batchSize: 1,
+    promptLength: 128,
+    newTokens: 32,
+    warmup: 1,
+    repeats: 2,
+  };
+  const repeat = (t: number) => ({
+    prefillMs: t / 10,
+    tpotMs: t / 40,
+    totalMs: t,
+    tokensPerSec: 32000 / t,
+    peakMemBytes: 6e8,
+  });
   const file = {
     format: 'flashlab-results/1',
-    experiment: { name: 'Imported offline run', model: 'gpt2', attention: ['fa2'], kvCache: [true], tp: [1], dtype: ['fp16'], device: 'cuda',
-      batchSizes: [1], promptLengths: [128], newTokens: [32], tags: ['offline'] },
-    runs: [{ config, repeats: [repeat(40), repeat(44)], summary: {}, environment: { agentName: 'gpu-host', hostname: 'h', backend: 'cuda',
-      cpuModel: 'x', cpuCores: 8, memoryBytes: 1e10, gpus: [{ index: 0, name: 'NVIDIA H100 80GB HBM3', memoryBytes: 8e10, driver: '550.54' }],
-      engineBuild: 'pw', nodeVersion: 'v20', startedAt: new Date().toISOString() } }],
+    experiment: {
+      name: 'Imported offline run',
+      model: 'gpt2',
+      attention: ['fa2'],
+      kvCache: [true],
+      tp: [1],
+      dtype: ['fp16'],
+      device: 'cuda',
+      batchSizes: [1],
+      promptLengths: [128],
+      newTokens: [32],
+      tags: ['offline'],
+    },
+    runs: [
+      {
+        config,
+        repeats: [repeat(40), repeat(44)],
+        summary: {},
+        environment: {
+          agentName: 'gpu-host',
+          hostname: 'h',
+          backend: 'cuda',
+          cpuModel: 'x',
+          cpuCores: 8,
+          memoryBytes: 1e10,
+          gpus: [{ index: 0, name: 'NVIDIA H100 80GB HBM3', memoryBytes: 8e10, driver: '550.54' }],
+          engineBuild: 'pw',
+          nodeVersion: 'v20',
+          startedAt: new Date().toISOString(),
+        },
+      },
+    ],
     failures: [],
   };
-  await page.getByTestId('import-file').setInputFiles({ name: 'results.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(file)) });
+  await page
+    .getByTestId('import-file')
+    .setInputFiles({ name: 'results.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(file)) });
   await expect(page.getByRole('status')).toContainText('Imported 1 run');
   await expect(page.getByTestId('runs-table')).toContainText('NVIDIA H100 80GB HBM3');
   // A file that is not a results file is refused with the reason.
-  await page.getByTestId('import-file').setInputFiles({ name: 'bad.json', mimeType: 'application/json', buffer: Buffer.from('{"format":"nope"}') });
+  await page
+    .getByTestId('import-file')
+    .setInputFiles({ name: 'bad.json', mimeType: 'application/json', buffer: Buffer.from('{"format":"nope"}') });
   await expect(page.getByRole('alert')).toContainText('is not a flashlab results file');
 });
 

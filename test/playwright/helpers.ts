@@ -9,7 +9,10 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 /** Page screenshots for the README: written to docs/screenshots when FLASHLAB_SCREENSHOTS=1 (so that a normal test
  *  run leaves the committed ones alone), else next to the other test output. */
 export async function screenshot(page: Page, name: string) {
-  const dir = process.env.FLASHLAB_SCREENSHOTS === '1' ? path.join(repo, 'docs/screenshots') : path.join(repo, 'test-results/playwright/screenshots');
+  const dir =
+    process.env.FLASHLAB_SCREENSHOTS === '1'
+      ? path.join(repo, 'docs/screenshots')
+      : path.join(repo, 'test-results/playwright/screenshots');
   mkdirSync(dir, { recursive: true });
   // Charts and tables settle after their data arrives.
   await page.waitForLoadState('networkidle').catch(() => undefined);
@@ -32,16 +35,26 @@ export function parseCsv(text: string): string[][] {
   for (let i = 0; i < text.length; i++) {
     const ch = text[i];
     if (quoted) {
-      if (ch === '"' && text[i + 1] === '"') { cell += '"'; i++; }
-      else if (ch === '"') quoted = false;
+      if (ch === '"' && text[i + 1] === '"') {
+        cell += '"';
+        i++;
+      } else if (ch === '"') quoted = false;
       else cell += ch;
     } else if (ch === '"') quoted = true;
-    else if (ch === ',') { row.push(cell); cell = ''; }
-    else if (ch === '\n' || ch === '\r') {
+    else if (ch === ',') {
+      row.push(cell);
+      cell = '';
+    } else if (ch === '\n' || ch === '\r') {
       if (ch === '\r' && text[i + 1] === '\n') i++;
-      row.push(cell); rows.push(row); row = []; cell = '';
+      row.push(cell);
+      rows.push(row);
+      row = [];
+      cell = '';
     } else cell += ch;
   }
-  if (cell || row.length) { row.push(cell); rows.push(row); }
+  if (cell || row.length) {
+    row.push(cell);
+    rows.push(row);
+  }
   return rows;
 }

@@ -1,21 +1,54 @@
 // The compare page's derived figures, on runs whose answers are known by construction.
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
-import {
-  type CompareRun, environmentDifferences, methodKey, methodsOf, rooflinePoints, seriesBy, speedups, studyComparison,
-  tpScaling, workOf,
-} from '../../lib/compare';
 import { KNOWN_MODELS } from '../../contracts/models';
+import {
+  type CompareRun,
+  environmentDifferences,
+  methodKey,
+  methodsOf,
+  rooflinePoints,
+  seriesBy,
+  speedups,
+  studyComparison,
+  tpScaling,
+  workOf,
+} from '../../lib/compare';
 
 let n = 0;
 function run(config: Partial<CompareRun['config']>, totals: number[], extra: Partial<CompareRun> = {}): CompareRun {
-  const c = { model: 'gpt2', attention: 'naive', kvCache: true, tp: 1, dtype: 'fp16', device: 'cuda', batchSize: 1,
-    promptLength: 128, newTokens: 64, ...config } as CompareRun['config'];
+  const c = {
+    model: 'gpt2',
+    attention: 'naive',
+    kvCache: true,
+    tp: 1,
+    dtype: 'fp16',
+    device: 'cuda',
+    batchSize: 1,
+    promptLength: 128,
+    newTokens: 64,
+    ...config,
+  } as CompareRun['config'];
   return {
-    id: `r${n++}`, config: c, peakMemBytes: extra.peakMemBytes ?? 1000,
-    repeats: totals.map((t) => ({ totalMs: t, prefillMs: t / 10, tpotMs: t / 100, tokensPerSec: 1000 / t, peakMemBytes: extra.peakMemBytes ?? 1000 })),
-    agentName: 'a', gpuName: 'NVIDIA H100', driver: '550.1', cudaVersion: '12.4', engineBuild: 'abc', backend: 'cuda',
-    createdAt: new Date(0), ceilings: null, ...extra,
+    id: `r${n++}`,
+    config: c,
+    peakMemBytes: extra.peakMemBytes ?? 1000,
+    repeats: totals.map((t) => ({
+      totalMs: t,
+      prefillMs: t / 10,
+      tpotMs: t / 100,
+      tokensPerSec: 1000 / t,
+      peakMemBytes: extra.peakMemBytes ?? 1000,
+    })),
+    agentName: 'a',
+    gpuName: 'NVIDIA H100',
+    driver: '550.1',
+    cudaVersion: '12.4',
+    engineBuild: 'abc',
+    backend: 'cuda',
+    createdAt: new Date(0),
+    ceilings: null,
+    ...extra,
   };
 }
 
@@ -27,8 +60,14 @@ it('draws one line per method against prompt length, at the median of the pooled
     run({ attention: 'fa2', promptLength: 128 }, [8]), // a repeat of the same configuration in another run
   ];
   const chart = seriesBy(runs, 'promptLength', 'totalMs');
-  assert.deepEqual(chart.series.map((s) => s.label), ['naive', 'FA2']);
-  assert.deepEqual(chart.rows.map((r) => r.x), [128, 256]);
+  assert.deepEqual(
+    chart.series.map((s) => s.label),
+    ['naive', 'FA2'],
+  );
+  assert.deepEqual(
+    chart.rows.map((r) => r.x),
+    [128, 256],
+  );
   assert.equal(chart.rows[0].s0, 12);
   assert.equal(chart.rows[0].s1, 6.5); // median of 5 6 7 8
   assert.equal(chart.rows[1].s0, 21);
@@ -54,13 +93,22 @@ it('computes the speedup over the chosen baseline per shape, flagging overlap wi
   assert.equal(b.shape, 'prompt 512');
   assert.equal(b.speedup, 1);
   assert.equal(b.includesOne, true);
-  assert.deepEqual(methodsOf(runs).map((m) => m.label), ['naive', 'FA2']);
+  assert.deepEqual(
+    methodsOf(runs).map((m) => m.label),
+    ['naive', 'FA2'],
+  );
 });
 
 it('measures tensor-parallel scaling against TP=1', () => {
   const runs = [run({ tp: 1, attention: 'fa2' }, [100]), run({ tp: 2, attention: 'fa2' }, [80])];
   const pts = tpScaling(runs);
-  assert.deepEqual(pts.map((p) => [p.tp, p.speedup, p.efficiency]), [[1, 1, 1], [2, 1.25, 0.625]]);
+  assert.deepEqual(
+    pts.map((p) => [p.tp, p.speedup, p.efficiency]),
+    [
+      [1, 1, 1],
+      [2, 1.25, 0.625],
+    ],
+  );
 });
 
 it('puts our figures beside the study’s', () => {
@@ -91,10 +139,22 @@ it('warns when runs come from different GPUs, drivers or engine builds', () => {
 it('counts the work of a forward pass from the model shape', () => {
   // gpt2-tiny, batch 1, prompt 2, fp32: weights per layer (4+8)*16*64 + 4*16*64 + 2*64*256 = 12288 + 4096 + 32768 = 49152
   // matmul params 2*49152 + 50257*64 = 98304 + 3216448 = 3314752; prefill flops 2*3314752*2 + 4*2*1*64*(2*3/2) = 13259008 + 1536
-  const w = workOf(KNOWN_MODELS['gpt2-tiny'], { model: 'gpt2-tiny', attention: 'fa2', kvCache: true, tp: 1, dtype: 'fp32',
-    device: 'cpu', batchSize: 1, promptLength: 2, newTokens: 2 });
+  const w = workOf(KNOWN_MODELS['gpt2-tiny'], {
+    model: 'gpt2-tiny',
+    attention: 'fa2',
+    kvCache: true,
+    tp: 1,
+    dtype: 'fp32',
+    device: 'cpu',
+    batchSize: 1,
+    promptLength: 2,
+    newTokens: 2,
+  });
   assert.equal(w.prefillFlops, 13259008 + 1536);
   const pts = rooflinePoints([run({ model: 'gpt2-tiny', attention: 'fa2' }, [10])]);
-  assert.deepEqual(pts.map((p) => p.phase), ['prefill', 'decode']);
+  assert.deepEqual(
+    pts.map((p) => p.phase),
+    ['prefill', 'decode'],
+  );
   assert.ok(pts.every((p) => p.tflops > 0 && p.intensity > 0));
 });

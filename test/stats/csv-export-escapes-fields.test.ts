@@ -5,7 +5,13 @@ import { objectsToCsv, toCsv } from '../../lib/csv';
 import { formatBytes, formatMs, methodLabel } from '../../lib/format';
 
 it('quotes commas, quotes and line breaks', () => {
-  const csv = toCsv(['a', 'b', 'c'], [['x,y', 'say "hi"', 'two\nlines'], [1.5, true, null]]);
+  const csv = toCsv(
+    ['a', 'b', 'c'],
+    [
+      ['x,y', 'say "hi"', 'two\nlines'],
+      [1.5, true, null],
+    ],
+  );
   assert.equal(csv, 'a,b,c\r\n"x,y","say ""hi""","two\nlines"\r\n1.5,true,\r\n');
 });
 

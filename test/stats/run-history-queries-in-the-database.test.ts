@@ -10,26 +10,50 @@ import { runRow } from '../../server/queue/run-row';
 import { compareRouter } from '../../server/routers/compare';
 import { runsRouter } from '../../server/routers/runs';
 import { createCallerFactory, router } from '../../server/trpc';
-import { type TestDatabase, freshDatabase, providersUnderTest } from '../server/databases';
+import { freshDatabase, providersUnderTest, type TestDatabase } from '../server/databases';
 
 const appForTest = router({ runs: runsRouter, compare: compareRouter });
 const createCaller = createCallerFactory(appForTest);
 
 function config(o: Partial<JobConfig>): JobConfig {
   return {
-    model: 'gpt2', weights: { kind: 'random', seed: 0 }, attention: 'naive', kvCache: true, tp: 1, dtype: 'fp16', device: 'cuda',
-    batchSize: 1, promptLength: 128, newTokens: 32, warmup: 1, repeats: 3, ...o,
+    model: 'gpt2',
+    weights: { kind: 'random', seed: 0 },
+    attention: 'naive',
+    kvCache: true,
+    tp: 1,
+    dtype: 'fp16',
+    device: 'cuda',
+    batchSize: 1,
+    promptLength: 128,
+    newTokens: 32,
+    warmup: 1,
+    repeats: 3,
+    ...o,
   };
 }
 
 function result(c: JobConfig, totals: number[], gpu = 'NVIDIA H100 80GB HBM3', agentName = 'gpu-a'): RunResult {
   return {
     config: { ...c, repeats: totals.length },
-    repeats: totals.map((t) => ({ prefillMs: t / 4, tpotMs: t / 40, totalMs: t, tokensPerSec: 1000 / t, peakMemBytes: 1e9 + t })),
+    repeats: totals.map((t) => ({
+      prefillMs: t / 4,
+      tpotMs: t / 40,
+      totalMs: t,
+      tokensPerSec: 1000 / t,
+      peakMemBytes: 1e9 + t,
+    })),
     summary: {},
     environment: {
-      agentName, hostname: 'h', backend: c.device, cpuModel: 'cpu', cpuCores: 8, memoryBytes: 1e11,
-      gpus: [{ index: 0, name: gpu, memoryBytes: 8e10, driver: '550.54' }], engineBuild: 'b1', nodeVersion: 'v20',
+      agentName,
+      hostname: 'h',
+      backend: c.device,
+      cpuModel: 'cpu',
+      cpuCores: 8,
+      memoryBytes: 1e11,
+      gpus: [{ index: 0, name: gpu, memoryBytes: 8e10, driver: '550.54' }],
+      engineBuild: 'b1',
+      nodeVersion: 'v20',
       startedAt: '2026-01-01T00:00:00.000Z',
     },
   };
@@ -61,8 +85,12 @@ for (const provider of providersUnderTest()) {
       ];
       let at = Date.parse('2026-01-02T00:00:00Z');
       for (const [key, r] of rows) {
+        at += 60_000;
         const row = await t.db.run.create({
-          data: { ...runRow(r, { experimentId, tags: ['study'], notes: '', source: 'online' }), createdAt: new Date((at += 60_000)) },
+          data: {
+            ...runRow(r, { experimentId, tags: ['study'], notes: '', source: 'online' }),
+            createdAt: new Date(at),
+          },
         });
         ids[key] = row.id;
       }
@@ -70,23 +98,66 @@ for (const provider of providersUnderTest()) {
     after(async () => t?.drop());
 
     it('filters, sorts and pages in the database', async () => {
-      const all = await caller.runs.list({ filter: {}, sort: { field: 'totalMsMedian', dir: 'asc' }, page: 0, pageSize: 2 });
+      const all = await caller.runs.list({
+        filter: {},
+        sort: { field: 'totalMsMedian', dir: 'asc' },
+        page: 0,
+        pageSize: 2,
+      });
       assert.equal(all.total, 5);
       // medians: fa2128 5, naive128a 12, naive128b 16, fa2a100 21, naive512 41
-      assert.deepEqual(all.items.map((r) => r.id), [ids.fa2128, ids.naive128a]);
-      const p2 = await caller.runs.list({ filter: {}, sort: { field: 'totalMsMedian', dir: 'asc' }, page: 2, pageSize: 2 });
-      assert.deepEqual(p2.items.map((r) => r.id), [ids.naive512]);
+      assert.deepEqual(
+        all.items.map((r) => r.id),
+        [ids.fa2128, ids.naive128a],
+      );
+      const p2 = await caller.runs.list({
+        filter: {},
+        sort: { field: 'totalMsMedian', dir: 'asc' },
+        page: 2,
+        pageSize: 2,
+      });
+      assert.deepEqual(
+        p2.items.map((r) => r.id),
+        [ids.naive512],
+      );
 
-      const naive = await caller.runs.list({ filter: { attention: ['naive'] }, sort: { field: 'createdAt', dir: 'asc' }, page: 0, pageSize: 50 });
-      assert.deepEqual(naive.items.map((r) => r.id), [ids.naive128a, ids.naive128b, ids.naive512]);
-      const gpu = await caller.runs.list({ filter: { gpuName: ['NVIDIA A100'] }, sort: { field: 'createdAt', dir: 'desc' }, page: 0, pageSize: 50 });
-      assert.deepEqual(gpu.items.map((r) => r.id), [ids.fa2a100]);
-      const agent = await caller.runs.list({ filter: { agentName: ['gpu-b'] }, sort: { field: 'createdAt', dir: 'desc' }, page: 0, pageSize: 50 });
+      const naive = await caller.runs.list({
+        filter: { attention: ['naive'] },
+        sort: { field: 'createdAt', dir: 'asc' },
+        page: 0,
+        pageSize: 50,
+      });
+      assert.deepEqual(
+        naive.items.map((r) => r.id),
+        [ids.naive128a, ids.naive128b, ids.naive512],
+      );
+      const gpu = await caller.runs.list({
+        filter: { gpuName: ['NVIDIA A100'] },
+        sort: { field: 'createdAt', dir: 'desc' },
+        page: 0,
+        pageSize: 50,
+      });
+      assert.deepEqual(
+        gpu.items.map((r) => r.id),
+        [ids.fa2a100],
+      );
+      const agent = await caller.runs.list({
+        filter: { agentName: ['gpu-b'] },
+        sort: { field: 'createdAt', dir: 'desc' },
+        page: 0,
+        pageSize: 50,
+      });
       assert.equal(agent.total, 1);
       const dated = await caller.runs.list({
-        filter: { from: new Date('2026-01-02T00:02:30Z'), to: new Date('2026-01-02T00:04:30Z') }, sort: { field: 'createdAt', dir: 'asc' }, page: 0, pageSize: 50,
+        filter: { from: new Date('2026-01-02T00:02:30Z'), to: new Date('2026-01-02T00:04:30Z') },
+        sort: { field: 'createdAt', dir: 'asc' },
+        page: 0,
+        pageSize: 50,
       });
-      assert.deepEqual(dated.items.map((r) => r.id), [ids.fa2128, ids.naive512]);
+      assert.deepEqual(
+        dated.items.map((r) => r.id),
+        [ids.fa2128, ids.naive512],
+      );
       const facets = await caller.runs.facets();
       assert.deepEqual(facets.gpuName, ['NVIDIA A100', 'NVIDIA H100 80GB HBM3']);
       assert.deepEqual(facets.tags, ['study']);
@@ -108,46 +179,112 @@ for (const provider of providersUnderTest()) {
         { id: 'b', config: config({}), values: [16] },
       ]);
       assert.ok(Math.abs(naive128.totalMs.std - js.std) < 1e-9);
-      assert.deepEqual(g.items.map((i) => i.totalMs.mean), [5, 13, 21, 41]);
+      assert.deepEqual(
+        g.items.map((i) => i.totalMs.mean),
+        [5, 13, 21, 41],
+      );
     });
 
     it('tags runs and filters by tag', async () => {
       await caller.runs.annotate({ ids: [ids.fa2128, ids.naive128a], addTags: ['keep'], notes: 'checked' });
-      const tagged = await caller.runs.list({ filter: { tag: 'keep' }, sort: { field: 'createdAt', dir: 'asc' }, page: 0, pageSize: 50 });
-      assert.deepEqual(tagged.items.map((r) => r.id), [ids.naive128a, ids.fa2128]);
+      const tagged = await caller.runs.list({
+        filter: { tag: 'keep' },
+        sort: { field: 'createdAt', dir: 'asc' },
+        page: 0,
+        pageSize: 50,
+      });
+      assert.deepEqual(
+        tagged.items.map((r) => r.id),
+        [ids.naive128a, ids.fa2128],
+      );
       assert.deepEqual(tagged.items[0].tags, ['study', 'keep']);
       assert.equal(tagged.items[0].notes, 'checked');
       // A tag is matched whole: "kee" is not "keep".
-      assert.equal((await caller.runs.list({ filter: { tag: 'kee' }, sort: { field: 'createdAt', dir: 'asc' }, page: 0, pageSize: 50 })).total, 0);
+      assert.equal(
+        (
+          await caller.runs.list({
+            filter: { tag: 'kee' },
+            sort: { field: 'createdAt', dir: 'asc' },
+            page: 0,
+            pageSize: 50,
+          })
+        ).total,
+        0,
+      );
       await assert.rejects(caller.runs.annotate({ ids: ['nope'], addTags: ['x'] }), /no run with id nope/);
       await assert.rejects(caller.runs.annotate({ ids: [ids.fa2128], addTags: ['a,b'] }), /cannot contain a comma/);
     });
 
     it('exports every matching run', async () => {
-      const csv = await caller.runs.export({ filter: { model: ['gpt2'] }, sort: { field: 'createdAt', dir: 'asc' }, format: 'csv' });
+      const csv = await caller.runs.export({
+        filter: { model: ['gpt2'] },
+        sort: { field: 'createdAt', dir: 'asc' },
+        format: 'csv',
+      });
       assert.equal(csv.rows.length, 5);
       const col = (n: string) => csv.header.indexOf(n);
       assert.equal(csv.rows[0][col('id')], ids.naive128a);
       assert.equal(csv.rows[0][col('totalMsMedian')], 12);
       assert.equal(csv.rows[0][col('gpu')], 'NVIDIA H100 80GB HBM3');
-      const json = await caller.runs.export({ filter: { attention: ['fa2'] }, sort: { field: 'createdAt', dir: 'asc' }, format: 'json' });
+      const json = await caller.runs.export({
+        filter: { attention: ['fa2'] },
+        sort: { field: 'createdAt', dir: 'asc' },
+        format: 'json',
+      });
       assert.equal(json.runs.length, 2);
     });
 
     it('imports a results file in one transaction, and refuses a malformed one with the reason', async () => {
       const c = config({ attention: 'fa1' });
-      const file = { format: 'flashlab-results/1', experiment: { name: 'offline', model: 'gpt2', attention: ['fa1'], kvCache: [true], tp: [1],
-        dtype: ['fp16'], device: 'cuda', batchSizes: [1], promptLengths: [128], newTokens: [32] }, runs: [result(c, [8, 9])] };
+      const file = {
+        format: 'flashlab-results/1',
+        experiment: {
+          name: 'offline',
+          model: 'gpt2',
+          attention: ['fa1'],
+          kvCache: [true],
+          tp: [1],
+          dtype: ['fp16'],
+          device: 'cuda',
+          batchSizes: [1],
+          promptLengths: [128],
+          newTokens: [32],
+        },
+        runs: [result(c, [8, 9])],
+      };
       const r = await caller.runs.import({ fileName: 'r.json', content: JSON.stringify(file) });
       assert.equal(r.runs, 1);
-      const imported = await caller.runs.list({ filter: { source: 'import' }, sort: { field: 'createdAt', dir: 'asc' }, page: 0, pageSize: 50 });
+      const imported = await caller.runs.list({
+        filter: { source: 'import' },
+        sort: { field: 'createdAt', dir: 'asc' },
+        page: 0,
+        pageSize: 50,
+      });
       assert.equal(imported.total, 1);
       assert.equal(imported.items[0].experimentId, r.experimentId);
-      await assert.rejects(caller.runs.import({ content: '{"format":"flashlab-results/1"}' }), /not a flashlab results file — experiment/);
+      await assert.rejects(
+        caller.runs.import({ content: '{"format":"flashlab-results/1"}' }),
+        /not a flashlab results file — experiment/,
+      );
       await assert.rejects(caller.runs.import({ fileName: 'x.json', content: 'not json' }), /x\.json is not JSON/);
-      const bad = { ...file, runs: [{ ...result(c, [1]), repeats: [{ prefillMs: 1, tpotMs: 1, totalMs: 'x', tokensPerSec: 1, peakMemBytes: 1 }] }] };
+      const bad = {
+        ...file,
+        runs: [
+          { ...result(c, [1]), repeats: [{ prefillMs: 1, tpotMs: 1, totalMs: 'x', tokensPerSec: 1, peakMemBytes: 1 }] },
+        ],
+      };
       await assert.rejects(caller.runs.import({ content: JSON.stringify(bad) }), /runs\.0\.repeats\.0\.totalMs/);
-      assert.equal((await caller.runs.list({ filter: { source: 'import' }, sort: { field: 'createdAt', dir: 'asc' }, page: 0, pageSize: 50 })).total, 1);
+      assert.equal(
+        (
+          await caller.runs.list({
+            filter: { source: 'import' },
+            sort: { field: 'createdAt', dir: 'asc' },
+            page: 0,
+            pageSize: 50,
+          })
+        ).total,
+        1,
+      );
     });
 
     it('gives the compare page every repeat, and finds the best speedups by grouping', async () => {
@@ -155,11 +292,17 @@ for (const provider of providersUnderTest()) {
       assert.equal(data.runs.length, 2);
       assert.deepEqual(data.missing, ['gone']);
       const naive = data.runs.find((r) => r.id === ids.naive128a);
-      assert.deepEqual(naive?.repeats.map((p) => p.totalMs), [10, 12, 14]);
+      assert.deepEqual(
+        naive?.repeats.map((p) => p.totalMs),
+        [10, 12, 14],
+      );
       assert.equal(naive?.driver, '550.54');
       const byExperiment = await caller.compare.runs({ runIds: [], experimentIds: [experimentId] });
       assert.equal(byExperiment.runs.length, 5);
-      await assert.rejects(caller.compare.runs({ runIds: [], experimentIds: [] }), /name at least one run or experiment/);
+      await assert.rejects(
+        caller.compare.runs({ runIds: [], experimentIds: [] }),
+        /name at least one run or experiment/,
+      );
 
       const best = await caller.compare.bestSpeedups();
       const fa2 = best.find((b) => b.id === 'fa2');

@@ -2,7 +2,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
-  bootstrapSpeedup, configKey, groupRepeats, mean, median, p90, quantile, relativeChange, seededRandom, std,
+  bootstrapSpeedup,
+  configKey,
+  groupRepeats,
+  mean,
+  median,
+  p90,
+  quantile,
+  relativeChange,
+  seededRandom,
+  std,
   summarize,
 } from '../../lib/stats';
 
@@ -112,8 +121,15 @@ describe('bootstrap interval of a speedup', () => {
 
 describe('grouping repeats of one configuration', () => {
   const cfg = {
-    model: 'gpt2', attention: 'fa2', kvCache: true, tp: 1, dtype: 'fp16', device: 'cuda', batchSize: 1,
-    promptLength: 128, newTokens: 256,
+    model: 'gpt2',
+    attention: 'fa2',
+    kvCache: true,
+    tp: 1,
+    dtype: 'fp16',
+    device: 'cuda',
+    batchSize: 1,
+    promptLength: 128,
+    newTokens: 256,
   } as const;
 
   it('pools the repeats of runs with the same configuration', () => {
