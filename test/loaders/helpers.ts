@@ -289,3 +289,68 @@ export function zipEntries(buf: Buffer): ZipInput[] {
     data: Buffer.from(buf.subarray(e.dataAt, e.dataAt + e.size)),
   }));
 }
+
+/** The same archive in zip64 form, as torch writes shards over 4 GiB: every size and offset saturated in the
+ *  classic fields and carried by zip64 extra fields and the zip64 end records. */
+export function writeStoredZip64(entries: ZipInput[]): Buffer {
+  const parts: Buffer[] = [];
+  const central: Buffer[] = [];
+  let offset = 0;
+  for (const e of entries) {
+    const name = Buffer.from(e.name, 'utf8');
+    const crc = crc32(e.data) >>> 0;
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(45, 4);
+    local.writeUInt32LE(crc, 14);
+    local.writeUInt32LE(0xffffffff, 18);
+    local.writeUInt32LE(0xffffffff, 22);
+    local.writeUInt16LE(name.length, 26);
+    local.writeUInt16LE(20, 28);
+    const localExtra = Buffer.alloc(20);
+    localExtra.writeUInt16LE(0x0001, 0);
+    localExtra.writeUInt16LE(16, 2);
+    localExtra.writeBigUInt64LE(BigInt(e.data.length), 4);
+    localExtra.writeBigUInt64LE(BigInt(e.data.length), 12);
+    const cd = Buffer.alloc(46);
+    cd.writeUInt32LE(0x02014b50, 0);
+    cd.writeUInt16LE(45, 4);
+    cd.writeUInt16LE(45, 6);
+    cd.writeUInt32LE(crc, 16);
+    cd.writeUInt32LE(0xffffffff, 20);
+    cd.writeUInt32LE(0xffffffff, 24);
+    cd.writeUInt16LE(name.length, 28);
+    cd.writeUInt16LE(28, 30);
+    cd.writeUInt32LE(0xffffffff, 42);
+    const extra = Buffer.alloc(28);
+    extra.writeUInt16LE(0x0001, 0);
+    extra.writeUInt16LE(24, 2);
+    extra.writeBigUInt64LE(BigInt(e.data.length), 4);
+    extra.writeBigUInt64LE(BigInt(e.data.length), 12);
+    extra.writeBigUInt64LE(BigInt(offset), 20);
+    central.push(cd, name, extra);
+    parts.push(local, name, localExtra, e.data);
+    offset += 30 + name.length + 20 + e.data.length;
+  }
+  const cdBuf = Buffer.concat(central);
+  const z64 = Buffer.alloc(56);
+  z64.writeUInt32LE(0x06064b50, 0);
+  z64.writeBigUInt64LE(44n, 4);
+  z64.writeUInt16LE(45, 12);
+  z64.writeUInt16LE(45, 14);
+  z64.writeBigUInt64LE(BigInt(entries.length), 24);
+  z64.writeBigUInt64LE(BigInt(entries.length), 32);
+  z64.writeBigUInt64LE(BigInt(cdBuf.length), 40);
+  z64.writeBigUInt64LE(BigInt(offset), 48);
+  const locator = Buffer.alloc(20);
+  locator.writeUInt32LE(0x07064b50, 0);
+  locator.writeBigUInt64LE(BigInt(offset + cdBuf.length), 8);
+  locator.writeUInt32LE(1, 16);
+  const eocd = Buffer.alloc(22);
+  eocd.writeUInt32LE(0x06054b50, 0);
+  eocd.writeUInt16LE(0xffff, 8);
+  eocd.writeUInt16LE(0xffff, 10);
+  eocd.writeUInt32LE(0xffffffff, 12);
+  eocd.writeUInt32LE(0xffffffff, 16);
+  return Buffer.concat([...parts, cdBuf, z64, locator, eocd]);
+}

@@ -5,8 +5,19 @@ import assert from 'node:assert/strict';
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { openCheckpoint } from '../../native/loaders/index';
-import { loadAll, type PickledTensor, rng, stateDictPickle, torchZip, withTempDir, writeSafetensors } from './helpers';
+import { CheckpointError, openCheckpoint } from '../../native/loaders/index';
+import {
+  loadAll,
+  type PickledTensor,
+  rng,
+  sameSnapshot,
+  stateDictPickle,
+  torchZip,
+  withTempDir,
+  writeSafetensors,
+  writeStoredZip64,
+  zipEntries,
+} from './helpers';
 
 const fixtures = join(import.meta.dirname, '..', 'fixtures');
 
@@ -80,5 +91,41 @@ test('GPT-2 as the hub uploaded it: unprefixed names, attn.bias buffers and a ti
     );
     for (const [a, b] of byName(got).map((t, i) => [t, byName(ref)[i]] as const))
       assert.ok(a.bytes.equals(b.bytes), a.name);
+  });
+});
+
+test('zip64 archives (shards over 4 GiB) load the same tensors; broken zip64 records are refused', async () => {
+  const glm = join(fixtures, 'chatglm2-tiny-a');
+  await withTempDir(async (dir) => {
+    for (const f of ['config.json', 'pytorch_model.bin.index.json', 'pytorch_model-00002-of-00002.bin']) {
+      await copyFile(join(glm, f), join(dir, f));
+    }
+    const shard = 'pytorch_model-00001-of-00002.bin';
+    const entries = zipEntries(await readFile(join(glm, shard)));
+    const z64 = writeStoredZip64(entries);
+    await writeFile(join(dir, shard), z64);
+    assert.ok(sameSnapshot(await loadAll(dir), await loadAll(glm)));
+
+    const eocdAt = z64.length - 22;
+    const locatorAt = eocdAt - 20;
+    const recordAt = locatorAt - 56;
+    const broken: Array<[string, (b: Buffer) => void, RegExp]> = [
+      ['locator signature', (b) => b.writeUInt32LE(0, locatorAt), /locator is missing/],
+      ['record offset past the locator', (b) => b.writeBigUInt64LE(BigInt(locatorAt), locatorAt + 8), /out of place/],
+      ['record signature', (b) => b.writeUInt32LE(0, recordAt), /bad signature/],
+      ['entry count beyond any checkpoint', (b) => b.writeBigUInt64LE(2n ** 40n, recordAt + 32), /entries/],
+      ['offset beyond 2^53', (b) => b.writeBigUInt64LE(2n ** 60n, recordAt + 48), /too large/],
+      [
+        'extra field missing',
+        (b) => b.writeUInt16LE(0x0002, z64.indexOf(Buffer.from([0x01, 0x00, 0x18, 0x00]))),
+        /zip64 extra field/,
+      ],
+    ];
+    for (const [label, fn, re] of broken) {
+      const b = Buffer.from(z64);
+      fn(b);
+      await writeFile(join(dir, shard), b);
+      await assert.rejects(loadAll(dir), (err: Error) => err instanceof CheckpointError && re.test(err.message), label);
+    }
   });
 });
