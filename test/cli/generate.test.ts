@@ -253,3 +253,45 @@ test('bad command lines fail with a message naming the flag', async () => {
   assert.equal(help.code, 0);
   assert.match(help.stdout, /--max-new-tokens N/);
 });
+
+test('Ctrl-C stops a generation mid-way: exit 130, no figures line', async () => {
+  const child = spawn(
+    bin,
+    [
+      'generate',
+      '--model',
+      'gpt2-tiny',
+      '--prompt',
+      'The',
+      '--max-new-tokens',
+      '500',
+      '--kv-cache',
+      'off',
+      '--attention',
+      'naive',
+      '--threads',
+      '1',
+    ],
+    { cwd: root },
+  );
+  let stdout = '';
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  const started = Date.now();
+  const done = new Promise<number | null>((resolve) => child.on('close', resolve));
+  await new Promise<void>((resolve) => {
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      // the prompt is echoed first; a longer stdout means generated text is streaming
+      if (stdout.length > 'The'.length + 3) resolve();
+    });
+  });
+  child.kill('SIGINT');
+  const code = await done;
+  assert.equal(code, 130, stderr);
+  assert.match(stderr, /interrupted/);
+  assert.doesNotMatch(stdout, /tokens\/s/);
+  assert.ok(Date.now() - started < 60_000);
+});
