@@ -100,6 +100,12 @@ Tensor Backend::alloc(const std::vector<int64_t>& shape, MemKind kind, DType dty
   return t;
 }
 
+Tensor Backend::uploadLinear(const float* host, int64_t out, int64_t in) {
+  Tensor t = alloc({out, in}, MemKind::Weights);
+  upload(t, host, t.bytes());
+  return t;
+}
+
 Tensor Backend::zeros(const std::vector<int64_t>& shape, MemKind kind, DType dtype) {
   Tensor t = alloc(shape, kind, dtype);
   fillZero(t);

@@ -74,6 +74,9 @@ struct Tensor {
   std::shared_ptr<Storage> storage;
   std::vector<int64_t> shape;
   DType dtype = DType::F32;
+  // 0: dense row-major. Anything else is a backend's own layout of a linear weight (see uploadLinear); shape
+  // stays the logical [out, in] and only that backend's matmul / embedding read it.
+  int layout = 0;
 
   bool empty() const { return !storage; }
   int64_t numel() const;
@@ -118,18 +121,22 @@ class Backend {
   virtual void upload(Tensor& dst, const void* host, size_t bytes) = 0;  // host -> device, bytes == dst.bytes()
   virtual void download(const Tensor& src, void* host, size_t bytes) = 0;
   virtual void fillZero(Tensor& t) = 0;
+  // A linear weight [out, in] (row-major on the host), stored in whatever layout this backend's matmul reads
+  // fastest. The default keeps it dense row-major.
+  virtual Tensor uploadLinear(const float* host, int64_t out, int64_t in);
   virtual void synchronize() = 0;
   // Threads the backend may use for host-side work (the CPU backend's compute threads).
   virtual void setThreads(int n) = 0;
 
   // ---- operations (all tensors live on this backend)
   // out[i,:] = table[ids[i],:] (+ posTable[startPos + i % T,:] when posTable is given). ids are B*T host values.
+  // table may come from uploadLinear (GPT-2 ties it to the output layer).
   virtual void embedding(const std::vector<int32_t>& ids, int T, int startPos, const Tensor& table,
                          const Tensor* posTable, Tensor& out) = 0;
   virtual void layerNorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& out) = 0;
   // ChatGLM2: x * rsqrt(mean(x^2) + eps) * w
   virtual void rmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
-  // out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N])
+  // out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]); w comes from uploadLinear
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
   // GPT-2's gelu_new (tanh approximation), in place.
   virtual void geluNew(Tensor& x) = 0;

@@ -118,7 +118,11 @@ Model::Model(const ModelConfig& config, std::vector<Backend*> backends) : config
   using I = WeightSpec::Init;
   auto add = [&](std::string name, std::vector<int64_t> shape, ShardRole role, bool conv1d, I init) {
     specIndex_[name] = specs_.size();
-    specs_.push_back(WeightSpec{std::move(name), std::move(shape), role, conv1d, init});
+    // Every 2-D tensor but the position table and ChatGLM2's input embedding feeds a matmul (GPT-2's wte is
+    // also its output layer).
+    const bool linear = shape.size() == 2 && name != "transformer.wpe.weight" &&
+                        name != "transformer.embedding.word_embeddings.weight";
+    specs_.push_back(WeightSpec{std::move(name), std::move(shape), role, conv1d, linear, init});
   };
   if (config_.family == Family::GPT2) {
     add("transformer.wte.weight", {V, H}, ShardRole::Replicated, false, I::Normal);
@@ -268,8 +272,13 @@ void Model::placeWeight(const WeightSpec& spec, std::vector<float>&& full) {
         break;
       }
     }
-    Tensor t = backends_[s]->alloc(is2d ? std::vector<int64_t>{pr, pc} : std::vector<int64_t>{pr}, MemKind::Weights);
-    backends_[s]->upload(t, part.data(), part.size() * sizeof(float));
+    Tensor t;
+    if (spec.linear) {
+      t = backends_[s]->uploadLinear(part.data(), pr, pc);
+    } else {
+      t = backends_[s]->alloc(is2d ? std::vector<int64_t>{pr, pc} : std::vector<int64_t>{pr}, MemKind::Weights);
+      backends_[s]->upload(t, part.data(), part.size() * sizeof(float));
+    }
     if (s == 0) shard0 = t;
     *slotFor(s, spec.name) = t;
   }

@@ -43,6 +43,7 @@ struct WeightSpec {
   std::vector<int64_t> shape;  // as stored in the checkpoint
   ShardRole role;
   bool conv1d = false;         // GPT-2 Conv1D [in, out]: transposed to [out, in] on load
+  bool linear = false;         // read by matmul: stored through Backend::uploadLinear
   enum class Init { Normal, Zero, One } init = Init::Normal;
 };
 

@@ -43,7 +43,15 @@ void CpuBackend::download(const Tensor& src, void* host, size_t bytes) {
   std::memcpy(host, src.data(), bytes);
 }
 
-void CpuBackend::fillZero(Tensor& t) { std::memset(t.data(), 0, t.bytes()); }
+void CpuBackend::fillZero(Tensor& t) { std::memset(t.data(), 0, t.storage->bytes); }
+
+Tensor CpuBackend::uploadLinear(const float* host, int64_t out, int64_t in) {
+  Tensor t = alloc({packedFloats(out, in)}, MemKind::Weights);
+  packLinear(host, out, in, t.f32());
+  t.shape = {out, in};
+  t.layout = kLayoutPacked;
+  return t;
+}
 
 void CpuBackend::embedding(const std::vector<int32_t>& ids, int T, int startPos, const Tensor& table,
                            const Tensor* posTable, Tensor& out) {
@@ -55,15 +63,14 @@ void CpuBackend::embedding(const std::vector<int32_t>& ids, int T, int startPos,
   for (int64_t i = 0; i < n; ++i) {
     int32_t id = ids[i];
     require(id >= 0 && id < V, "embedding", "token id " + std::to_string(id) + " outside vocabulary of " + std::to_string(V));
-    const float* src = tb + static_cast<int64_t>(id) * H;
     float* dst = o + i * H;
+    if (table.layout == kLayoutPacked) packedRow(tb, V, H, id, dst);
+    else std::memcpy(dst, tb + static_cast<int64_t>(id) * H, H * sizeof(float));
     if (pt) {
       int64_t pos = startPos + i % T;
       require(pos < posTable->dim(0), "embedding", "position " + std::to_string(pos) + " beyond the position table");
       const float* p = pt + pos * H;
-      for (int64_t h = 0; h < H; ++h) dst[h] = src[h] + p[h];
-    } else {
-      std::memcpy(dst, src, H * sizeof(float));
+      for (int64_t h = 0; h < H; ++h) dst[h] += p[h];
     }
   }
 }
@@ -108,7 +115,8 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Te
   require(w.dim(1) == K, "matmul", "x " + x.shapeString() + " does not match weight " + w.shapeString());
   require(out.numel() == M * N, "matmul", "output " + out.shapeString() + " is not [" + std::to_string(M) + ", " + std::to_string(N) + "]");
   require(!bias || bias->numel() == N, "matmul", "bias " + (bias ? bias->shapeString() : std::string()) + " does not match");
-  cpuMatmul(x.f32(), w.f32(), bias ? bias->f32() : nullptr, out.f32(), M, N, K, threads_);
+  if (w.layout == kLayoutPacked) cpuMatmulPacked(x.f32(), w.f32(), bias ? bias->f32() : nullptr, out.f32(), M, N, K, threads_);
+  else cpuMatmul(x.f32(), w.f32(), bias ? bias->f32() : nullptr, out.f32(), M, N, K, threads_);
 }
 
 void CpuBackend::geluNew(Tensor& x) {

@@ -14,6 +14,7 @@ class CpuBackend final : public Backend {
   void upload(Tensor& dst, const void* host, size_t bytes) override;
   void download(const Tensor& src, void* host, size_t bytes) override;
   void fillZero(Tensor& t) override;
+  Tensor uploadLinear(const float* host, int64_t out, int64_t in) override;
   void synchronize() override {}
   void setThreads(int n) override;
   int threads() const { return threads_; }
@@ -45,8 +46,23 @@ class CpuBackend final : public Backend {
   int threads_;
 };
 
+// Tensor::layout of linear weights packed by uploadLinear: groups of kPackGroup output columns, [N/g][K][g].
+constexpr int kLayoutPacked = 1;
+#if defined(__AVX512F__)
+constexpr int kPackGroup = 64;
+#elif defined(__AVX__)
+constexpr int kPackGroup = 32;
+#else
+constexpr int kPackGroup = 16;
+#endif
+
 // Kernels shared by the backend's files (cpu_matmul.cpp).
 void cpuMatmul(const float* x, const float* w, const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                int threads);
+void cpuMatmulPacked(const float* x, const float* w, const float* bias, float* out, int64_t M, int64_t N, int64_t K,
+                     int threads);
+int64_t packedFloats(int64_t N, int64_t K);
+void packLinear(const float* w, int64_t N, int64_t K, float* out);
+void packedRow(const float* packed, int64_t N, int64_t K, int64_t n, float* dst);
 
 }  // namespace flashlab

@@ -1,8 +1,9 @@
-// out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias). Both operands are K-contiguous, so every output is a dot product of two
-// contiguous rows. A register-blocked micro-kernel computes MR x NR dot products at once with vector
-// accumulators (x and w loads are each reused NR / MR times); threads split N into panels small enough to stay
-// in L2 while every row of x streams past them. For decode (M = batch) this is a bandwidth-bound matvec that
-// streams each weight row exactly once.
+// out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias), two kernels:
+//  - packed (what the model's weights use): w is stored in groups of kGroup output columns, [N/kGroup][K][kGroup].
+//    A micro-kernel keeps MR x 4 vector accumulators, broadcasts one x value per row and k, and FMAs it with
+//    the group's four weight vectors; no horizontal sums. Each thread owns consecutive groups, so in decode
+//    (M = batch) every thread reads its share of the weights as one sequential stream, exactly once.
+//  - dense (any [N, K] row-major w): MR x NR dot products along K with vector accumulators.
 #include <algorithm>
 #include <cstring>
 
@@ -19,6 +20,7 @@ constexpr int VL = 8;
 constexpr int VL = 4;
 #endif
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+static_assert(kPackGroup == 4 * VL, "a packed group is four vectors wide");
 
 inline vf loadu(const float* p) {
   vf v;
@@ -78,7 +80,68 @@ void panel(const float* x, const float* w, const float* bias, float* out, int64_
   }
 }
 
+// ---- packed weights
+template <int MR>
+inline void packedKernel(const float* x, int64_t K, const float* w, float* out, int64_t ldo, int64_t n0, int64_t N,
+                         const float* bias) {
+  vf acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int p = 0; p < 4; ++p) acc[m][p] = vf{};
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = w + k * kPackGroup;
+    vf w0 = loadu(wk), w1 = loadu(wk + VL), w2 = loadu(wk + 2 * VL), w3 = loadu(wk + 3 * VL);
+    for (int m = 0; m < MR; ++m) {
+      vf xb = vf{} + x[m * K + k];
+      acc[m][0] += xb * w0;
+      acc[m][1] += xb * w1;
+      acc[m][2] += xb * w2;
+      acc[m][3] += xb * w3;
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int p = 0; p < 4; ++p) {
+      const int64_t n = n0 + p * VL;
+      for (int j = 0; j < VL && n + j < N; ++j) out[m * ldo + n + j] = acc[m][p][j] + (bias ? bias[n + j] : 0.0f);
+    }
+  }
+}
+
+// Registers: MR x 4 accumulators + 4 weight vectors + a broadcast must fit (32 with AVX-512, 16 with AVX2).
+constexpr int kPackedMR = VL >= 16 ? 4 : 2;
+
 }  // namespace
+
+int64_t packedFloats(int64_t N, int64_t K) { return (N + kPackGroup - 1) / kPackGroup * kPackGroup * K; }
+
+void packLinear(const float* w, int64_t N, int64_t K, float* out) {
+  const int64_t groups = (N + kPackGroup - 1) / kPackGroup;
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t k = 0; k < K; ++k)
+      for (int j = 0; j < kPackGroup; ++j) {
+        const int64_t n = g * kPackGroup + j;
+        out[(g * K + k) * kPackGroup + j] = n < N ? w[n * K + k] : 0.0f;
+      }
+}
+
+void packedRow(const float* packed, int64_t N, int64_t K, int64_t n, float* dst) {
+  (void)N;
+  const float* src = packed + (n / kPackGroup) * K * kPackGroup + n % kPackGroup;
+  for (int64_t k = 0; k < K; ++k) dst[k] = src[k * kPackGroup];
+}
+
+void cpuMatmulPacked(const float* x, const float* w, const float* bias, float* out, int64_t M, int64_t N, int64_t K,
+                     int threads) {
+  const int64_t groups = (N + kPackGroup - 1) / kPackGroup;
+#pragma omp parallel for schedule(static) num_threads(threads) if (groups > 1 && M * N * K > 32768)
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* wg = w + g * K * kPackGroup;
+    const int64_t n0 = g * kPackGroup;
+    int64_t m = 0;
+    for (; m + kPackedMR <= M; m += kPackedMR) packedKernel<kPackedMR>(x + m * K, K, wg, out + m * N, N, n0, N, bias);
+    for (; m < M; ++m) packedKernel<1>(x + m * K, K, wg, out + m * N, N, n0, N, bias);
+  }
+}
 
 void cpuMatmul(const float* x, const float* w, const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                int threads) {
