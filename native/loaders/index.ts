@@ -4,6 +4,7 @@
 // CheckpointError that names the file and the tensor.
 import { readFile, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
+import { crc32 } from 'node:zlib';
 import type { ModelConfig } from '../../contracts/models';
 import { modelConfigFromJson } from './config';
 import { CheckpointError } from './errors';
@@ -26,7 +27,8 @@ export interface CheckpointTensor {
   /** where its bytes start in that file, and how many there are (row-major, contiguous, little-endian) */
   offset: number;
   byteLength: number;
-  /** reads the tensor's bytes (into `into` when given, which must hold byteLength bytes) */
+  /** reads the tensor's bytes (into `into` when given, which must hold byteLength bytes); for .bin tensors that
+   *  span their whole storage the zip's CRC-32 is checked */
   data(into?: Uint8Array): Promise<Buffer>;
 }
 
@@ -266,7 +268,13 @@ export async function openCheckpoint(dirArg: string): Promise<Checkpoint> {
           yield {
             ...t,
             shape: [...t.shape],
-            data: (into?: Uint8Array) => f.read(t.offset, t.byteLength, 'tensor data', t.name, into),
+            data: async (into?: Uint8Array) => {
+              const bytes = await f.read(t.offset, t.byteLength, 'tensor data', t.name, into);
+              if (t.crc32 !== undefined && crc32(bytes) >>> 0 !== t.crc32 >>> 0) {
+                throw new CheckpointError(t.file, 'bytes fail the CRC-32 recorded in the archive (corrupted file)', t.name);
+              }
+              return bytes;
+            },
           };
         }
       },

@@ -12,6 +12,8 @@ export interface TensorLocation {
   file: string;
   offset: number;
   byteLength: number;
+  /** CRC-32 the bytes must have, where the format records one (a .bin tensor spanning its whole storage) */
+  crc32?: number;
 }
 
 /** Element count of a shape, refusing negative, fractional or overflowing dimensions. */

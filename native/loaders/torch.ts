@@ -69,6 +69,8 @@ export async function readTorchZipCheckpoint(
       file: path,
       offset: entry.dataOffset + t.storageOffset * t.storage.itemBytes,
       byteLength: numel * t.storage.itemBytes,
+      // The zip's CRC covers the whole storage: checkable when the tensor is all of it (the usual case).
+      ...(t.storageOffset === 0 && numel * t.storage.itemBytes === entry.size ? { crc32: entry.crc32 } : {}),
     };
     if (!isLoadableDtype(t.storage.dtype)) unloadable.set(name, t.storage.dtype);
     locations.push(loc);

@@ -608,6 +608,16 @@ test('.bin: truncations and byte flips in zip structures and in the pickle', asy
       await mustRefuse(dir, 'data.pkl flipped, CRC stale', /CRC/);
       refused++;
     }
+    // flips inside tensor bytes: headers stay valid, the storages' CRC-32 catches them when the tensor is read
+    const storages = layout.entries.filter((e) => e.name.includes('/data/') && e.size > 16);
+    for (let i = 0; i < 40; i++) {
+      const v = Buffer.from(orig);
+      const e = storages[r.int(storages.length)];
+      v[e.dataAt + r.int(e.size)] ^= 1 + r.int(255);
+      await writeFile(file, v);
+      await mustRefuse(dir, `tensor byte flipped in ${e.name}`, /CRC-32/);
+      refused++;
+    }
     // flips inside data.pkl with a recomputed CRC: now the unpickler itself must cope
     const entries = zipEntries(orig);
     const pickle = entries.find((e) => e.name.endsWith('/data.pkl'))?.data as Buffer;
