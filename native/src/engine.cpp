@@ -48,6 +48,11 @@ Engine::Engine(const EngineOptions& o) : options_(o), tracker_(std::make_shared<
   owned_.push_back(std::make_unique<CpuBackend>(tracker_, options_.threads));
   std::vector<Backend*> shardBackends(o.tp, owned_[0].get());
   model_ = std::make_unique<Model>(o.config, shardBackends);
+  const double need = model_->fullWeightBytes();
+  const size_t avail = hostMemoryAvailable();
+  if (avail && need > static_cast<double>(avail))
+    throw std::runtime_error(o.config.name + " needs " + gib(need) + " of fp32 weights on the CPU, but only " +
+                             gib(static_cast<double>(avail)) + " of memory is available");
   if (o.randomWeights) model_->initRandom(o.seed);
 }
 

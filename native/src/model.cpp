@@ -163,6 +163,16 @@ Model::Model(const ModelConfig& config, std::vector<Backend*> backends) : config
   for (auto& s : shards_) s.layers.resize(config_.numLayers);
 }
 
+double Model::fullWeightBytes() const {
+  double n = 0;
+  for (const auto& s : specs_) {
+    double c = 1;
+    for (auto d : s.shape) c *= static_cast<double>(d);
+    n += c;
+  }
+  return n * 4;
+}
+
 std::string Model::canonicalName(const std::string& name) const {
   if (config_.family == Family::GPT2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0)
     return "transformer." + name;

@@ -96,6 +96,8 @@ class Model {
   void finishLoading();  // throws listing every missing tensor
   void initRandom(uint64_t seed);
   bool ready() const { return ready_; }
+  // Bytes the full (unsharded) weights take in fp32: what loading them needs at least.
+  double fullWeightBytes() const;
 
   // Runs the model and returns the logits of the last position of each row, [B * vocab] on the host.
   std::vector<float> forward(const ForwardArgs& args);

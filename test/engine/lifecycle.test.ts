@@ -203,6 +203,39 @@ describe('dispose', () => {
   });
 });
 
+describe('host memory', () => {
+  it('an allocation beyond the machine is refused with a message, and the engine stays usable', async () => {
+    // 64 heads x 60000² scores in fp32 is ~0.9 TB: naive attention cannot materialise it anywhere.
+    const wide = {
+      family: 'gpt2' as const,
+      name: 'wide',
+      vocabSize: 100,
+      hiddenSize: 64,
+      numLayers: 1,
+      numHeads: 64,
+      numKvHeads: 64,
+      headDim: 1,
+      ffnHiddenSize: 64,
+      maxPositions: 70000,
+      normEps: 1e-5,
+    };
+    const e = await Engine.create({ model: wide, threads: 2 });
+    const ids = [new Array(60000).fill(1)];
+    await assert.rejects(
+      e.generate({ inputIds: ids, maxNewTokens: 1, attention: 'naive', kvCache: false }),
+      /out of host memory: .* GiB requested/,
+    );
+    const ok = await e.generate({
+      inputIds: [ids[0].slice(0, 2000)],
+      maxNewTokens: 1,
+      attention: 'fa2',
+      kvCache: false,
+    });
+    assert.equal(ok.newTokens[0].length, 1);
+    e.dispose();
+  });
+});
+
 describe('memory figures', () => {
   it('count weights, KV cache and activations; naive prefill peaks above FA2 at long prompts', async () => {
     const e = await Engine.create({ model: 'chatglm2-tiny', seed: 1, threads: 2 });

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <new>
 #include <string>
 
@@ -23,11 +25,36 @@ CpuBackend::CpuBackend(std::shared_ptr<MemoryTracker> tracker, int threads)
 
 void CpuBackend::setThreads(int n) { threads_ = n > 0 ? n : omp_get_num_procs(); }
 
+size_t hostMemoryAvailable() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  size_t kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024;
+    meminfo.ignore(256, '\n');
+  }
+  return 0;  // unknown
+}
+
+std::string gib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
 void* CpuBackend::rawAlloc(size_t bytes) {
+  // Linux overcommits: a block larger than the free memory would be handed out and the process killed when it
+  // is touched. Refuse it here, with a message, instead.
+  if (bytes >= (size_t{256} << 20)) {
+    size_t avail = hostMemoryAvailable();
+    if (avail && bytes > avail)
+      throw std::runtime_error("out of host memory: " + gib(static_cast<double>(bytes)) + " requested, " +
+                               gib(static_cast<double>(avail)) + " available");
+  }
   // 64-byte alignment: one cache line, and whole vectors for the SIMD loops.
   size_t rounded = (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded);
-  if (!p) throw std::runtime_error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+  if (!p) throw std::runtime_error("out of host memory allocating " + gib(static_cast<double>(bytes)));
   return p;
 }
 

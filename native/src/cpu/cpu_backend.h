@@ -56,6 +56,10 @@ constexpr int kPackGroup = 32;
 constexpr int kPackGroup = 16;
 #endif
 
+// MemAvailable of /proc/meminfo in bytes, 0 when unknown.
+size_t hostMemoryAvailable();
+std::string gib(double bytes);
+
 // Kernels shared by the backend's files (cpu_matmul.cpp).
 void cpuMatmul(const float* x, const float* w, const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                int threads);
