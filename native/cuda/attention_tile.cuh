@@ -92,6 +92,14 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the special-function unit, flushing denormals (what --use_fast_math makes of exp2f): the softmax
+// feeds it x <= 0, and results below 2^-126 are as good as 0 next to the row's largest term, which is 1.
+__device__ __forceinline__ float fastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Two floats -> one register of two 16-bit values, the lower column in the low half.
 template <class T> __device__ __forceinline__ uint32_t packPair(float lo, float hi);
 template <>
@@ -198,13 +206,13 @@ __device__ __forceinline__ void attendBlock(WarpRowState<Tr>& st, const T* sQ, c
       const float mNew = fmaxf(st.m[mi][h], mx * scaleLog2);
       // A row with every key masked so far keeps m = -inf; use 0 so that exp2(-inf - 0) = 0, never NaN.
       const float mUse = mNew == -INFINITY ? 0.f : mNew;
-      const float alpha = exp2f(st.m[mi][h] - mUse);
+      const float alpha = fastExp2(st.m[mi][h] - mUse);
       st.m[mi][h] = mNew;
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-        const float p0 = exp2f(fmaf(s[mi][nt][2 * h], scaleLog2, -mUse));
-        const float p1 = exp2f(fmaf(s[mi][nt][2 * h + 1], scaleLog2, -mUse));
+        const float p0 = fastExp2(fmaf(s[mi][nt][2 * h], scaleLog2, -mUse));
+        const float p1 = fastExp2(fmaf(s[mi][nt][2 * h + 1], scaleLog2, -mUse));
         s[mi][nt][2 * h] = p0;
         s[mi][nt][2 * h + 1] = p1;
         sum += p0 + p1;

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Builds the CUDA kernels (native/cuda/*.cu) for Hopper into native/build/cuda/:
+# Builds the CUDA kernels (native/cuda/*.cu) for Hopper into native/build-cuda/ (its own folder: native/build/ belongs to the engine build):
 #   libflashlab_kernels.so   every kernel + the C ABI of capi.h (what bench/attention.py loads)
 #   kernel_tests             the correctness harness (test/kernel_tests.cu)
-#   libflashlab_kernels_fa2bn32.so   the same library with fa2's head-dim-128 K/V block at 32 keys (a tuning
-#                                    comparison for the benchmark), only with --variants
+#   libflashlab_kernels_fa2_<label>.so   with --variants: the same library with fa2 built at another block
+#                                        shape (see attention_fa2.cu), timed beside the default by the benchmark
 # Usage: native/cuda/test/build.sh [--variants]. Needs nvcc (CUDA 12.4+); NVCC and CUDA_ARCH override.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-out="$here/../build/cuda"
+out="$here/../build-cuda"
 nvcc="${NVCC:-nvcc}"
 arch="${CUDA_ARCH:--gencode=arch=compute_90a,code=sm_90a}"
 if ! command -v "$nvcc" >/dev/null; then
@@ -33,8 +33,16 @@ for src in "$here"/*.cu; do
   compile "$src" "$obj" & pids+=($!)
 done
 compile "$here/test/kernel_tests.cu" "$out/obj/kernel_tests.o" & pids+=($!)
+# label -> extra flags of fa2 tuning variants
+declare -A variants=(
+  [bn32]="-DFLASHLAB_FA2_HD128_BLOCK_N=32"
+  [m256w8]="-DFLASHLAB_FA2_BLOCK_M=256 -DFLASHLAB_FA2_WARPS=8"
+)
 if [ "${1:-}" = "--variants" ]; then
-  compile "$here/attention_fa2.cu" "$out/obj/attention_fa2_bn32.o" -DFLASHLAB_FA2_HD128_BLOCK_N=32 & pids+=($!)
+  for label in "${!variants[@]}"; do
+    # shellcheck disable=SC2086
+    compile "$here/attention_fa2.cu" "$out/obj/attention_fa2_$label.o" ${variants[$label]} & pids+=($!)
+  done
 fi
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
@@ -45,8 +53,12 @@ kernel_objs=()
 for o in "${objs[@]}"; do [ "$(basename "$o")" = capi.o ] || kernel_objs+=("$o"); done
 "$nvcc" $arch -o "$out/kernel_tests" "$out/obj/kernel_tests.o" "${kernel_objs[@]}"
 if [ "${1:-}" = "--variants" ]; then
-  variant_objs=()
-  for o in "${objs[@]}"; do [ "$(basename "$o")" = attention_fa2.o ] && variant_objs+=("$out/obj/attention_fa2_bn32.o") || variant_objs+=("$o"); done
-  "$nvcc" $arch -shared -o "$out/libflashlab_kernels_fa2bn32.so" "${variant_objs[@]}"
+  for label in "${!variants[@]}"; do
+    variant_objs=()
+    for o in "${objs[@]}"; do
+      if [ "$(basename "$o")" = attention_fa2.o ]; then variant_objs+=("$out/obj/attention_fa2_$label.o"); else variant_objs+=("$o"); fi
+    done
+    "$nvcc" $arch -shared -o "$out/libflashlab_kernels_fa2_$label.so" "${variant_objs[@]}"
+  done
 fi
 echo "built $out"
