@@ -427,8 +427,8 @@ function SideBySide() {
     await Promise.all([run(a, setA, 'A'), run(b, setB, 'B')]);
   }
 
-  const diff = a.live && b.live ? firstDifference(a.live.text, b.live.text) : null;
-  const bothDone = a.live?.done && b.live?.done;
+  const bothDone = !!(a.live?.done && b.live?.done);
+  const diff = a.live && b.live ? firstDifference(a.live.text, b.live.text, bothDone) : null;
 
   return (
     <div className="stack">

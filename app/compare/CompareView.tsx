@@ -241,43 +241,36 @@ export function CompareView() {
           )}
         </div>
         <div className="row">
-          <label>
-            Baseline
-            <select
-              value={baseline ?? ''}
-              onChange={(e) => setParam('baseline', e.target.value)}
-              data-testid="baseline"
-            >
-              {methods.map((m) => (
-                <option key={m.key} value={m.key}>
-                  {m.label}
-                </option>
-              ))}
-            </select>
-          </label>
-          <label>
-            Figure
-            <select value={metric} onChange={(e) => setParam('metric', e.target.value)}>
-              <option value="totalMs">end-to-end time</option>
-              <option value="prefillMs">TTFT (prefill)</option>
-              <option value="tpotMs">time per output token</option>
-            </select>
-          </label>
-          <label>
-            Statistic
-            <select value={stat} onChange={(e) => setParam('stat', e.target.value)}>
-              <option value="median">median</option>
-              <option value="mean">mean</option>
-            </select>
-          </label>
-          <label>
-            X axis
-            <select value={x} onChange={(e) => setParam('x', e.target.value)}>
-              <option value="promptLength">prompt length</option>
-              <option value="batchSize">batch size</option>
-              <option value="newTokens">new tokens</option>
-            </select>
-          </label>
+          <label htmlFor="cmp-baseline">Baseline</label>
+          <select
+            id="cmp-baseline"
+            value={baseline ?? ''}
+            onChange={(e) => setParam('baseline', e.target.value)}
+            data-testid="baseline"
+          >
+            {methods.map((m) => (
+              <option key={m.key} value={m.key}>
+                {m.label}
+              </option>
+            ))}
+          </select>
+          <label htmlFor="cmp-metric">Figure</label>
+          <select id="cmp-metric" value={metric} onChange={(e) => setParam('metric', e.target.value)}>
+            <option value="totalMs">end-to-end time</option>
+            <option value="prefillMs">TTFT (prefill)</option>
+            <option value="tpotMs">time per output token</option>
+          </select>
+          <label htmlFor="cmp-stat">Statistic</label>
+          <select id="cmp-stat" value={stat} onChange={(e) => setParam('stat', e.target.value)}>
+            <option value="median">median</option>
+            <option value="mean">mean</option>
+          </select>
+          <label htmlFor="cmp-x">X axis</label>
+          <select id="cmp-x" value={x} onChange={(e) => setParam('x', e.target.value)}>
+            <option value="promptLength">prompt length</option>
+            <option value="batchSize">batch size</option>
+            <option value="newTokens">new tokens</option>
+          </select>
         </div>
       </section>
 

@@ -6,6 +6,8 @@ import { parseCsv, readDownload, screenshot } from './helpers';
 test.describe.configure({ mode: 'serial' });
 
 let experimentId = '';
+// Unique per run, so that the specs also pass against a dashboard that already has history.
+const EXPERIMENT = `Playwright tiny FA vs naive ${Date.now().toString(36)}`;
 
 test('home shows the embedded agent online', async ({ page }) => {
   await page.goto('/');
@@ -32,14 +34,14 @@ test('the builder refuses impossible experiments at the field and queues a tiny 
   await expect(page.locator('#tp-error')).toContainText('does not divide');
   await page.getByLabel('Tensor-parallel degrees').fill('1');
   // No attention method at all.
-  await page.getByLabel('naive').uncheck();
-  await page.getByLabel('FlashAttention-1').uncheck();
+  await page.getByRole('checkbox', { name: 'naive', exact: true }).uncheck();
+  await page.getByRole('checkbox', { name: 'FlashAttention-1', exact: true }).uncheck();
   await expect(page.locator('#attention-error')).toContainText('choose at least one');
   await expect(page.getByTestId('job-count')).toContainText('Expands to 0 jobs');
-  await page.getByLabel('naive').check();
-  await page.getByLabel('FlashAttention-1').check();
+  await page.getByRole('checkbox', { name: 'naive', exact: true }).check();
+  await page.getByRole('checkbox', { name: 'FlashAttention-1', exact: true }).check();
 
-  await page.getByLabel('Name').fill('Playwright tiny FA vs naive');
+  await page.getByLabel('Name').fill(EXPERIMENT);
   await expect(page.getByTestId('job-count')).toContainText('Expands to 4 jobs, 12 measured repeats');
   await page.getByRole('button', { name: 'Queue experiment' }).click();
   const created = page.getByTestId('experiment-created');
@@ -47,7 +49,7 @@ test('the builder refuses impossible experiments at the field and queues a tiny 
   const href = await created.getByRole('link', { name: 'See its runs' }).getAttribute('href');
   experimentId = new URL(href ?? '', 'http://x').searchParams.get('experiment') ?? '';
   expect(experimentId).not.toBe('');
-  await expect(page.getByRole('row', { name: /Playwright tiny FA vs naive/ })).toBeVisible();
+  await expect(page.getByRole('row', { name: new RegExp(EXPERIMENT) })).toBeVisible();
   await screenshot(page, 'experiments');
 });
 
@@ -58,7 +60,7 @@ test('the queue shows the jobs finish live on the embedded agent', async ({ page
   const rows = page
     .getByTestId('jobs-table')
     .locator('tbody tr[data-job-state]')
-    .filter({ hasText: 'Playwright tiny FA vs naive' });
+    .filter({ hasText: EXPERIMENT });
   await expect(rows).toHaveCount(4);
   // Every job succeeds; the page learns it through the SSE stream (no reload here).
   await expect(rows.and(page.locator('[data-job-state="succeeded"]'))).toHaveCount(4, { timeout: 150_000 });
@@ -111,7 +113,7 @@ test('the history lists the runs, groups repeats and exports CSV', async ({ page
   const col = (name: string) => header.indexOf(name);
   for (const r of data) {
     expect(r[col('model')]).toBe('gpt2-tiny');
-    expect(r[col('experiment')]).toBe('Playwright tiny FA vs naive');
+    expect(r[col('experiment')]).toBe(EXPERIMENT);
     expect(Number(r[col('totalMsMedian')])).toBeGreaterThan(0);
     expect(Number(r[col('repeats')])).toBe(3);
   }
@@ -123,15 +125,21 @@ test('the history lists the runs, groups repeats and exports CSV', async ({ page
   await table.locator('tbody tr').nth(1).getByRole('checkbox').check();
   await page.getByLabel('Tag to add').fill('pw-tag');
   await page.getByRole('button', { name: 'Add tag' }).click();
-  await expect(page.getByRole('status')).toContainText('Updated 2 runs');
+  await expect(page.locator('.notice[role="status"]')).toContainText('Updated 2 runs');
   await expect(table.locator('.badge', { hasText: 'pw-tag' })).toHaveCount(2);
   await page.getByRole('button', { name: 'Clear', exact: true }).click();
 
   // Repeats of one configuration grouped in the database.
-  await page.getByLabel('Group repeats of one configuration').check();
+  // The checkbox follows the URL, which updates a moment after the click.
+  const group = page.getByLabel('Group repeats of one configuration');
+  await group.click();
+  await expect(group).toBeChecked();
+  await expect(page).toHaveURL(/group=1/);
   await expect(page.getByTestId('groups-table').locator('tbody tr')).toHaveCount(4);
   await expect(page.getByTestId('groups-table')).toContainText('±');
-  await page.getByLabel('Group repeats of one configuration').uncheck();
+  await group.click();
+  await expect(group).not.toBeChecked();
+  await expect(table.locator('tbody tr')).toHaveCount(4);
   await screenshot(page, 'runs');
 });
 
@@ -154,10 +162,10 @@ test('comparing two methods draws the charts, with the CI and the study’s mark
   await expect(page.getByTestId('chart-roofline').locator('.recharts-scatter')).not.toHaveCount(0);
 
   // The view is in the URL: switching the figure changes the link, and the link restores it.
-  await page.getByLabel('Figure').selectOption('prefillMs');
+  await page.getByLabel('Figure', { exact: true }).selectOption('prefillMs');
   await expect(page).toHaveURL(/metric=prefillMs/);
   await page.reload();
-  await expect(page.getByLabel('Figure')).toHaveValue('prefillMs');
+  await expect(page.getByLabel('Figure', { exact: true })).toHaveValue('prefillMs');
   await expect(page.getByTestId('chart-latency')).toContainText('Time to first token');
 
   // Each chart downloads its data as CSV, and as SVG.
@@ -193,7 +201,7 @@ test('comparing two methods draws the charts, with the CI and the study’s mark
     latency.getByRole('button', { name: 'PNG' }).click(),
   ]);
   expect(png.suggestedFilename()).toMatch(/\.png$/);
-  await page.getByLabel('Figure').selectOption('totalMs');
+  await page.getByLabel('Figure', { exact: true }).selectOption('totalMs');
   await screenshot(page, 'compare');
 });
 
@@ -259,13 +267,13 @@ test('a results file is imported into the history', async ({ page }) => {
   await page
     .getByTestId('import-file')
     .setInputFiles({ name: 'results.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(file)) });
-  await expect(page.getByRole('status')).toContainText('Imported 1 run');
+  await expect(page.locator('.notice[role="status"]')).toContainText('Imported 1 run');
   await expect(page.getByTestId('runs-table')).toContainText('NVIDIA H100 80GB HBM3');
   // A file that is not a results file is refused with the reason.
   await page
     .getByTestId('import-file')
     .setInputFiles({ name: 'bad.json', mimeType: 'application/json', buffer: Buffer.from('{"format":"nope"}') });
-  await expect(page.getByRole('alert')).toContainText('is not a flashlab results file');
+  await expect(page.locator('.notice[role="alert"]')).toContainText('bad.json is not a flashlab results file');
 });
 
 test('home summarises the results', async ({ page }) => {

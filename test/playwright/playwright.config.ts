@@ -20,10 +20,13 @@ function freePort(): Promise<number> {
   });
 }
 
-// The config is evaluated again in every worker: the port chosen first travels to them through the environment.
-process.env.FLASHLAB_PW_PORT ??= String(await freePort());
+// FLASHLAB_PW_BASE_URL points the tests at a dashboard that is already running (its embedded agent on): handy
+// while developing pages. Otherwise the config starts one; it is evaluated again in every worker, so the port
+// chosen first travels to them through the environment.
+const existing = process.env.FLASHLAB_PW_BASE_URL;
+if (!existing) process.env.FLASHLAB_PW_PORT ??= String(await freePort());
 const port = Number(process.env.FLASHLAB_PW_PORT);
-const baseURL = `http://127.0.0.1:${port}`;
+const baseURL = existing ?? `http://127.0.0.1:${port}`;
 
 export default defineConfig({
   testDir: here,
@@ -56,15 +59,17 @@ export default defineConfig({
       ],
     },
   },
-  webServer: {
-    command: `bash ${path.join(here, 'serve.sh')}`,
-    url: `${baseURL}/api/health`,
-    env: { PORT: String(port) },
-    // The first run builds the Next app (minutes on 2 cores).
-    timeout: 600_000,
-    reuseExistingServer: false,
-    stdout: 'pipe',
-    stderr: 'pipe',
-    gracefulShutdown: { signal: 'SIGTERM', timeout: 10_000 },
-  },
+  webServer: existing
+    ? undefined
+    : {
+        command: `bash ${path.join(here, 'serve.sh')}`,
+        url: `${baseURL}/api/health`,
+        env: { PORT: String(port) },
+        // The first run builds the Next app (minutes on 2 cores).
+        timeout: 600_000,
+        reuseExistingServer: false,
+        stdout: 'pipe',
+        stderr: 'pipe',
+        gracefulShutdown: { signal: 'SIGTERM', timeout: 10_000 },
+      },
 });
