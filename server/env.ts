@@ -33,7 +33,7 @@ const EnvSchema = z.object({
 export type ServerEnv = z.infer<typeof EnvSchema>;
 
 /** Parses an environment; throws one Error listing every bad variable by name. */
-export function parseEnv(source: NodeJS.ProcessEnv = process.env): ServerEnv {
+export function parseEnv(source: Record<string, string | undefined> = process.env): ServerEnv {
   // Empty strings mean "unset" (a common shell habit: FOO= cmd).
   const cleaned = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== undefined && v !== ''));
   const parsed = EnvSchema.safeParse(cleaned);

@@ -1,5 +1,5 @@
 // Builders for server tests: agents with a given inventory, specs and a plausible RunResult for a leased job.
-import type { AgentInventory, JobConfig, RunResult } from '../../contracts';
+import type { AgentInventory, ExperimentSpecInput, JobConfig, RunResult } from '../../contracts';
 import type { Db } from '../../server/db';
 import { EventBus } from '../../server/events';
 import type { DbProvider } from '../../server/migrate';
@@ -24,11 +24,11 @@ export async function makeAgent(db: Db, name: string, o: { backend?: 'cpu' | 'cu
   return { id: a.id, name: a.name, backends: inv.engine.backends, gpuCount: inv.gpus.length };
 }
 
-export function tinySpec(over: Record<string, unknown> = {}) {
+export function tinySpec(over: Record<string, unknown> = {}): ExperimentSpecInput {
   return {
     name: 'tiny sweep', model: 'gpt2-tiny', attention: ['naive', 'fa2'], kvCache: [true], tp: [1], dtype: ['fp32'],
     batchSizes: [1], promptLengths: [8], newTokens: [4], warmup: 0, repeats: 2, tags: ['t'], ...over,
-  };
+  } as ExperimentSpecInput;
 }
 
 export function resultFor(config: JobConfig, agentName = 'a'): RunResult {

@@ -207,7 +207,7 @@ for (const provider of providersUnderTest()) {
       const { experiment, jobCount } = await queue.createExperiment(
         tinySpec({ name: 'race', attention: ['naive', 'fa1', 'fa2'], batchSizes: [1, 2], promptLengths: [4, 8, 12, 16] }),
       );
-      const agents = [];
+      const agents: Awaited<ReturnType<typeof makeAgent>>[] = [];
       for (let i = 0; i < PROCESSES * AGENTS_EACH; i++) agents.push(await makeAgent(t.db, `racer-${i}`));
       // Separate processes: separate SQLite connections / PostgreSQL pools, as agents' dashboard workers would be.
       const outputs = await Promise.all(Array.from({ length: PROCESSES }, (_, p) =>
