@@ -5,7 +5,7 @@ import { AttentionMethod, DeviceKind, Dtype, type Sampling } from '../contracts/
 import { KNOWN_MODELS, type ModelConfig } from '../contracts/models';
 import type { Engine, GenerateResult } from '../native/engine';
 import { openCheckpoint } from '../native/loaders/index';
-import { loadTokenizer, type Tokenizer } from '../native/tokenizers/index';
+import { chatInputIds, encodePrompt, loadTokenizer, type Tokenizer } from '../native/tokenizers/index';
 
 const USAGE = `usage: flashlab generate (--model NAME [--weights random|DIR] [--seed N] | --model-dir DIR)
                          (--prompt TEXT ... | --input-ids "1,2,3;4,5,6") --max-new-tokens N [options]
@@ -17,7 +17,9 @@ model
   --model-dir DIR          a checkpoint directory (config.json + safetensors or pytorch_model*.bin); its
                            config decides the model
 input
-  --prompt TEXT            text, encoded with the model's tokenizer; repeat for a batch of rows
+  --prompt TEXT            text, encoded with the model's tokenizer (ChatGLM2: after [gMASK] sop, as THUDM's
+                           tokenizer does); repeat for a batch of rows
+  --chat                   wrap each prompt as one chat turn (ChatGLM2's [Round 1] format, GPT-2 a transcript)
   --input-ids IDS          token ids: comma-separated, rows separated by ';'
   --max-new-tokens N       tokens to generate per row (required)
 sampling (greedy unless --temperature, --top-k or --top-p is given)
@@ -46,6 +48,7 @@ const options = {
   'model-dir': { type: 'string' },
   prompt: { type: 'string', multiple: true },
   'input-ids': { type: 'string' },
+  chat: { type: 'boolean' },
   'max-new-tokens': { type: 'string' },
   greedy: { type: 'boolean' },
   temperature: { type: 'string' },
@@ -109,6 +112,7 @@ interface Plan {
   config: ModelConfig;
   seed: number;
   prompts: string[] | undefined;
+  chat: boolean;
   inputIds: number[][] | undefined;
   maxNewTokens: number;
   sampling: Partial<Sampling>;
@@ -174,6 +178,7 @@ async function plan(argv: string[]): Promise<Plan | 'help'> {
   const idsRaw = values['input-ids'];
   if (prompts && idsRaw !== undefined) throw new UsageError('--prompt and --input-ids exclude each other');
   if (!prompts && idsRaw === undefined) throw new UsageError('--prompt or --input-ids is required');
+  if (values.chat && !prompts) throw new UsageError('--chat formats --prompt text; it does not apply to --input-ids');
   const maxNewTokens = integer('max-new-tokens', values['max-new-tokens'], 1);
   if (maxNewTokens === undefined) throw new UsageError('--max-new-tokens is required');
 
@@ -215,6 +220,7 @@ async function plan(argv: string[]): Promise<Plan | 'help'> {
     config,
     seed,
     prompts,
+    chat: values.chat ?? false,
     inputIds: idsRaw !== undefined ? parseInputIds(idsRaw) : undefined,
     maxNewTokens,
     sampling,
@@ -233,7 +239,11 @@ async function plan(argv: string[]): Promise<Plan | 'help'> {
 /** The prompt rows as ids, checked against the model's vocabulary and positions. */
 function promptRows(p: Plan, tokenizer: Tokenizer): number[][] {
   const flag = p.prompts ? '--prompt' : '--input-ids';
-  const rows = p.prompts ? p.prompts.map((t) => tokenizer.encode(t)) : (p.inputIds as number[][]);
+  const rows = p.prompts
+    ? p.prompts.map((t) =>
+        p.chat ? chatInputIds(tokenizer, [{ role: 'user', content: t }]) : encodePrompt(tokenizer, t),
+      )
+    : (p.inputIds as number[][]);
   for (const [i, row] of rows.entries()) {
     if (row.length === 0) throw new UsageError(`${flag}: row ${i + 1} encodes to no tokens`);
     const bad = row.find((id) => id >= p.config.vocabSize);

@@ -1,6 +1,6 @@
 // Chat prompt formats. ChatGLM2's is THUDM's build_prompt: rounds numbered from 1, each
 // "[Round i]\n\n问：{query}\n\n答：{response}\n\n", the last one left open after "答：", and the input ids
-// prefixed with the special tokens [gMASK] sop (ids, not text: chatInputIds adds them). ChatGLM2 has no
+// prefixed with the special tokens [gMASK] sop (ids, not text: chatInputIds / encodePrompt add them). ChatGLM2 has no
 // system role; system text goes before the first round. GPT-2 was never trained on chat; it gets a plain
 // transcript to continue.
 import { type Tokenizer, TokenizerError } from './types';
@@ -49,11 +49,13 @@ export function transcriptPrompt(messages: readonly ChatMessage[]): string {
   return `${messages.map((m) => `${label[m.role]}: ${m.content}`).join('\n')}\nAssistant:`;
 }
 
+/** A prompt's input ids as the family's reference tokenizer builds them (ChatGLM2: [gMASK] sop first). */
+export function encodePrompt(tokenizer: Tokenizer, text: string): number[] {
+  return [...tokenizer.promptPrefix, ...tokenizer.encode(text)];
+}
+
 /** The model's input ids for a conversation, special prefix included. */
 export function chatInputIds(tokenizer: Tokenizer, messages: readonly ChatMessage[]): number[] {
-  if (tokenizer.family === 'chatglm2') {
-    const { '[gMASK]': gmask, sop } = tokenizer.specialTokens;
-    return [gmask, sop, ...tokenizer.encode(chatglm2Prompt(messages))];
-  }
-  return tokenizer.encode(transcriptPrompt(messages));
+  const text = tokenizer.family === 'chatglm2' ? chatglm2Prompt(messages) : transcriptPrompt(messages);
+  return encodePrompt(tokenizer, text);
 }

@@ -14,7 +14,7 @@ import { loadSentencePiece } from './sentencepiece';
 import { byteStreamDecoder, windowStreamDecoder } from './stream';
 import { type StreamDecoder, type Tokenizer, TokenizerError } from './types';
 
-export { type ChatMessage, chatglm2Prompt, chatInputIds, transcriptPrompt } from './chat';
+export { type ChatMessage, chatglm2Prompt, chatInputIds, encodePrompt, transcriptPrompt } from './chat';
 export { type StreamDecoder, type Tokenizer, TokenizerError } from './types';
 
 export const CHATGLM2_SPECIAL_TOKENS = ['[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'] as const;
@@ -46,6 +46,7 @@ function bpeTokenizer(bpe: ByteLevelBpe, kind: 'bpe' | 'r50k', source: string): 
     vocabSize: bpe.vocabSize,
     eosTokenId,
     specialTokens: { [GPT2_EOS]: eosTokenId },
+    promptPrefix: [],
     encode: (text) => bpe.encode(text),
     decode: (ids) => bpe.decode(ids),
     createStreamDecoder: (): StreamDecoder => byteStreamDecoder((ids) => bpe.decodeBytes(ids)),
@@ -66,6 +67,7 @@ async function chatglm2SentencePiece(path: string): Promise<Tokenizer> {
     vocabSize: n + CHATGLM2_SPECIAL_TOKENS.length,
     eosTokenId,
     specialTokens,
+    promptPrefix: [specialTokens['[gMASK]'], specialTokens.sop],
     encode: (text) => sp.encode(text),
     decode,
     createStreamDecoder: () => windowStreamDecoder(decode),
@@ -86,6 +88,7 @@ function chatglm2Bytes(): Tokenizer {
     vocabSize: n + CHATGLM2_SPECIAL_TOKENS.length,
     eosTokenId: 2,
     specialTokens: Object.fromEntries(CHATGLM2_SPECIAL_TOKENS.map((t, i) => [t, n + i])),
+    promptPrefix: [n + 1, n + 3],
     encode: (text) => Array.from(new TextEncoder().encode(text), (b) => b + BYTE_BASE),
     decode,
     createStreamDecoder: () => byteStreamDecoder(decodeBytes),

@@ -19,6 +19,9 @@ export interface Tokenizer {
   eosTokenId: number;
   /** named special tokens (GPT-2: <|endoftext|>; ChatGLM2: [MASK] [gMASK] [sMASK] sop eop) */
   specialTokens: Readonly<Record<string, number>>;
+  /** ids a model input starts with, as the family's reference tokenizer adds them (ChatGLM2: [gMASK] sop;
+   *  GPT-2: none) — encode() leaves them out, encodePrompt() puts them in */
+  promptPrefix: readonly number[];
   encode(text: string): number[];
   /** ids outside the vocabulary (e.g. the padding rows of ChatGLM2's 65024-row embedding) and ChatGLM2's special
    *  tokens decode to nothing, so text from a model with random weights still renders */

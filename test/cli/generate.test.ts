@@ -172,7 +172,15 @@ test('ChatGLM2 with random weights has no real tokenizer: a note says so and --j
   assert.match(r.stderr, /no tokenizer\.model/);
   const out = JSON.parse(r.stdout);
   assert.equal(out.text, undefined);
-  assert.equal(out.tokens[0].length, Buffer.byteLength('你好') + 3);
+  // [gMASK] sop (numbered after the stand-in's 259 ids, as THUDM numbers them after SentencePiece's), then bytes
+  assert.deepEqual(out.tokens[0].slice(0, 2), [260, 262]);
+  assert.equal(out.tokens[0].length, 2 + Buffer.byteLength('你好') + 3);
+  const chat = JSON.parse(
+    (await flashlab(['--model', 'chatglm2-tiny', '--prompt', '你好', '--chat', '--max-new-tokens', '1', '--json']))
+      .stdout,
+  );
+  const text = Buffer.from(chat.tokens[0].slice(2, -1).map((id: number) => id - 3)).toString('utf8');
+  assert.equal(text, '[Round 1]\n\n问：你好\n\n答：');
 });
 
 test('bad command lines fail with a message naming the flag', async () => {
@@ -201,6 +209,11 @@ test('bad command lines fail with a message naming the flag', async () => {
       2,
     ],
     [['--model', 'gpt2-tiny', '--input-ids', '1', '--prompt', 'x', '--max-new-tokens', '2'], /exclude each other/, 2],
+    [
+      ['--model', 'gpt2-tiny', '--input-ids', '1', '--chat', '--max-new-tokens', '2'],
+      /--chat formats --prompt text/,
+      2,
+    ],
     [
       ['--model', 'gpt2-tiny', '--prompt', 'x', '--max-new-tokens', '2', '--top-p', '0'],
       /--top-p: expected a number in \(0, 1\]/,

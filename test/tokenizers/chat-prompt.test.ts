@@ -2,7 +2,13 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { chatglm2Prompt, chatInputIds, loadTokenizer, transcriptPrompt } from '../../native/tokenizers/index';
+import {
+  chatglm2Prompt,
+  chatInputIds,
+  encodePrompt,
+  loadTokenizer,
+  transcriptPrompt,
+} from '../../native/tokenizers/index';
 
 const dir = join(import.meta.dirname, '..', 'fixtures', 'tokenizers');
 
@@ -42,6 +48,9 @@ test('ChatGLM2 input ids start with [gMASK] sop (sp vocabulary + 1 and + 3)', as
   assert.deepEqual(ids.slice(0, 2), [701, 703]);
   assert.deepEqual(ids.slice(2), tok.encode(chatglm2Prompt(messages)));
   assert.equal(tok.decode(ids), chatglm2Prompt(messages));
+  // a plain prompt gets the same prefix, as THUDM's tokenizer adds it to every input
+  assert.deepEqual(tok.promptPrefix, [701, 703]);
+  assert.deepEqual(encodePrompt(tok, 'hi'), [701, 703, ...tok.encode('hi')]);
 });
 
 test('GPT-2 continues a plain transcript', async () => {
@@ -53,4 +62,5 @@ test('GPT-2 continues a plain transcript', async () => {
   ];
   assert.equal(transcriptPrompt(messages), 'User: Hi\nAssistant: Hello.\nUser: What is attention?\nAssistant:');
   assert.deepEqual(chatInputIds(tok, messages), tok.encode(transcriptPrompt(messages)));
+  assert.deepEqual(tok.promptPrefix, []);
 });
