@@ -343,7 +343,9 @@ export async function main(argv: string[]): Promise<number> {
     // Streaming text is shown for a single row; a batch prints each row's text at the end.
     const streaming = !p.json && rows.length === 1;
     const stream = tokenizer.createStreamDecoder();
-    if (streaming) process.stdout.write(tokenizer.decode(rows[0]));
+    // The prompt goes through the stream decoder too, so the first new token is decoded in its context
+    // (SentencePiece drops the leading space of a piece that starts a decode).
+    if (streaming) process.stdout.write(stream.push(rows[0]));
     const out = await engine.generate({
       inputIds: rows,
       maxNewTokens: p.maxNewTokens,

@@ -308,3 +308,55 @@ test('Ctrl-C stops a generation mid-way: exit 130, no figures line', async () =>
   assert.doesNotMatch(stdout, /tokens\/s/);
   assert.ok(Date.now() - started < 60_000);
 });
+
+test('a ChatGLM2 checkpoint with tokenizer.model: prompts are SentencePiece ids after [gMASK] sop, text comes back', async () => {
+  const { mkdtemp, rm, writeFile, copyFile } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { writeSafetensors, rng } = await import('../loaders/helpers');
+  const dir = await mkdtemp(join(tmpdir(), 'flashlab-cli-'));
+  try {
+    // chatglm2-tiny-a's architecture with a vocabulary large enough for the 705-id fixture tokenizer
+    const cfg = {
+      ...JSON.parse(readFileSync(join(fixtures, 'chatglm2-tiny-a', 'config.json'), 'utf8')),
+      padded_vocab_size: 720,
+    };
+    await writeFile(join(dir, 'config.json'), JSON.stringify(cfg));
+    await copyFile(join(fixtures, 'tokenizers', 'tokenizer.model'), join(dir, 'tokenizer.model'));
+    const H = cfg.hidden_size;
+    const qkv = (cfg.num_attention_heads + 2 * cfg.multi_query_group_num) * cfg.kv_channels;
+    const shapes: Record<string, number[]> = {
+      'transformer.embedding.word_embeddings.weight': [720, H],
+      'transformer.encoder.final_layernorm.weight': [H],
+      'transformer.output_layer.weight': [720, H],
+    };
+    for (let i = 0; i < cfg.num_layers; i++) {
+      const p = `transformer.encoder.layers.${i}.`;
+      Object.assign(shapes, {
+        [`${p}input_layernorm.weight`]: [H],
+        [`${p}self_attention.query_key_value.weight`]: [qkv, H],
+        [`${p}self_attention.query_key_value.bias`]: [qkv],
+        [`${p}self_attention.dense.weight`]: [H, cfg.num_attention_heads * cfg.kv_channels],
+        [`${p}post_attention_layernorm.weight`]: [H],
+        [`${p}mlp.dense_h_to_4h.weight`]: [2 * cfg.ffn_hidden_size, H],
+        [`${p}mlp.dense_4h_to_h.weight`]: [H, cfg.ffn_hidden_size],
+      });
+    }
+    const r = rng(5);
+    const tensors = Object.entries(shapes).map(([name, shape]) => {
+      const values = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () =>
+        name.endsWith('layernorm.weight') ? 1 : (r.next() - 0.5) * 0.3,
+      );
+      return { name, dtype: 'F32', shape, bytes: Buffer.from(values.buffer) };
+    });
+    await writeFile(join(dir, 'model.safetensors'), writeSafetensors(tensors));
+
+    const ref = JSON.parse(readFileSync(join(fixtures, 'tokenizers', 'reference.json'), 'utf8'));
+    const hello = ref.sentencepiece[0] as { text: string; ids: number[] };
+    const out = await json(['--model-dir', dir, '--prompt', hello.text, '--max-new-tokens', '4']);
+    assert.deepEqual(out.tokens[0].slice(0, -4), [701, 703, ...hello.ids]);
+    assert.equal(out.newTokens[0].length, 4);
+    assert.equal(typeof (out.text as string[])[0], 'string');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
