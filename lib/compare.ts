@@ -271,6 +271,8 @@ export function workOf(model: ModelConfig, c: CompareRun['config']) {
 export interface RooflinePoint {
   runId: string;
   label: string;
+  /** The method alone (what the chart's legend groups by); `label` adds the shape. */
+  method: string;
   phase: 'prefill' | 'decode';
   intensity: number; // FLOP per byte
   tflops: number; // achieved
@@ -280,6 +282,7 @@ export interface RooflinePoint {
 /** Achieved compute and bandwidth of each run's prefill and (cached) decode, for the roofline view. */
 export function rooflinePoints(runs: readonly CompareRun[]): RooflinePoint[] {
   const vary = varyingDims(runs);
+  const methodDims = METHOD_DIMS.filter((d) => vary.has(d));
   const out: RooflinePoint[] = [];
   for (const r of runs) {
     const model = KNOWN_MODELS[r.config.model];
@@ -288,10 +291,12 @@ export function rooflinePoints(runs: readonly CompareRun[]): RooflinePoint[] {
     const prefill = median(pooled([r], 'prefillMs'));
     const tpot = median(pooled([r], 'tpotMs'));
     const label = labelOf(r.config, vary);
+    const method = labelOf(r.config, methodDims.length ? methodDims : ['attention']);
     if (prefill > 0)
       out.push({
         runId: r.id,
         label,
+        method,
         phase: 'prefill',
         intensity: w.prefillFlops / w.prefillBytes,
         tflops: w.prefillFlops / (prefill / 1000) / 1e12,
@@ -301,6 +306,7 @@ export function rooflinePoints(runs: readonly CompareRun[]): RooflinePoint[] {
       out.push({
         runId: r.id,
         label,
+        method,
         phase: 'decode',
         intensity: w.decodeFlops / w.decodeBytes,
         tflops: w.decodeFlops / (tpot / 1000) / 1e12,

@@ -407,6 +407,9 @@ function SideBySide() {
   });
 
   async function start(content: string) {
+    // The previous pair's answers go first, so nothing on screen mixes two prompts.
+    setA((x) => ({ ...x, live: null, error: null }));
+    setB((x) => ({ ...x, live: null, error: null }));
     const run = async (side: Side, set: (f: (s: Side) => Side) => void, label: string) => {
       try {
         const s = await create.mutateAsync({

@@ -227,7 +227,13 @@ export function CompareView() {
       return row;
     });
   const ceilings = runs.find((r) => r.ceilings)?.ceilings ?? null;
-  const roofLabels = [...new Set(derived.roofline.map((p) => `${p.label} · ${p.phase}`))];
+  const roofLabels = [...new Set(derived.roofline.map((p) => `${p.method} · ${p.phase}`))];
+  // A wide interval from few repeats must not flatten every bar: the axis stops at 3× the largest speedup.
+  const maxSpeedup = Math.max(1, ...speedRows.map((r) => r.speedup));
+  const speedAxisMax = Math.min(
+    Math.max(...speedRows.map((r) => r.upper), ...studyLines.map((f) => f.speedup ?? 1), 1.2),
+    3 * maxSpeedup,
+  );
   const memStudy = STUDY_FIGURES.find((f) => f.id === 'fa2-mem');
 
   return (
@@ -312,7 +318,9 @@ export function CompareView() {
                 tick={{ fontSize: 11 }}
                 width={56}
                 label={{ value: 'speedup (×)', angle: -90, position: 'insideLeft', fontSize: 12 }}
-                domain={[0, 'auto']}
+                domain={[0, Number((speedAxisMax * 1.08).toPrecision(2))]}
+                allowDataOverflow
+                tickFormatter={(v: number) => formatNumber(v, 2)}
               />
               <Tooltip
                 content={({ active, payload }) => {
@@ -489,9 +497,9 @@ export function CompareView() {
                 type="number"
                 scale="log"
                 domain={['auto', 'auto']}
-                name="arithmetic intensity"
-                unit=" FLOP/B"
+                name="arithmetic intensity (FLOP/byte)"
                 tick={{ fontSize: 11 }}
+                tickFormatter={(v: number) => formatNumber(v, 2)}
                 label={{
                   value: 'arithmetic intensity (FLOP/byte, log)',
                   position: 'insideBottom',
@@ -504,15 +512,31 @@ export function CompareView() {
                 type="number"
                 scale="log"
                 domain={['auto', 'auto']}
-                name="achieved"
-                unit=" TFLOP/s"
-                width={72}
+                name="achieved TFLOP/s"
+                width={64}
                 tick={{ fontSize: 11 }}
                 tickFormatter={(v: number) => formatNumber(v, 2)}
+                label={{ value: 'TFLOP/s (log)', angle: -90, position: 'insideLeft', fontSize: 12 }}
               />
               <ZAxis range={[50, 50]} />
-              <Tooltip formatter={(v, n) => [formatNumber(typeof v === 'number' ? v : null, 3), n]} />
-              <Legend verticalAlign="top" height={28} wrapperStyle={{ fontSize: 12 }} />
+              <Tooltip
+                content={({ active, payload }) => {
+                  const p = active && (payload?.[0]?.payload as (typeof derived.roofline)[number] | undefined);
+                  if (!p) return null;
+                  return (
+                    <div className="panel small" style={{ margin: 0, padding: 8 }}>
+                      <strong>
+                        {p.label} · {p.phase}
+                      </strong>
+                      <div>
+                        {formatNumber(p.tflops, 3)} TFLOP/s · {formatNumber(p.gbps, 3)} GB/s
+                      </div>
+                      <div>{formatNumber(p.intensity, 3)} FLOP/byte</div>
+                    </div>
+                  );
+                }}
+              />
+              <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12 }} />
               {ceilings && (
                 <ReferenceLine
                   y={ceilings.tflops}
@@ -539,7 +563,7 @@ export function CompareView() {
                 <Scatter
                   key={l}
                   name={l}
-                  data={derived.roofline.filter((p) => `${p.label} · ${p.phase}` === l)}
+                  data={derived.roofline.filter((p) => `${p.method} · ${p.phase}` === l)}
                   fill={COLORS[i % COLORS.length]}
                   shape={l.endsWith('decode') ? 'triangle' : 'circle'}
                   isAnimationActive={false}

@@ -509,6 +509,7 @@ export function ExperimentBuilder() {
                         <td>{e.name}</td>
                         <td>{e.model}</td>
                         <td className="small">
+                          {e.source === 'import' && <span className="badge info">imported · {e.runCount} runs</span>}
                           {Object.entries(c)
                             .filter(([, v]) => v)
                             .map(([k, v]) => (

@@ -59,11 +59,14 @@ test('side by side: one prompt through two methods, both streaming, differences 
   // A different model on B (GPT-2 at full size, same tokenizer) makes the answers part: the mark appears in both.
   await page.locator('#B-model').selectOption('gpt2');
   await page.getByRole('button', { name: 'Run both' }).click();
+  // GPT-2 at full size keeps B streaming for a while: the pair is running, the previous answers are gone.
+  await expect(page.getByRole('button', { name: 'Stop both' })).toBeEnabled();
   for (const side of ['A', 'B'])
     await expect(page.getByTestId(`answer-${side}`).locator('.msg')).toHaveAttribute('data-status', 'done', {
       timeout: 120_000,
     });
   await expect(verdict).toContainText('First difference');
+  await expect(verdict).not.toContainText('so far');
   await expect(page.locator('mark.diff')).toHaveCount(2);
   await screenshot(page, 'chat-side-by-side');
 });
