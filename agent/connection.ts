@@ -119,9 +119,12 @@ function socketClass(onAuthRefused: (message: string) => void): typeof globalThi
         ).toString('utf8');
         if (!text.startsWith('{') || !text.includes('"id":null')) return;
         try {
-          const msg = JSON.parse(text) as { error?: { message?: string; data?: { code?: string } } };
-          const code = msg.error?.data?.code;
-          if (code && AUTH_CODES.has(code)) onAuthRefused(msg.error?.message ?? code);
+          type Shape = { message?: string; data?: { code?: string } };
+          const msg = JSON.parse(text) as { error?: Shape & { json?: Shape } };
+          // The error shape may come wrapped by the server's transformer (superjson: { json: shape }).
+          const shape = msg.error?.json ?? msg.error;
+          const code = shape?.data?.code;
+          if (code && AUTH_CODES.has(code)) onAuthRefused(shape?.message ?? code);
         } catch {
           // not JSON: tRPC's own client reports it
         }

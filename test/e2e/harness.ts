@@ -13,6 +13,8 @@ import superjson from 'superjson';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const TSX_LOADER = path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs');
 export const ADMIN_TOKEN = 'e2e-admin-token-0123456789';
+/** server.ts without Next's pages (see dashboard-process.ts); E2E_DASHBOARD=server.ts runs the full one. */
+const DASHBOARD_ENTRY = process.env.E2E_DASHBOARD ?? path.join('test', 'e2e', 'dashboard-process.ts');
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -28,6 +30,9 @@ export async function freePort(): Promise<number> {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Thrown by a check when waiting longer cannot help (the process it watches has exited). */
+export class GiveUp extends Error {}
+
 /** Polls until check returns a value (not undefined/false), or fails naming what it waited for. */
 export async function waitFor<T>(
   what: string,
@@ -42,6 +47,7 @@ export async function waitFor<T>(
       const v = await check();
       if (v !== undefined && v !== false) return v as T;
     } catch (err) {
+      if (err instanceof GiveUp) throw new Error(`gave up waiting for ${what}: ${err.message}`);
       lastError = err;
     }
     if (Date.now() > deadline)
@@ -49,6 +55,21 @@ export async function waitFor<T>(
         `timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`,
       );
     await sleep(everyMs);
+  }
+}
+
+/** The promise's value, or a failure naming what did not happen within ms (the timer never outlives the wait). */
+export async function within<T>(promise: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what()}`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -86,7 +107,7 @@ export class Proc {
     return waitFor(
       `${this.label} to print ${re}`,
       () => {
-        if (!this.running && !re.test(this.output)) throw new Error(`${this.label} exited:\n${this.tail()}`);
+        if (!this.running && !re.test(this.output)) throw new GiveUp(`${this.label} exited:\n${this.tail()}`);
         return this.output.match(re) ?? undefined;
       },
       timeoutMs,
@@ -150,7 +171,7 @@ export class Dashboard {
     return new Proc(
       'dashboard',
       process.execPath,
-      ['--import', TSX_LOADER, 'server.ts'],
+      ['--import', TSX_LOADER, DASHBOARD_ENTRY],
       childEnv({
         PORT: String(port),
         HOST: '127.0.0.1',
@@ -184,7 +205,7 @@ export class Dashboard {
     await waitFor(
       'the dashboard to answer /api/health',
       async () => {
-        if (!this.proc.running) throw new Error(`the dashboard exited:\n${this.proc.tail()}`);
+        if (!this.proc.running) throw new GiveUp(`the dashboard exited:\n${this.proc.tail()}`);
         return (await this.health()).db === 'ok';
       },
       timeoutMs,
