@@ -1,148 +1,103 @@
 // Decode attention: one new query per sequence against its KV cache, split along the sequence so that a
 // long context fills the GPU (split-K, "flash decoding"):
-//   1. one CTA per (split, KV head, sequence) scores its slice of keys for ALL the query heads that share
-//      the KV head (multi-query: each K/V row is read once for the whole group), takes a local softmax and
-//      writes an unnormalised partial output with its row max and row sum;
+//   1. one single-warp CTA per (split, KV head, sequence) attends ALL the query heads that share the KV head
+//      (multi-query: each K/V row is read once for the whole group; the group's heads are the rows of one
+//      tensor-core tile) to its slice of the cache, and writes an unnormalised partial output with its row
+//      max and row sum;
 //   2. one CTA per (head, sequence) merges the splits' partials with the usual max-rescaling.
-// Variants (template parameters): dtype fp16 | bf16, head dim 64 | 128, query heads per KV head 1..16.
+// Variants (template parameters): dtype fp16 | bf16, head dim 64 | 128; 1-16 query heads per KV head.
 #include "attention_decode.h"
 
 #include <algorithm>
 
+#include "attention_tile.cuh"
+
 namespace flashlab::cuda {
 namespace {
 
+// Split count aims at this many single-warp CTAs per multiprocessor: what shared memory allows, and enough
+// loads in flight to stream the cache.
+constexpr int kDecodeCtasPerSmTarget = 3;
+
+// One warp per CTA owns the (up to 16) query heads of one KV head as the 16 rows of an m16 tile, so the
+// group's scores and P V run on the tensor cores with the same per-warp code as fa2 (attention_tile.cuh);
+// K/V blocks of 64 positions stream through two shared-memory stages with cp.async.
+template <int kHeadDim>
 struct DecodeTraits {
-  static constexpr int kThreads = 128;
-  static constexpr int kWarps = kThreads / 32;
-  static constexpr int kMaxChunk = 512;  // keys per split at most (sizes the score buffer in shared memory)
-  static constexpr int kMinChunk = 64;   // fewer keys per split would cost more in merging than it gains
+  using Tile = AttnTileTraits<kHeadDim, 16, 64, 1>;
+  static constexpr int kStages = 2;
+  static constexpr int kMaxGroup = 16;  // query heads per KV head: the rows of one m16 tile
+  static constexpr int kSmemBytes = (Tile::kTileElemsQ + kStages * 2 * Tile::kTileElemsKV) * 2;
+  static_assert(Tile::kBlockM == kMaxGroup, "one m16 tile of query heads");
 };
 
-int64_t splitChunk(const DecodeParams& p, int splits) { return ceilDiv64(p.maxSeqLen, splits); }
-
-template <int kHeadDim, int kGroup>
-constexpr size_t decodeSmemFloats(int chunk) {
-  constexpr int kSlots = DecodeTraits::kThreads / (kHeadDim / 2);
-  return static_cast<size_t>(kGroup) * kHeadDim + static_cast<size_t>(kGroup) * chunk +
-         static_cast<size_t>(kSlots) * kGroup * kHeadDim + 2 * kGroup;
-}
-
-template <int kHeadDim, class T, int kGroup>
-__global__ void __launch_bounds__(DecodeTraits::kThreads)
+template <int kHeadDim, class T>
+__global__ void __launch_bounds__(32)
     decodeSplitKernel(const DecodeParams p, int chunk, float* __restrict__ partO, float* __restrict__ partMl) {
-  constexpr int kLanesPerKey = kHeadDim / 8;           // 16-byte K loads
-  constexpr int kKeysPerWarp = 32 / kLanesPerKey;
-  constexpr int kLanesPerVRow = kHeadDim / 2;          // 4-byte V loads (2 dims a thread)
-  constexpr int kSlots = DecodeTraits::kThreads / kLanesPerVRow;
-  static_assert(32 % kLanesPerKey == 0 && DecodeTraits::kThreads % kLanesPerVRow == 0, "lane split");
-  extern __shared__ float smem[];
-  float* qs = smem;                          // [G][D], pre-scaled by scale * log2(e)
-  float* sc = qs + kGroup * kHeadDim;        // [G][chunk] scores, then probabilities
-  float* red = sc + kGroup * chunk;          // [slots][G][D]
-  float* ml = red + kSlots * kGroup * kHeadDim;  // [G] max, [G] sum
+  using Cfg = DecodeTraits<kHeadDim>;
+  using Tr = typename Cfg::Tile;
+  extern __shared__ __align__(128) unsigned char smemRaw[];
+  T* sQ = reinterpret_cast<T*>(smemRaw);
+  T* sKV = sQ + Tr::kTileElemsQ;
 
   const int split = blockIdx.x, kvHead = blockIdx.y, batch = blockIdx.z;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int lane = threadIdx.x;
+  const int group = p.numHeads / p.numKvHeads;
   const int seqLen = p.seqLens[batch];
   const int start = split * chunk;
-  const int end = min(seqLen, start + chunk);
-  const int n = max(0, end - start);
-  const int splits = gridDim.x;
+  const int n = max(0, min(seqLen, start + chunk) - start);  // keys of this split
+  const int nBlocks = (n + Tr::kBlockN - 1) / Tr::kBlockN;
 
-  const T* qBase = static_cast<const T*>(p.q.data) + batch * p.q.batchStride;
-  const T* kBase = static_cast<const T*>(p.k.data) + batch * p.k.batchStride + kvHead * p.k.headStride;
-  const T* vBase = static_cast<const T*>(p.v.data) + batch * p.v.batchStride + kvHead * p.v.headStride;
-  const float qScale = p.scale * 1.4426950408889634f;
-  for (int i = tid; i < kGroup * kHeadDim; i += DecodeTraits::kThreads) {
-    const int g = i / kHeadDim, d = i % kHeadDim;
-    qs[i] = toFloat(qBase[(kvHead * kGroup + g) * p.q.headStride + d]) * qScale;
-  }
-  __syncthreads();
+  const T* qBase = static_cast<const T*>(p.q.data) + batch * p.q.batchStride + kvHead * group * p.q.headStride;
+  const T* kBase = static_cast<const T*>(p.k.data) + batch * p.k.batchStride + kvHead * p.k.headStride +
+                   static_cast<int64_t>(start) * p.k.rowStride;
+  const T* vBase = static_cast<const T*>(p.v.data) + batch * p.v.batchStride + kvHead * p.v.headStride +
+                   static_cast<int64_t>(start) * p.v.rowStride;
+  auto loadKv = [&](int blk, int stage) {
+    const int key0 = blk * Tr::kBlockN;
+    T* sK = sKV + 2 * stage * Tr::kTileElemsKV;
+    loadTileAsync<Tr, Tr::kBlockN>(sK, kBase + static_cast<int64_t>(key0) * p.k.rowStride, p.k.rowStride, n - key0, lane);
+    loadTileAsync<Tr, Tr::kBlockN>(sK + Tr::kTileElemsKV, vBase + static_cast<int64_t>(key0) * p.v.rowStride,
+                                   p.v.rowStride, n - key0, lane);
+  };
+  // Rows past the group are zero-filled query heads: computed, never written.
+  loadTileAsync<Tr, Tr::kBlockM>(sQ, qBase, p.q.headStride, group, lane);
+  if (nBlocks > 0) loadKv(0, 0);
+  cpAsyncCommit();
 
-  // 1. scores: a key is read by kLanesPerKey lanes (8 dims each) and dotted with every query of the group.
-  const int sub = lane % kLanesPerKey, kslot = lane / kLanesPerKey;
-  for (int kb = warp * kKeysPerWarp; kb < n; kb += DecodeTraits::kWarps * kKeysPerWarp) {
-    const int kk = kb + kslot;
-    const bool valid = kk < n;
-    float kf[8];
-    if (valid) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(kBase + static_cast<int64_t>(start + kk) * p.k.rowStride + sub * 8);
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) kf[i] = toFloat(e[i]);
+  WarpRowState<Tr> st;
+  st.init();
+  const float scaleLog2 = p.scale * 1.4426950408889634f;
+  for (int blk = 0; blk < nBlocks; ++blk) {
+    if (blk + 1 < nBlocks) {
+      loadKv(blk + 1, (blk + 1) & 1);
+      cpAsyncCommit();
+      cpAsyncWait<1>();
     } else {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) kf[i] = 0.f;
+      cpAsyncWait<0>();
     }
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      const float* qg = qs + g * kHeadDim + sub * 8;
-      float dot = 0.f;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) dot = fmaf(qg[i], kf[i], dot);
-#pragma unroll
-      for (int o = kLanesPerKey / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-      if (valid && sub == 0) sc[g * chunk + kk] = dot;
-    }
+    __syncwarp();
+    const int keyStart = blk * Tr::kBlockN;
+    const T* sK = sKV + 2 * (blk & 1) * Tr::kTileElemsKV;
+    attendBlock<Tr, T, false>(st, sQ, sK, sK + Tr::kTileElemsKV, 0, 0, keyStart, n, 0, keyStart + Tr::kBlockN > n,
+                              scaleLog2, lane);
+    __syncwarp();  // this stage is refilled by the next iteration's prefetch
   }
-  __syncthreads();
 
-  // 2. local softmax per query head (log2 domain), unnormalised.
-  for (int g = warp; g < kGroup; g += DecodeTraits::kWarps) {
-    float mx = -INFINITY;
-    for (int i = lane; i < n; i += 32) mx = fmaxf(mx, sc[g * chunk + i]);
+  // Unnormalised partial output, row max (log2 domain) and row sum of each query head of the group.
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.f;
-    for (int i = lane; i < n; i += 32) {
-      const float e = exp2f(sc[g * chunk + i] - mx);
-      sc[g * chunk + i] = e;
-      sum += e;
-    }
+  for (int h = 0; h < 2; ++h) {
+    float l = st.l[0][h];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int g = (lane >> 2) + h * 8;
+    if (g >= group) continue;
+    const int64_t part = (static_cast<int64_t>(batch) * p.numHeads + kvHead * group + g) * gridDim.x + split;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0) {
-      ml[g] = mx;
-      ml[kGroup + g] = sum;
-    }
-  }
-  __syncthreads();
-
-  // 3. partial O = P V: each V row is read once for the whole group.
-  const int dp = tid % kLanesPerVRow, slot = tid / kLanesPerVRow;
-  float acc[kGroup][2];
-#pragma unroll
-  for (int g = 0; g < kGroup; ++g) acc[g][0] = acc[g][1] = 0.f;
-  for (int kk = slot; kk < n; kk += kSlots) {
-    const uint32_t raw = *reinterpret_cast<const uint32_t*>(vBase + static_cast<int64_t>(start + kk) * p.v.rowStride + dp * 2);
-    const T* e = reinterpret_cast<const T*>(&raw);
-    const float v0 = toFloat(e[0]), v1 = toFloat(e[1]);
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      const float pr = sc[g * chunk + kk];
-      acc[g][0] = fmaf(pr, v0, acc[g][0]);
-      acc[g][1] = fmaf(pr, v1, acc[g][1]);
-    }
-  }
-#pragma unroll
-  for (int g = 0; g < kGroup; ++g) {
-    red[(slot * kGroup + g) * kHeadDim + dp * 2] = acc[g][0];
-    red[(slot * kGroup + g) * kHeadDim + dp * 2 + 1] = acc[g][1];
-  }
-  __syncthreads();
-  for (int i = tid; i < kGroup * kHeadDim; i += DecodeTraits::kThreads) {
-    const int g = i / kHeadDim, d = i % kHeadDim;
-    float v = 0.f;
-#pragma unroll
-    for (int s = 0; s < kSlots; ++s) v += red[(s * kGroup + g) * kHeadDim + d];
-    const int head = kvHead * kGroup + g;
-    const int64_t part = (static_cast<int64_t>(batch) * p.numHeads + head) * splits + split;
-    partO[part * kHeadDim + d] = v;
-    if (d == 0) {
-      partMl[part * 2] = n > 0 ? ml[g] : -INFINITY;
-      partMl[part * 2 + 1] = n > 0 ? ml[kGroup + g] : 0.f;
-    }
+    for (int dt = 0; dt < Tr::kDTiles; ++dt)
+      *reinterpret_cast<float2*>(partO + part * kHeadDim + dt * 8 + (lane & 3) * 2) =
+          make_float2(st.o[0][dt][2 * h], st.o[0][dt][2 * h + 1]);
+    if ((lane & 3) == 0) *reinterpret_cast<float2*>(partMl + part * 2) = make_float2(st.m[0][h], l);
   }
 }
 
@@ -165,13 +120,13 @@ __global__ void decodeMergeKernel(const DecodeParams p, int splits, const float*
   o[d] = fromFloat<T>(den > 0.f ? num / den : 0.f);
 }
 
-template <int kHeadDim, class T, int kGroup>
+template <int kHeadDim, class T>
 void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl, cudaStream_t stream) {
-  const int chunk = static_cast<int>(splitChunk(p, splits));
-  const size_t smem = decodeSmemFloats<kHeadDim, kGroup>(chunk) * sizeof(float);
-  auto kernel = decodeSplitKernel<kHeadDim, T, kGroup>;
-  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<dim3(splits, p.numKvHeads, p.batch), DecodeTraits::kThreads, smem, stream>>>(p, chunk, partO, partMl);
+  using Cfg = DecodeTraits<kHeadDim>;
+  const int chunk = static_cast<int>(ceilDiv64(p.maxSeqLen, splits));
+  auto kernel = decodeSplitKernel<kHeadDim, T>;
+  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  kernel<<<dim3(splits, p.numKvHeads, p.batch), 32, Cfg::kSmemBytes, stream>>>(p, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
   decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kHeadDim, 0, stream>>>(p, splits, partO, partMl);
   FL_CHECK_LAUNCH();
@@ -188,6 +143,11 @@ void validateDecode(const DecodeParams& p) {
          std::to_string(p.numKvHeads) + ")");
   if (p.headDim != 64 && p.headDim != 128)
     fail("head dim " + std::to_string(p.headDim) + " is not supported (64 or 128)");
+  if (p.numHeads / p.numKvHeads > DecodeTraits<64>::kMaxGroup)
+    fail(std::to_string(p.numHeads / p.numKvHeads) + " query heads per KV head is more than the " +
+         std::to_string(DecodeTraits<64>::kMaxGroup) + " supported");
+  if (p.dtype != ElemType::F16 && p.dtype != ElemType::BF16)
+    fail(std::string("dtype ") + elemTypeName(p.dtype) + " is not supported (fp16 or bf16)");
   if (!(p.scale > 0.0f)) fail("scale must be positive");
   checkView(p.q, "q", kernel);
   checkView(p.k, "k", kernel);
@@ -198,12 +158,13 @@ void validateDecode(const DecodeParams& p) {
 }  // namespace
 
 int attentionDecodeSplits(const DecodeParams& p) {
-  using Tr = DecodeTraits;
+  using Cfg = DecodeTraits<64>;
+  constexpr int kBlockN = Cfg::Tile::kBlockN;
+  static_assert(kBlockN == DecodeTraits<128>::Tile::kBlockN, "one split rule for both head dims");
   const int ctasPerSplit = std::max(1, p.batch * p.numKvHeads);
-  const int forOccupancy = ceilDiv(2 * multiprocessorCount(), ctasPerSplit);
-  const int most = std::max(1, ceilDiv(p.maxSeqLen, Tr::kMinChunk));
-  const int least = ceilDiv(p.maxSeqLen, Tr::kMaxChunk);
-  return std::max(least, std::min(forOccupancy, most));
+  const int forOccupancy = ceilDiv(kDecodeCtasPerSmTarget * multiprocessorCount(), ctasPerSplit);
+  const int most = std::max(1, ceilDiv(p.maxSeqLen, kBlockN));  // at least one whole K/V block per split
+  return std::max(1, std::min(forOccupancy, most));
 }
 
 size_t attentionDecodeWorkspaceBytes(const DecodeParams& p) {
@@ -223,11 +184,8 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
   float* partMl = partO + parts * p.headDim;
   dispatchHalfElem(p.dtype, "attention decode", [&](auto t) {
     using T = decltype(t);
-    dispatchHeadDim(p.headDim, "attention decode", [&](auto d) {
-      dispatchGroupSize(p.numHeads / p.numKvHeads, "attention decode", [&](auto g) {
-        launchDecode<decltype(d)::value, T, decltype(g)::value>(p, splits, partO, partMl, stream);
-      });
-    });
+    dispatchHeadDim(p.headDim, "attention decode",
+                    [&](auto d) { launchDecode<decltype(d)::value, T>(p, splits, partO, partMl, stream); });
   });
 }
 

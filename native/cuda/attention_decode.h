@@ -12,7 +12,8 @@ int attentionDecodeSplits(const DecodeParams& p);
 // Bytes of device workspace attentionDecode needs (per-split partial outputs and softmax state).
 size_t attentionDecodeWorkspaceBytes(const DecodeParams& p);
 
-// One query token per sequence, fp16/bf16, head dim 64 or 128, 1-16 query heads per KV head.
+// One query token per sequence, fp16/bf16, head dim 64 or 128, 1-16 query heads per KV head. Each sequence's
+// seqLens[b] must be in 1..maxSeqLen.
 // `workspace` holds at least attentionDecodeWorkspaceBytes(p) bytes, 16-byte aligned.
 void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceBytes, cudaStream_t stream);
 

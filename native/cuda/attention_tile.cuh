@@ -59,15 +59,16 @@ __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_
 template <int kPending>
 __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
-__device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], const void* smem) {
+// ldmatrix from a 32-bit shared-state-space address (32-bit address arithmetic keeps register use down).
+__device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smemAddr(smem)));
+               : "r"(addr));
 }
-__device__ __forceinline__ void ldmatrixX4Trans(uint32_t (&r)[4], const void* smem) {
+__device__ __forceinline__ void ldmatrixX4Trans(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smemAddr(smem)));
+               : "r"(addr));
 }
 
 // D = A·B + D for one m16n8k16 tile; A row-major, B column-major, fp32 accumulators.
@@ -117,15 +118,23 @@ __device__ __forceinline__ uint32_t packPair<__nv_bfloat16>(float lo, float hi) 
 // tile; rows at or past `validRows` are zero-filled, so a partial last block computes on zeros, not garbage.
 template <class Tr, int kRows, class T>
 __device__ __forceinline__ void loadTileAsync(T* tile, const T* gmem, int64_t rowStride, int validRows, int tid) {
-  constexpr int kPerThread = kRows * Tr::kChunks / Tr::kThreads;
+  static_assert(Tr::kThreads % Tr::kChunks == 0, "a thread keeps one chunk column");
+  constexpr int kRowStep = Tr::kThreads / Tr::kChunks;
+  constexpr int kPerThread = kRows / kRowStep;
+  static_assert(kRows % kRowStep == 0, "rows split evenly");
+  // One chunk column per thread, rows kRowStep apart: the source pointer advances by one stride a step, so
+  // no per-chunk addresses are kept alive across the caller's loop (they cost registers, then spills).
+  const int c = tid % Tr::kChunks;
+  int r = tid / Tr::kChunks;
+  const T* src = gmem + static_cast<int64_t>(r) * rowStride + c * 8;
+  const int64_t step = static_cast<int64_t>(kRowStep) * rowStride;
+  const uint32_t dst0 = smemAddr(tile);
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int idx = tid + i * Tr::kThreads;
-    const int r = idx / Tr::kChunks;
-    const int c = idx % Tr::kChunks;
+  for (int i = 0; i < kPerThread; ++i, r += kRowStep, src += step) {
     const bool valid = r < validRows;
-    const T* src = valid ? gmem + static_cast<int64_t>(r) * rowStride + c * 8 : gmem;
-    cpAsync16(tile + swizzled<Tr::kChunks>(r, c), src, valid);
+    const uint32_t dst = dst0 + 2 * swizzled<Tr::kChunks>(r, c);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(valid ? src : gmem),
+                 "r"(valid ? 16 : 0));
   }
 }
 
@@ -157,6 +166,7 @@ __device__ __forceinline__ void attendBlock(WarpRowState<Tr>& st, const T* sQ, c
                                             int warpRow0, int qRow0, int keyStart, int seqK, int causalOffset,
                                             bool needMask, float scaleLog2, int lane) {
   constexpr int C = Tr::kChunks;
+  const uint32_t aQ = smemAddr(sQ), aK = smemAddr(sK), aV = smemAddr(sV);
   float s[Tr::kMTiles][Tr::kNTiles][4];
 #pragma unroll
   for (int mi = 0; mi < Tr::kMTiles; ++mi)
@@ -168,11 +178,11 @@ __device__ __forceinline__ void attendBlock(WarpRowState<Tr>& st, const T* sQ, c
     uint32_t a[Tr::kMTiles][4];
 #pragma unroll
     for (int mi = 0; mi < Tr::kMTiles; ++mi)
-      ldmatrixX4(a[mi], sQ + swizzled<C>(warpRow0 + mi * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+      ldmatrixX4(a[mi], aQ + 2 * swizzled<C>(warpRow0 + mi * 16 + (lane & 15), ks * 2 + (lane >> 4)));
 #pragma unroll
     for (int np = 0; np < Tr::kNTiles / 2; ++np) {
       uint32_t b[4];
-      ldmatrixX4(b, sK + swizzled<C>(np * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1)));
+      ldmatrixX4(b, aK + 2 * swizzled<C>(np * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1)));
 #pragma unroll
       for (int mi = 0; mi < Tr::kMTiles; ++mi) {
         mma16816<T>(s[mi][2 * np], a[mi], b[0], b[1]);
@@ -194,56 +204,81 @@ __device__ __forceinline__ void attendBlock(WarpRowState<Tr>& st, const T* sQ, c
         }
   }
 
+  // Online softmax. Row max and row sum are reduced as trees (independent operations, not one long chain of
+  // dependent ones: with two warps per scheduler there is little else to hide that latency behind).
+  float alphas[Tr::kMTiles][2];
 #pragma unroll
   for (int mi = 0; mi < Tr::kMTiles; ++mi) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
+      float part[Tr::kNTiles];
 #pragma unroll
-      for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
+      for (int nt = 0; nt < Tr::kNTiles; ++nt) part[nt] = fmaxf(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]);
+#pragma unroll
+      for (int w = Tr::kNTiles / 2; w > 0; w >>= 1)
+#pragma unroll
+        for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
+      float mx = part[0];
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float mNew = fmaxf(st.m[mi][h], mx * scaleLog2);
       // A row with every key masked so far keeps m = -inf; use 0 so that exp2(-inf - 0) = 0, never NaN.
       const float mUse = mNew == -INFINITY ? 0.f : mNew;
-      const float alpha = fastExp2(st.m[mi][h] - mUse);
+      alphas[mi][h] = fastExp2(st.m[mi][h] - mUse);
       st.m[mi][h] = mNew;
-      float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-        const float p0 = fastExp2(fmaf(s[mi][nt][2 * h], scaleLog2, -mUse));
-        const float p1 = fastExp2(fmaf(s[mi][nt][2 * h + 1], scaleLog2, -mUse));
-        s[mi][nt][2 * h] = p0;
-        s[mi][nt][2 * h + 1] = p1;
-        sum += p0 + p1;
+        s[mi][nt][2 * h] = fastExp2(fmaf(s[mi][nt][2 * h], scaleLog2, -mUse));
+        s[mi][nt][2 * h + 1] = fastExp2(fmaf(s[mi][nt][2 * h + 1], scaleLog2, -mUse));
+        part[nt] = s[mi][nt][2 * h] + s[mi][nt][2 * h + 1];
       }
-      st.l[mi][h] = st.l[mi][h] * alpha + sum;
 #pragma unroll
-      for (int dt = 0; dt < Tr::kDTiles; ++dt) {
-        st.o[mi][dt][2 * h] *= alpha;
-        st.o[mi][dt][2 * h + 1] *= alpha;
-      }
+      for (int w = Tr::kNTiles / 2; w > 0; w >>= 1)
+#pragma unroll
+        for (int i = 0; i < w; ++i) part[i] += part[i + w];
+      st.l[mi][h] = st.l[mi][h] * alphas[mi][h] + part[0];
     }
   }
+  // Once the running max settles (most blocks of a long row), alpha is exactly 1 for every row of the warp
+  // and the output rescale is skipped (warp-uniform branch, no divergence).
+  bool rescale = false;
+#pragma unroll
+  for (int mi = 0; mi < Tr::kMTiles; ++mi) rescale |= (alphas[mi][0] != 1.f) | (alphas[mi][1] != 1.f);
+  if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+    for (int mi = 0; mi < Tr::kMTiles; ++mi)
+#pragma unroll
+      for (int dt = 0; dt < Tr::kDTiles; ++dt) {
+        st.o[mi][dt][0] *= alphas[mi][0];
+        st.o[mi][dt][1] *= alphas[mi][0];
+        st.o[mi][dt][2] *= alphas[mi][1];
+        st.o[mi][dt][3] *= alphas[mi][1];
+      }
+  }
+
+  // P to 16-bit A fragments all at once, so the fp32 scores are dead before the P V loop (fewer live
+  // registers: no spills at head dim 128).
+  uint32_t pa[Tr::kMTiles][Tr::kPvSteps][4];
+#pragma unroll
+  for (int mi = 0; mi < Tr::kMTiles; ++mi)
+#pragma unroll
+    for (int kk = 0; kk < Tr::kPvSteps; ++kk) {
+      pa[mi][kk][0] = packPair<T>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+      pa[mi][kk][1] = packPair<T>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+      pa[mi][kk][2] = packPair<T>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+      pa[mi][kk][3] = packPair<T>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+    }
 
 #pragma unroll
   for (int kk = 0; kk < Tr::kPvSteps; ++kk) {
-    uint32_t pa[Tr::kMTiles][4];
-#pragma unroll
-    for (int mi = 0; mi < Tr::kMTiles; ++mi) {
-      pa[mi][0] = packPair<T>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
-      pa[mi][1] = packPair<T>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
-      pa[mi][2] = packPair<T>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
-      pa[mi][3] = packPair<T>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
-    }
 #pragma unroll
     for (int dp = 0; dp < Tr::kDTiles / 2; ++dp) {
       uint32_t b[4];
-      ldmatrixX4Trans(b, sV + swizzled<C>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+      ldmatrixX4Trans(b, aV + 2 * swizzled<C>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
 #pragma unroll
       for (int mi = 0; mi < Tr::kMTiles; ++mi) {
-        mma16816<T>(st.o[mi][2 * dp], pa[mi], b[0], b[1]);
-        mma16816<T>(st.o[mi][2 * dp + 1], pa[mi], b[2], b[3]);
+        mma16816<T>(st.o[mi][2 * dp], pa[mi][kk], b[0], b[1]);
+        mma16816<T>(st.o[mi][2 * dp + 1], pa[mi][kk], b[2], b[3]);
       }
     }
   }

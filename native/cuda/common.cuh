@@ -92,21 +92,6 @@ void dispatchHeadDim(int headDim, const char* kernel, F&& f) {
                     " is not supported (64 or 128)");
 }
 
-// Query heads per KV head (1 for GPT-2, 16 for ChatGLM2's 32 heads over 2 KV groups).
-template <class F>
-void dispatchGroupSize(int group, const char* kernel, F&& f) {
-  switch (group) {
-    case 1: f(std::integral_constant<int, 1>{}); return;
-    case 2: f(std::integral_constant<int, 2>{}); return;
-    case 4: f(std::integral_constant<int, 4>{}); return;
-    case 8: f(std::integral_constant<int, 8>{}); return;
-    case 16: f(std::integral_constant<int, 16>{}); return;
-    default: break;
-  }
-  throw KernelError(std::string(kernel) + ": " + std::to_string(group) +
-                    " query heads per KV head is not supported (1, 2, 4, 8 or 16)");
-}
-
 template <class F>
 void dispatchBool(bool b, F&& f) {
   if (b) f(std::true_type{});

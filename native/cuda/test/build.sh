@@ -35,7 +35,6 @@ done
 compile "$here/test/kernel_tests.cu" "$out/obj/kernel_tests.o" & pids+=($!)
 # label -> extra flags of fa2 tuning variants
 declare -A variants=(
-  [bn32]="-DFLASHLAB_FA2_HD128_BLOCK_N=32"
   [m256w8]="-DFLASHLAB_FA2_BLOCK_M=256 -DFLASHLAB_FA2_WARPS=8"
 )
 if [ "${1:-}" = "--variants" ]; then
