@@ -557,6 +557,26 @@ test('config.json: missing, malformed or unsupported configs are refused', async
     }
     await rm(join(dir, 'config.json'));
     await mustRefuse(dir, 'config.json missing', /cannot read/);
+  });
+  await withTempDir(async (dir) => {
+    const glm = join(GLM, 'safetensors');
+    await copyFile(join(glm, 'model.safetensors'), join(dir, 'model.safetensors'));
+    const cfg = JSON.parse(await readFile(join(glm, 'config.json'), 'utf8'));
+    const variants: Array<[string, unknown, RegExp]> = [
+      ['LayerNorm instead of RMSNorm', { ...cfg, rmsnorm: false }, /rmsnorm/],
+      ['biased linear layers', { ...cfg, add_bias_linear: true }, /add_bias_linear/],
+      ['32K rotary stretch', { ...cfg, rope_ratio: 16 }, /rope_ratio/],
+      ['KV groups not dividing heads', { ...cfg, multi_query_group_num: 3 }, /multiple of multi_query_group_num/],
+      ['head dim not a multiple of 4', { ...cfg, kv_channels: 18 }, /kv_channels/],
+      ['seq_length missing', { ...cfg, seq_length: undefined }, /seq_length/],
+      ['one KV group more (shapes no longer match)', { ...cfg, num_attention_heads: 6, multi_query_group_num: 3 }, /config\.json implies/],
+    ];
+    for (const [label, v, re] of variants) {
+      await writeFile(join(dir, 'config.json'), JSON.stringify(v));
+      await mustRefuse(dir, label, re);
+    }
+    await writeFile(join(dir, 'config.json'), JSON.stringify(cfg));
+    assert.equal((await loadAll(dir)).length, 17);
     await mustRefuse(join(dir, 'nope'), 'directory missing', /does not exist/);
   });
 });
