@@ -79,7 +79,10 @@ export function modelConfigFromJson(c: Json, file: string, name: string): ModelC
     requireFlag(c, 'apply_residual_connection_post_layernorm', false, file);
     // ChatGLM2-6B-32K stretches its rotary positions by rope_ratio; the engine implements the plain rotary.
     if (c.rope_ratio !== undefined && c.rope_ratio !== 1) {
-      throw new CheckpointError(file, `config field 'rope_ratio' = ${JSON.stringify(c.rope_ratio)} is not supported (flashlab runs rope_ratio 1)`);
+      throw new CheckpointError(
+        file,
+        `config field 'rope_ratio' = ${JSON.stringify(c.rope_ratio)} is not supported (flashlab runs rope_ratio 1)`,
+      );
     }
     const numHeads = int(c, 'num_attention_heads', file);
     const hiddenSize = int(c, 'hidden_size', file);

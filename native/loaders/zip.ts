@@ -23,6 +23,28 @@ export interface ZipEntry {
   size: number;
   /** CRC-32 from the central directory; checked for entries read whole (data.pkl), not for multi-GB storages */
   crc32: number;
+  /** general-purpose flags (bit 3: sizes and CRC in a data descriptor after the data) */
+  flags: number;
+}
+
+const DESCRIPTOR_SIG = 0x08074b50;
+
+/** The data descriptor after an entry's data: optional signature, CRC, then 4- or 8-byte sizes. Returns its end. */
+async function checkDataDescriptor(file: CheckedFile, e: ZipEntry, at: number, limit: number): Promise<number> {
+  const avail = Math.min(24, limit - at);
+  const d = avail > 0 ? await file.read(at, avail, `data descriptor of zip entry '${e.name}'`) : Buffer.alloc(0);
+  const skip = d.length >= 4 && d.readUInt32LE(0) === DESCRIPTOR_SIG ? 4 : 0;
+  if (d.length >= skip + 12 && d.readUInt32LE(skip) === e.crc32) {
+    if (
+      d.length >= skip + 20 &&
+      u64(d, skip + 4, file.path, 'descriptor size') === e.size &&
+      u64(d, skip + 12, file.path, 'descriptor size') === e.size
+    ) {
+      return at + skip + 20;
+    }
+    if (d.readUInt32LE(skip + 4) === e.size && d.readUInt32LE(skip + 8) === e.size) return at + skip + 12;
+  }
+  throw new CheckpointError(file.path, `zip entry '${e.name}' has a missing or inconsistent data descriptor`);
 }
 
 function u64(buf: Buffer, at: number, file: string, what: string): number {
@@ -60,20 +82,32 @@ export async function readZipDirectory(file: CheckedFile): Promise<Map<string, Z
   let cdSize = record.readUInt32LE(12);
   let cdOffset = record.readUInt32LE(16);
   let cdEndLimit = eocdAt;
-  if (count === 0xffff || cdSize === 0xffffffff || cdOffset === 0xffffffff) {
-    if (eocdAt < 20) throw new CheckpointError(path, 'zip64 end-of-central-directory locator is missing');
-    const loc = await file.read(eocdAt - 20, 20, 'zip64 locator');
-    if (loc.readUInt32LE(0) !== ZIP64_LOCATOR_SIG)
-      throw new CheckpointError(path, 'zip64 end-of-central-directory locator is missing');
+  const saturated = count === 0xffff || cdSize === 0xffffffff || cdOffset === 0xffffffff;
+  // torch writes zip64 end records even for small archives: when present they must agree with the classic ones.
+  const loc = eocdAt >= 20 ? await file.read(eocdAt - 20, 20, 'zip64 locator') : null;
+  const hasLocator = loc !== null && loc.readUInt32LE(0) === ZIP64_LOCATOR_SIG;
+  if (saturated && !hasLocator) throw new CheckpointError(path, 'zip64 end-of-central-directory locator is missing');
+  if (hasLocator && loc) {
     const z64At = u64(loc, 8, path, 'zip64 record offset');
     if (z64At + 56 > eocdAt - 20)
       throw new CheckpointError(path, `zip64 end-of-central-directory offset ${z64At} is out of place`);
     const z64 = await file.read(z64At, 56, 'zip64 end-of-central-directory');
     if (z64.readUInt32LE(0) !== ZIP64_EOCD_SIG)
       throw new CheckpointError(path, 'zip64 end-of-central-directory record has a bad signature');
-    count = u64(z64, 32, path, 'entry count');
-    cdSize = u64(z64, 40, path, 'central directory size');
-    cdOffset = u64(z64, 48, path, 'central directory offset');
+    const z64Count = u64(z64, 32, path, 'entry count');
+    const z64Size = u64(z64, 40, path, 'central directory size');
+    const z64Offset = u64(z64, 48, path, 'central directory offset');
+    const agrees = (classic: number, max: number, wide: number) => classic === max || classic === wide;
+    if (
+      !agrees(count, 0xffff, z64Count) ||
+      !agrees(cdSize, 0xffffffff, z64Size) ||
+      !agrees(cdOffset, 0xffffffff, z64Offset)
+    ) {
+      throw new CheckpointError(path, 'zip64 and classic end-of-central-directory records disagree');
+    }
+    count = z64Count;
+    cdSize = z64Size;
+    cdOffset = z64Offset;
     cdEndLimit = z64At;
   }
   if (count > MAX_ENTRIES) throw new CheckpointError(path, `zip claims ${count} entries, more than any checkpoint has`);
@@ -150,11 +184,13 @@ export async function readZipDirectory(file: CheckedFile): Promise<Map<string, Z
     if (compSize !== size)
       throw new CheckpointError(path, `zip entry '${name}' is stored but its sizes differ (${compSize} vs ${size})`);
     if (entries.has(name)) throw new CheckpointError(path, `zip holds two entries named '${name}'`);
-    entries.set(name, { name, dataOffset: localOffset, size, crc32 });
+    entries.set(name, { name, dataOffset: localOffset, size, crc32, flags });
     p = end;
   }
 
-  // Resolve each local header: the data follows it, and must lie before the central directory.
+  // Resolve each local header: the data follows it, and must lie before the central directory. The local
+  // header repeats the central record's flags, CRC and sizes (or zeroes them and puts them in a data
+  // descriptor after the data, as torch does): any disagreement is corruption, and a classic zip confusion.
   for (const e of entries.values()) {
     const headerAt = e.dataOffset;
     if (headerAt + 30 > cdOffset)
@@ -162,6 +198,8 @@ export async function readZipDirectory(file: CheckedFile): Promise<Map<string, Z
     const lh = await file.read(headerAt, 30, `local header of zip entry '${e.name}'`);
     if (lh.readUInt32LE(0) !== LOCAL_SIG)
       throw new CheckpointError(path, `zip entry '${e.name}' has a bad local header signature`);
+    if (lh.readUInt16LE(6) !== e.flags)
+      throw new CheckpointError(path, `zip entry '${e.name}' local header flags differ from the directory's`);
     if (lh.readUInt16LE(8) !== 0)
       throw new CheckpointError(path, `zip entry '${e.name}' local header says it is compressed`);
     const nameLen = lh.readUInt16LE(26);
@@ -177,8 +215,20 @@ export async function readZipDirectory(file: CheckedFile): Promise<Map<string, Z
         `zip entry '${e.name}' (${e.size} bytes at ${start}) runs past the data area into the central directory`,
       );
     }
+    const [crc, compSize, size] = [lh.readUInt32LE(14), lh.readUInt32LE(18), lh.readUInt32LE(22)];
+    const zeroed = crc === 0 && compSize === 0 && size === 0;
+    const sizeOk = (v: number) => v === e.size || v === 0xffffffff;
+    let end = start + e.size;
+    if (e.flags & 0x8) {
+      if (!zeroed && !(crc === e.crc32 && sizeOk(compSize) && sizeOk(size))) {
+        throw new CheckpointError(path, `zip entry '${e.name}' local header disagrees with the directory`);
+      }
+      end = await checkDataDescriptor(file, e, end, cdOffset);
+    } else if (!(crc === e.crc32 && sizeOk(compSize) && sizeOk(size))) {
+      throw new CheckpointError(path, `zip entry '${e.name}' local header CRC or sizes disagree with the directory`);
+    }
     e.dataOffset = start;
-    ranges.push({ start: headerAt, end: start + e.size, name: e.name });
+    ranges.push({ start: headerAt, end, name: e.name });
   }
   ranges.sort((a, b) => a.start - b.start);
   for (let i = 1; i < ranges.length; i++) {

@@ -569,7 +569,11 @@ test('config.json: missing, malformed or unsupported configs are refused', async
       ['KV groups not dividing heads', { ...cfg, multi_query_group_num: 3 }, /multiple of multi_query_group_num/],
       ['head dim not a multiple of 4', { ...cfg, kv_channels: 18 }, /kv_channels/],
       ['seq_length missing', { ...cfg, seq_length: undefined }, /seq_length/],
-      ['one KV group more (shapes no longer match)', { ...cfg, num_attention_heads: 6, multi_query_group_num: 3 }, /config\.json implies/],
+      [
+        'one KV group more (shapes no longer match)',
+        { ...cfg, num_attention_heads: 6, multi_query_group_num: 3 },
+        /config\.json implies/,
+      ],
     ];
     for (const [label, v, re] of variants) {
       await writeFile(join(dir, 'config.json'), JSON.stringify(v));
@@ -904,7 +908,7 @@ test('.bin: malformed zip archives are refused', async () => {
           b.writeUInt32LE(storage.size + 4, storage.cdAt + 20);
           b.writeUInt32LE(storage.size + 4, storage.cdAt + 24);
         }),
-        /overlap|should hold/,
+        /local header CRC or sizes disagree/,
       ],
       [
         'local header offset into the central directory',
@@ -941,6 +945,8 @@ test('.bin: malformed zip archives are refused', async () => {
         /runs past the directory/,
       ],
       ['data.pkl CRC wrong', mutate((b) => b.writeUInt32LE(0, pkl.cdAt + 16)), /CRC/],
+      ['local flags differ', mutate((b) => b.writeUInt16LE(0x8, storage.localAt + 6)), /flags differ/],
+      ['local size differs', mutate((b) => b.writeUInt32LE(storage.size - 1, storage.localAt + 22)), /disagree/],
       ['duplicate entry names', writeStoredZip([...entries, entries[entries.length - 1]]), /two entries named/],
       ['no data.pkl', writeStoredZip(entries.filter((e) => !e.name.endsWith('data.pkl'))), /no <archive>\/data\.pkl/],
       ['two data.pkl', writeStoredZip([...entries, { name: 'other/data.pkl', data: entries[0].data }]), /2 data\.pkl/],
@@ -952,6 +958,28 @@ test('.bin: malformed zip archives are refused', async () => {
       ],
       ['empty file', Buffer.alloc(0), /too short/],
     ];
+    // torch's own layout: sizes in data descriptors, zip64 end records alongside the classic ones
+    const torchLayout = zipLayout(orig);
+    const torchPkl = torchLayout.entries.find((e) => e.name.endsWith('/data.pkl')) as (typeof L.entries)[number];
+    const z64At = orig.indexOf(Buffer.from([0x50, 0x4b, 0x06, 0x06]), torchLayout.cdOffset);
+    const onTorch = (fn: (b: Buffer) => void): Buffer => {
+      const b = Buffer.from(orig);
+      fn(b);
+      return b;
+    };
+    cases.push(
+      [
+        'data descriptor CRC wrong',
+        onTorch((b) => b.writeUInt32LE(0x12345678, torchPkl.dataAt + torchPkl.size + 4)),
+        /data descriptor/,
+      ],
+      [
+        'data descriptor size wrong',
+        onTorch((b) => b.writeUInt32LE(7, torchPkl.dataAt + torchPkl.size + 8)),
+        /data descriptor/,
+      ],
+      ['zip64 record disagrees', onTorch((b) => b.writeBigUInt64LE(3n, z64At + 32)), /disagree/],
+    );
     for (const [label, bytes, re] of cases) {
       await writeFile(file, bytes);
       await mustRefuse(dir, label, re);
