@@ -28,6 +28,12 @@ inline vf loadu(const float* p) {
   return v;
 }
 
+inline vf splat(float s) {
+  vf v;
+  for (int i = 0; i < VL; ++i) v[i] = s;
+  return v;
+}
+
 inline float hsum(vf v) {
   float s = 0;
   for (int i = 0; i < VL; ++i) s += v[i];
@@ -91,7 +97,7 @@ inline void packedKernel(const float* x, int64_t K, const float* w, float* out, 
     const float* wk = w + k * kPackGroup;
     vf w0 = loadu(wk), w1 = loadu(wk + VL), w2 = loadu(wk + 2 * VL), w3 = loadu(wk + 3 * VL);
     for (int m = 0; m < MR; ++m) {
-      vf xb = vf{} + x[m * K + k];
+      vf xb = splat(x[m * K + k]);
       acc[m][0] += xb * w0;
       acc[m][1] += xb * w1;
       acc[m][2] += xb * w2;
