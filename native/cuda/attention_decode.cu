@@ -125,7 +125,7 @@ void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl
   using Cfg = DecodeTraits<kHeadDim>;
   const int chunk = static_cast<int>(ceilDiv64(p.maxSeqLen, splits));
   auto kernel = decodeSplitKernel<kHeadDim, T>;
-  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  ensureDynamicSmem<decodeSplitKernel<kHeadDim, T>>(Cfg::kSmemBytes);
   kernel<<<dim3(splits, p.numKvHeads, p.batch), 32, Cfg::kSmemBytes, stream>>>(p, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
   decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kHeadDim, 0, stream>>>(p, splits, partO, partMl);

@@ -184,7 +184,7 @@ void launchFa1(const AttentionParams& p, float* oAcc, float* state, int64_t seqQ
   using Cfg = Fa1Config<kHeadDim>;
   using Tr = typename Cfg::Tile;
   auto kernel = fa1Kernel<kHeadDim, T, kCausal>;
-  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  ensureDynamicSmem<fa1Kernel<kHeadDim, T, kCausal>>(Cfg::kSmemBytes);
   const int numChunks = ceilDiv(ceilDiv(p.seqQ, Tr::kBlockM), Cfg::kQBlocksPerCta);
   kernel<<<dim3(numChunks, p.numHeads, p.batch), Tr::kThreads, Cfg::kSmemBytes, stream>>>(p, oAcc, state, seqQPad);
   FL_CHECK_LAUNCH();

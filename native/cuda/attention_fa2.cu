@@ -136,7 +136,7 @@ void launchFa2(const AttentionParams& p, cudaStream_t stream) {
   using Tr = typename Fa2Config<kHeadDim>::Tile;
   constexpr int smem = Fa2Config<kHeadDim>::kSmemBytes;
   auto kernel = fa2Kernel<kHeadDim, T, kCausal>;
-  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  ensureDynamicSmem<fa2Kernel<kHeadDim, T, kCausal>>(smem);
   const dim3 grid(ceilDiv(p.seqQ, Tr::kBlockM), p.numHeads, p.batch);
   kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
   FL_CHECK_LAUNCH();

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -111,6 +112,19 @@ template <> __device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(fl
 
 __host__ __device__ inline int ceilDiv(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ inline int64_t ceilDiv64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Raises a kernel's dynamic shared-memory limit once per device (the call costs microseconds of host time,
+// which decode steps cannot spare). The kernel is a template argument so that each kernel has its own flags.
+template <auto kKernel>
+void ensureDynamicSmem(int bytes) {
+  static std::atomic<uint64_t> doneOnDevice{0};
+  int dev = 0;
+  FL_CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = dev < 64 ? (uint64_t{1} << dev) : 0;
+  if (bit && (doneOnDevice.load(std::memory_order_acquire) & bit)) return;
+  FL_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  doneOnDevice.fetch_or(bit, std::memory_order_acq_rel);
+}
 
 // Multiprocessor count of the current device (cheap: the runtime caches the attribute).
 inline int multiprocessorCount() {
