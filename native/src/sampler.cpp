@@ -62,26 +62,49 @@ int32_t Sampler::pick(int row, float* logits, int vocab, const std::vector<int32
     // First maximum, as torch.argmax.
     return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
   }
+  const double invT = 1.0 / p_.temperature;
+  const float mx = *std::max_element(logits, logits + vocab);
+  if (p_.topK == 0 && p_.topP >= 1.0f) {
+    // Plain sampling needs no order: walk the unnormalised distribution.
+    double sum = 0;
+    for (int v = 0; v < vocab; ++v) sum += std::exp((logits[v] - mx) * invT);
+    double u = rngs_[row].uniform() * sum;
+    for (int v = 0; v < vocab; ++v) {
+      u -= std::exp((logits[v] - mx) * invT);
+      if (u < 0) return v;
+    }
+    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+  }
   std::vector<int32_t> idx(vocab);
   std::iota(idx.begin(), idx.end(), 0);
   auto byLogit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  int keep = vocab;
-  if (p_.topK > 0 && p_.topK < vocab) {
-    keep = p_.topK;
+  int keep = p_.topK > 0 && p_.topK < vocab ? p_.topK : vocab;
+  double total = 0;  // mass of the candidates (all tokens, or the top k)
+  if (keep < vocab) {
     std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), byLogit);
+    for (int i = 0; i < keep; ++i) total += std::exp((logits[idx[i]] - mx) * invT);
   } else {
-    std::sort(idx.begin(), idx.end(), byLogit);
+    for (int v = 0; v < vocab; ++v) total += std::exp((logits[v] - mx) * invT);
+    // The nucleus is usually small: order only as many tokens as it needs.
+    int sorted = std::min(vocab, 256);
+    for (;;) {
+      std::partial_sort(idx.begin(), idx.begin() + sorted, idx.end(), byLogit);
+      double mass = 0;
+      for (int i = 0; i < sorted; ++i) mass += std::exp((logits[idx[i]] - mx) * invT);
+      if (mass >= p_.topP * total || sorted == vocab) break;
+      sorted = std::min(vocab, sorted * 8);
+    }
+    keep = sorted;
   }
-  const float invT = 1.0f / p_.temperature, mx = logits[idx[0]];
   std::vector<double> prob(keep);
-  double sum = 0;
-  for (int i = 0; i < keep; ++i) sum += prob[i] = std::exp(static_cast<double>((logits[idx[i]] - mx) * invT));
+  for (int i = 0; i < keep; ++i) prob[i] = std::exp((logits[idx[i]] - mx) * invT);
+  double sum = total;
   if (p_.topP < 1.0f) {
-    // Smallest prefix (by probability) whose mass reaches topP; always at least one token.
+    // Smallest prefix (by probability) whose mass reaches topP of the candidates; always at least one token.
     double acc = 0;
     int n = 0;
     while (n < keep) {
-      acc += prob[n] / sum;
+      acc += prob[n] / total;
       ++n;
       if (acc >= p_.topP) break;
     }

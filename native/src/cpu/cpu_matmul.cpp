@@ -139,7 +139,10 @@ void packedRow(const float* packed, int64_t N, int64_t K, int64_t n, float* dst)
 void cpuMatmulPacked(const float* x, const float* w, const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                      int threads) {
   const int64_t groups = (N + kPackGroup - 1) / kPackGroup;
-#pragma omp parallel for schedule(static) num_threads(threads) if (groups > 1 && M * N * K > 32768)
+  // Chunks of consecutive groups, handed out dynamically: each chunk is still one sequential weight stream, and a
+  // thread that is descheduled (a shared machine) does not hold the others up at the barrier.
+  const int64_t chunk = std::max<int64_t>(1, groups / (static_cast<int64_t>(threads) * 8));
+#pragma omp parallel for schedule(dynamic, chunk) num_threads(threads) if (groups > 1 && M * N * K > 32768)
   for (int64_t g = 0; g < groups; ++g) {
     const float* wg = w + g * K * kPackGroup;
     const int64_t n0 = g * kPackGroup;
