@@ -302,8 +302,11 @@ export async function main(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   // A reader that goes away (`| head`) ends the run quietly instead of crashing on EPIPE; the handler stays
   // installed because the last write may fail after main has returned.
+  let stdoutClosed = false;
   const onStdoutError = (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE') abort.abort();
+    if (err.code !== 'EPIPE') return;
+    stdoutClosed = true;
+    abort.abort();
   };
   process.stdout.on('error', onStdoutError);
   let engine: Engine | undefined;
@@ -382,6 +385,8 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     const e = err as Error;
+    // like any Unix filter whose reader went away: stop quietly with SIGPIPE's status
+    if (stdoutClosed) return 141;
     process.stderr.write(`flashlab generate: ${e.name === 'AbortError' ? 'interrupted' : e.message}\n`);
     return e.name === 'AbortError' ? 130 : 1;
   } finally {

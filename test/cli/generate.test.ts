@@ -360,3 +360,32 @@ test('a ChatGLM2 checkpoint with tokenizer.model: prompts are SentencePiece ids 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a reader that goes away (| head) stops the run quietly with status 141', async () => {
+  const child = spawn(
+    bin,
+    [
+      'generate',
+      '--model',
+      'gpt2-tiny',
+      '--prompt',
+      'The',
+      '--max-new-tokens',
+      '500',
+      '--kv-cache',
+      'off',
+      '--threads',
+      '1',
+    ],
+    { cwd: root },
+  );
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  const done = new Promise<number | null>((resolve) => child.on('close', resolve));
+  await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+  child.stdout.destroy();
+  assert.equal(await done, 141, stderr);
+  assert.equal(stderr, '');
+});
