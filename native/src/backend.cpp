@@ -100,10 +100,20 @@ Tensor Backend::alloc(const std::vector<int64_t>& shape, MemKind kind, DType dty
   return t;
 }
 
-Tensor Backend::uploadLinear(const float* host, int64_t out, int64_t in) {
-  Tensor t = alloc({out, in}, MemKind::Weights);
+Tensor Backend::uploadLinear(const float* host, int64_t out, int64_t in) { return uploadParam(host, {out, in}); }
+
+Tensor Backend::uploadParam(const float* host, const std::vector<int64_t>& shape) {
+  if (computeDtype() != DType::F32)
+    throw std::logic_error(name() + " computes in " + dtypeName(computeDtype()) + " and must convert weights itself");
+  Tensor t = alloc(shape, MemKind::Weights);
   upload(t, host, t.bytes());
   return t;
+}
+
+void Backend::downloadF32(const Tensor& src, float* host, size_t count) {
+  if (src.dtype != DType::F32)
+    throw std::logic_error(name() + ": downloadF32 of a " + dtypeName(src.dtype) + " tensor needs a conversion");
+  download(src, host, count * sizeof(float));
 }
 
 Tensor Backend::zeros(const std::vector<int64_t>& shape, MemKind kind, DType dtype) {

@@ -121,9 +121,16 @@ class Backend {
   virtual void upload(Tensor& dst, const void* host, size_t bytes) = 0;  // host -> device, bytes == dst.bytes()
   virtual void download(const Tensor& src, void* host, size_t bytes) = 0;
   virtual void fillZero(Tensor& t) = 0;
+  // The dtype activations, KV cache and weights are computed in (fp32 on the CPU; fp16/bf16 on a GPU).
+  virtual DType computeDtype() const { return DType::F32; }
+  // Weights arrive as fp32 host arrays and are converted to the compute dtype here.
   // A linear weight [out, in] (row-major on the host), stored in whatever layout this backend's matmul reads
   // fastest. The default keeps it dense row-major.
   virtual Tensor uploadLinear(const float* host, int64_t out, int64_t in);
+  // Any other weight (norms, biases, embeddings, positions), dense row-major.
+  virtual Tensor uploadParam(const float* host, const std::vector<int64_t>& shape);
+  // Reads `count` values of src as fp32 (logits for the sampler), converting from the compute dtype.
+  virtual void downloadF32(const Tensor& src, float* host, size_t count);
   virtual void synchronize() = 0;
   // Threads the backend may use for host-side work (the CPU backend's compute threads).
   virtual void setThreads(int n) = 0;

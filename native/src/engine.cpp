@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cpu/cpu_backend.h"
+#include "device_backends.h"
 
 #ifndef FLASHLAB_VERSION
 #define FLASHLAB_VERSION "0.1.0"
@@ -29,12 +30,13 @@ Engine::Engine(const EngineOptions& o) : options_(o), tracker_(std::make_shared<
   if (!problem.empty()) throw std::invalid_argument(problem);
   problem = tpProblem(o.config, o.tp);
   if (!problem.empty()) throw std::invalid_argument(problem);
-  if (o.device != "cpu") {
-    if (o.device == "cuda")
-      throw std::invalid_argument("device 'cuda' is not available: this engine was built without the CUDA backend");
+  if (o.device != "cpu" && o.device != "cuda")
     throw std::invalid_argument("unknown device '" + o.device + "' (expected 'cpu' or 'cuda')");
-  }
-  if (o.dtype != DType::F32)
+#ifndef FLASHLAB_WITH_CUDA
+  if (o.device == "cuda")
+    throw std::invalid_argument("device 'cuda' is not available: this engine was built without the CUDA backend");
+#endif
+  if (o.device == "cpu" && o.dtype != DType::F32)
     throw std::invalid_argument(std::string("the CPU backend computes in fp32 only; dtype '") + dtypeName(o.dtype) +
                                 "' needs device 'cuda'");
   if (o.maxBatch < 1) throw std::invalid_argument("maxBatch must be at least 1");
@@ -43,14 +45,23 @@ Engine::Engine(const EngineOptions& o) : options_(o), tracker_(std::make_shared<
     throw std::invalid_argument("maxSeqLen " + std::to_string(options_.maxSeqLen) + " exceeds " + o.config.name + "'s " +
                                 std::to_string(o.config.maxPositions) + " positions");
   if (options_.threads <= 0) options_.threads = omp_get_num_procs();
-  // One CPU device shared by every shard: the shards still run separately, one after another, each with all
-  // threads, and meet only in the all-reduce, as GPUs would.
-  owned_.push_back(std::make_unique<CpuBackend>(tracker_, options_.threads));
-  std::vector<Backend*> shardBackends(o.tp, owned_[0].get());
+  std::vector<Backend*> shardBackends;
+#ifdef FLASHLAB_WITH_CUDA
+  if (o.device == "cuda") {
+    owned_ = createCudaBackends(tracker_, o.tp, o.dtype);
+    for (auto& b : owned_) shardBackends.push_back(b.get());
+  }
+#endif
+  if (o.device == "cpu") {
+    // One CPU device shared by every shard: the shards still run separately, one after another, each with all
+    // threads, and meet only in the all-reduce, as GPUs would.
+    owned_.push_back(std::make_unique<CpuBackend>(tracker_, options_.threads));
+    shardBackends.assign(o.tp, owned_[0].get());
+  }
   model_ = std::make_unique<Model>(o.config, shardBackends);
   const double need = model_->fullWeightBytes();
   const size_t avail = hostMemoryAvailable();
-  if (avail && need > static_cast<double>(avail))
+  if (o.device == "cpu" && avail && need > static_cast<double>(avail))
     throw std::runtime_error(o.config.name + " needs " + gib(need) + " of fp32 weights on the CPU, but only " +
                              gib(static_cast<double>(avail)) + " of memory is available");
   if (o.randomWeights) model_->initRandom(o.seed);
@@ -200,7 +211,13 @@ std::string Engine::buildInfo() {
   return os.str();
 }
 
-std::vector<std::string> Engine::backends() { return {"cpu"}; }
+std::vector<std::string> Engine::backends() {
+#ifdef FLASHLAB_WITH_CUDA
+  return {"cpu", "cuda"};
+#else
+  return {"cpu"};
+#endif
+}
 
 double measureCopyBandwidth(size_t bytes, int repeats, int threads) {
   if (threads <= 0) threads = omp_get_num_procs();

@@ -286,8 +286,7 @@ void Model::placeWeight(const WeightSpec& spec, std::vector<float>&& full) {
     if (spec.linear) {
       t = backends_[s]->uploadLinear(part.data(), pr, pc);
     } else {
-      t = backends_[s]->alloc(is2d ? std::vector<int64_t>{pr, pc} : std::vector<int64_t>{pr}, MemKind::Weights);
-      backends_[s]->upload(t, part.data(), part.size() * sizeof(float));
+      t = backends_[s]->uploadParam(part.data(), is2d ? std::vector<int64_t>{pr, pc} : std::vector<int64_t>{pr});
     }
     if (s == 0) shard0 = t;
     *slotFor(s, spec.name) = t;
@@ -392,8 +391,9 @@ std::vector<ShardCache> Model::makeCache(int batch, int capacity) {
   for (int s = 0; s < plan_.tp; ++s) {
     for (int l = 0; l < config_.numLayers; ++l) {
       std::vector<int64_t> shape{batch, plan_.kvHeadsPerShard, capacity, config_.headDim};
-      caches[s].k.push_back(backends_[s]->alloc(shape, MemKind::KvCache));
-      caches[s].v.push_back(backends_[s]->alloc(shape, MemKind::KvCache));
+      const DType dt = backends_[s]->computeDtype();
+      caches[s].k.push_back(backends_[s]->alloc(shape, MemKind::KvCache, dt));
+      caches[s].v.push_back(backends_[s]->alloc(shape, MemKind::KvCache, dt));
     }
   }
   return caches;
@@ -423,9 +423,9 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
   std::vector<Tensor*> yp(tp);
   for (int s = 0; s < tp; ++s) {
     Backend& be = *backends_[s];
-    x[s] = be.alloc({M, H}, MemKind::Activations);
+    x[s] = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
     be.embedding(*a.ids, T, a.startPos, shards_[s].embed, gpt2 ? &shards_[s].pos : nullptr, x[s]);
-    y[s] = be.alloc({M, H}, MemKind::Activations);
+    y[s] = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
     yp[s] = &y[s];
   }
   auto norm = [&](Backend& be, const Tensor& in, const Tensor& w, const Tensor& b, Tensor& out) {
@@ -437,12 +437,12 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
     for (int s = 0; s < tp; ++s) {  // attention block, each shard on its own heads
       Backend& be = *backends_[s];
       const LayerWeights& w = shards_[s].layers[l];
-      Tensor h = be.alloc({M, H}, MemKind::Activations);
+      Tensor h = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
       norm(be, x[s], w.ln1w, w.ln1b, h);
-      Tensor qkv = be.alloc({M, qkvW}, MemKind::Activations);
+      Tensor qkv = be.alloc({M, qkvW}, MemKind::Activations, be.computeDtype());
       be.matmul(h, w.qkvW, &w.qkvB, qkv);
       if (!gpt2) be.rotary(qkv, as, a.startPos, static_cast<int>(hd / 2), 10000.0f);
-      Tensor att = be.alloc({M, attnW}, MemKind::Activations);
+      Tensor att = be.alloc({M, attnW}, MemKind::Activations, be.computeDtype());
       if (a.cache) {
         ShardCache& c = (*a.cache)[s];
         be.kvCacheWrite(qkv, as, a.startPos, c.k[l], c.v[l]);
@@ -458,15 +458,15 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
     for (int s = 0; s < tp; ++s) {  // MLP block, each shard on its slice of the width
       Backend& be = *backends_[s];
       const LayerWeights& w = shards_[s].layers[l];
-      Tensor h = be.alloc({M, H}, MemKind::Activations);
+      Tensor h = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
       norm(be, x[s], w.ln2w, w.ln2b, h);
-      Tensor u = be.alloc({M, ffW}, MemKind::Activations);
+      Tensor u = be.alloc({M, ffW}, MemKind::Activations, be.computeDtype());
       be.matmul(h, w.fcW, w.fcB.empty() ? nullptr : &w.fcB, u);
       if (gpt2) {
         be.geluNew(u);
         be.matmul(u, w.projW, w.projB.empty() ? nullptr : &w.projB, y[s]);
       } else {
-        Tensor g = be.alloc({M, plan_.ffnPerShard}, MemKind::Activations);
+        Tensor g = be.alloc({M, plan_.ffnPerShard}, MemKind::Activations, be.computeDtype());
         be.swiglu(u, g);
         be.matmul(g, w.projW, nullptr, y[s]);
       }
@@ -478,13 +478,13 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
   Backend& be = *backends_[0];
   std::vector<int32_t> last(B);
   for (int b = 0; b < B; ++b) last[b] = b * T + T - 1;
-  Tensor xl = be.alloc({B, H}, MemKind::Activations), hl = be.alloc({B, H}, MemKind::Activations);
+  Tensor xl = be.alloc({B, H}, MemKind::Activations, be.computeDtype()), hl = be.alloc({B, H}, MemKind::Activations, be.computeDtype());
   be.gatherRows(x[0], last, xl);
   norm(be, xl, shards_[0].lnfW, shards_[0].lnfB, hl);
-  Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations);
+  Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations, be.computeDtype());
   be.matmul(hl, shards_[0].lmHead, nullptr, logits);
   std::vector<float> out(static_cast<size_t>(B) * config_.vocabSize);
-  be.download(logits, out.data(), out.size() * sizeof(float));
+  be.downloadF32(logits, out.data(), out.size());
   return out;
 }
 
