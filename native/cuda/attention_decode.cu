@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(32)
   const int split = blockIdx.x, kvHead = blockIdx.y, batch = blockIdx.z;
   const int lane = threadIdx.x;
   const int group = p.numHeads / p.numKvHeads;
-  const int seqLen = p.seqLens[batch];
+  const int seqLen = p.seqLens ? p.seqLens[batch] : p.maxSeqLen;
   const int start = split * chunk;
   const int n = max(0, min(seqLen, start + chunk) - start);  // keys of this split
   const int nBlocks = (n + Tr::kBlockN - 1) / Tr::kBlockN;
@@ -137,7 +137,6 @@ void validateDecode(const DecodeParams& p) {
   auto fail = [&](const std::string& why) { throw KernelError(std::string(kernel) + ": " + why); };
   if (p.batch < 1 || p.batch > 65535) fail("batch must be in 1..65535, got " + std::to_string(p.batch));
   if (p.maxSeqLen < 1) fail("maxSeqLen must be >= 1, got " + std::to_string(p.maxSeqLen));
-  if (p.seqLens == nullptr) fail("seqLens is null");
   if (p.numHeads < 1 || p.numKvHeads < 1 || p.numHeads % p.numKvHeads != 0)
     fail("numHeads (" + std::to_string(p.numHeads) + ") must be a positive multiple of numKvHeads (" +
          std::to_string(p.numKvHeads) + ")");

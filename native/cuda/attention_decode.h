@@ -13,7 +13,7 @@ int attentionDecodeSplits(const DecodeParams& p);
 size_t attentionDecodeWorkspaceBytes(const DecodeParams& p);
 
 // One query token per sequence, fp16/bf16, head dim 64 or 128, 1-16 query heads per KV head. Each sequence's
-// seqLens[b] must be in 1..maxSeqLen.
+// seqLens[b] (or maxSeqLen for all when seqLens is null) must be in 1..maxSeqLen.
 // `workspace` holds at least attentionDecodeWorkspaceBytes(p) bytes, 16-byte aligned.
 void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceBytes, cudaStream_t stream);
 

@@ -4,8 +4,9 @@
 //   2. P = softmax(S) row by row, in place;
 //   3. O = P V.
 // Plain CUDA-core tiled kernels (fp32 accumulate), no tensor cores and no fusion: what attention costs when
-// the score matrix is materialised. Variants (template parameters, chosen in attentionNaive): dtype fp16 |
-// bf16, head dim 64 | 128 (the P V kernel), causal or not.
+// the score matrix is materialised. Variants (template parameters, chosen in attentionNaive): dtype fp32 |
+// fp16 | bf16 (fp32 too, since no tensor core is involved: an fp32 engine's exact path), head dim 64 | 128
+// (the P V kernel), causal or not.
 #include "attention_naive.h"
 
 #include <algorithm>
@@ -185,7 +186,7 @@ size_t attentionNaiveWorkspaceBytes(const AttentionParams& p) {
 }
 
 void attentionNaive(const AttentionParams& p, void* workspace, size_t workspaceBytes, cudaStream_t stream) {
-  validateAttentionParams(p, "attention naive");
+  validateAttentionParams(p, "attention naive", /*allowFp32=*/true);
   const size_t need = attentionNaiveWorkspaceBytes(p);
   FL_REQUIRE(workspace != nullptr && workspaceBytes >= need,
              "attention naive: workspace of " + std::to_string(workspaceBytes) + " bytes is smaller than the " +
@@ -194,7 +195,7 @@ void attentionNaive(const AttentionParams& p, void* workspace, size_t workspaceB
   FL_REQUIRE(static_cast<int64_t>(p.batch) * p.numHeads * p.seqQ <= 2147483647LL,
              "attention naive: batch * heads * seqQ rows exceed the grid");
   float* s = static_cast<float*>(workspace);
-  dispatchHalfElem(p.dtype, "attention naive", [&](auto t) {
+  dispatchElem(p.dtype, [&](auto t) {
     using T = decltype(t);
     dispatchHeadDim(p.headDim, "attention naive", [&](auto d) {
       dispatchBool(p.causal, [&](auto causal) { launchNaive<decltype(d)::value, T, decltype(causal)::value>(p, s, stream); });

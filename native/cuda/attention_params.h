@@ -36,7 +36,7 @@ struct AttentionParams {
 struct DecodeParams {
   ElemType dtype = ElemType::F16;
   TensorView4 q, k, v, o;  // q, o: one row per sequence (rowStride unused)
-  const int32_t* seqLens = nullptr;  // device array [batch]
+  const int32_t* seqLens = nullptr;  // device array [batch], or null: every sequence has maxSeqLen keys
   int maxSeqLen = 1;                 // upper bound of seqLens (sizes the split)
   int batch = 1;
   int numHeads = 1;
@@ -57,7 +57,7 @@ inline void checkView(const TensorView4& t, const char* name, const char* kernel
     fail("has a stride that is not a multiple of 8 elements");
 }
 
-inline void validateAttentionParams(const AttentionParams& p, const char* kernel) {
+inline void validateAttentionParams(const AttentionParams& p, const char* kernel, bool allowFp32 = false) {
   auto fail = [&](const std::string& why) { throw KernelError(std::string(kernel) + ": " + why); };
   if (p.batch < 1) fail("batch must be >= 1, got " + std::to_string(p.batch));
   if (p.seqQ < 1) fail("seqQ must be >= 1, got " + std::to_string(p.seqQ));
@@ -71,7 +71,7 @@ inline void validateAttentionParams(const AttentionParams& p, const char* kernel
   if (p.headDim != 64 && p.headDim != 128)
     fail("head dim " + std::to_string(p.headDim) + " is not supported (64 or 128)");
   if (!(p.scale > 0.0f)) fail("scale must be positive");
-  if (p.dtype != ElemType::F16 && p.dtype != ElemType::BF16)
+  if (p.dtype != ElemType::F16 && p.dtype != ElemType::BF16 && !(allowFp32 && p.dtype == ElemType::F32))
     fail(std::string("dtype ") + elemTypeName(p.dtype) + " is not supported (fp16 or bf16)");
   checkView(p.q, "q", kernel);
   checkView(p.k, "k", kernel);

@@ -1,8 +1,8 @@
 // ChatGLM2's rotary embedding: interleaved pairs (x[2i], x[2i+1]) on the first rotDim (= headDim / 2) dims
-// of each q and k head; the rest of the head passes through. One thread per pair. The angle is computed in
-// fp32 the way the reference model builds its cache (inv_freq = 1 / theta^(2i/rotDim), angle = pos *
-// inv_freq), and, like the reference, cos/sin are rounded to the tensor's dtype before use; the rotation
-// itself is done in fp32 and rounded once. Variants: fp32 | fp16 | bf16.
+// of each q and k head; the rest of the head passes through. One thread per pair. cos/sin of pos *
+// theta^(-2i/rotDim) are computed in fp64 and rounded to fp32 (as the CPU backend does; at 32k positions an
+// fp32 angle would be off by ~1e-3 rad), then, for 16-bit tensors, rounded to the tensor's dtype as the
+// reference model's cache is; the rotation itself is done in fp32 and rounded once. Variants: fp32 | fp16 | bf16.
 #include "rotary.h"
 
 #include <algorithm>
@@ -21,10 +21,12 @@ __global__ void rotaryKernel(T* __restrict__ x, int64_t pairs, int64_t rowStride
     const int head = static_cast<int>(rest % numRotHeads);
     const int64_t row = rest / numRotHeads;
     const int pos = startPos + static_cast<int>(row % tokensPerSeq);
-    const float invFreq = 1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(rotDim));
-    const float angle = static_cast<float>(pos) * invFreq;
-    const float c = toFloat(fromFloat<T>(cosf(angle)));
-    const float s = toFloat(fromFloat<T>(sinf(angle)));
+    const double invFreq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / rotDim);
+    const double angle = static_cast<double>(pos) * invFreq;
+    double sd, cd;
+    sincos(angle, &sd, &cd);
+    const float c = toFloat(fromFloat<T>(static_cast<float>(cd)));
+    const float s = toFloat(fromFloat<T>(static_cast<float>(sd)));
     T* p = x + row * rowStride + static_cast<int64_t>(head) * headDim + 2 * i;
     const float x0 = toFloat(p[0]), x1 = toFloat(p[1]);
     p[0] = fromFloat<T>(x0 * c - x1 * s);

@@ -24,6 +24,8 @@
 #include "../attention_fa1.h"
 #include "../attention_fa2.h"
 #include "../attention_naive.h"
+#include "../convert.h"
+#include "../kv_cache.h"
 #include "../embedding.h"
 #include "../norm.h"
 #include "../residual.h"
@@ -237,7 +239,9 @@ void testAttention(const AttnCase& c, ElemType t) {
 
   const char* names[3] = {"naive", "fa1", "fa2"};
   double naiveErr = 0;
-  for (int m = 0; m < 3; ++m) {
+  // fp32 runs the naive kernel only (fa1/fa2 are tensor-core kernels: 16-bit inputs).
+  const int methods = t == ElemType::F32 ? 1 : 3;
+  for (int m = 0; m < methods; ++m) {
     out.poison();
     size_t wsBytes = m == 0 ? attentionNaiveWorkspaceBytes(p) : m == 1 ? attentionFa1WorkspaceBytes(p) : 0;
     RawBuf ws(wsBytes);
@@ -252,7 +256,7 @@ void testAttention(const AttnCase& c, ElemType t) {
     bool ok;
     if (m == 0) {
       naiveErr = e.rel;
-      ok = e.nonFinite == 0 && e.rel < (t == ElemType::F16 ? 2e-3 : 1.6e-2);
+      ok = e.nonFinite == 0 && e.rel < (t == ElemType::F32 ? 1e-5 : t == ElemType::F16 ? 2e-3 : 1.6e-2);
       std::snprintf(buf, sizeof buf, "err %.3e", e.rel);
     } else {
       ok = e.nonFinite == 0 && e.rel <= 2 * naiveErr;
@@ -301,7 +305,10 @@ void testDecode(const char* label, ElemType t, int batch, int heads, int kvHeads
   p.k = {kc.dev, cs[0], cs[1], cs[2]};
   p.v = {vc.dev, cs[0], cs[1], cs[2]};
   p.o = {out.dev, qs[0], 0, D};
-  p.seqLens = lensDev, p.maxSeqLen = cap, p.batch = batch, p.numHeads = heads, p.numKvHeads = kvHeads;
+  // One sequence: no length array (every sequence has maxSeqLen keys), the engine's decode path.
+  const bool uniform = batch == 1;
+  p.seqLens = uniform ? nullptr : lensDev, p.maxSeqLen = uniform ? lens[0] : cap, p.batch = batch;
+  p.numHeads = heads, p.numKvHeads = kvHeads;
   p.headDim = D, p.scale = static_cast<float>(scale);
   out.poison();
   RawBuf ws(attentionDecodeWorkspaceBytes(p));
@@ -374,9 +381,8 @@ void testRotary(ElemType t) {
   for (int r = 0; r < B * T; ++r)
     for (int h = 0; h < H + Hkv; ++h)
       for (int i = 0; i < rot / 2; ++i) {
-        const float invFreq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(rot));
-        const float angle = static_cast<float>(start + r % T) * invFreq;
-        const double c = roundTo(t, std::cos(static_cast<double>(angle))), s = roundTo(t, std::sin(static_cast<double>(angle)));
+        const double angle = (start + r % T) / std::pow(10000.0, (2.0 * i) / rot);
+        const double c = roundTo(t, static_cast<float>(std::cos(angle))), s = roundTo(t, static_cast<float>(std::sin(angle)));
         const size_t o = static_cast<size_t>(r) * row + h * D + 2 * i;
         ref[o] = xh[o] * c - xh[o + 1] * s;
         ref[o + 1] = xh[o + 1] * c + xh[o] * s;
@@ -509,6 +515,47 @@ void testSampling(ElemType t) {
   cudaFree(ids);
 }
 
+void testKvCacheAndConvert(ElemType t) {
+  const int B = 2, T = 5, H = 4, Hkv = 2, D = 128, cap = 19, start = 7;
+  const int64_t row = (H + 2 * Hkv) * D;
+  Buf qkv(t, static_cast<size_t>(B) * T * row), kc(t, static_cast<size_t>(B) * Hkv * cap * D), vc(t, kc.n);
+  auto qh = randomValues(t, qkv.n);
+  qkv.upload(qh);
+  kc.poison(), vc.poison();
+  kvCacheAppend(t, qkv.dev, B, T, H, Hkv, D, start, cap, kc.dev, vc.dev, nullptr);
+  FL_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto kh = kc.download(), vh = vc.download();
+  size_t wrong = 0, touched = 0;
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < Hkv; ++g)
+      for (int pos = 0; pos < cap; ++pos)
+        for (int d = 0; d < D; ++d) {
+          const size_t c = ((static_cast<size_t>(b) * Hkv + g) * cap + pos) * D + d;
+          if (pos >= start && pos < start + T) {
+            const size_t r = (static_cast<size_t>(b) * T + pos - start) * row;
+            wrong += kh[c] != qh[r + (H + g) * D + d];
+            wrong += vh[c] != qh[r + (H + Hkv + g) * D + d];
+          } else {
+            touched += !std::isnan(kh[c]) || !std::isnan(vh[c]);  // outside the new positions: not written
+          }
+        }
+  report(wrong == 0 && touched == 0, std::string("kv cache append ") + elemTypeName(t),
+         std::to_string(wrong) + " wrong, " + std::to_string(touched) + " written outside");
+
+  const size_t n = 100003;
+  Buf src(ElemType::F32, n), dst(t, n), back(ElemType::F32, n);
+  auto sh = randomValues(ElemType::F32, n, 100.0);
+  src.upload(sh);
+  dst.poison();
+  convertElements(ElemType::F32, src.dev, t, dst.dev, n, nullptr);
+  convertElements(t, dst.dev, ElemType::F32, back.dev, n, nullptr);
+  FL_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto bh = back.download();
+  size_t diff = 0;
+  for (size_t i = 0; i < n; ++i) diff += bh[i] != roundTo(t, sh[i]);
+  report(diff == 0, std::string("convert fp32 -> ") + elemTypeName(t) + " -> fp32 rounds to nearest", std::to_string(diff) + " differ");
+}
+
 void testErrors() {
   // Unsupported shapes and dtypes must be refused with a message, before any launch.
   AttentionParams p;
@@ -564,7 +611,7 @@ int main(int argc, char** argv) {
     if (quick) cases = {{"B1 S97 H2/1 d64 causal", 1, 97, 97, 2, 1, 64, true, false},
                         {"B1 S130 H2/2 d128 full", 1, 130, 130, 2, 2, 128, false, false},
                         {"B1 S70 H4/2 d128 causal fused qkv", 1, 70, 70, 4, 2, 128, true, true}};
-    for (ElemType t : {ElemType::F16, ElemType::BF16})
+    for (ElemType t : {ElemType::F32, ElemType::F16, ElemType::BF16})
       for (const auto& c : cases) testAttention(c, t);
     for (ElemType t : {ElemType::F16, ElemType::BF16}) {
       if (quick) {
@@ -582,6 +629,7 @@ int main(int argc, char** argv) {
       testActivations(t);
       testEmbeddingResidual(t);
       testSampling(t);
+      testKvCacheAndConvert(t);
     }
     testErrors();
   } catch (const std::exception& e) {
