@@ -48,8 +48,9 @@ type Value =
   | OrderedDictObj
   | Record<string, never>;
 
-const MAX_PICKLE_BYTES = 256 * 1024 * 1024;
-const MAX_MEMO = 10_000_000;
+// A state dict's pickle takes ~100 bytes per tensor; these caps bound what a hostile one can make us hold.
+const MAX_PICKLE_BYTES = 64 * 1024 * 1024;
+const MAX_MEMO = 1_000_000;
 
 const OP_NAMES: Record<number, string> = {
   99: 'GLOBAL',

@@ -14,7 +14,7 @@ const EOCD_SIZE = 22;
 const MAX_COMMENT = 0xffff;
 // A state dict has a few thousand entries at most; a larger directory is a zip bomb, not a checkpoint.
 const MAX_ENTRIES = 1_000_000;
-const MAX_CENTRAL_DIR_BYTES = 256 * 1024 * 1024;
+const MAX_CENTRAL_DIR_BYTES = 64 * 1024 * 1024;
 
 export interface ZipEntry {
   name: string;
