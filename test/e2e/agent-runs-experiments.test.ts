@@ -30,7 +30,7 @@ interface RunRow {
 }
 
 // A job of a few seconds on the CPU engine (400 tokens without KV cache), long enough to be hit mid-run.
-const slow = (name: string, repeats = 6): ExperimentSpecInput => ({
+const slow = (name: string, repeats = 3): ExperimentSpecInput => ({
   name,
   model: 'gpt2-tiny',
   weights: { kind: 'random', seed: 11 },
