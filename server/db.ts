@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { Prisma as PrismaNs, PrismaClient as SqliteClient } from '../prisma/generated/sqlite';
 import { env } from './env';
 import { type DbProvider, REPO_ROOT, providerOf, sqlitePath } from './migrate';
+import { serialisedSqlite } from './sqlite-adapter';
 
 export type Db = SqliteClient;
 export type Prisma = typeof PrismaNs;
@@ -27,7 +28,7 @@ export function createClient(url: string): { client: Db; provider: DbProvider } 
     const { PrismaClient } = load('./prisma/generated/sqlite') as { PrismaClient: new (o: object) => Db };
     const { PrismaBetterSQLite3 } = load('@prisma/adapter-better-sqlite3') as typeof import('@prisma/adapter-better-sqlite3');
     // A generous busy timeout: the CLI (import) and the server may write the same file.
-    const adapter = new PrismaBetterSQLite3({ url: `file:${sqlitePath(url)}`, timeout: 30_000 });
+    const adapter = serialisedSqlite(new PrismaBetterSQLite3({ url: `file:${sqlitePath(url)}`, timeout: 30_000 }));
     return { client: new PrismaClient({ adapter }), provider };
   }
   const { PrismaClient } = load('./prisma/generated/postgresql') as { PrismaClient: new (o: object) => Db };
