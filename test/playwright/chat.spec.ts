@@ -1,8 +1,12 @@
 // The chat playground against the embedded CPU agent: streaming with stop, per-answer figures, side by side.
 import { expect, test } from '@playwright/test';
-import { screenshot } from './helpers';
+import { screenshot, waitForAgent } from './helpers';
 
 test.describe.configure({ mode: 'serial' });
+
+test.beforeAll(async ({ request }) => {
+  await waitForAgent(request);
+});
 
 test('an answer streams and the stop button stops it', async ({ page }) => {
   await page.goto('/chat');

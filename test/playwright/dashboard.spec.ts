@@ -1,9 +1,13 @@
 // The main path of the dashboard, in order, against the real server and its embedded CPU agent: build and queue a
 // tiny preset, watch its jobs finish live, find the runs in the history, compare two methods, export and import.
 import { expect, test } from '@playwright/test';
-import { parseCsv, readDownload, screenshot } from './helpers';
+import { parseCsv, readDownload, screenshot, waitForAgent } from './helpers';
 
 test.describe.configure({ mode: 'serial' });
+
+test.beforeAll(async ({ request }) => {
+  await waitForAgent(request);
+});
 
 let experimentId = '';
 // Unique per run, so that the specs also pass against a dashboard that already has history.
@@ -57,10 +61,7 @@ test('the queue shows the jobs finish live on the embedded agent', async ({ page
   await page.goto('/agents');
   await expect(page.getByTestId('agents-table')).toContainText('online');
   await page.getByLabel('Show finished jobs').check();
-  const rows = page
-    .getByTestId('jobs-table')
-    .locator('tbody tr[data-job-state]')
-    .filter({ hasText: EXPERIMENT });
+  const rows = page.getByTestId('jobs-table').locator('tbody tr[data-job-state]').filter({ hasText: EXPERIMENT });
   await expect(rows).toHaveCount(4);
   // Every job succeeds; the page learns it through the SSE stream (no reload here).
   await expect(rows.and(page.locator('[data-job-state="succeeded"]'))).toHaveCount(4, { timeout: 150_000 });

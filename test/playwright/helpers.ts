@@ -2,7 +2,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Download, Page } from '@playwright/test';
+import { type APIRequestContext, type Download, expect, type Page } from '@playwright/test';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -57,4 +57,18 @@ export function parseCsv(text: string): string[][] {
     rows.push(row);
   }
   return rows;
+}
+
+/** Waits until the dashboard reports a connected agent (the embedded one connects a moment after the server). */
+export async function waitForAgent(request: APIRequestContext, timeoutMs = 120_000) {
+  await expect
+    .poll(
+      async () => {
+        const res = await request.get('/api/health');
+        const body = (await res.json()) as { agents?: unknown[] };
+        return body.agents?.length ?? 0;
+      },
+      { timeout: timeoutMs, message: 'an agent connected to the dashboard (/api/health)' },
+    )
+    .toBeGreaterThan(0);
 }

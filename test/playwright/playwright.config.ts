@@ -68,7 +68,8 @@ export default defineConfig({
         // The first run builds the Next app (minutes on 2 cores).
         timeout: 600_000,
         reuseExistingServer: false,
-        stdout: 'pipe',
+        // The server's and agent's logs go to stderr: shown, so that a failed start explains itself.
+        stdout: 'ignore',
         stderr: 'pipe',
         gracefulShutdown: { signal: 'SIGTERM', timeout: 10_000 },
       },
