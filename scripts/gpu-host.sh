@@ -36,9 +36,10 @@ step() {  # name command...: runs it, logs to $out/<name>.log, records pass/fail
 
 nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv | tee "$out/gpu.csv"
 status=0
-if step build bash native/cuda/test/build.sh --variants; then
+if step build bash native/cuda/test/build.sh --variants --backend; then
   lib=native/build-cuda
   step tests "$lib/kernel_tests" || status=1
+  step backend "$lib/backend_vs_cpu" || status=1
   if [ $sanitizer = 1 ]; then
     if command -v compute-sanitizer >/dev/null; then
       step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/kernel_tests" --quick || status=1
@@ -70,6 +71,6 @@ fi
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
-grep -h "^FAIL" "$out"/tests.log "$out"/memcheck.log 2>/dev/null | head -20
+grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/memcheck.log 2>/dev/null | head -20
 grep -h "ERROR SUMMARY" "$out"/memcheck.log 2>/dev/null
 exit $status

@@ -4,7 +4,9 @@
 #   kernel_tests             the correctness harness (test/kernel_tests.cu)
 #   libflashlab_kernels_fa2_<label>.so   with --variants: the same library with fa2 built at another block
 #                                        shape (see attention_fa2.cu), timed beside the default by the benchmark
-# Usage: native/cuda/test/build.sh [--variants]. Needs nvcc (CUDA 12.4+); NVCC and CUDA_ARCH override.
+#   backend_vs_cpu           with --backend: the CUDA backend (native/cuda/backend, cuBLASLt) tested against
+#                            the CPU backend (native/src); needs cuBLAS and an OpenMP-capable g++
+# Usage: native/cuda/test/build.sh [--variants] [--backend]. Needs nvcc (CUDA 12.4+); NVCC, CXX and CUDA_ARCH override.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="$here/../build-cuda"
@@ -33,14 +35,40 @@ for src in "$here"/*.cu; do
   compile "$src" "$obj" & pids+=($!)
 done
 compile "$here/test/kernel_tests.cu" "$out/obj/kernel_tests.o" & pids+=($!)
+want_variants=0 want_backend=0
+for a in "$@"; do
+  case "$a" in
+    --variants) want_variants=1 ;;
+    --backend) want_backend=1 ;;
+    *) echo "usage: build.sh [--variants] [--backend]" >&2; exit 2 ;;
+  esac
+done
+
 # label -> extra flags of fa2 tuning variants
 declare -A variants=(
   [m256w8]="-DFLASHLAB_FA2_BLOCK_M=256 -DFLASHLAB_FA2_WARPS=8"
 )
-if [ "${1:-}" = "--variants" ]; then
+if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
     # shellcheck disable=SC2086
     compile "$here/attention_fa2.cu" "$out/obj/attention_fa2_$label.o" ${variants[$label]} & pids+=($!)
+  done
+fi
+cxx="${CXX:-g++}"
+src_root="$here/../src"
+backend_objs=()
+if [ $want_backend = 1 ]; then
+  for src in "$here"/backend/*.cu; do
+    obj="$out/obj/backend_$(basename "${src%.cu}").o"
+    backend_objs+=("$obj")
+    compile "$src" "$obj" & pids+=($!)
+  done
+  # The CPU backend, the reference the CUDA backend is held to.
+  for src in "$src_root"/backend.cpp "$src_root"/cpu/*.cpp "$here"/backend/test/backend_vs_cpu.cpp; do
+    obj="$out/obj/cpp_$(basename "${src%.cpp}").o"
+    backend_objs+=("$obj")
+    "$cxx" -std=c++17 -O2 -march=native -fopenmp -fPIC -Wall -Wno-unknown-pragmas -I"$(dirname "$(readlink -f "$(command -v "$nvcc")")")/../include" \
+      -c "$src" -o "$obj" & pids+=($!)
   done
 fi
 status=0
@@ -51,7 +79,10 @@ for p in "${pids[@]}"; do wait "$p" || status=1; done
 kernel_objs=()
 for o in "${objs[@]}"; do [ "$(basename "$o")" = capi.o ] || kernel_objs+=("$o"); done
 "$nvcc" $arch -o "$out/kernel_tests" "$out/obj/kernel_tests.o" "${kernel_objs[@]}"
-if [ "${1:-}" = "--variants" ]; then
+if [ $want_backend = 1 ]; then
+  "$nvcc" $arch -o "$out/backend_vs_cpu" "${backend_objs[@]}" "${kernel_objs[@]}" -lcublasLt -Xcompiler -fopenmp
+fi
+if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
     variant_objs=()
     for o in "${objs[@]}"; do

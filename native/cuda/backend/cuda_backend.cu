@@ -1,0 +1,364 @@
+// CudaBackend: every Backend operation as one or two launches on the backend's own stream; tensors may be
+// fp32, fp16 or bf16 (each operation runs in its tensors' dtype, fp32 accumulation throughout). Memory comes
+// from a caching allocator (device_allocator.h) and is counted by the engine's MemoryTracker through
+// Backend::alloc. Attention on fp32 tensors: naive runs in fp32; fa1/fa2 (tensor-core kernels) run on fp16
+// copies of q/k/v; decode runs the naive kernel (one query row). Tensor parallelism needs NCCL, which this
+// backend does not use yet: allReduceSum over several parts is refused.
+#include "cuda_backend.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../activation.h"
+#include "../attention_decode.h"
+#include "../attention_fa1.h"
+#include "../attention_fa2.h"
+#include "../attention_naive.h"
+#include "../convert.h"
+#include "../embedding.h"
+#include "../kv_cache.h"
+#include "../norm.h"
+#include "../residual.h"
+#include "../rotary.h"
+#include "device_allocator.h"
+#include "gemm_lt.h"
+
+namespace flashlab {
+namespace {
+
+using cuda::ElemType;
+
+ElemType elemOf(DType d) {
+  switch (d) {
+    case DType::F32: return ElemType::F32;
+    case DType::F16: return ElemType::F16;
+    case DType::BF16: return ElemType::BF16;
+  }
+  throw std::invalid_argument("unknown dtype");
+}
+
+void require(bool ok, const char* op, const std::string& why) {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + why);
+}
+
+void sameDtype(const char* op, const Tensor& a, const Tensor& b) {
+  require(a.dtype == b.dtype, op,
+          std::string("dtypes differ (") + dtypeName(a.dtype) + " and " + dtypeName(b.dtype) + ")");
+}
+
+void dense(const char* op, const Tensor& t) {
+  require(t.layout == 0, op, "tensor " + t.shapeString() + " is not in the dense layout");
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(std::shared_ptr<MemoryTracker> tracker, int device)
+      : Backend(std::move(tracker), device), alloc_(device) {
+    FL_CUDA_CHECK(cudaSetDevice(device));
+    FL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemmWorkspace_ = alloc_.allocate(kGemmWorkspace);
+    gemm_ = std::make_unique<cuda::GemmLt>(gemmWorkspace_, kGemmWorkspace);
+    cudaDeviceProp prop{};
+    FL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    name_ = "cuda:" + std::to_string(device) + " (" + prop.name + ")";
+  }
+
+  ~CudaBackend() override {
+    cudaSetDevice(deviceIndex());
+    cudaStreamSynchronize(stream_);
+    gemm_.reset();
+    alloc_.release(gemmWorkspace_);
+    if (idsDev_) alloc_.release(idsDev_);
+    if (idsHost_) cudaFreeHost(idsHost_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  const cuda::DeviceAllocator& allocator() const { return alloc_; }
+
+  void upload(Tensor& dst, const void* host, size_t bytes) override {
+    require(bytes == dst.bytes(), "upload", std::to_string(bytes) + " bytes for a tensor of " + std::to_string(dst.bytes()));
+    activate();
+    FL_CUDA_CHECK(cudaMemcpyAsync(dst.data(), host, bytes, cudaMemcpyHostToDevice, stream_));
+    FL_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away right after
+  }
+  void download(const Tensor& src, void* host, size_t bytes) override {
+    require(bytes == src.bytes(), "download", std::to_string(bytes) + " bytes from a tensor of " + std::to_string(src.bytes()));
+    activate();
+    FL_CUDA_CHECK(cudaMemcpyAsync(host, src.data(), bytes, cudaMemcpyDeviceToHost, stream_));
+    FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void fillZero(Tensor& t) override {
+    activate();
+    FL_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, t.bytes(), stream_));
+  }
+  void synchronize() override {
+    activate();
+    FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void setThreads(int) override {}
+
+  void embedding(const std::vector<int32_t>& ids, int T, int startPos, const Tensor& table, const Tensor* posTable,
+                 Tensor& out) override {
+    dense("embedding", table);
+    const int n = static_cast<int>(ids.size());
+    const int64_t H = table.dim(1), V = table.dim(0);
+    require(T >= 1 && n % T == 0, "embedding", "ids are not whole rows of " + std::to_string(T) + " tokens");
+    require(out.numel() == n * H, "embedding", "output shape " + out.shapeString());
+    sameDtype("embedding", table, out);
+    for (int32_t id : ids)
+      require(id >= 0 && id < V, "embedding", "token id " + std::to_string(id) + " outside vocabulary of " + std::to_string(V));
+    if (posTable) {
+      sameDtype("embedding", *posTable, out);
+      require(startPos + T - 1 < posTable->dim(0), "embedding",
+              "position " + std::to_string(startPos + T - 1) + " beyond the position table");
+    }
+    activate();
+    int32_t* dev = stageIds(ids);
+    cuda::embedding(elemOf(out.dtype), out.data(), dev, table.data(), posTable ? posTable->data() : nullptr, n, T,
+                    startPos, static_cast<int>(V), posTable ? static_cast<int>(posTable->dim(0)) : 0,
+                    static_cast<int>(H), nullptr, stream_);
+  }
+
+  void layerNorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& out) override {
+    const int64_t H = x.shape.back(), M = x.numel() / H;
+    sameDtype("layerNorm", x, out), sameDtype("layerNorm", x, w), sameDtype("layerNorm", x, b);
+    require(out.numel() == x.numel() && w.numel() == H && b.numel() == H, "layerNorm", "shapes do not match");
+    activate();
+    cuda::layerNorm(elemOf(x.dtype), out.data(), x.data(), w.data(), b.data(), static_cast<int>(M), static_cast<int>(H),
+                    eps, stream_);
+  }
+
+  void rmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    const int64_t H = x.shape.back(), M = x.numel() / H;
+    sameDtype("rmsNorm", x, out), sameDtype("rmsNorm", x, w);
+    require(out.numel() == x.numel() && w.numel() == H, "rmsNorm", "shapes do not match");
+    activate();
+    cuda::rmsNorm(elemOf(x.dtype), out.data(), x.data(), w.data(), static_cast<int>(M), static_cast<int>(H), eps, stream_);
+  }
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override {
+    dense("matmul", w);
+    const int64_t K = x.shape.back(), M = x.numel() / K, N = w.dim(0);
+    require(w.dim(1) == K, "matmul", "x " + x.shapeString() + " does not match weight " + w.shapeString());
+    require(out.numel() == M * N, "matmul", "output " + out.shapeString() + " is not [" + std::to_string(M) + ", " + std::to_string(N) + "]");
+    require(!bias || bias->numel() == N, "matmul", "bias does not match the weight");
+    sameDtype("matmul", x, w), sameDtype("matmul", x, out);
+    if (bias) sameDtype("matmul", x, *bias);
+    activate();
+    gemm_->linear(elemOf(x.dtype), x.data(), w.data(), bias ? bias->data() : nullptr, out.data(), M, N, K, stream_);
+  }
+
+  void geluNew(Tensor& x) override {
+    activate();
+    cuda::geluNew(elemOf(x.dtype), x.data(), x.data(), x.numel(), stream_);
+  }
+
+  void swiglu(const Tensor& gateUp, Tensor& out) override {
+    const int64_t F2 = gateUp.shape.back(), M = gateUp.numel() / F2;
+    require(F2 % 2 == 0 && out.numel() == M * (F2 / 2), "swiglu", "output " + out.shapeString());
+    sameDtype("swiglu", gateUp, out);
+    activate();
+    cuda::swiglu(elemOf(out.dtype), out.data(), gateUp.data(), M, F2 / 2, stream_);
+  }
+
+  void rotary(Tensor& qkv, const AttnShape& s, int startPos, int rotDim, float theta) override {
+    activate();
+    cuda::rotaryInterleaved(elemOf(qkv.dtype), qkv.data(), s.batch * s.seqLen, s.qkvRowStride(), s.seqLen, startPos,
+                            s.numHeads + s.numKvHeads, s.headDim, rotDim, theta, stream_);
+  }
+
+  void attentionPrefill(AttentionMethod method, const Tensor& qkv, const AttnShape& s, Tensor& out) override {
+    sameDtype("attentionPrefill", qkv, out);
+    require(qkv.numel() == static_cast<int64_t>(s.batch) * s.seqLen * s.qkvRowStride(), "attentionPrefill",
+            "qkv " + qkv.shapeString() + " does not match the attention shape");
+    require(out.numel() == static_cast<int64_t>(s.batch) * s.seqLen * s.numHeads * s.headDim, "attentionPrefill",
+            "output " + out.shapeString());
+    activate();
+    if (qkv.dtype == DType::F32 && method != AttentionMethod::Naive) {
+      // Tensor-core kernels take 16-bit inputs: run them on fp16 copies.
+      Tensor q16 = alloc(qkv.shape, MemKind::Activations, DType::F16);
+      Tensor o16 = alloc(out.shape, MemKind::Activations, DType::F16);
+      cuda::convertElements(ElemType::F32, qkv.data(), ElemType::F16, q16.data(), qkv.numel(), stream_);
+      runPrefill(method, q16, s, o16);
+      cuda::convertElements(ElemType::F16, o16.data(), ElemType::F32, out.data(), out.numel(), stream_);
+      return;
+    }
+    runPrefill(method, qkv, s, out);
+  }
+
+  void kvCacheWrite(const Tensor& qkv, const AttnShape& s, int startPos, Tensor& kCache, Tensor& vCache) override {
+    sameDtype("kvCacheWrite", qkv, kCache), sameDtype("kvCacheWrite", qkv, vCache);
+    require(kCache.shape.size() == 4 && kCache.dim(0) == s.batch && kCache.dim(1) == s.numKvHeads &&
+                kCache.dim(3) == s.headDim && vCache.shape == kCache.shape,
+            "kvCacheWrite", "cache " + kCache.shapeString() + " does not match the attention shape");
+    activate();
+    cuda::kvCacheAppend(elemOf(qkv.dtype), qkv.data(), s.batch, s.seqLen, s.numHeads, s.numKvHeads, s.headDim, startPos,
+                        static_cast<int>(kCache.dim(2)), kCache.data(), vCache.data(), stream_);
+  }
+
+  void attentionDecode(const Tensor& qkv, const AttnShape& s, const Tensor& kCache, const Tensor& vCache, int pos,
+                       Tensor& out) override {
+    require(s.seqLen == 1, "attentionDecode", "one query token per row expected");
+    sameDtype("attentionDecode", qkv, out), sameDtype("attentionDecode", qkv, kCache);
+    const int64_t cap = kCache.dim(2);
+    require(pos >= 0 && pos < cap, "attentionDecode", "position " + std::to_string(pos) + " beyond the KV cache");
+    activate();
+    const int stride = s.qkvRowStride(), hd = s.headDim;
+    const int64_t cacheBatch = static_cast<int64_t>(s.numKvHeads) * cap * hd;
+    char* q = static_cast<char*>(qkv.data());
+    if (qkv.dtype == DType::F32) {
+      // One query row: the naive kernel (fp32 throughout), keys [0, pos] of each sequence's cache.
+      cuda::AttentionParams p;
+      p.dtype = ElemType::F32;
+      p.q = {q, stride, stride, hd};
+      p.k = {kCache.data(), cacheBatch, hd, cap * hd};
+      p.v = {vCache.data(), cacheBatch, hd, cap * hd};
+      p.o = {out.data(), static_cast<int64_t>(s.numHeads) * hd, static_cast<int64_t>(s.numHeads) * hd, hd};
+      p.batch = s.batch, p.seqQ = 1, p.seqK = pos + 1, p.numHeads = s.numHeads, p.numKvHeads = s.numKvHeads;
+      p.headDim = hd, p.causal = true, p.scale = s.scale;
+      Tensor ws = scratch(cuda::attentionNaiveWorkspaceBytes(p));
+      cuda::attentionNaive(p, ws.data(), ws.bytes(), stream_);
+      return;
+    }
+    cuda::DecodeParams p;
+    p.dtype = elemOf(qkv.dtype);
+    p.q = {q, stride, 0, hd};
+    p.k = {kCache.data(), cacheBatch, hd, cap * hd};
+    p.v = {vCache.data(), cacheBatch, hd, cap * hd};
+    p.o = {out.data(), static_cast<int64_t>(s.numHeads) * hd, 0, hd};
+    p.seqLens = nullptr;  // every row attends positions [0, pos]
+    p.maxSeqLen = pos + 1, p.batch = s.batch, p.numHeads = s.numHeads, p.numKvHeads = s.numKvHeads;
+    p.headDim = hd, p.scale = s.scale;
+    Tensor ws = scratch(cuda::attentionDecodeWorkspaceBytes(p));
+    cuda::attentionDecode(p, ws.data(), ws.bytes(), stream_);
+  }
+
+  void add(Tensor& x, const Tensor& y) override {
+    require(x.numel() == y.numel(), "add", x.shapeString() + " vs " + y.shapeString());
+    sameDtype("add", x, y);
+    activate();
+    cuda::residualAdd(elemOf(x.dtype), x.data(), y.data(), x.numel(), stream_);
+  }
+
+  void gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) override {
+    sameDtype("gatherRows", x, out);
+    const int64_t W = x.shape.back(), R = x.numel() / W;
+    require(out.numel() == static_cast<int64_t>(rows.size()) * W, "gatherRows", "output " + out.shapeString());
+    activate();
+    const size_t rowBytes = static_cast<size_t>(W) * dtypeSize(x.dtype);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      require(rows[i] >= 0 && rows[i] < R, "gatherRows", "row " + std::to_string(rows[i]) + " out of range");
+      FL_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(out.data()) + i * rowBytes,
+                                    static_cast<const char*>(x.data()) + static_cast<size_t>(rows[i]) * rowBytes,
+                                    rowBytes, cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+
+  void allReduceSum(const std::vector<Tensor*>& parts) override {
+    if (parts.size() < 2) return;
+    throw std::runtime_error("tensor parallelism on CUDA needs the NCCL all-reduce, which this build does not have yet");
+  }
+
+ protected:
+  void* rawAlloc(size_t bytes) override {
+    activate();
+    return alloc_.allocate(bytes);
+  }
+  void rawFree(void* ptr, size_t) override { alloc_.release(ptr); }
+
+ private:
+  static constexpr size_t kGemmWorkspace = size_t{32} << 20;
+
+  void activate() { FL_CUDA_CHECK(cudaSetDevice(deviceIndex())); }
+
+  // Kernel workspace, counted as activations (freed when the returned tensor goes, after the launch is queued:
+  // the stream keeps the order, so the block is not reused before the kernel ran).
+  Tensor scratch(size_t bytes) { return alloc({static_cast<int64_t>((bytes + 3) / 4)}, MemKind::Activations, DType::F32); }
+
+  // Token ids go through a pinned staging buffer, so the copy is asynchronous and ordered on the stream.
+  int32_t* stageIds(const std::vector<int32_t>& ids) {
+    if (ids.size() > idsCapacity_) {
+      FL_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the old buffers may still be read
+      if (idsDev_) alloc_.release(idsDev_);
+      if (idsHost_) FL_CUDA_CHECK(cudaFreeHost(idsHost_));
+      idsCapacity_ = std::max<size_t>(ids.size(), 1024);
+      idsDev_ = alloc_.allocate(idsCapacity_ * sizeof(int32_t));
+      FL_CUDA_CHECK(cudaMallocHost(&idsHost_, idsCapacity_ * sizeof(int32_t)));
+    } else {
+      // The pinned buffer is rewritten below: the previous copy out of it must be done.
+      FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+    std::memcpy(idsHost_, ids.data(), ids.size() * sizeof(int32_t));
+    FL_CUDA_CHECK(cudaMemcpyAsync(idsDev_, idsHost_, ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    return static_cast<int32_t*>(idsDev_);
+  }
+
+  void runPrefill(AttentionMethod method, const Tensor& qkv, const AttnShape& s, Tensor& out) {
+    const int stride = s.qkvRowStride(), hd = s.headDim;
+    const int64_t seqStride = static_cast<int64_t>(s.seqLen) * stride;
+    const int64_t outRow = static_cast<int64_t>(s.numHeads) * hd;
+    char* base = static_cast<char*>(qkv.data());
+    const size_t esz = dtypeSize(qkv.dtype);
+    cuda::AttentionParams p;
+    p.dtype = elemOf(qkv.dtype);
+    p.q = {base, seqStride, stride, hd};
+    p.k = {base + static_cast<size_t>(s.numHeads) * hd * esz, seqStride, stride, hd};
+    p.v = {base + static_cast<size_t>(s.numHeads + s.numKvHeads) * hd * esz, seqStride, stride, hd};
+    p.o = {out.data(), s.seqLen * outRow, outRow, hd};
+    p.batch = s.batch, p.seqQ = s.seqLen, p.seqK = s.seqLen, p.numHeads = s.numHeads, p.numKvHeads = s.numKvHeads;
+    p.headDim = hd, p.causal = true, p.scale = s.scale;
+    switch (method) {
+      case AttentionMethod::Naive: {
+        // The score matrix is an activation of B * H * T * T fp32 values: the N^2 memory the baseline shows.
+        Tensor ws = scratch(cuda::attentionNaiveWorkspaceBytes(p));
+        cuda::attentionNaive(p, ws.data(), ws.bytes(), stream_);
+        return;
+      }
+      case AttentionMethod::FA1: {
+        Tensor ws = scratch(cuda::attentionFa1WorkspaceBytes(p));
+        cuda::attentionFa1(p, ws.data(), ws.bytes(), stream_);
+        return;
+      }
+      case AttentionMethod::FA2:
+        cuda::attentionFa2(p, stream_);
+        return;
+    }
+    throw std::invalid_argument("attentionPrefill: unknown method");
+  }
+
+  cuda::DeviceAllocator alloc_;
+  cudaStream_t stream_ = nullptr;
+  void* gemmWorkspace_ = nullptr;
+  std::unique_ptr<cuda::GemmLt> gemm_;
+  std::string name_;
+  void* idsDev_ = nullptr;
+  int32_t* idsHost_ = nullptr;
+  size_t idsCapacity_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker, int device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0)
+    throw std::runtime_error(std::string("no CUDA device is visible (") +
+                             (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices") + ")");
+  if (device < 0 || device >= count)
+    throw std::runtime_error("CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+                             " visible)");
+  return std::make_unique<CudaBackend>(std::move(tracker), device);
+}
+
+bool cudaMemoryFigures(const Backend& backend, CudaMemoryFigures& out) {
+  const auto* cb = dynamic_cast<const CudaBackend*>(&backend);
+  if (!cb) return false;
+  const auto st = cb->allocator().stats();
+  out.inUse = st.inUseBytes, out.reserved = st.reservedBytes, out.peakInUse = st.peakInUseBytes;
+  out.peakReserved = st.peakReservedBytes;
+  return true;
+}
+
+}  // namespace flashlab

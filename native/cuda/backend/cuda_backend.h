@@ -1,0 +1,21 @@
+// The engine's Backend interface (native/src/backend.h) on one NVIDIA GPU, with flashlab's own kernels
+// (native/cuda/*.cu) and cuBLASLt for the linear layers. Built only where nvcc and cuBLAS exist.
+#pragma once
+
+#include <memory>
+
+#include "../../src/backend.h"
+
+namespace flashlab {
+
+// Throws std::runtime_error with a readable message when no usable GPU is visible or `device` is out of range.
+std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker, int device);
+
+// Device-side allocator figures of a CUDA backend (bytes), for peak-memory reports.
+struct CudaMemoryFigures {
+  size_t inUse = 0, reserved = 0, peakInUse = 0, peakReserved = 0;
+};
+// False when `backend` is not a CUDA backend.
+bool cudaMemoryFigures(const Backend& backend, CudaMemoryFigures& out);
+
+}  // namespace flashlab

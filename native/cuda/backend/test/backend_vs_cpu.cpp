@@ -1,0 +1,297 @@
+// The CUDA backend against the CPU backend (the engine's tested reference), operation by operation, on fresh
+// random inputs at odd sizes: every Backend operation in fp32 (must agree to fp32 rounding, except fa1/fa2,
+// which run on fp16 copies) and in fp16 / bf16 (within their rounding). Also: a missing device and an
+// impossible allocation are clear errors and leave the backend usable, and naive attention's N^2 workspace
+// shows in the memory tracker while fa2's does not. Exit status 1 on a failure.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../../src/cpu/cpu_backend.h"
+#include "../cuda_backend.h"
+
+using namespace flashlab;
+
+namespace {
+
+int failures = 0;
+std::mt19937_64 rng;
+
+void report(bool ok, const std::string& name, const std::string& detail) {
+  std::printf("%s  %-60s %s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.c_str());
+  std::fflush(stdout);
+  if (!ok) ++failures;
+}
+
+std::vector<float> randomHost(size_t n, float scale = 1.f) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Host values rounded through `t`, so both backends see the same numbers.
+std::vector<float> roundedThrough(DType t, std::vector<float> v) {
+  for (auto& x : v) {
+    if (t == DType::F16) x = __half2float(__float2half_rn(x));
+    else if (t == DType::BF16) x = __bfloat162float(__float2bfloat16_rn(x));
+  }
+  return v;
+}
+
+Tensor onGpu(Backend& be, DType t, const std::vector<int64_t>& shape, const std::vector<float>& v, MemKind kind = MemKind::Activations) {
+  Tensor x = be.alloc(shape, kind, t);
+  if (t == DType::F32) {
+    be.upload(x, v.data(), x.bytes());
+  } else {
+    std::vector<uint16_t> raw(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (t == DType::F16) { __half h = __float2half_rn(v[i]); std::memcpy(&raw[i], &h, 2); }
+      else { __nv_bfloat16 h = __float2bfloat16_rn(v[i]); std::memcpy(&raw[i], &h, 2); }
+    }
+    be.upload(x, raw.data(), x.bytes());
+  }
+  return x;
+}
+
+std::vector<float> toHost(Backend& be, const Tensor& x) {
+  std::vector<float> v(x.numel());
+  if (x.dtype == DType::F32) {
+    be.download(x, v.data(), x.bytes());
+  } else {
+    std::vector<uint16_t> raw(v.size());
+    be.download(x, raw.data(), x.bytes());
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (x.dtype == DType::F16) { __half h; std::memcpy(&h, &raw[i], 2); v[i] = __half2float(h); }
+      else { __nv_bfloat16 h; std::memcpy(&h, &raw[i], 2); v[i] = __bfloat162float(h); }
+    }
+  }
+  return v;
+}
+
+Tensor onCpu(Backend& be, const std::vector<int64_t>& shape, const std::vector<float>& v) {
+  Tensor x = be.alloc(shape, MemKind::Activations);
+  be.upload(x, v.data(), x.bytes());
+  return x;
+}
+
+double relErr(const std::vector<float>& a, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (static_cast<double>(a[i]) - ref[i]) * (static_cast<double>(a[i]) - ref[i]);
+    den += static_cast<double>(ref[i]) * ref[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+double tolFor(DType t) { return t == DType::F32 ? 2e-5 : t == DType::F16 ? 4e-3 : 3e-2; }
+
+void compare(const std::string& name, DType t, const std::vector<float>& gpu, const std::vector<float>& cpu, double tol = 0) {
+  if (tol == 0) tol = tolFor(t);
+  const double e = relErr(gpu, cpu);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "err %.3e (tol %.1e)", e, tol);
+  report(e <= tol, name + " " + dtypeName(t), buf);
+}
+
+void testOps(CpuBackend& cpu, Backend& gpu, DType t) {
+  // embedding with positions (GPT-2) and without (ChatGLM2)
+  {
+    const int V = 517, H = 96, P = 40, B = 2, T = 13, start = 5;
+    auto table = roundedThrough(t, randomHost(static_cast<size_t>(V) * H)), pos = roundedThrough(t, randomHost(static_cast<size_t>(P) * H));
+    std::vector<int32_t> ids(B * T);
+    for (auto& i : ids) i = static_cast<int32_t>(rng() % V);
+    Tensor ct = cpu.uploadLinear(table.data(), V, H), cp = onCpu(cpu, {P, H}, pos), co = cpu.alloc({B * T, H}, MemKind::Activations);
+    Tensor gt = onGpu(gpu, t, {V, H}, table, MemKind::Weights), gp = onGpu(gpu, t, {P, H}, pos, MemKind::Weights);
+    Tensor go = gpu.alloc({B * T, H}, MemKind::Activations, t);
+    cpu.embedding(ids, T, start, ct, &cp, co);
+    gpu.embedding(ids, T, start, gt, &gp, go);
+    compare("embedding + positions", t, toHost(gpu, go), toHost(cpu, co));
+    cpu.embedding(ids, T, 0, ct, nullptr, co);
+    gpu.embedding(ids, T, 0, gt, nullptr, go);
+    compare("embedding", t, toHost(gpu, go), toHost(cpu, co));
+  }
+  // norms
+  {
+    const int M = 7, H = 771;
+    auto x = roundedThrough(t, randomHost(static_cast<size_t>(M) * H, 2.f)), w = roundedThrough(t, randomHost(H)), b = roundedThrough(t, randomHost(H));
+    Tensor cx = onCpu(cpu, {M, H}, x), cw = onCpu(cpu, {H}, w), cb = onCpu(cpu, {H}, b), co = cpu.alloc({M, H}, MemKind::Activations);
+    Tensor gx = onGpu(gpu, t, {M, H}, x), gw = onGpu(gpu, t, {H}, w), gb = onGpu(gpu, t, {H}, b), go = gpu.alloc({M, H}, MemKind::Activations, t);
+    cpu.layerNorm(cx, cw, cb, 1e-5f, co);
+    gpu.layerNorm(gx, gw, gb, 1e-5f, go);
+    compare("layerNorm", t, toHost(gpu, go), toHost(cpu, co));
+    cpu.rmsNorm(cx, cw, 1e-5f, co);
+    gpu.rmsNorm(gx, gw, 1e-5f, go);
+    compare("rmsNorm", t, toHost(gpu, go), toHost(cpu, co));
+  }
+  // matmul with and without bias, odd sizes
+  {
+    const int M = 37, N = 200, K = 96;
+    auto x = roundedThrough(t, randomHost(static_cast<size_t>(M) * K)), w = roundedThrough(t, randomHost(static_cast<size_t>(N) * K, 0.1f));
+    auto bias = roundedThrough(t, randomHost(N));
+    Tensor cx = onCpu(cpu, {M, K}, x), cw = cpu.uploadLinear(w.data(), N, K), cb = onCpu(cpu, {N}, bias), co = cpu.alloc({M, N}, MemKind::Activations);
+    Tensor gx = onGpu(gpu, t, {M, K}, x), gw = onGpu(gpu, t, {N, K}, w, MemKind::Weights), gb = onGpu(gpu, t, {N}, bias, MemKind::Weights);
+    Tensor go = gpu.alloc({M, N}, MemKind::Activations, t);
+    cpu.matmul(cx, cw, &cb, co);
+    gpu.matmul(gx, gw, &gb, go);
+    compare("matmul + bias (cuBLASLt)", t, toHost(gpu, go), toHost(cpu, co));
+    cpu.matmul(cx, cw, nullptr, co);
+    gpu.matmul(gx, gw, nullptr, go);
+    compare("matmul (cuBLASLt)", t, toHost(gpu, go), toHost(cpu, co));
+  }
+  // activations, residual, gather
+  {
+    const int M = 5, F = 301;
+    auto x = roundedThrough(t, randomHost(static_cast<size_t>(M) * 2 * F, 2.f));
+    Tensor cx = onCpu(cpu, {M, 2 * F}, x), gx = onGpu(gpu, t, {M, 2 * F}, x);
+    Tensor co = cpu.alloc({M, F}, MemKind::Activations), go = gpu.alloc({M, F}, MemKind::Activations, t);
+    cpu.swiglu(cx, co);
+    gpu.swiglu(gx, go);
+    compare("swiglu", t, toHost(gpu, go), toHost(cpu, co));
+    cpu.geluNew(cx);
+    gpu.geluNew(gx);
+    compare("geluNew", t, toHost(gpu, gx), toHost(cpu, cx));
+    auto y = roundedThrough(t, randomHost(static_cast<size_t>(M) * 2 * F));
+    Tensor cy = onCpu(cpu, {M, 2 * F}, y), gy = onGpu(gpu, t, {M, 2 * F}, y);
+    cpu.add(cx, cy);
+    gpu.add(gx, gy);
+    compare("add", t, toHost(gpu, gx), toHost(cpu, cx));
+    const std::vector<int32_t> rows = {4, 0, 2};
+    Tensor cg = cpu.alloc({3, 2 * F}, MemKind::Activations), gg = gpu.alloc({3, 2 * F}, MemKind::Activations, t);
+    cpu.gatherRows(cx, rows, cg);
+    gpu.gatherRows(gx, rows, gg);
+    compare("gatherRows", t, toHost(gpu, gg), toHost(cpu, cg));
+  }
+  // attention: rotary, prefill (3 methods), cache write, decode; GPT-2-like and ChatGLM2-like heads
+  for (const auto& [H, Hkv, hd, rot] : std::vector<std::tuple<int, int, int, int>>{{4, 4, 64, 0}, {8, 2, 128, 64}}) {
+    AttnShape s;
+    s.batch = 2, s.seqLen = 67, s.numHeads = H, s.numKvHeads = Hkv, s.headDim = hd;
+    s.scale = 1.f / std::sqrt(static_cast<float>(hd));
+    const int64_t rows = static_cast<int64_t>(s.batch) * s.seqLen, W = s.qkvRowStride();
+    const std::string tag = " H" + std::to_string(H) + "/" + std::to_string(Hkv) + " d" + std::to_string(hd);
+    auto qkv = roundedThrough(t, randomHost(static_cast<size_t>(rows) * W));
+    Tensor cq = onCpu(cpu, {rows, W}, qkv), gq = onGpu(gpu, t, {rows, W}, qkv);
+    if (rot) {
+      cpu.rotary(cq, s, 3, rot, 10000.f);
+      gpu.rotary(gq, s, 3, rot, 10000.f);
+      compare("rotary" + tag, t, toHost(gpu, gq), toHost(cpu, cq));
+      // continue from identical inputs so later errors are the attention's own
+      auto rotated = roundedThrough(t, toHost(cpu, cq));
+      cq = onCpu(cpu, {rows, W}, rotated);
+      gq = onGpu(gpu, t, {rows, W}, rotated);
+    }
+    Tensor co = cpu.alloc({rows, H * hd}, MemKind::Activations), go = gpu.alloc({rows, H * hd}, MemKind::Activations, t);
+    const AttentionMethod methods[] = {AttentionMethod::Naive, AttentionMethod::FA1, AttentionMethod::FA2};
+    for (AttentionMethod m : methods) {
+      cpu.attentionPrefill(m, cq, s, co);
+      gpu.attentionPrefill(m, gq, s, go);
+      // fp32 fa1/fa2 run on fp16 copies: fp16's tolerance.
+      const double tol = (t == DType::F32 && m != AttentionMethod::Naive) ? tolFor(DType::F16) : tolFor(t);
+      compare(std::string("attentionPrefill ") + attentionMethodName(m) + tag, t, toHost(gpu, go), toHost(cpu, co), tol);
+    }
+    // Cache the first T-1 tokens, then decode the last one against it.
+    const int cap = s.seqLen + 5;
+    Tensor ck = cpu.alloc({s.batch, Hkv, cap, hd}, MemKind::KvCache), cv = cpu.alloc({s.batch, Hkv, cap, hd}, MemKind::KvCache);
+    Tensor gk = gpu.alloc({s.batch, Hkv, cap, hd}, MemKind::KvCache, t), gv = gpu.alloc({s.batch, Hkv, cap, hd}, MemKind::KvCache, t);
+    cpu.kvCacheWrite(cq, s, 0, ck, cv);
+    gpu.kvCacheWrite(gq, s, 0, gk, gv);
+    std::vector<float> ckh = toHost(cpu, ck), gkh = toHost(gpu, gk);
+    // only positions < T were written: compare those
+    std::vector<float> a, b;
+    for (int bb = 0; bb < s.batch; ++bb)
+      for (int g = 0; g < Hkv; ++g)
+        for (int p = 0; p < s.seqLen; ++p)
+          for (int d = 0; d < hd; ++d) {
+            const size_t i = ((static_cast<size_t>(bb) * Hkv + g) * cap + p) * hd + d;
+            a.push_back(gkh[i]), b.push_back(ckh[i]);
+          }
+    report(a == b, std::string("kvCacheWrite") + tag + " " + dtypeName(t), "");
+    AttnShape d = s;
+    d.seqLen = 1;
+    auto q1 = roundedThrough(t, randomHost(static_cast<size_t>(s.batch) * W));
+    Tensor cq1 = onCpu(cpu, {s.batch, W}, q1), gq1 = onGpu(gpu, t, {s.batch, W}, q1);
+    Tensor co1 = cpu.alloc({s.batch, H * hd}, MemKind::Activations), go1 = gpu.alloc({s.batch, H * hd}, MemKind::Activations, t);
+    const int pos = s.seqLen - 1;  // attends cache positions [0, pos]
+    cpu.attentionDecode(cq1, d, ck, cv, pos, co1);
+    gpu.attentionDecode(gq1, d, gk, gv, pos, go1);
+    compare("attentionDecode" + tag, t, toHost(gpu, go1), toHost(cpu, co1));
+  }
+}
+
+void testErrorsAndMemory(std::shared_ptr<MemoryTracker> tracker, Backend& gpu) {
+  bool threw = false;
+  try {
+    makeCudaBackend(tracker, 999);
+  } catch (const std::exception& e) {
+    threw = std::string(e.what()).find("does not exist") != std::string::npos;
+  }
+  report(threw, "a device that does not exist is a clear error", "");
+
+  threw = false;
+  std::string msg;
+  try {
+    Tensor huge = gpu.alloc({int64_t{1} << 48}, MemKind::Activations, DType::F32);  // 1 PiB
+  } catch (const std::exception& e) {
+    msg = e.what();
+    threw = msg.find("out of memory") != std::string::npos;
+  }
+  report(threw, "an impossible allocation is a clear out-of-memory error", msg.substr(0, 120));
+  // ...and the backend still works afterwards
+  auto v = randomHost(1000);
+  Tensor x = onGpu(gpu, DType::F32, {1000}, v), y = onGpu(gpu, DType::F32, {1000}, v);
+  gpu.add(x, y);
+  auto out = toHost(gpu, x);
+  bool ok = true;
+  for (size_t i = 0; i < v.size(); ++i) ok &= out[i] == v[i] + v[i];
+  report(ok, "the backend is usable after the failed allocation", "");
+
+  // Naive attention's score matrix is counted as activations; fa2 needs none.
+  AttnShape s;
+  s.batch = 1, s.seqLen = 1024, s.numHeads = 8, s.numKvHeads = 2, s.headDim = 128, s.scale = 0.088f;
+  Tensor qkv = onGpu(gpu, DType::F16, {1024, s.qkvRowStride()}, randomHost(static_cast<size_t>(1024) * s.qkvRowStride()));
+  Tensor o = gpu.alloc({1024, 8 * 128}, MemKind::Activations, DType::F16);
+  size_t peaks[2];
+  int i = 0;
+  for (AttentionMethod m : {AttentionMethod::Naive, AttentionMethod::FA2}) {
+    tracker->resetPeaks();
+    const size_t before = tracker->current(MemKind::Activations);
+    gpu.attentionPrefill(m, qkv, s, o);
+    gpu.synchronize();
+    peaks[i++] = tracker->peak(MemKind::Activations) - before;
+  }
+  const size_t scores = size_t{8} * 1024 * 1024 * 4;
+  report(peaks[0] >= scores && peaks[1] == 0, "naive attention's N^2 scores show as activations, fa2's do not",
+         "naive +" + std::to_string(peaks[0]) + " B, fa2 +" + std::to_string(peaks[1]) + " B");
+  CudaMemoryFigures f;
+  report(cudaMemoryFigures(gpu, f) && f.peakInUse >= scores && f.reserved >= f.inUse, "allocator reports its peak",
+         "peak in use " + std::to_string(f.peakInUse >> 20) + " MiB, reserved " + std::to_string(f.reserved >> 20) + " MiB");
+}
+
+}  // namespace
+
+int main() {
+  const uint64_t seed = std::random_device{}();
+  rng.seed(seed);
+  std::printf("CUDA backend vs CPU backend, seed %llu\n", static_cast<unsigned long long>(seed));
+  try {
+    auto tracker = std::make_shared<MemoryTracker>();
+    CpuBackend cpu(tracker, 8);
+    auto gpu = makeCudaBackend(tracker, 0);
+    std::printf("backend %s\n", gpu->name().c_str());
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) testOps(cpu, *gpu, t);
+    testErrorsAndMemory(tracker, *gpu);
+  } catch (const std::exception& e) {
+    std::printf("FAIL  exception: %s\n", e.what());
+    ++failures;
+  }
+  std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "ALL PASSED", failures);
+  return failures ? 1 : 0;
+}
