@@ -67,7 +67,7 @@ if [ $want_backend = 1 ]; then
   for src in "$src_root"/backend.cpp "$src_root"/cpu/*.cpp "$here"/backend/test/backend_vs_cpu.cpp; do
     obj="$out/obj/cpp_$(basename "${src%.cpp}").o"
     backend_objs+=("$obj")
-    "$cxx" -std=c++17 -O2 -march=native -fopenmp -fPIC -Wall -Wno-unknown-pragmas -I"$(dirname "$(readlink -f "$(command -v "$nvcc")")")/../include" \
+    "$cxx" -std=c++17 -O2 -march=native -fopenmp -fPIC -Wall -Wno-unknown-pragmas -I"$(dirname "$(readlink -f "$(command -v "$nvcc")")")/../include" -I/usr/local/cuda/include \
       -c "$src" -o "$obj" & pids+=($!)
   done
 fi
