@@ -12,6 +12,7 @@ import type { Db, Tx } from '../db';
 import type { EventBus } from '../events';
 import type { DbProvider } from '../migrate';
 import { configKey } from './config-key';
+import { estimateJobMemoryBytes } from './memory';
 import { runRow, tagList } from './run-row';
 
 export type QueueErrorCode = 'INVALID' | 'NOT_FOUND' | 'STALE_ATTEMPT' | 'BAD_STATE';
@@ -35,6 +36,9 @@ export interface AgentCapabilities {
   /** Engine backends it can run (a CUDA agent usually also runs CPU jobs). */
   backends: DeviceKind[];
   gpuCount: number;
+  /** The smallest GPU's memory, and the host's: jobs estimated to need more are not handed out. */
+  gpuMemoryBytes?: number | null;
+  hostMemoryBytes?: number | null;
 }
 
 export interface QueueOptions {
@@ -97,7 +101,7 @@ export class Queue {
           experimentId: e.id, index, config, configKey: configKey(config), targetAgent: spec.targetAgent ?? null,
           maxAttempts, model: config.model, attention: config.attention, kvCache: config.kvCache, tp: config.tp,
           dtype: config.dtype, device: config.device, batchSize: config.batchSize, promptLength: config.promptLength,
-          newTokens: config.newTokens, createdAt: e.createdAt,
+          newTokens: config.newTokens, createdAt: e.createdAt, memoryBytes: estimateJobMemoryBytes(config),
         })),
       });
       return e;
@@ -123,12 +127,16 @@ export class Queue {
     const devices = backends.map((b) => p(b)).join(', ');
     const gpus = p(agent.gpuCount);
     const name = p(agent.name);
+    const real = pg ? '::double precision' : '';
+    const gpuMem = `${p(agent.gpuMemoryBytes ?? Number.MAX_SAFE_INTEGER)}${real}`;
+    const hostMem = `${p(agent.hostMemoryBytes ?? Number.MAX_SAFE_INTEGER)}${real}`;
     const sql = `UPDATE "Job" SET "state" = 'leased', "attempt" = "attempt" + 1, "leaseHolderId" = ${holder},
         "progress" = 0, "progressMessage" = NULL, "cancelRequested" = ${pg ? 'false' : '0'}
       WHERE "id" = (
         SELECT "id" FROM "Job"
         WHERE "state" = 'queued' AND "device" IN (${devices}) AND ("device" <> 'cuda' OR "tp" <= ${gpus})
           AND ("targetAgent" IS NULL OR "targetAgent" = ${name})
+          AND ("memoryBytes" IS NULL OR "memoryBytes" <= CASE WHEN "device" = 'cuda' THEN ${gpuMem} ELSE ${hostMem} END)
         ORDER BY "createdAt", "experimentId", "index"
         LIMIT 1${pg ? ' FOR UPDATE SKIP LOCKED' : ''}
       ) AND "state" = 'queued'

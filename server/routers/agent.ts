@@ -17,7 +17,8 @@ export function capabilitiesOf(agent: { id: string; name: string; inventory: unk
   if (!inv.success) return null;
   const gpuCount = inv.data.gpus.length;
   const backends = inv.data.engine.backends.filter((b: DeviceKind) => b !== 'cuda' || gpuCount > 0);
-  return { id: agent.id, name: agent.name, backends, gpuCount };
+  const gpuMemoryBytes = gpuCount ? Math.min(...inv.data.gpus.map((g) => g.memoryBytes)) : null;
+  return { id: agent.id, name: agent.name, backends, gpuCount, gpuMemoryBytes, hostMemoryBytes: inv.data.memoryBytes || null };
 }
 
 export const agentRouter = router({

@@ -3,12 +3,13 @@ import type { AgentInventory, ExperimentSpecInput, JobConfig, RunResult } from '
 import type { Db } from '../../server/db';
 import { EventBus } from '../../server/events';
 import type { DbProvider } from '../../server/migrate';
-import { Queue } from '../../server/queue/queue';
+import { type AgentCapabilities, Queue } from '../../server/queue/queue';
+import { capabilitiesOf } from '../../server/routers/agent';
 import { hashToken } from '../../server/trpc';
 
-export function inventory(name: string, o: { backend?: 'cpu' | 'cuda'; gpus?: number } = {}): AgentInventory {
+export function inventory(name: string, o: { backend?: 'cpu' | 'cuda'; gpus?: number; gpuMemoryBytes?: number } = {}): AgentInventory {
   const backend = o.backend ?? 'cpu';
-  const gpus = Array.from({ length: o.gpus ?? 0 }, (_, index) => ({ index, name: 'NVIDIA H100 80GB HBM3', memoryBytes: 80e9 }));
+  const gpus = Array.from({ length: o.gpus ?? 0 }, (_, index) => ({ index, name: 'NVIDIA H100 80GB HBM3', memoryBytes: o.gpuMemoryBytes ?? 80e9 }));
   return {
     name, hostname: `${name}.test`, backend, cpu: { model: 'Test CPU', cores: 4 }, memoryBytes: 16e9, gpus,
     engine: { version: '0.1.0', build: 'test', backends: backend === 'cuda' ? ['cpu', 'cuda'] : ['cpu'] },
@@ -16,12 +17,12 @@ export function inventory(name: string, o: { backend?: 'cpu' | 'cuda'; gpus?: nu
   };
 }
 
-export async function makeAgent(db: Db, name: string, o: { backend?: 'cpu' | 'cuda'; gpus?: number; token?: string } = {}) {
+export async function makeAgent(db: Db, name: string, o: { backend?: 'cpu' | 'cuda'; gpus?: number; gpuMemoryBytes?: number; token?: string } = {}) {
   const inv = inventory(name, o);
   const a = await db.agent.create({
     data: { name, tokenHash: hashToken(o.token ?? `token-of-${name}-${'x'.repeat(16)}`), inventory: inv, backend: inv.backend, gpuCount: inv.gpus.length },
   });
-  return { id: a.id, name: a.name, backends: inv.engine.backends, gpuCount: inv.gpus.length };
+  return capabilitiesOf(a) as AgentCapabilities;
 }
 
 export function tinySpec(over: Record<string, unknown> = {}): ExperimentSpecInput {

@@ -69,6 +69,18 @@ for (const provider of providersUnderTest()) {
       const p = await queue.lease(cpu2);
       assert.equal(p?.experimentId, pinned.experiment.id);
 
+      // ChatGLM2-6B in fp16 needs ~12.5 GB of weights: not for an 8 GB card, fine on an 80 GB one.
+      const big = await queue.createExperiment(tinySpec({
+        name: 'big', model: 'chatglm2-6b', device: 'cuda', dtype: ['fp16'], attention: ['fa2'], promptLengths: [128], newTokens: [16],
+      }));
+      const small = await makeAgent(t.db, 'gpu-8g', { backend: 'cuda', gpus: 1, gpuMemoryBytes: 8e9 });
+      assert.equal(await queue.lease(small), null, 'an 8 GB GPU gets no job that needs more');
+      const bigJob = await t.db.job.findFirstOrThrow({ where: { experimentId: big.experiment.id } });
+      assert.ok(bigJob.memoryBytes && bigJob.memoryBytes > 12.4e9 && bigJob.memoryBytes < 20e9, `estimate ${bigJob.memoryBytes}`);
+      const b = await queue.lease(gpu1);
+      assert.equal(b?.experimentId, big.experiment.id);
+      await queue.complete(gpu1.id, { ...b!, result: resultFor(b!.config) });
+
       const renewed = await queue.renew(gpu2.id, l);
       assert.equal(renewed.cancelRequested, false);
       await queue.progress(gpu2.id, { ...l, progress: 0.5, message: 'repeat 1 of 2' });
