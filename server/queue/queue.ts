@@ -277,6 +277,29 @@ export class Queue {
     return { ok: true as const };
   }
 
+  /** An agent lost its right to report (token revoked): its leases go back to the queue now rather than at expiry,
+   *  without counting a failed attempt. Returns how many jobs it held. */
+  async releaseAgent(agentId: string, reason: string): Promise<number> {
+    const held = await this.db.job.findMany({ where: { leaseHolderId: agentId, state: { in: [...ACTIVE_STATES] } } });
+    let released = 0;
+    for (const j of held) {
+      const next: JobState = j.cancelRequested ? 'cancelled' : 'queued';
+      const { count } = await this.tx((tx) =>
+        tx.job.updateMany({
+          where: { id: j.id, attempt: j.attempt, leaseHolderId: agentId, state: { in: [...ACTIVE_STATES] } },
+          data: {
+            state: next, leaseHolderId: null, leaseExpiresAt: null, progress: 0, progressMessage: reason,
+            finishedAt: next === 'cancelled' ? this.now() : null,
+          },
+        }));
+      if (count !== 1) continue;
+      released++;
+      this.emitJob({ id: j.id, experimentId: j.experimentId, state: next, attempt: j.attempt });
+    }
+    if (released) this.bus.emit('work');
+    return released;
+  }
+
   // ---- user side -----------------------------------------------------------------------------------------------
 
   /** Queued → cancelled at once; leased/running → cancelRequested, and its agent is told to abort. */

@@ -46,7 +46,7 @@ export const agentsRouter = router({
   revoke: adminProcedure.input(z.object({ id: z.string().min(1) })).mutation(async ({ ctx, input }) => {
     const agent = await ctx.db.agent.findUnique({ where: { id: input.id } });
     if (!agent) throw new TRPCError({ code: 'NOT_FOUND', message: `agent ${input.id} does not exist` });
-    if (agent.revokedAt) return { ok: true as const };
+    if (agent.revokedAt) return { ok: true as const, requeued: 0 };
     await ctx.queue.tx((tx) =>
       tx.agent.update({
         where: { id: agent.id },
@@ -55,7 +55,8 @@ export const agentsRouter = router({
       }));
     ctx.bus.emit('revoked', { agentId: agent.id });
     ctx.bus.emit('agents');
-    return { ok: true as const };
+    const requeued = await ctx.queue.releaseAgent(agent.id, `agent '${agent.name}' was revoked`);
+    return { ok: true as const, requeued };
   }),
 
   /** Fires whenever the agent list or presence changes; refetch agents.list on each. */

@@ -171,7 +171,11 @@ describe('agent gateway and health over real sockets', () => {
     const s = await rawSocket(token);
     s.ws.send(call(1, 'mutation', 'agent.hello', { inventory: inventory('gw-revoked') }));
     await s.next((m) => m?.id === 1 && m.result);
-    await browser().agents.revoke.mutate({ id: agentId });
+    const e = await browser().experiments.create.mutate(tinySpec({ name: 'held by a revoked agent', attention: ['fa1'] }));
+    s.ws.send(call(2, 'mutation', 'agent.lease', {}));
+    const leased = (await s.next((m) => m?.id === 2)).result.data.json.job;
+    assert.equal(leased.experimentId, e.id);
+    assert.deepEqual(await browser().agents.revoke.mutate({ id: agentId }), { ok: true, requeued: 1 });
     const closed = await s.closed;
     assert.equal(closed.code, 4001);
     assert.match(closed.reason, /revoked/);
@@ -180,6 +184,9 @@ describe('agent gateway and health over real sockets', () => {
     await again.closed;
     const h = await (await fetch(`${srv.url}/api/health`)).json();
     assert.ok(!h.agents.some((a: { name: string }) => a.name === 'gw-revoked'));
+    // Its job went straight back to the queue, not counted as a failed attempt.
+    const job = await t.db.job.findUniqueOrThrow({ where: { id: leased.jobId } });
+    assert.deepEqual([job.state, job.failedAttempts, job.leaseHolderId], ['queued', 0, null]);
   });
 });
 
