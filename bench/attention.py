@@ -124,8 +124,12 @@ def time_interleaved(fns, reps, warmup=2):
             f()
     torch.cuda.synchronize()
     times = {n: [] for n in fns}
-    for _ in range(reps):
-        for n, f in fns.items():
+    names = list(fns)
+    for rep in range(reps):
+        # Rotate the order every repeat, so no method always follows the same neighbour (clock and cache
+        # state after a memory-bound or a compute-bound kernel differ).
+        for n in names[rep % len(names):] + names[:rep % len(names)]:
+            f = fns[n]
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
             f()
@@ -329,7 +333,7 @@ def main():
     ceilings = measure_ceilings()
     print(f"card {env['gpu']}: copy {ceilings['copyGBps']:.0f} GB/s, fp16 matmul {ceilings['fp16MatmulTflops']:.0f} TFLOP/s",
           flush=True)
-    reps = 5 if args.quick else 10
+    reps = 5 if args.quick else 20
     free = torch.cuda.mem_get_info()[0]
     prefill = []
     shapes = [("gpt2", 8, 1024, 12, 12, 64, torch.float16)]

@@ -17,14 +17,15 @@ namespace {
 
 // Split count aims at this many single-warp CTAs per multiprocessor: what shared memory allows, and enough
 // loads in flight to stream the cache.
-constexpr int kDecodeCtasPerSmTarget = 3;
+constexpr int kDecodeCtasPerSmTarget = 6;
 
 // One warp per CTA owns the (up to 16) query heads of one KV head as the 16 rows of an m16 tile, so the
 // group's scores and P V run on the tensor cores with the same per-warp code as fa2 (attention_tile.cuh);
-// K/V blocks of 64 positions stream through two shared-memory stages with cp.async.
+// K/V blocks of 32 positions stream through two shared-memory stages with cp.async (36 KB a CTA at head dim
+// 128, so 6 CTAs share a multiprocessor: a single warp cannot hide the load latency alone).
 template <int kHeadDim>
 struct DecodeTraits {
-  using Tile = AttnTileTraits<kHeadDim, 16, 64, 1>;
+  using Tile = AttnTileTraits<kHeadDim, 16, 32, 1>;
   static constexpr int kStages = 2;
   static constexpr int kMaxGroup = 16;  // query heads per KV head: the rows of one m16 tile
   static constexpr int kSmemBytes = (Tile::kTileElemsQ + kStages * 2 * Tile::kTileElemsKV) * 2;
@@ -162,7 +163,7 @@ int attentionDecodeSplits(const DecodeParams& p) {
   static_assert(kBlockN == DecodeTraits<128>::Tile::kBlockN, "one split rule for both head dims");
   const int ctasPerSplit = std::max(1, p.batch * p.numKvHeads);
   const int forOccupancy = ceilDiv(kDecodeCtasPerSmTarget * multiprocessorCount(), ctasPerSplit);
-  const int most = std::max(1, ceilDiv(p.maxSeqLen, kBlockN));  // at least one whole K/V block per split
+  const int most = std::max(1, ceilDiv(p.maxSeqLen, 2 * kBlockN));  // at least two K/V blocks per split
   return std::max(1, std::min(forOccupancy, most));
 }
 

@@ -53,8 +53,8 @@ Tensor onGpu(Backend& be, DType t, const std::vector<int64_t>& shape, const std:
   } else {
     std::vector<uint16_t> raw(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
-      if (t == DType::F16) { __half h = __float2half_rn(v[i]); std::memcpy(&raw[i], &h, 2); }
-      else { __nv_bfloat16 h = __float2bfloat16_rn(v[i]); std::memcpy(&raw[i], &h, 2); }
+      if (t == DType::F16) raw[i] = static_cast<__half_raw>(__float2half_rn(v[i])).x;
+      else raw[i] = static_cast<__nv_bfloat16_raw>(__float2bfloat16_rn(v[i])).x;
     }
     be.upload(x, raw.data(), x.bytes());
   }
@@ -69,8 +69,8 @@ std::vector<float> toHost(Backend& be, const Tensor& x) {
     std::vector<uint16_t> raw(v.size());
     be.download(x, raw.data(), x.bytes());
     for (size_t i = 0; i < v.size(); ++i) {
-      if (x.dtype == DType::F16) { __half h; std::memcpy(&h, &raw[i], 2); v[i] = __half2float(h); }
-      else { __nv_bfloat16 h; std::memcpy(&h, &raw[i], 2); v[i] = __bfloat162float(h); }
+      if (x.dtype == DType::F16) v[i] = __half2float(__half(__half_raw{raw[i]}));
+      else v[i] = __bfloat162float(__nv_bfloat16(__nv_bfloat16_raw{raw[i]}));
     }
   }
   return v;
@@ -271,7 +271,8 @@ void testErrorsAndMemory(std::shared_ptr<MemoryTracker> tracker, Backend& gpu) {
   report(peaks[0] >= scores && peaks[1] == 0, "naive attention's N^2 scores show as activations, fa2's do not",
          "naive +" + std::to_string(peaks[0]) + " B, fa2 +" + std::to_string(peaks[1]) + " B");
   CudaMemoryFigures f;
-  report(cudaMemoryFigures(gpu, f) && f.peakInUse >= scores && f.reserved >= f.inUse, "allocator reports its peak",
+  const bool isCuda = cudaMemoryFigures(gpu, f);  // before the report's arguments read f
+  report(isCuda && f.peakInUse >= scores && f.reserved >= f.inUse, "allocator reports its peak",
          "peak in use " + std::to_string(f.peakInUse >> 20) + " MiB, reserved " + std::to_string(f.reserved >> 20) + " MiB");
 }
 
