@@ -1,5 +1,5 @@
-// Offline runs: a plan's experiment expanded and run here, one job after another on the same runner as online
-// jobs, into a results file that `flashlab import` later puts into the history.
+// Offline runs: a plan's experiment expanded and run here with the same measurement code as online jobs — the
+// configurations of one engine interleaved repeat by repeat — into a results file for `flashlab import`.
 import os from 'node:os';
 import {
   type ExperimentSpec,
@@ -12,7 +12,7 @@ import {
 import { Engine } from '../native/engine';
 import { EngineCache } from './engine-cache';
 import { collectInventory, environmentRecord } from './inventory';
-import { runBenchmark } from './runners/benchmark';
+import { runInterleaved } from './runners/benchmark';
 
 export interface OfflineRunOptions {
   agentName?: string;
@@ -38,33 +38,62 @@ export function parsePlan(json: unknown): ExperimentSpec {
   return parsed.data.experiment;
 }
 
+/** Configurations that one loaded engine serves, in the plan's order of first appearance. */
+function byEngine(jobs: JobConfig[]): JobConfig[][] {
+  const groups = new Map<string, JobConfig[]>();
+  for (const c of jobs) {
+    const key = JSON.stringify([c.model, c.weights, c.dtype, c.device, c.tp]);
+    const g = groups.get(key);
+    if (g) g.push(c);
+    else groups.set(key, [c]);
+  }
+  return [...groups.values()];
+}
+
 export async function runOffline(experiment: ExperimentSpec, opts: OfflineRunOptions = {}): Promise<OfflineResults> {
   const jobs = expandExperiment(experiment);
   const inventory = await collectInventory(opts.agentName ?? `${os.hostname()} (offline)`, Engine.buildInfo());
   const engines = new EngineCache();
   const runs: RunResult[] = [];
   const failures: OfflineResults['failures'] = [];
+  const signal = opts.signal ?? new AbortController().signal;
+  let done = 0;
   try {
-    for (const [i, config] of jobs.entries()) {
-      if (opts.signal?.aborted) break;
-      opts.onJob?.(i, jobs.length, config, 'start');
+    for (const group of byEngine(jobs)) {
+      if (signal.aborted) break;
+      const first = done;
+      group.forEach((config, i) => opts.onJob?.(first + i, jobs.length, config, 'start'));
+      let outcomes: Awaited<ReturnType<typeof runInterleaved>>;
       try {
-        const result = await runBenchmark(config, {
+        outcomes = await runInterleaved(group, {
           engines,
-          signal: opts.signal ?? new AbortController().signal,
-          environment: () => environmentRecord(inventory, config.device),
-          log: (level, text) => opts.log?.(level, `[${i + 1}/${jobs.length}] ${text}`),
-          progress: () => undefined,
+          signal,
+          environment: () => environmentRecord(inventory, group[0].device),
+          log: (level, text) => opts.log?.(level, text),
         });
-        runs.push(result);
-        opts.onJob?.(i, jobs.length, config, 'done', `median tpot ${result.summary.tpotMs?.median.toFixed(2)} ms`);
       } catch (err) {
-        if (opts.signal?.aborted) break;
-        engines.dispose();
-        const message = err instanceof Error ? err.message : String(err);
-        failures.push({ config, error: message });
-        opts.onJob?.(i, jobs.length, config, 'failed', message);
+        if (signal.aborted) break;
+        throw err;
       }
+      for (const o of outcomes) {
+        const index = first + group.indexOf(o.config);
+        if ('result' in o) {
+          runs.push(o.result);
+          opts.onJob?.(
+            index,
+            jobs.length,
+            o.config,
+            'done',
+            `median tpot ${o.result.summary.tpotMs?.median.toFixed(2)} ms`,
+          );
+        } else {
+          failures.push({ config: o.config, error: o.error });
+          opts.onJob?.(index, jobs.length, o.config, 'failed', o.error);
+        }
+      }
+      // A failure may have left the engine in doubt: the next group starts from a fresh one.
+      if (outcomes.some((o) => 'error' in o)) engines.dispose();
+      done += group.length;
     }
   } finally {
     engines.dispose();

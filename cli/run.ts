@@ -51,7 +51,7 @@ export async function main(argv: string[]): Promise<number> {
     ...(values.name ? { agentName: values.name } : {}),
     onJob: (i, total, c, state, detail) => {
       const what = `${c.model} ${c.attention} kv=${c.kvCache ? 'on' : 'off'} tp=${c.tp} ${c.dtype} batch=${c.batchSize} prompt=${c.promptLength} new=${c.newTokens}`;
-      say(`[${i + 1}/${total}] ${state === 'start' ? 'running' : state} ${what}${detail ? `: ${detail}` : ''}`);
+      say(`[${i + 1}/${total}] ${state === 'start' ? 'measuring' : state} ${what}${detail ? `: ${detail}` : ''}`);
     },
     log: (_level, text) => say(`  ${text}`),
   });

@@ -2,7 +2,8 @@
 // greedy decoding, and return every repeat's figures, their summary and where they were measured.
 import type { EnvironmentRecord, JobConfig, RepeatFigures, RunResult } from '../../contracts/experiment';
 import { KNOWN_MODELS } from '../../contracts/models';
-import type { EngineCache } from '../engine-cache';
+import type { Engine } from '../../native/engine';
+import type { EngineCache, EngineSpec } from '../engine-cache';
 import { summarizeRepeats } from '../stats';
 
 export interface BenchmarkContext {
@@ -43,66 +44,73 @@ function checkAborted(signal: AbortSignal): void {
   }
 }
 
-export async function runBenchmark(config: JobConfig, ctx: BenchmarkContext): Promise<RunResult> {
-  const model = KNOWN_MODELS[config.model];
-  if (!model) throw new Error(`config.model: unknown model '${config.model}'`);
-  const seqLen = config.promptLength + config.newTokens;
-  if (seqLen > model.maxPositions)
-    throw new Error(
-      `config.promptLength: ${config.promptLength} + ${config.newTokens} new tokens exceeds ${model.name}'s ${model.maxPositions} positions`,
+/** One configuration's measurement: its prompt, the generate call it repeats, and the figures collected. */
+export class Measurement {
+  readonly repeats: RepeatFigures[] = [];
+  private sampleTokens: number[] | undefined;
+  private inputIds: number[][] | undefined;
+
+  constructor(readonly config: JobConfig) {
+    const model = KNOWN_MODELS[config.model];
+    if (!model) throw new Error(`config.model: unknown model '${config.model}'`);
+    if (config.promptLength + config.newTokens > model.maxPositions)
+      throw new Error(
+        `config.promptLength: ${config.promptLength} + ${config.newTokens} new tokens exceeds ${model.name}'s ${model.maxPositions} positions`,
+      );
+  }
+
+  get seqLen(): number {
+    return this.config.promptLength + this.config.newTokens;
+  }
+
+  get engineSpec(): EngineSpec {
+    const c = this.config;
+    return {
+      model: c.model,
+      weights: c.weights,
+      dtype: c.dtype,
+      device: c.device,
+      tp: c.tp,
+      maxBatch: c.batchSize,
+      maxSeqLen: this.seqLen,
+    };
+  }
+
+  /** One generate call; measured ones are recorded, warm-ups only logged. */
+  async once(
+    engine: Engine,
+    measured: boolean,
+    signal: AbortSignal,
+    onStep?: (fractionOfCall: number) => void,
+    log?: BenchmarkContext['log'],
+    label = '',
+  ): Promise<void> {
+    const c = this.config;
+    // A checkpoint may have a smaller vocabulary than the named model's: draw ids the loaded model has.
+    this.inputIds ??= benchmarkPrompt(
+      c.weights.kind === 'random' ? c.weights.seed : 0,
+      c.batchSize,
+      c.promptLength,
+      engine.config.vocabSize,
     );
-
-  ctx.progress(0, 'loading the engine');
-  const loadStart = performance.now();
-  const { engine, reused } = await ctx.engines.get({
-    model: config.model,
-    weights: config.weights,
-    dtype: config.dtype,
-    device: config.device,
-    tp: config.tp,
-    maxBatch: config.batchSize,
-    maxSeqLen: seqLen,
-  });
-  ctx.log(
-    'info',
-    reused ? 'reusing the loaded engine' : `engine loaded in ${Math.round(performance.now() - loadStart)} ms`,
-  );
-  checkAborted(ctx.signal);
-
-  // A checkpoint may have a smaller vocabulary than the named model's: draw ids the loaded model has.
-  const vocabSize = engine.config.vocabSize;
-  const inputIds = benchmarkPrompt(
-    config.weights.kind === 'random' ? config.weights.seed : 0,
-    config.batchSize,
-    config.promptLength,
-    vocabSize,
-  );
-  const environment = await ctx.environment();
-
-  const total = config.warmup + config.repeats;
-  const repeats: RepeatFigures[] = [];
-  let sampleTokens: number[] | undefined;
-  for (let i = 0; i < total; i++) {
-    const warm = i < config.warmup;
-    const label = warm ? `warm-up ${i + 1}/${config.warmup}` : `repeat ${i - config.warmup + 1}/${config.repeats}`;
     const out = await engine.generate({
-      inputIds,
-      maxNewTokens: config.newTokens,
-      attention: config.attention,
-      kvCache: config.kvCache,
+      inputIds: this.inputIds,
+      maxNewTokens: c.newTokens,
+      attention: c.attention,
+      kvCache: c.kvCache,
       // Greedy, no stop tokens: every repeat generates exactly newTokens, so repeats are comparable.
       sampling: { greedy: true, stopTokens: [] },
-      signal: ctx.signal,
+      signal,
       // step 0 is the token after prefill.
-      onTokens: (step) => ctx.progress((i + (step + 1) / config.newTokens) / total, label),
+      onTokens: onStep ? (step) => onStep((step + 1) / c.newTokens) : undefined,
     });
-    if (warm) {
-      ctx.log('info', `${label}: ${out.timings.totalMs.toFixed(1)} ms`);
-      continue;
+    if (!measured) {
+      log?.('info', `${label}: ${out.timings.totalMs.toFixed(1)} ms`);
+      return;
     }
     const generated = out.newTokens[0]?.length ?? 0;
-    if (generated !== config.newTokens)
-      ctx.log('warn', `${label} stopped after ${generated} of ${config.newTokens} tokens (${out.stoppedBy})`);
+    if (generated !== c.newTokens)
+      log?.('warn', `${label} stopped after ${generated} of ${c.newTokens} tokens (${out.stoppedBy})`);
     const figures: RepeatFigures = {
       prefillMs: out.timings.prefillMs,
       tpotMs: out.timings.tpotMs,
@@ -113,19 +121,105 @@ export async function runBenchmark(config: JobConfig, ctx: BenchmarkContext): Pr
       weightsBytes: out.memory.weightsBytes,
       decodeMs: out.timings.decodeMs,
     };
-    repeats.push(figures);
-    sampleTokens ??= out.newTokens[0];
-    ctx.log(
+    this.repeats.push(figures);
+    this.sampleTokens ??= out.newTokens[0];
+    log?.(
       'info',
       `${label}: prefill ${figures.prefillMs.toFixed(2)} ms, tpot ${figures.tpotMs.toFixed(2)} ms, ${figures.tokensPerSec.toFixed(1)} tok/s`,
     );
+  }
+
+  result(environment: EnvironmentRecord): RunResult {
+    return {
+      config: this.config,
+      repeats: this.repeats,
+      summary: summarizeRepeats(this.repeats),
+      environment,
+      ...(this.sampleTokens ? { sampleTokens: this.sampleTokens } : {}),
+    };
+  }
+}
+
+async function loadEngine(engines: EngineCache, spec: EngineSpec, log: BenchmarkContext['log']): Promise<Engine> {
+  const loadStart = performance.now();
+  const { engine, reused } = await engines.get(spec);
+  log(
+    'info',
+    reused ? 'reusing the loaded engine' : `engine loaded in ${Math.round(performance.now() - loadStart)} ms`,
+  );
+  return engine;
+}
+
+/** One job: warm-ups, then the measured repeats of one configuration. */
+export async function runBenchmark(config: JobConfig, ctx: BenchmarkContext): Promise<RunResult> {
+  const m = new Measurement(config);
+  ctx.progress(0, 'loading the engine');
+  const engine = await loadEngine(ctx.engines, m.engineSpec, ctx.log);
+  checkAborted(ctx.signal);
+  const environment = await ctx.environment();
+  const total = config.warmup + config.repeats;
+  for (let i = 0; i < total; i++) {
+    const warm = i < config.warmup;
+    const label = warm ? `warm-up ${i + 1}/${config.warmup}` : `repeat ${i - config.warmup + 1}/${config.repeats}`;
+    await m.once(engine, !warm, ctx.signal, (f) => ctx.progress((i + f) / total, label), ctx.log, label);
     ctx.progress((i + 1) / total, label);
   }
-  return {
-    config,
-    repeats,
-    summary: summarizeRepeats(repeats),
-    environment,
-    ...(sampleTokens ? { sampleTokens } : {}),
+  return m.result(environment);
+}
+
+export type InterleavedOutcome = { config: JobConfig; result: RunResult } | { config: JobConfig; error: string };
+
+/** Several configurations that share one engine (same model, weights, dtype, device, TP; methods, cache settings and
+ *  shapes may differ), measured interleaved — repeat r of every configuration before repeat r + 1 of any — so that
+ *  drift of the machine (clocks, temperature, neighbours) spreads over all of them instead of favouring one. */
+export async function runInterleaved(
+  configs: JobConfig[],
+  ctx: Omit<BenchmarkContext, 'progress'>,
+): Promise<InterleavedOutcome[]> {
+  const outcomes = new Map<Measurement, InterleavedOutcome>();
+  const live: Measurement[] = [];
+  const invalid: InterleavedOutcome[] = [];
+  for (const config of configs) {
+    try {
+      live.push(new Measurement(config));
+    } catch (err) {
+      invalid.push({ config, error: (err as Error).message });
+    }
+  }
+  if (live.length === 0) return invalid;
+  const spec: EngineSpec = {
+    ...live[0].engineSpec,
+    maxBatch: Math.max(...live.map((m) => m.config.batchSize)),
+    maxSeqLen: Math.max(...live.map((m) => m.seqLen)),
   };
+  let engine: Engine;
+  try {
+    engine = await loadEngine(ctx.engines, spec, ctx.log);
+  } catch (err) {
+    return [...invalid, ...live.map((m) => ({ config: m.config, error: (err as Error).message }))];
+  }
+  const environment = await ctx.environment();
+  const fail = (m: Measurement, err: unknown) => {
+    if (ctx.signal.aborted) throw err;
+    outcomes.set(m, { config: m.config, error: err instanceof Error ? err.message : String(err) });
+  };
+  const rounds = Math.max(...live.map((m) => m.config.warmup + m.config.repeats));
+  for (let round = 0; round < rounds; round++) {
+    for (const m of live) {
+      if (outcomes.has(m)) continue;
+      const c = m.config;
+      // Warm-ups of every configuration come first, then the measured rounds.
+      const warm = round < c.warmup;
+      const r = round - c.warmup;
+      if (!warm && r >= c.repeats) continue;
+      const label = `${c.attention} kv=${c.kvCache ? 'on' : 'off'} b${c.batchSize} p${c.promptLength} n${c.newTokens} ${warm ? `warm-up ${round + 1}/${c.warmup}` : `repeat ${r + 1}/${c.repeats}`}`;
+      try {
+        await m.once(engine, !warm, ctx.signal, undefined, ctx.log, label);
+      } catch (err) {
+        fail(m, err);
+      }
+    }
+  }
+  for (const m of live) if (!outcomes.has(m)) outcomes.set(m, { config: m.config, result: m.result(environment) });
+  return [...invalid, ...live.map((m) => outcomes.get(m) as InterleavedOutcome)];
 }
