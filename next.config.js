@@ -4,7 +4,14 @@
 const config = {
   reactStrictMode: true,
   poweredByHeader: false,
-  serverExternalPackages: ['@prisma/client', '@prisma/adapter-better-sqlite3', '@prisma/adapter-pg', 'better-sqlite3', 'pg', 'ws'],
+  serverExternalPackages: [
+    '@prisma/client',
+    '@prisma/adapter-better-sqlite3',
+    '@prisma/adapter-pg',
+    'better-sqlite3',
+    'pg',
+    'ws',
+  ],
 };
 
 export default config;

@@ -2,7 +2,7 @@
 // `npm start` runs it through scripts/start.sh; `NODE_ENV=development tsx server.ts` runs Next in dev mode.
 import next from 'next';
 import { closeDb, db, dbProvider } from './server/db';
-import { ensureEmbeddedToken, runEmbeddedAgent, type EmbeddedAgent } from './server/embedded-agent';
+import { type EmbeddedAgent, ensureEmbeddedToken, runEmbeddedAgent } from './server/embedded-agent';
 import { env } from './server/env';
 import { startServer } from './server/http';
 import { migrate } from './server/migrate';
@@ -27,7 +27,10 @@ async function main() {
   await app.prepare();
   const handle = app.getRequestHandler();
   const running = await startServer({
-    env: e, db: db(), queue: queue(), log,
+    env: e,
+    db: db(),
+    queue: queue(),
+    log,
     next: { handle: (req, res) => handle(req, res), upgrade: dev ? app.getUpgradeHandler() : undefined },
   });
   process.stdout.write(`flashlab dashboard: ${running.url}\n`);

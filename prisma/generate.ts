@@ -17,7 +17,9 @@ export function schemaFor(provider: Provider, source = readFileSync(SCHEMA_PATH,
     .replace(/url\s*=\s*"file:[^"]*"/, 'url      = env("DATABASE_URL")')
     .replace(/output\s*=\s*"\.\/generated\/sqlite"/, 'output          = "./postgresql"');
   if (out === source || !out.includes('"postgresql"') || !out.includes('"./postgresql"'))
-    throw new Error('prisma/schema.prisma: cannot derive the PostgreSQL schema (datasource provider or generator output changed shape)');
+    throw new Error(
+      'prisma/schema.prisma: cannot derive the PostgreSQL schema (datasource provider or generator output changed shape)',
+    );
   return out;
 }
 
@@ -45,7 +47,11 @@ function main() {
   prismaCli(['generate', '--config', CONFIG_PATH, '--schema', SCHEMA_PATH]);
   // The PostgreSQL schema reads DATABASE_URL only when connecting through the CLI; generating needs no value.
   prismaCli(['generate', '--config', CONFIG_PATH, '--schema', writePostgresSchema()], {
-    env: { DATABASE_URL: process.env.DATABASE_URL?.startsWith('postgres') ? process.env.DATABASE_URL : 'postgresql://generate@127.0.0.1/none' },
+    env: {
+      DATABASE_URL: process.env.DATABASE_URL?.startsWith('postgres')
+        ? process.env.DATABASE_URL
+        : 'postgresql://generate@127.0.0.1/none',
+    },
   });
   process.stdout.write('generated Prisma clients: prisma/generated/sqlite, prisma/generated/postgresql\n');
 }

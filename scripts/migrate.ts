@@ -4,16 +4,20 @@
 // The PostgreSQL diff needs a reachable server: MIGRATE_DIFF_POSTGRES_URL or TEST_POSTGRES_URL.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CONFIG_PATH, SCHEMA_PATH, prismaCli, schemaFor } from '../prisma/generate';
-import { DEFAULT_SQLITE_URL, REPO_ROOT, migrate, providerOf } from '../server/migrate';
+import { CONFIG_PATH, prismaCli, SCHEMA_PATH, schemaFor } from '../prisma/generate';
+import { DEFAULT_SQLITE_URL, migrate, providerOf, REPO_ROOT } from '../server/migrate';
 
 const SNAPSHOT = path.join(REPO_ROOT, 'prisma', 'migrations', 'schema.at-last-migration.prisma');
 
 function newMigration(name: string) {
   if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`migration name must be lower_snake_case, got '${name}'`);
-  if (!existsSync(SNAPSHOT)) throw new Error(`${SNAPSHOT} is missing: it records the schema the last migration produced`);
+  if (!existsSync(SNAPSHOT))
+    throw new Error(`${SNAPSHOT} is missing: it records the schema the last migration produced`);
   const pgUrl = process.env.MIGRATE_DIFF_POSTGRES_URL ?? process.env.TEST_POSTGRES_URL;
-  if (!pgUrl) throw new Error('set MIGRATE_DIFF_POSTGRES_URL (or TEST_POSTGRES_URL) to a PostgreSQL server: the PostgreSQL diff needs one');
+  if (!pgUrl)
+    throw new Error(
+      'set MIGRATE_DIFF_POSTGRES_URL (or TEST_POSTGRES_URL) to a PostgreSQL server: the PostgreSQL diff needs one',
+    );
   const stamp = new Date().toISOString().replace(/\D/g, '').slice(0, 14);
   const tmp = path.join(REPO_ROOT, 'prisma', 'generated', 'diff');
   mkdirSync(tmp, { recursive: true });
@@ -23,7 +27,17 @@ function newMigration(name: string) {
     writeFileSync(from, schemaFor(provider, readFileSync(SNAPSHOT, 'utf8')));
     writeFileSync(to, schemaFor(provider));
     const sql = prismaCli(
-      ['migrate', 'diff', '--config', CONFIG_PATH, '--from-schema-datamodel', from, '--to-schema-datamodel', to, '--script'],
+      [
+        'migrate',
+        'diff',
+        '--config',
+        CONFIG_PATH,
+        '--from-schema-datamodel',
+        from,
+        '--to-schema-datamodel',
+        to,
+        '--script',
+      ],
       { env: provider === 'postgresql' ? { DATABASE_URL: pgUrl } : { DATABASE_URL: DEFAULT_SQLITE_URL } },
     );
     if (/^-- This is an empty migration/m.test(sql) || !sql.trim()) {
@@ -49,7 +63,9 @@ async function main() {
   const url = process.env.DATABASE_URL || DEFAULT_SQLITE_URL;
   const applied = await migrate(url);
   const where = providerOf(url) === 'sqlite' ? url : url.replace(/\/\/[^@/]*@/, '//…@');
-  process.stdout.write(applied.length ? `migrated ${where}: ${applied.join(', ')}\n` : `database up to date: ${where}\n`);
+  process.stdout.write(
+    applied.length ? `migrated ${where}: ${applied.join(', ')}\n` : `database up to date: ${where}\n`,
+  );
 }
 
 main().catch((err: unknown) => {

@@ -8,10 +8,10 @@ import { type ChatDelta, type ChatEnd, ChatMessage as ChatMessageSchema, type Ch
 import { AttentionMethod, DeviceKind, Dtype, Sampling } from '../contracts/engine';
 import { WeightsSpec } from '../contracts/experiment';
 import { KnownModelName } from '../contracts/models';
-import { capabilitiesOf } from './routers/agent';
 import type { Db } from './db';
-import { type EventBus, bus } from './events';
+import { bus, type EventBus } from './events';
 import { gateway } from './gateway';
+import { capabilitiesOf } from './routers/agent';
 
 export const ChatSettings = z.object({
   model: KnownModelName.default('gpt2'),
@@ -67,10 +67,19 @@ export class ChatRelay {
     this.db = db;
     this.offDisconnect ??= gateway().whenDisconnected((agentId) => {
       for (const p of [...this.pending.values()])
-        if (p.agentId === agentId) void this.finish(p, { status: 'error', error: `agent '${p.agentName}' disconnected mid-answer`, stoppedBy: 'error' });
+        if (p.agentId === agentId)
+          void this.finish(p, {
+            status: 'error',
+            error: `agent '${p.agentName}' disconnected mid-answer`,
+            stoppedBy: 'error',
+          });
     });
     await db.$transaction((tx) =>
-      tx.chatMessage.updateMany({ where: { status: 'streaming' }, data: { status: 'error', error: 'the dashboard restarted mid-answer' } }));
+      tx.chatMessage.updateMany({
+        where: { status: 'streaming' },
+        data: { status: 'error', error: 'the dashboard restarted mid-answer' },
+      }),
+    );
   }
 
   private database(): Db {
@@ -88,7 +97,9 @@ export class ChatRelay {
     if (!session) throw new TRPCError({ code: 'NOT_FOUND', message: `chat session ${sessionId} does not exist` });
     const settings = ChatSettings.parse(session.settings);
     const agent = await this.pickAgent(db, settings);
-    const history = session.messages.slice(-HISTORY_LIMIT).map((m) => ChatMessageSchema.parse({ role: m.role, content: m.content }));
+    const history = session.messages
+      .slice(-HISTORY_LIMIT)
+      .map((m) => ChatMessageSchema.parse({ role: m.role, content: m.content }));
     const messages = [
       ...(settings.systemPrompt ? [{ role: 'system' as const, content: settings.systemPrompt }] : []),
       ...history.filter((m) => m.role !== 'system'),
@@ -96,26 +107,52 @@ export class ChatRelay {
     ];
     const requestId = randomUUID();
     const request: ChatRequest = {
-      requestId, model: settings.model, weights: settings.weights, attention: settings.attention, kvCache: settings.kvCache,
-      tp: settings.tp, dtype: settings.dtype, device: settings.device, sampling: settings.sampling,
-      maxNewTokens: settings.maxNewTokens, messages,
+      requestId,
+      model: settings.model,
+      weights: settings.weights,
+      attention: settings.attention,
+      kvCache: settings.kvCache,
+      tp: settings.tp,
+      dtype: settings.dtype,
+      device: settings.device,
+      sampling: settings.sampling,
+      maxNewTokens: settings.maxNewTokens,
+      messages,
     };
     const { user, answer } = await db.$transaction(async (tx) => {
       const u = await tx.chatMessage.create({ data: { sessionId, role: 'user', content } });
       const a = await tx.chatMessage.create({
         data: {
-          sessionId, role: 'assistant', content: '', requestId, status: 'streaming', agentName: agent.name,
-          model: settings.model, weightsKind: settings.weights.kind, attention: settings.attention, kvCache: settings.kvCache,
-          tp: settings.tp, dtype: settings.dtype, device: settings.device,
+          sessionId,
+          role: 'assistant',
+          content: '',
+          requestId,
+          status: 'streaming',
+          agentName: agent.name,
+          model: settings.model,
+          weightsKind: settings.weights.kind,
+          attention: settings.attention,
+          kvCache: settings.kvCache,
+          tp: settings.tp,
+          dtype: settings.dtype,
+          device: settings.device,
           // One tick later than the user's message so that ordering by time is stable.
           createdAt: new Date(u.createdAt.getTime() + 1),
         },
       });
-      const title = session.messages.length === 0 && /^new chat$/i.test(session.title) ? content.slice(0, 60) : session.title;
+      const title =
+        session.messages.length === 0 && /^new chat$/i.test(session.title) ? content.slice(0, 60) : session.title;
       await tx.chatSession.update({ where: { id: sessionId }, data: { title } });
       return { user: u, answer: a };
     });
-    this.pending.set(requestId, { requestId, agentId: agent.id, agentName: agent.name, messageId: answer.id, sessionId, text: '' });
+    this.pending.set(requestId, {
+      requestId,
+      agentId: agent.id,
+      agentName: agent.name,
+      messageId: answer.id,
+      sessionId,
+      text: '',
+    });
     this.events.emit('agent', { agentId: agent.id, event: { type: 'chat', request } });
     return { requestId, userMessageId: user.id, assistantMessageId: answer.id, agentName: agent.name };
   }
@@ -146,7 +183,10 @@ export class ChatRelay {
   delta(agentId: string, d: ChatDelta): void {
     const p = this.pending.get(d.requestId);
     if (!p || p.agentId !== agentId)
-      throw new TRPCError({ code: 'NOT_FOUND', message: `chat request ${d.requestId} is not open on this agent (ended or cancelled)` });
+      throw new TRPCError({
+        code: 'NOT_FOUND',
+        message: `chat request ${d.requestId} is not open on this agent (ended or cancelled)`,
+      });
     p.text += d.text;
     this.events.emit('chat', { requestId: d.requestId, kind: 'delta', text: d.text });
   }
@@ -154,28 +194,49 @@ export class ChatRelay {
   async end(agentId: string, e: ChatEnd): Promise<void> {
     const p = this.pending.get(e.requestId);
     if (!p || p.agentId !== agentId)
-      throw new TRPCError({ code: 'NOT_FOUND', message: `chat request ${e.requestId} is not open on this agent (ended or cancelled)` });
+      throw new TRPCError({
+        code: 'NOT_FOUND',
+        message: `chat request ${e.requestId} is not open on this agent (ended or cancelled)`,
+      });
     await this.finish(p, {
       status: e.ok ? 'done' : e.stoppedBy === 'cancelled' ? 'cancelled' : 'error',
-      error: e.ok ? null : (e.error ?? 'the agent reported a failure without a message'), stoppedBy: e.stoppedBy,
-      prefillMs: e.prefillMs, tokensPerSec: e.tokensPerSec, tpotMs: e.tpotMs, newTokens: e.newTokens,
+      error: e.ok ? null : (e.error ?? 'the agent reported a failure without a message'),
+      stoppedBy: e.stoppedBy,
+      prefillMs: e.prefillMs,
+      tokensPerSec: e.tokensPerSec,
+      tpotMs: e.tpotMs,
+      newTokens: e.newTokens,
     });
   }
 
-  private async finish(p: Pending, f: Omit<ChatStreamItem, 'requestId' | 'kind' | 'text'> & { status: 'done' | 'cancelled' | 'error' }) {
+  private async finish(
+    p: Pending,
+    f: Omit<ChatStreamItem, 'requestId' | 'kind' | 'text'> & { status: 'done' | 'cancelled' | 'error' },
+  ) {
     if (this.pending.get(p.requestId) !== p) return;
     this.pending.delete(p.requestId);
     await this.database().$transaction(async (tx) => {
       await tx.chatMessage.update({
         where: { id: p.messageId },
         data: {
-          content: p.text, status: f.status, error: f.error ?? null, stoppedBy: f.stoppedBy ?? null,
-          prefillMs: f.prefillMs ?? null, tokensPerSec: f.tokensPerSec ?? null, tpotMs: f.tpotMs ?? null, newTokens: f.newTokens ?? null,
+          content: p.text,
+          status: f.status,
+          error: f.error ?? null,
+          stoppedBy: f.stoppedBy ?? null,
+          prefillMs: f.prefillMs ?? null,
+          tokensPerSec: f.tokensPerSec ?? null,
+          tpotMs: f.tpotMs ?? null,
+          newTokens: f.newTokens ?? null,
         },
       });
       await tx.chatSession.update({ where: { id: p.sessionId }, data: { updatedAt: new Date() } });
     });
-    this.events.emit('chat', { requestId: p.requestId, kind: 'end', ok: f.status === 'done', error: f.error ?? undefined });
+    this.events.emit('chat', {
+      requestId: p.requestId,
+      kind: 'end',
+      ok: f.status === 'done',
+      error: f.error ?? undefined,
+    });
   }
 
   /** Asks the agent to stop; the answer ends (cancelled) when the agent confirms, or at once if it is gone. */
@@ -183,7 +244,8 @@ export class ChatRelay {
     const p = this.pending.get(requestId);
     if (!p) return { cancelled: false };
     this.events.emit('agent', { agentId: p.agentId, event: { type: 'chat-cancel', requestId } });
-    if (!gateway().isConnected(p.agentId)) await this.finish(p, { status: 'cancelled', stoppedBy: 'cancelled', error: 'cancelled' });
+    if (!gateway().isConnected(p.agentId))
+      await this.finish(p, { status: 'cancelled', stoppedBy: 'cancelled', error: 'cancelled' });
     return { cancelled: true };
   }
 

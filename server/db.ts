@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { Prisma as PrismaNs, PrismaClient as SqliteClient } from '../prisma/generated/sqlite';
 import { env } from './env';
-import { type DbProvider, REPO_ROOT, providerOf, sqlitePath } from './migrate';
+import { type DbProvider, providerOf, REPO_ROOT, sqlitePath } from './migrate';
 import { serialisedSqlite } from './sqlite-adapter';
 
 export type Db = SqliteClient;
@@ -15,7 +15,11 @@ export type { PrismaNs };
 /** What $transaction hands its callback. */
 export type Tx = Omit<Db, '$connect' | '$disconnect' | '$on' | '$transaction' | '$extends'>;
 
-interface Held { client: Db; provider: DbProvider; url: string }
+interface Held {
+  client: Db;
+  provider: DbProvider;
+  url: string;
+}
 const g = globalThis as typeof globalThis & { __flashlabDb?: Held };
 
 // Loaded at run time from the repository root rather than imported, so that bundlers (Next) leave the generated
@@ -26,7 +30,9 @@ export function createClient(url: string): { client: Db; provider: DbProvider } 
   const provider = providerOf(url);
   if (provider === 'sqlite') {
     const { PrismaClient } = load('./prisma/generated/sqlite') as { PrismaClient: new (o: object) => Db };
-    const { PrismaBetterSQLite3 } = load('@prisma/adapter-better-sqlite3') as typeof import('@prisma/adapter-better-sqlite3');
+    const { PrismaBetterSQLite3 } = load(
+      '@prisma/adapter-better-sqlite3',
+    ) as typeof import('@prisma/adapter-better-sqlite3');
     // A generous busy timeout: the CLI (import) and the server may write the same file.
     const adapter = serialisedSqlite(new PrismaBetterSQLite3({ url: `file:${sqlitePath(url)}`, timeout: 30_000 }));
     return { client: new PrismaClient({ adapter }), provider };

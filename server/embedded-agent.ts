@@ -27,7 +27,8 @@ export async function ensureEmbeddedToken(db: Db, tokenFile = TOKEN_FILE): Promi
       where: { name },
       create: { name, tokenHash: hashToken(token), embedded: true },
       update: { tokenHash: hashToken(token), embedded: true, revokedAt: null },
-    }));
+    }),
+  );
   mkdirSync(path.dirname(tokenFile), { recursive: true });
   writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
   chmodSync(tokenFile, 0o600);
@@ -39,7 +40,12 @@ export interface EmbeddedAgent {
 }
 
 /** Runs `bin/flashlab agent` against this server until stopped; restarts it with back-off when it exits. */
-export function runEmbeddedAgent(o: { port: number; token: string; name: string; log: (line: string) => void }): EmbeddedAgent {
+export function runEmbeddedAgent(o: {
+  port: number;
+  token: string;
+  name: string;
+  log: (line: string) => void;
+}): EmbeddedAgent {
   let child: ChildProcess | null = null;
   let stopping = false;
   let restarts = 0;

@@ -32,8 +32,8 @@ class Gateway {
   }
 
   register(agentId: string, socket: AgentSocket): void {
-    let set = this.sockets.get(agentId);
-    if (!set) this.sockets.set(agentId, (set = new Set()));
+    const set = this.sockets.get(agentId) ?? new Set<AgentSocket>();
+    this.sockets.set(agentId, set);
     if (set.has(socket)) return;
     set.add(socket);
     socket.once('close', () => {
@@ -51,7 +51,8 @@ class Gateway {
     if (!this.database) return;
     try {
       await this.database.$transaction((tx) =>
-        tx.agent.updateMany({ where: { id: agentId }, data: { online: false, lastSeenAt: new Date() } }));
+        tx.agent.updateMany({ where: { id: agentId }, data: { online: false, lastSeenAt: new Date() } }),
+      );
       bus().emit('agents');
     } catch {
       // The database may be closing at shutdown; presence is rebuilt at the next start.

@@ -10,12 +10,12 @@ import { AgentInventory } from '../contracts/agent';
 import { chat } from './chat';
 import type { Db } from './db';
 import type { ServerEnv } from './env';
-import { type EventBus, bus } from './events';
+import { bus, type EventBus } from './events';
 import { gateway } from './gateway';
 import type { Queue } from './queue/queue';
-import { agentRouter } from './routers/agent';
 import { appRouter } from './routers/_app';
-import { type Context, agentForToken, isAdminRequest, requestAdminToken, router } from './trpc';
+import { agentRouter } from './routers/agent';
+import { agentForToken, type Context, isAdminRequest, requestAdminToken, router } from './trpc';
 
 export const AGENT_WS_PATH = '/api/agent-ws';
 const TRPC_PATH = '/api/trpc/';
@@ -79,7 +79,11 @@ export async function health(db: Db): Promise<HealthReport> {
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown) {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'cache-control': 'no-store',
+    'content-length': Buffer.byteLength(text),
+  });
   res.end(text);
 }
 
@@ -140,11 +144,18 @@ export async function startServer(o: StartOptions): Promise<RunningServer> {
       const token = (info.connectionParams as { token?: unknown } | null)?.token;
       const agent = await agentForToken(db, token);
       if (!agent) {
-        log(`agent socket refused from ${req.socket.remoteAddress}: ${token ? 'unknown or revoked token' : 'no token in connectionParams'}`);
-        throw new TRPCError({ code: 'UNAUTHORIZED', message: token ? 'agent token unknown or revoked' : 'agent token missing: send connectionParams { token }' });
+        log(
+          `agent socket refused from ${req.socket.remoteAddress}: ${token ? 'unknown or revoked token' : 'no token in connectionParams'}`,
+        );
+        throw new TRPCError({
+          code: 'UNAUTHORIZED',
+          message: token ? 'agent token unknown or revoked' : 'agent token missing: send connectionParams { token }',
+        });
       }
       gateway().register(agent.id, res);
-      await queue.tx((tx) => tx.agent.update({ where: { id: agent.id }, data: { online: true, lastSeenAt: new Date() } }));
+      await queue.tx((tx) =>
+        tx.agent.update({ where: { id: agent.id }, data: { online: true, lastSeenAt: new Date() } }),
+      );
       events.emit('agents');
       return { ...base, isAdmin: false, agent, transport: 'ws', socket: res };
     },
@@ -169,7 +180,8 @@ export async function startServer(o: StartOptions): Promise<RunningServer> {
   const sweeper = setInterval(() => {
     queue.expireLeases().then(
       (r) => {
-        if (r.requeued || r.failed || r.cancelled) log(`lease sweeper: ${r.requeued} requeued, ${r.failed} failed, ${r.cancelled} cancelled`);
+        if (r.requeued || r.failed || r.cancelled)
+          log(`lease sweeper: ${r.requeued} requeued, ${r.failed} failed, ${r.cancelled} cancelled`);
       },
       (err: unknown) => log(`lease sweeper: ${err instanceof Error ? err.message : String(err)}`),
     );

@@ -14,7 +14,9 @@ export const DEFAULT_SQLITE_URL = `file:${path.join(REPO_ROOT, 'data', 'flashlab
 export function providerOf(url: string): DbProvider {
   if (/^postgres(ql)?:\/\//.test(url)) return 'postgresql';
   if (url.startsWith('file:')) return 'sqlite';
-  throw new Error(`DATABASE_URL must start with file: (SQLite) or postgres:// / postgresql:// (PostgreSQL), got '${url.split(':')[0]}:…'`);
+  throw new Error(
+    `DATABASE_URL must start with file: (SQLite) or postgres:// / postgresql:// (PostgreSQL), got '${url.split(':')[0]}:…'`,
+  );
 }
 
 /** The file path of a `file:` URL; relative paths are taken from the repository root, as `npm start` runs there. */
@@ -24,7 +26,11 @@ export function sqlitePath(url: string): string {
   return path.isAbsolute(p) ? p : path.join(REPO_ROOT, p);
 }
 
-export interface Migration { name: string; sql: string; checksum: string }
+export interface Migration {
+  name: string;
+  sql: string;
+  checksum: string;
+}
 
 export function listMigrations(provider: DbProvider): Migration[] {
   const dir = path.join(REPO_ROOT, 'prisma', 'migrations', provider);
@@ -42,9 +48,14 @@ export function listMigrations(provider: DbProvider): Migration[] {
 function checkRecorded(applied: Map<string, string>, migrations: Migration[]) {
   for (const [name, checksum] of applied) {
     const m = migrations.find((x) => x.name === name);
-    if (!m) throw new Error(`database has migration '${name}' that this checkout does not know: is the code older than the database?`);
+    if (!m)
+      throw new Error(
+        `database has migration '${name}' that this checkout does not know: is the code older than the database?`,
+      );
     if (m.checksum !== checksum)
-      throw new Error(`migration '${name}' was edited after it was applied (checksum differs); write a new migration instead`);
+      throw new Error(
+        `migration '${name}' was edited after it was applied (checksum differs); write a new migration instead`,
+      );
   }
 }
 
@@ -61,16 +72,25 @@ async function migrateSqlite(file: string, migrations: Migration[]): Promise<str
   const db = new Database(file, { timeout: 30_000 });
   try {
     db.pragma('journal_mode = WAL');
-    db.exec('CREATE TABLE IF NOT EXISTS "_flashlab_migrations" ("name" TEXT PRIMARY KEY, "checksum" TEXT NOT NULL, "appliedAt" TEXT NOT NULL)');
+    db.exec(
+      'CREATE TABLE IF NOT EXISTS "_flashlab_migrations" ("name" TEXT PRIMARY KEY, "checksum" TEXT NOT NULL, "appliedAt" TEXT NOT NULL)',
+    );
     const run = db.transaction(() => {
-      const rows = db.prepare('SELECT "name", "checksum" FROM "_flashlab_migrations"').all() as { name: string; checksum: string }[];
+      const rows = db.prepare('SELECT "name", "checksum" FROM "_flashlab_migrations"').all() as {
+        name: string;
+        checksum: string;
+      }[];
       const applied = new Map(rows.map((r) => [r.name, r.checksum]));
       checkRecorded(applied, migrations);
       const done: string[] = [];
       for (const m of migrations) {
         if (applied.has(m.name)) continue;
         db.exec(m.sql);
-        db.prepare('INSERT INTO "_flashlab_migrations" ("name", "checksum", "appliedAt") VALUES (?, ?, ?)').run(m.name, m.checksum, new Date().toISOString());
+        db.prepare('INSERT INTO "_flashlab_migrations" ("name", "checksum", "appliedAt") VALUES (?, ?, ?)').run(
+          m.name,
+          m.checksum,
+          new Date().toISOString(),
+        );
         done.push(m.name);
       }
       return done;
@@ -88,8 +108,12 @@ async function migratePostgres(url: string, migrations: Migration[]): Promise<st
   try {
     // One lock id for "flashlab migrations"; concurrent starters wait here instead of racing the DDL.
     await client.query('SELECT pg_advisory_lock(7262011)');
-    await client.query('CREATE TABLE IF NOT EXISTS "_flashlab_migrations" ("name" TEXT PRIMARY KEY, "checksum" TEXT NOT NULL, "appliedAt" TIMESTAMPTZ NOT NULL DEFAULT now())');
-    const { rows } = await client.query<{ name: string; checksum: string }>('SELECT "name", "checksum" FROM "_flashlab_migrations"');
+    await client.query(
+      'CREATE TABLE IF NOT EXISTS "_flashlab_migrations" ("name" TEXT PRIMARY KEY, "checksum" TEXT NOT NULL, "appliedAt" TIMESTAMPTZ NOT NULL DEFAULT now())',
+    );
+    const { rows } = await client.query<{ name: string; checksum: string }>(
+      'SELECT "name", "checksum" FROM "_flashlab_migrations"',
+    );
     const applied = new Map(rows.map((r) => [r.name, r.checksum]));
     checkRecorded(applied, migrations);
     const done: string[] = [];
@@ -98,7 +122,10 @@ async function migratePostgres(url: string, migrations: Migration[]): Promise<st
       await client.query('BEGIN');
       try {
         await client.query(m.sql);
-        await client.query('INSERT INTO "_flashlab_migrations" ("name", "checksum") VALUES ($1, $2)', [m.name, m.checksum]);
+        await client.query('INSERT INTO "_flashlab_migrations" ("name", "checksum") VALUES ($1, $2)', [
+          m.name,
+          m.checksum,
+        ]);
         await client.query('COMMIT');
       } catch (err) {
         await client.query('ROLLBACK');

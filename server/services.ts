@@ -8,7 +8,13 @@ import { Queue } from './queue/queue';
 const g = globalThis as typeof globalThis & { __flashlabQueue?: Queue };
 
 export function queue(): Queue {
-  g.__flashlabQueue ??= new Queue({ db: db(), provider: dbProvider(), bus: bus(), leaseMs: env().LEASE_MS, maxAttempts: env().MAX_ATTEMPTS });
+  g.__flashlabQueue ??= new Queue({
+    db: db(),
+    provider: dbProvider(),
+    bus: bus(),
+    leaseMs: env().LEASE_MS,
+    maxAttempts: env().MAX_ATTEMPTS,
+  });
   return g.__flashlabQueue;
 }
 

@@ -19,7 +19,11 @@ class Mutex {
 }
 
 // A write statement that changes nothing but makes SQLite take the write lock now, within the busy timeout.
-const TAKE_WRITE_LOCK: SqlQuery = { sql: 'UPDATE "_flashlab_migrations" SET "name" = "name" WHERE 0', args: [], argTypes: [] };
+const TAKE_WRITE_LOCK: SqlQuery = {
+  sql: 'UPDATE "_flashlab_migrations" SET "name" = "name" WHERE 0',
+  args: [],
+  argTypes: [],
+};
 
 function serialised(inner: SqlDriverAdapter): SqlDriverAdapter {
   const mutex = new Mutex();

@@ -4,12 +4,12 @@
 //   agentProcedure   an authenticated agent (token from the dashboard); ctx.agent is narrowed to non-null
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { TRPCError, initTRPC } from '@trpc/server';
+import { initTRPC, TRPCError } from '@trpc/server';
 import superjson from 'superjson';
 import { ZodError } from 'zod';
 import type { Db } from './db';
 import type { EventBus } from './events';
-import { QueueError, type Queue, formatIssues } from './queue/queue';
+import { formatIssues, type Queue, QueueError } from './queue/queue';
 
 export interface AgentIdentity {
   id: string;
@@ -62,7 +62,10 @@ export function isAdminRequest(configured: string | undefined, given: string | n
 /** The agent a token belongs to, or null when unknown or revoked. */
 export async function agentForToken(db: Db, token: unknown): Promise<AgentIdentity | null> {
   if (typeof token !== 'string' || token.length < 16 || token.length > 512) return null;
-  const a = await db.agent.findUnique({ where: { tokenHash: hashToken(token) }, select: { id: true, name: true, revokedAt: true } });
+  const a = await db.agent.findUnique({
+    where: { tokenHash: hashToken(token) },
+    select: { id: true, name: true, revokedAt: true },
+  });
   return a && !a.revokedAt ? { id: a.id, name: a.name } : null;
 }
 
@@ -75,7 +78,10 @@ const t = initTRPC.context<Context>().create({
       data: {
         ...shape.data,
         // Field-level problems for forms: "tp.0: tensor-parallel degree 3 does not divide …".
-        zodIssues: cause instanceof ZodError ? cause.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })) : null,
+        zodIssues:
+          cause instanceof ZodError
+            ? cause.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message }))
+            : null,
         queueCode: cause instanceof QueueError ? cause.code : null,
       },
     };
@@ -101,7 +107,10 @@ export const publicProcedure = t.procedure.use(mapQueueErrors);
 
 export const adminProcedure = publicProcedure.use(({ ctx, next }) => {
   if (!ctx.isAdmin)
-    throw new TRPCError({ code: 'UNAUTHORIZED', message: 'this dashboard requires the admin token (FLASHLAB_ADMIN_TOKEN) for changes' });
+    throw new TRPCError({
+      code: 'UNAUTHORIZED',
+      message: 'this dashboard requires the admin token (FLASHLAB_ADMIN_TOKEN) for changes',
+    });
   return next();
 });
 

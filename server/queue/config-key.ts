@@ -5,7 +5,15 @@ import type { JobConfig } from '../../contracts/experiment';
 export function configKey(c: JobConfig): string {
   const weights = c.weights.kind === 'random' ? `random:${c.weights.seed}` : `checkpoint:${c.weights.path}`;
   return [
-    c.model, weights, c.attention, c.kvCache ? 'kv' : 'nokv', `tp${c.tp}`, c.dtype, c.device,
-    `b${c.batchSize}`, `p${c.promptLength}`, `n${c.newTokens}`,
+    c.model,
+    weights,
+    c.attention,
+    c.kvCache ? 'kv' : 'nokv',
+    `tp${c.tp}`,
+    c.dtype,
+    c.device,
+    `b${c.batchSize}`,
+    `p${c.promptLength}`,
+    `n${c.newTokens}`,
   ].join('|');
 }

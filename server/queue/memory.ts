@@ -14,15 +14,18 @@ export function estimateJobMemoryBytes(c: JobConfig): number | null {
   const b = BYTES[c.dtype];
   const tp = c.tp;
   // Embeddings (and ChatGLM2's untied output layer) are replicated on every device; the blocks are split.
-  const embedding = m.vocabSize * m.hiddenSize * (m.family === 'chatglm2' ? 2 : 1) + (m.family === 'gpt2' ? m.maxPositions * m.hiddenSize : 0);
+  const embedding =
+    m.vocabSize * m.hiddenSize * (m.family === 'chatglm2' ? 2 : 1) +
+    (m.family === 'gpt2' ? m.maxPositions * m.hiddenSize : 0);
   const weights = (embedding + (parameterCount(m) - embedding) / tp) * b;
   const seq = c.promptLength + c.newTokens;
   const kvHeadsPerDevice = Math.max(1, m.numKvHeads / tp);
   const kv = c.kvCache ? 2 * m.numLayers * kvHeadsPerDevice * m.headDim * seq * c.batchSize * b : 0;
   // Prefill activations: hidden states and the MLP's widest layer, fp32 logits, and for naive attention the
   // materialised score matrix of one layer.
-  const activations = c.batchSize * seq * (m.hiddenSize * 6 + (m.ffnHiddenSize / tp) * 2) * b
-    + c.batchSize * seq * m.vocabSize * 4
-    + (c.attention === 'naive' ? c.batchSize * (m.numHeads / tp) * seq * seq * 4 : 0);
+  const activations =
+    c.batchSize * seq * (m.hiddenSize * 6 + (m.ffnHiddenSize / tp) * 2) * b +
+    c.batchSize * seq * m.vocabSize * 4 +
+    (c.attention === 'naive' ? c.batchSize * (m.numHeads / tp) * seq * seq * 4 : 0);
   return Math.ceil((weights + kv + activations) * 1.1 + (c.device === 'cuda' ? DEVICE_OVERHEAD : 0));
 }

@@ -3,11 +3,18 @@
 // refused. Leasing picks and claims a job in one statement: on PostgreSQL the candidate row is locked with
 // FOR UPDATE SKIP LOCKED, on SQLite the statement itself holds the single writer lock. Either way two agents never
 // get the same attempt.
-import type { AgentEvent } from '../../contracts/agent';
+
 import {
-  type DeviceKind, ExperimentSpec, type ExperimentSpecInput, JobConfig, type LeasedJob, type LogLine,
-  RunResult, expandExperiment,
+  type DeviceKind,
+  ExperimentSpec,
+  type ExperimentSpecInput,
+  expandExperiment,
+  JobConfig,
+  type LeasedJob,
+  type LogLine,
+  RunResult,
 } from '../../contracts';
+import type { AgentEvent } from '../../contracts/agent';
 import type { Db, Tx } from '../db';
 import type { EventBus } from '../events';
 import type { DbProvider } from '../migrate';
@@ -18,7 +25,10 @@ import { runRow, tagList } from './run-row';
 export type QueueErrorCode = 'INVALID' | 'NOT_FOUND' | 'STALE_ATTEMPT' | 'BAD_STATE';
 
 export class QueueError extends Error {
-  constructor(readonly code: QueueErrorCode, message: string) {
+  constructor(
+    readonly code: QueueErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'QueueError';
   }
@@ -83,7 +93,10 @@ export class Queue {
   // ---- experiments -------------------------------------------------------------------------------------------
 
   /** Validates a spec, expands it and stores the experiment with all its jobs, queued, in one transaction. */
-  async createExperiment(input: ExperimentSpecInput | unknown, opts: { createdBy?: string; maxAttempts?: number } = {}) {
+  async createExperiment(
+    input: ExperimentSpecInput | unknown,
+    opts: { createdBy?: string; maxAttempts?: number } = {},
+  ) {
     const parsed = ExperimentSpec.safeParse(input);
     if (!parsed.success) throw new QueueError('INVALID', `invalid experiment: ${formatIssues(parsed.error.issues)}`);
     const spec = parsed.data;
@@ -92,16 +105,36 @@ export class Queue {
     const experiment = await this.tx(async (tx) => {
       const e = await tx.experiment.create({
         data: {
-          name: spec.name, spec, model: spec.model, device: spec.device, targetAgent: spec.targetAgent ?? null,
-          tags: spec.tags, tagList: tagList(spec.tags), notes: spec.notes, createdBy: opts.createdBy ?? null,
+          name: spec.name,
+          spec,
+          model: spec.model,
+          device: spec.device,
+          targetAgent: spec.targetAgent ?? null,
+          tags: spec.tags,
+          tagList: tagList(spec.tags),
+          notes: spec.notes,
+          createdBy: opts.createdBy ?? null,
         },
       });
       await tx.job.createMany({
         data: configs.map((config, index) => ({
-          experimentId: e.id, index, config, configKey: configKey(config), targetAgent: spec.targetAgent ?? null,
-          maxAttempts, model: config.model, attention: config.attention, kvCache: config.kvCache, tp: config.tp,
-          dtype: config.dtype, device: config.device, batchSize: config.batchSize, promptLength: config.promptLength,
-          newTokens: config.newTokens, createdAt: e.createdAt, memoryBytes: estimateJobMemoryBytes(config),
+          experimentId: e.id,
+          index,
+          config,
+          configKey: configKey(config),
+          targetAgent: spec.targetAgent ?? null,
+          maxAttempts,
+          model: config.model,
+          attention: config.attention,
+          kvCache: config.kvCache,
+          tp: config.tp,
+          dtype: config.dtype,
+          device: config.device,
+          batchSize: config.batchSize,
+          promptLength: config.promptLength,
+          newTokens: config.newTokens,
+          createdAt: e.createdAt,
+          memoryBytes: estimateJobMemoryBytes(config),
         })),
       });
       return e;
@@ -155,27 +188,50 @@ export class Queue {
     if (!job) return null;
     this.bus.emit('job', { jobId: job.id, experimentId: job.experimentId, state: job.state, attempt: job.attempt });
     const config = JobConfig.parse(job.config);
-    return { jobId: job.id, attempt: job.attempt, experimentId: job.experimentId, config, leaseExpiresAt: leaseExpiresAt.toISOString() };
+    return {
+      jobId: job.id,
+      attempt: job.attempt,
+      experimentId: job.experimentId,
+      config,
+      leaseExpiresAt: leaseExpiresAt.toISOString(),
+    };
   }
 
   /** The CAS every report starts with: the job must be active under this attempt and held by this agent. */
-  private async claimActive(tx: Tx, agentId: string, ref: { jobId: string; attempt: number }, data: Record<string, unknown>, what: string) {
+  private async claimActive(
+    tx: Tx,
+    agentId: string,
+    ref: { jobId: string; attempt: number },
+    data: Record<string, unknown>,
+    what: string,
+  ) {
     const { count } = await tx.job.updateMany({
       where: { id: ref.jobId, attempt: ref.attempt, leaseHolderId: agentId, state: { in: [...ACTIVE_STATES] } },
       data,
     });
     if (count === 1) return;
-    const job = await tx.job.findUnique({ where: { id: ref.jobId }, select: { state: true, attempt: true, leaseHolderId: true } });
+    const job = await tx.job.findUnique({
+      where: { id: ref.jobId },
+      select: { state: true, attempt: true, leaseHolderId: true },
+    });
     if (!job) throw new QueueError('NOT_FOUND', `${what}: job ${ref.jobId} does not exist`);
     let why: string;
-    if (job.attempt !== ref.attempt) why = `attempt ${ref.attempt} is stale (the job is on attempt ${job.attempt}, state ${job.state})`;
-    else if (!(ACTIVE_STATES as readonly string[]).includes(job.state)) why = `attempt ${ref.attempt} is no longer active (state ${job.state})`;
+    if (job.attempt !== ref.attempt)
+      why = `attempt ${ref.attempt} is stale (the job is on attempt ${job.attempt}, state ${job.state})`;
+    else if (!(ACTIVE_STATES as readonly string[]).includes(job.state))
+      why = `attempt ${ref.attempt} is no longer active (state ${job.state})`;
     else why = `attempt ${ref.attempt} is not leased to this agent (state ${job.state})`;
     throw new QueueError('STALE_ATTEMPT', `${what} refused for job ${ref.jobId}: ${why}`);
   }
 
   private emitJob(j: { id: string; experimentId: string; state: string; attempt: number; progress?: number }) {
-    this.bus.emit('job', { jobId: j.id, experimentId: j.experimentId, state: j.state, attempt: j.attempt, progress: j.progress });
+    this.bus.emit('job', {
+      jobId: j.id,
+      experimentId: j.experimentId,
+      state: j.state,
+      attempt: j.attempt,
+      progress: j.progress,
+    });
   }
 
   /** Extends the lease; the answer tells the agent whether the user asked to cancel. */
@@ -190,7 +246,13 @@ export class Queue {
 
   async progress(agentId: string, r: { jobId: string; attempt: number; progress: number; message?: string }) {
     const job = await this.tx(async (tx) => {
-      await this.claimActive(tx, agentId, r, { state: 'running', progress: r.progress, progressMessage: r.message ?? null }, 'progress');
+      await this.claimActive(
+        tx,
+        agentId,
+        r,
+        { state: 'running', progress: r.progress, progressMessage: r.message ?? null },
+        'progress',
+      );
       return tx.job.findUniqueOrThrow({ where: { id: r.jobId } });
     });
     this.emitJob(job);
@@ -203,7 +265,13 @@ export class Queue {
       await tx.jobLog.createMany({
         data: r.lines.map((l) => {
           const ts = new Date(l.ts);
-          return { jobId: r.jobId, attempt: r.attempt, ts: Number.isNaN(ts.getTime()) ? this.now() : ts, level: l.level, text: l.text };
+          return {
+            jobId: r.jobId,
+            attempt: r.attempt,
+            ts: Number.isNaN(ts.getTime()) ? this.now() : ts,
+            level: l.level,
+            text: l.text,
+          };
         }),
       });
     });
@@ -213,19 +281,38 @@ export class Queue {
   /** Stores the run and ends the job in one transaction; a stale attempt stores nothing. */
   async complete(agentId: string, r: { jobId: string; attempt: number; result: unknown }) {
     const parsed = RunResult.safeParse(r.result);
-    if (!parsed.success) throw new QueueError('INVALID', `complete: invalid result: ${formatIssues(parsed.error.issues)}`);
+    if (!parsed.success)
+      throw new QueueError('INVALID', `complete: invalid result: ${formatIssues(parsed.error.issues)}`);
     const result = parsed.data;
     const run = await this.tx(async (tx) => {
-      await this.claimActive(tx, agentId, r, {
-        state: 'succeeded', progress: 1, finishedAt: this.now(), leaseHolderId: null, leaseExpiresAt: null, error: null,
-      }, 'complete');
+      await this.claimActive(
+        tx,
+        agentId,
+        r,
+        {
+          state: 'succeeded',
+          progress: 1,
+          finishedAt: this.now(),
+          leaseHolderId: null,
+          leaseExpiresAt: null,
+          error: null,
+        },
+        'complete',
+      );
       const job = await tx.job.findUniqueOrThrow({ where: { id: r.jobId }, include: { experiment: true } });
       if (configKey(result.config) !== job.configKey)
-        throw new QueueError('INVALID', `complete: result is for configuration ${configKey(result.config)}, but job ${job.id} runs ${job.configKey}`);
+        throw new QueueError(
+          'INVALID',
+          `complete: result is for configuration ${configKey(result.config)}, but job ${job.id} runs ${job.configKey}`,
+        );
       const created = await tx.run.create({
         data: runRow(result, {
-          experimentId: job.experimentId, jobId: job.id, attempt: r.attempt, tags: job.experiment.tags as string[],
-          notes: job.experiment.notes, source: 'online',
+          experimentId: job.experimentId,
+          jobId: job.id,
+          attempt: r.attempt,
+          tags: job.experiment.tags as string[],
+          notes: job.experiment.notes,
+          source: 'online',
         }),
       });
       return { run: created, job };
@@ -241,14 +328,21 @@ export class Queue {
       await this.claimActive(tx, agentId, r, { updatedAt: this.now() }, 'fail');
       const cur = await tx.job.findUniqueOrThrow({ where: { id: r.jobId } });
       const failedAttempts = cur.failedAttempts + 1;
-      const next: JobState = cur.cancelRequested ? 'cancelled'
-        : r.retryable && failedAttempts < cur.maxAttempts ? 'queued' : 'failed';
-      const error = next === 'failed' && r.retryable
-        ? `${r.error} (gave up after ${failedAttempts} failed attempts)` : r.error;
+      const next: JobState = cur.cancelRequested
+        ? 'cancelled'
+        : r.retryable && failedAttempts < cur.maxAttempts
+          ? 'queued'
+          : 'failed';
+      const error =
+        next === 'failed' && r.retryable ? `${r.error} (gave up after ${failedAttempts} failed attempts)` : r.error;
       return tx.job.update({
         where: { id: r.jobId },
         data: {
-          state: next, failedAttempts, error, leaseHolderId: null, leaseExpiresAt: null,
+          state: next,
+          failedAttempts,
+          error,
+          leaseHolderId: null,
+          leaseExpiresAt: null,
           finishedAt: next === 'queued' ? null : this.now(),
         },
       });
@@ -267,8 +361,12 @@ export class Queue {
       return tx.job.update({
         where: { id: r.jobId },
         data: {
-          state: cancelled ? 'cancelled' : 'queued', leaseHolderId: null, leaseExpiresAt: null, progress: 0,
-          progressMessage: r.reason ? `given back: ${r.reason}` : null, finishedAt: cancelled ? this.now() : null,
+          state: cancelled ? 'cancelled' : 'queued',
+          leaseHolderId: null,
+          leaseExpiresAt: null,
+          progress: 0,
+          progressMessage: r.reason ? `given back: ${r.reason}` : null,
+          finishedAt: cancelled ? this.now() : null,
         },
       });
     });
@@ -288,10 +386,15 @@ export class Queue {
         tx.job.updateMany({
           where: { id: j.id, attempt: j.attempt, leaseHolderId: agentId, state: { in: [...ACTIVE_STATES] } },
           data: {
-            state: next, leaseHolderId: null, leaseExpiresAt: null, progress: 0, progressMessage: reason,
+            state: next,
+            leaseHolderId: null,
+            leaseExpiresAt: null,
+            progress: 0,
+            progressMessage: reason,
             finishedAt: next === 'cancelled' ? this.now() : null,
           },
-        }));
+        }),
+      );
       if (count !== 1) continue;
       released++;
       this.emitJob({ id: j.id, experimentId: j.experimentId, state: next, attempt: j.attempt });
@@ -360,13 +463,21 @@ export class Queue {
       const { count } = await tx.job.updateMany({
         where: { id: jobId, state: { in: ['failed', 'cancelled'] } },
         data: {
-          state: 'queued', failedAttempts: 0, error: null, cancelRequested: false, progress: 0, progressMessage: null,
-          finishedAt: null, leaseHolderId: null, leaseExpiresAt: null,
+          state: 'queued',
+          failedAttempts: 0,
+          error: null,
+          cancelRequested: false,
+          progress: 0,
+          progressMessage: null,
+          finishedAt: null,
+          leaseHolderId: null,
+          leaseExpiresAt: null,
         },
       });
       const j = await tx.job.findUnique({ where: { id: jobId } });
       if (!j) throw new QueueError('NOT_FOUND', `job ${jobId} does not exist`);
-      if (count !== 1) throw new QueueError('BAD_STATE', `job ${jobId} is ${j.state}; only failed or cancelled jobs can be retried`);
+      if (count !== 1)
+        throw new QueueError('BAD_STATE', `job ${jobId} is ${j.state}; only failed or cancelled jobs can be retried`);
       return j;
     });
     this.emitJob(job);
@@ -390,13 +501,18 @@ export class Queue {
       const who = j.leaseHolder?.name ? `agent '${j.leaseHolder.name}'` : 'its agent';
       const reason = `attempt ${j.attempt}: lease expired at ${j.leaseExpiresAt?.toISOString()} (${who} stopped renewing)`;
       const next: JobState = j.cancelRequested ? 'cancelled' : failedAttempts >= j.maxAttempts ? 'failed' : 'queued';
-      const error = next === 'failed' ? `${reason}; gave up after ${failedAttempts} of ${j.maxAttempts} attempts` : reason;
+      const error =
+        next === 'failed' ? `${reason}; gave up after ${failedAttempts} of ${j.maxAttempts} attempts` : reason;
       const changed = await this.tx(async (tx) => {
         const { count } = await tx.job.updateMany({
           // The same attempt, still active and still expired: a renewal or a report in between wins.
           where: { id: j.id, attempt: j.attempt, state: { in: [...ACTIVE_STATES] }, leaseExpiresAt: { lt: now } },
           data: {
-            state: next, failedAttempts, error, leaseHolderId: null, leaseExpiresAt: null,
+            state: next,
+            failedAttempts,
+            error,
+            leaseHolderId: null,
+            leaseExpiresAt: null,
             finishedAt: next === 'queued' ? null : now,
           },
         });

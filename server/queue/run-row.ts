@@ -28,7 +28,8 @@ function figure(result: RunResult, key: keyof RepeatFigures & string): FigureSum
 function finiteOrThrow(result: RunResult) {
   result.repeats.forEach((r, i) => {
     for (const [k, v] of Object.entries(r))
-      if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`result.repeats.${i}.${k} is not a finite number`);
+      if (typeof v === 'number' && !Number.isFinite(v))
+        throw new Error(`result.repeats.${i}.${k} is not a finite number`);
   });
 }
 

@@ -2,8 +2,17 @@
 import { TRPCError } from '@trpc/server';
 import { z } from 'zod';
 import {
-  AgentHello, type AgentEvent, AgentInventory, ChatDelta, ChatEnd, JobAttemptRef, JobComplete, JobFail, JobGiveBack,
-  JobLog, JobProgress,
+  type AgentEvent,
+  AgentHello,
+  AgentInventory,
+  ChatDelta,
+  ChatEnd,
+  JobAttemptRef,
+  JobComplete,
+  JobFail,
+  JobGiveBack,
+  JobLog,
+  JobProgress,
 } from '../../contracts/agent';
 import type { DeviceKind } from '../../contracts/engine';
 import { Channel } from '../channel';
@@ -18,7 +27,14 @@ export function capabilitiesOf(agent: { id: string; name: string; inventory: unk
   const gpuCount = inv.data.gpus.length;
   const backends = inv.data.engine.backends.filter((b: DeviceKind) => b !== 'cuda' || gpuCount > 0);
   const gpuMemoryBytes = gpuCount ? Math.min(...inv.data.gpus.map((g) => g.memoryBytes)) : null;
-  return { id: agent.id, name: agent.name, backends, gpuCount, gpuMemoryBytes, hostMemoryBytes: inv.data.memoryBytes || null };
+  return {
+    id: agent.id,
+    name: agent.name,
+    backends,
+    gpuCount,
+    gpuMemoryBytes,
+    hostMemoryBytes: inv.data.memoryBytes || null,
+  };
 }
 
 export const agentRouter = router({
@@ -29,19 +45,32 @@ export const agentRouter = router({
       tx.agent.update({
         where: { id: ctx.agent.id },
         data: {
-          inventory: inv, backend: inv.backend, hostname: inv.hostname, gpuCount: inv.gpus.length,
-          gpuMemoryBytes: gpuMem, online: true, lastSeenAt: new Date(),
+          inventory: inv,
+          backend: inv.backend,
+          hostname: inv.hostname,
+          gpuCount: inv.gpus.length,
+          gpuMemoryBytes: gpuMem,
+          online: true,
+          lastSeenAt: new Date(),
         },
-      }));
+      }),
+    );
     ctx.bus.emit('agents');
     const leaseMs = ctx.queue.leaseMs;
     return { agentId: ctx.agent.id, leaseMs, renewEveryMs: Math.max(250, Math.floor(leaseMs / 3)) };
   }),
 
   lease: agentProcedure.input(z.object({}).strict().optional()).mutation(async ({ ctx }) => {
-    const row = await ctx.db.agent.findUniqueOrThrow({ where: { id: ctx.agent.id }, select: { id: true, name: true, inventory: true } });
+    const row = await ctx.db.agent.findUniqueOrThrow({
+      where: { id: ctx.agent.id },
+      select: { id: true, name: true, inventory: true },
+    });
     const caps = capabilitiesOf(row);
-    if (!caps) throw new TRPCError({ code: 'PRECONDITION_FAILED', message: 'call agent.hello with the inventory before leasing' });
+    if (!caps)
+      throw new TRPCError({
+        code: 'PRECONDITION_FAILED',
+        message: 'call agent.hello with the inventory before leasing',
+      });
     return { job: await ctx.queue.lease(caps) };
   }),
 
@@ -95,4 +124,3 @@ export const agentRouter = router({
     return { ok: true as const };
   }),
 });
-

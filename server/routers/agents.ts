@@ -11,7 +11,11 @@ export function newAgentToken(): string {
   return `fla_${randomBytes(32).toString('base64url')}`;
 }
 
-const AgentName = z.string().min(1).max(100).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, dot, dash and underscore only');
+const AgentName = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, dot, dash and underscore only');
 
 export const agentsRouter = router({
   list: publicProcedure
@@ -21,9 +25,20 @@ export const agentsRouter = router({
         where: input.includeRevoked ? {} : { revokedAt: null },
         orderBy: [{ online: 'desc' }, { name: 'asc' }],
         select: {
-          id: true, name: true, embedded: true, createdAt: true, revokedAt: true, inventory: true, backend: true,
-          hostname: true, gpuCount: true, lastSeenAt: true,
-          leasedJobs: { where: { state: { in: ['leased', 'running'] } }, select: { id: true, experimentId: true, state: true, progress: true, attempt: true } },
+          id: true,
+          name: true,
+          embedded: true,
+          createdAt: true,
+          revokedAt: true,
+          inventory: true,
+          backend: true,
+          hostname: true,
+          gpuCount: true,
+          lastSeenAt: true,
+          leasedJobs: {
+            where: { state: { in: ['leased', 'running'] } },
+            select: { id: true, experimentId: true, state: true, progress: true, attempt: true },
+          },
         },
       });
       return rows.map((a) => {
@@ -35,9 +50,15 @@ export const agentsRouter = router({
   /** Creates an agent and returns its token: the only time the plaintext exists outside the agent. */
   createToken: adminProcedure.input(z.object({ name: AgentName })).mutation(async ({ ctx, input }) => {
     const taken = await ctx.db.agent.findUnique({ where: { name: input.name }, select: { id: true } });
-    if (taken) throw new TRPCError({ code: 'CONFLICT', message: `an agent named '${input.name}' already exists; pick another name or revoke it first` });
+    if (taken)
+      throw new TRPCError({
+        code: 'CONFLICT',
+        message: `an agent named '${input.name}' already exists; pick another name or revoke it first`,
+      });
     const token = newAgentToken();
-    const agent = await ctx.queue.tx((tx) => tx.agent.create({ data: { name: input.name, tokenHash: hashToken(token) } }));
+    const agent = await ctx.queue.tx((tx) =>
+      tx.agent.create({ data: { name: input.name, tokenHash: hashToken(token) } }),
+    );
     ctx.bus.emit('agents');
     return { agentId: agent.id, name: agent.name, token };
   }),
@@ -52,7 +73,8 @@ export const agentsRouter = router({
         where: { id: agent.id },
         // The name is released so that a replacement can take it; the old row stays for the history.
         data: { revokedAt: new Date(), online: false, name: `${agent.name}~revoked-${Date.now().toString(36)}` },
-      }));
+      }),
+    );
     ctx.bus.emit('revoked', { agentId: agent.id });
     ctx.bus.emit('agents');
     const requeued = await ctx.queue.releaseAgent(agent.id, `agent '${agent.name}' was revoked`);

@@ -15,19 +15,36 @@ export const chatRouter = router({
       ctx.db.chatSession.findMany({
         orderBy: { updatedAt: 'desc' },
         take: input.limit,
-        select: { id: true, title: true, settings: true, createdAt: true, updatedAt: true, _count: { select: { messages: true } } },
-      })),
+        select: {
+          id: true,
+          title: true,
+          settings: true,
+          createdAt: true,
+          updatedAt: true,
+          _count: { select: { messages: true } },
+        },
+      }),
+    ),
 
   get: publicProcedure.input(Id).query(async ({ ctx, input }) => {
-    const s = await ctx.db.chatSession.findUnique({ where: { id: input.id }, include: { messages: { orderBy: { createdAt: 'asc' } } } });
+    const s = await ctx.db.chatSession.findUnique({
+      where: { id: input.id },
+      include: { messages: { orderBy: { createdAt: 'asc' } } },
+    });
     if (!s) throw new TRPCError({ code: 'NOT_FOUND', message: `chat session ${input.id} does not exist` });
     return { ...s, settings: ChatSettings.parse(s.settings) };
   }),
 
   create: adminProcedure
-    .input(z.object({ title: z.string().min(1).max(200).default('New chat'), settings: ChatSettings.default(ChatSettings.parse({})) }))
+    .input(
+      z.object({
+        title: z.string().min(1).max(200).default('New chat'),
+        settings: ChatSettings.default(ChatSettings.parse({})),
+      }),
+    )
     .mutation(({ ctx, input }) =>
-      ctx.queue.tx((tx) => tx.chatSession.create({ data: { title: input.title, settings: input.settings } }))),
+      ctx.queue.tx((tx) => tx.chatSession.create({ data: { title: input.title, settings: input.settings } })),
+    ),
 
   updateSettings: adminProcedure
     .input(z.object({ id: z.string().min(1), title: z.string().min(1).max(200).optional(), settings: ChatSettings }))
@@ -35,7 +52,11 @@ export const chatRouter = router({
       const found = await ctx.db.chatSession.findUnique({ where: { id: input.id }, select: { id: true } });
       if (!found) throw new TRPCError({ code: 'NOT_FOUND', message: `chat session ${input.id} does not exist` });
       return ctx.queue.tx((tx) =>
-        tx.chatSession.update({ where: { id: input.id }, data: { settings: input.settings, ...(input.title ? { title: input.title } : {}) } }));
+        tx.chatSession.update({
+          where: { id: input.id },
+          data: { settings: input.settings, ...(input.title ? { title: input.title } : {}) },
+        }),
+      );
     }),
 
   delete: adminProcedure.input(Id).mutation(async ({ ctx, input }) => {
@@ -49,10 +70,16 @@ export const chatRouter = router({
     .input(z.object({ sessionId: z.string().min(1), content: z.string().min(1).max(100_000) }))
     .mutation(({ input }) => chat().send(input.sessionId, input.content)),
 
-  cancel: adminProcedure.input(z.object({ requestId: z.string().min(1) })).mutation(({ input }) => chat().cancel(input.requestId)),
+  cancel: adminProcedure
+    .input(z.object({ requestId: z.string().min(1) }))
+    .mutation(({ input }) => chat().cancel(input.requestId)),
 
   /** The answer to one request: the text so far, then each delta, then the end with the measured figures. */
-  stream: publicProcedure.input(z.object({ requestId: z.string().min(1) })).subscription(async function* ({ ctx, input, signal }) {
+  stream: publicProcedure.input(z.object({ requestId: z.string().min(1) })).subscription(async function* ({
+    ctx,
+    input,
+    signal,
+  }) {
     const ch = new Channel<ChatStreamEvent>(signal);
     const off = ctx.bus.onEvent('chat', (e) => {
       if (e.requestId === input.requestId) ch.push(e);
@@ -61,9 +88,16 @@ export const chatRouter = router({
       const m = await ctx.db.chatMessage.findUnique({ where: { requestId: input.requestId } });
       if (!m) throw new TRPCError({ code: 'NOT_FOUND', message: `chat request ${input.requestId} does not exist` });
       return {
-        requestId: input.requestId, kind: 'end', text: m.content,
-        status: m.status === 'streaming' ? 'error' : (m.status as 'done' | 'cancelled' | 'error'), error: m.error,
-        stoppedBy: m.stoppedBy ?? undefined, prefillMs: m.prefillMs, tokensPerSec: m.tokensPerSec, tpotMs: m.tpotMs, newTokens: m.newTokens,
+        requestId: input.requestId,
+        kind: 'end',
+        text: m.content,
+        status: m.status === 'streaming' ? 'error' : (m.status as 'done' | 'cancelled' | 'error'),
+        error: m.error,
+        stoppedBy: m.stoppedBy ?? undefined,
+        prefillMs: m.prefillMs,
+        tokensPerSec: m.tokensPerSec,
+        tpotMs: m.tpotMs,
+        newTokens: m.newTokens,
       };
     };
     try {

@@ -12,11 +12,13 @@ export const jobsRouter = router({
   /** Unfinished jobs by default (the live queue); any states on request. */
   list: publicProcedure
     .input(
-      z.object({
-        states: z.array(JobState).min(1).default(['queued', 'leased', 'running']),
-        experimentId: z.string().min(1).optional(),
-        limit: z.number().int().min(1).max(1000).default(200),
-      }).default({ states: ['queued', 'leased', 'running'], limit: 200 }),
+      z
+        .object({
+          states: z.array(JobState).min(1).default(['queued', 'leased', 'running']),
+          experimentId: z.string().min(1).optional(),
+          limit: z.number().int().min(1).max(1000).default(200),
+        })
+        .default({ states: ['queued', 'leased', 'running'], limit: 200 }),
     )
     .query(({ ctx, input }) =>
       ctx.db.job.findMany({
@@ -24,13 +26,35 @@ export const jobsRouter = router({
         orderBy: [{ createdAt: 'asc' }, { experimentId: 'asc' }, { index: 'asc' }],
         take: input.limit,
         select: {
-          id: true, experimentId: true, index: true, state: true, attempt: true, failedAttempts: true, maxAttempts: true,
-          progress: true, progressMessage: true, error: true, cancelRequested: true, model: true, attention: true,
-          kvCache: true, tp: true, dtype: true, device: true, batchSize: true, promptLength: true, newTokens: true,
-          createdAt: true, startedAt: true, finishedAt: true, leaseExpiresAt: true,
-          leaseHolder: { select: { id: true, name: true } }, experiment: { select: { name: true } },
+          id: true,
+          experimentId: true,
+          index: true,
+          state: true,
+          attempt: true,
+          failedAttempts: true,
+          maxAttempts: true,
+          progress: true,
+          progressMessage: true,
+          error: true,
+          cancelRequested: true,
+          model: true,
+          attention: true,
+          kvCache: true,
+          tp: true,
+          dtype: true,
+          device: true,
+          batchSize: true,
+          promptLength: true,
+          newTokens: true,
+          createdAt: true,
+          startedAt: true,
+          finishedAt: true,
+          leaseExpiresAt: true,
+          leaseHolder: { select: { id: true, name: true } },
+          experiment: { select: { name: true } },
         },
-      })),
+      }),
+    ),
 
   get: publicProcedure
     .input(z.object({ id: z.string().min(1), logLimit: z.number().int().min(1).max(5000).default(1000) }))
@@ -40,18 +64,34 @@ export const jobsRouter = router({
         include: {
           experiment: { select: { id: true, name: true } },
           leaseHolder: { select: { id: true, name: true } },
-          runs: { orderBy: { createdAt: 'asc' }, select: { id: true, attempt: true, prefillMsMedian: true, tpotMsMedian: true, tokensPerSecMedian: true, createdAt: true } },
+          runs: {
+            orderBy: { createdAt: 'asc' },
+            select: {
+              id: true,
+              attempt: true,
+              prefillMsMedian: true,
+              tpotMsMedian: true,
+              tokensPerSecMedian: true,
+              createdAt: true,
+            },
+          },
         },
       });
       if (!job) throw new TRPCError({ code: 'NOT_FOUND', message: `job ${input.id} does not exist` });
       // The newest lines, shown oldest first.
-      const logs = (await ctx.db.jobLog.findMany({ where: { jobId: input.id }, orderBy: { id: 'desc' }, take: input.logLimit })).reverse();
+      const logs = (
+        await ctx.db.jobLog.findMany({ where: { jobId: input.id }, orderBy: { id: 'desc' }, take: input.logLimit })
+      ).reverse();
       return { ...job, logs };
     }),
 
-  cancel: adminProcedure.input(z.object({ id: z.string().min(1) })).mutation(({ ctx, input }) => ctx.queue.cancel(input.id)),
+  cancel: adminProcedure
+    .input(z.object({ id: z.string().min(1) }))
+    .mutation(({ ctx, input }) => ctx.queue.cancel(input.id)),
 
-  retry: adminProcedure.input(z.object({ id: z.string().min(1) })).mutation(({ ctx, input }) => ctx.queue.retry(input.id)),
+  retry: adminProcedure
+    .input(z.object({ id: z.string().min(1) }))
+    .mutation(({ ctx, input }) => ctx.queue.retry(input.id)),
 
   /** Every job change (optionally of one experiment), as it happens. Refetch the list on each. */
   onChange: publicProcedure

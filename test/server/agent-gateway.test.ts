@@ -8,12 +8,12 @@ import superjson from 'superjson';
 import WebSocket from 'ws';
 import type { AgentEvent } from '../../contracts';
 import { parseEnv } from '../../server/env';
+import { bus } from '../../server/events';
 import { type AgentGatewayRouter, type RunningServer, startServer } from '../../server/http';
 import { Queue } from '../../server/queue/queue';
 import type { AppRouter } from '../../server/routers/_app';
-import { type TestDatabase, freshSqlite } from './databases';
+import { freshSqlite, type TestDatabase } from './databases';
 import { inventory, resultFor, tinySpec } from './fixtures';
-import { bus } from '../../server/events';
 
 let t: TestDatabase;
 let srv: RunningServer;
@@ -21,18 +21,34 @@ const ADMIN = 'admin-token-for-tests';
 
 function browser(admin = true) {
   return createTRPCClient<AppRouter>({
-    links: [httpLink({ url: `${srv.url}/api/trpc`, transformer: superjson, headers: admin ? { authorization: `Bearer ${ADMIN}` } : {} })],
+    links: [
+      httpLink({
+        url: `${srv.url}/api/trpc`,
+        transformer: superjson,
+        headers: admin ? { authorization: `Bearer ${ADMIN}` } : {},
+      }),
+    ],
   });
 }
 
 function agentClient(token: string) {
-  const ws = createWSClient({ url: `${srv.url.replace('http', 'ws')}/api/agent-ws`, WebSocket: WebSocket as never, connectionParams: { token }, retryDelayMs: () => 500 });
-  return { ws, client: createTRPCClient<AgentGatewayRouter>({ links: [wsLink({ client: ws, transformer: superjson })] }) };
+  const ws = createWSClient({
+    url: `${srv.url.replace('http', 'ws')}/api/agent-ws`,
+    WebSocket: WebSocket as never,
+    connectionParams: { token },
+    retryDelayMs: () => 500,
+  });
+  return {
+    ws,
+    client: createTRPCClient<AgentGatewayRouter>({ links: [wsLink({ client: ws, transformer: superjson })] }),
+  };
 }
 
 /** A raw socket speaking the tRPC WebSocket protocol by hand, to send what a well-behaved client never would. */
 async function rawSocket(token: string | null) {
-  const ws = new WebSocket(`${srv.url.replace('http', 'ws')}/api/agent-ws${token === null ? '' : '?connectionParams=1'}`);
+  const ws = new WebSocket(
+    `${srv.url.replace('http', 'ws')}/api/agent-ws${token === null ? '' : '?connectionParams=1'}`,
+  );
   const messages: unknown[] = [];
   const waiters: (() => void)[] = [];
   ws.on('message', (d) => {
@@ -40,13 +56,15 @@ async function rawSocket(token: string | null) {
     messages.push(text === 'PING' || text === 'PONG' ? text : JSON.parse(text));
     for (const w of waiters.splice(0)) w();
   });
-  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })),
+  );
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
     ws.once('error', reject);
   });
   if (token !== null) ws.send(JSON.stringify({ method: 'connectionParams', data: { token } }));
-  const next = async (pred: (m: any) => boolean, ms = 5000): Promise<any> => {
+  const next = async (pred: (m: Frame) => boolean, ms = 5000): Promise<Frame> => {
     const deadline = Date.now() + ms;
     for (;;) {
       const found = messages.find(pred);
@@ -62,7 +80,11 @@ async function rawSocket(token: string | null) {
 }
 
 /** The error of a raw tRPC response (superjson wraps it in { json }). */
-const errorOf = (m: any) => (m?.error?.json ?? m?.error) as { message: string; data: { code: string } };
+const errorOf = (m: Frame) => (m?.error?.json ?? m?.error) as { message: string; data: { code: string } };
+
+// Raw frames are untyped JSON by nature.
+// biome-ignore lint/suspicious/noExplicitAny: inspecting arbitrary server frames
+type Frame = any;
 
 const call = (id: number, method: 'query' | 'mutation', path: string, input: unknown) =>
   JSON.stringify({ id, method, params: { path, input: superjson.serialize(input) } });
@@ -70,8 +92,21 @@ const call = (id: number, method: 'query' | 'mutation', path: string, input: unk
 describe('agent gateway and health over real sockets', () => {
   before(async () => {
     t = await freshSqlite();
-    const env = parseEnv({ DATABASE_URL: t.url, PORT: '0', HOST: '127.0.0.1', FLASHLAB_ADMIN_TOKEN: ADMIN, LEASE_MS: '5000', SWEEP_EVERY_MS: '1000' });
-    const queue = new Queue({ db: t.db, provider: 'sqlite', bus: bus(), leaseMs: env.LEASE_MS, maxAttempts: env.MAX_ATTEMPTS });
+    const env = parseEnv({
+      DATABASE_URL: t.url,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      FLASHLAB_ADMIN_TOKEN: ADMIN,
+      LEASE_MS: '5000',
+      SWEEP_EVERY_MS: '1000',
+    });
+    const queue = new Queue({
+      db: t.db,
+      provider: 'sqlite',
+      bus: bus(),
+      leaseMs: env.LEASE_MS,
+      maxAttempts: env.MAX_ATTEMPTS,
+    });
     srv = await startServer({ env, db: t.db, queue, log: () => {} });
   });
   after(async () => {
@@ -113,21 +148,39 @@ describe('agent gateway and health over real sockets', () => {
       assert.equal(hello.agentId, agentId);
       assert.equal(hello.leaseMs, 5000);
       const h = await (await fetch(`${srv.url}/api/health`)).json();
-      assert.deepEqual(h, { db: 'ok', agents: [{ name: 'gw-agent', backend: 'cpu', devices: [{ kind: 'cpu', name: 'Test CPU', cores: 4 }], online: true }] });
+      assert.deepEqual(h, {
+        db: 'ok',
+        agents: [
+          { name: 'gw-agent', backend: 'cpu', devices: [{ kind: 'cpu', name: 'Test CPU', cores: 4 }], online: true },
+        ],
+      });
 
       const events: AgentEvent[] = [];
       const sub = client.agent.events.subscribe(undefined, { onData: (e) => events.push(e) });
-      const created = await browser().experiments.create.mutate(tinySpec({ name: 'over the wire', attention: ['fa2', 'naive'] }));
+      const created = await browser().experiments.create.mutate(
+        tinySpec({ name: 'over the wire', attention: ['fa2', 'naive'] }),
+      );
       assert.equal(created.jobCount, 2);
       await waitFor(() => events.some((e) => e.type === 'work-available'));
 
       const { job } = await client.agent.lease.mutate({});
       assert.ok(job);
       await client.agent.progress.mutate({ jobId: job.jobId, attempt: job.attempt, progress: 0.5 });
-      await assert.rejects(client.agent.progress.mutate({ jobId: job.jobId, attempt: job.attempt, progress: 5 }), /progress/);
-      await client.agent.complete.mutate({ jobId: job.jobId, attempt: job.attempt, result: resultFor(job.config, 'gw-agent') });
       await assert.rejects(
-        client.agent.complete.mutate({ jobId: job.jobId, attempt: job.attempt, result: resultFor(job.config, 'gw-agent') }),
+        client.agent.progress.mutate({ jobId: job.jobId, attempt: job.attempt, progress: 5 }),
+        /progress/,
+      );
+      await client.agent.complete.mutate({
+        jobId: job.jobId,
+        attempt: job.attempt,
+        result: resultFor(job.config, 'gw-agent'),
+      });
+      await assert.rejects(
+        client.agent.complete.mutate({
+          jobId: job.jobId,
+          attempt: job.attempt,
+          result: resultFor(job.config, 'gw-agent'),
+        }),
         /complete refused .*no longer active \(state succeeded\)/,
       );
       const second = (await client.agent.lease.mutate({})).job;
@@ -138,7 +191,10 @@ describe('agent gateway and health over real sockets', () => {
       sub.unsubscribe();
 
       const e = await browser().experiments.get.query({ id: created.id });
-      assert.deepEqual(e.jobs.map((j) => j.state), ['succeeded', 'cancelled']);
+      assert.deepEqual(
+        e.jobs.map((j) => j.state),
+        ['succeeded', 'cancelled'],
+      );
       assert.equal(e._count.runs, 1);
     } finally {
       ws.close();
@@ -150,8 +206,16 @@ describe('agent gateway and health over real sockets', () => {
     const s = await rawSocket(token);
     s.ws.send('{not json');
     s.ws.send(Buffer.from([0xff, 0x00, 0x13, 0x37]));
-    s.ws.send(JSON.stringify({ id: 1, method: 'mutation', params: { path: 'agent.nonexistent', input: { json: {} } } }));
-    s.ws.send(JSON.stringify({ id: 2, method: 'mutation', params: { path: 'agent.hello', input: { json: { inventory: { name: 42 } } } } }));
+    s.ws.send(
+      JSON.stringify({ id: 1, method: 'mutation', params: { path: 'agent.nonexistent', input: { json: {} } } }),
+    );
+    s.ws.send(
+      JSON.stringify({
+        id: 2,
+        method: 'mutation',
+        params: { path: 'agent.hello', input: { json: { inventory: { name: 42 } } } },
+      }),
+    );
     s.ws.send(JSON.stringify({ id: 3, method: 'mutation' }));
     s.ws.send(JSON.stringify([1, 2, 3]));
     s.ws.send(call(4, 'mutation', 'agent.renew', { jobId: 'no-such-job', attempt: 1 }));
@@ -171,7 +235,9 @@ describe('agent gateway and health over real sockets', () => {
     const s = await rawSocket(token);
     s.ws.send(call(1, 'mutation', 'agent.hello', { inventory: inventory('gw-revoked') }));
     await s.next((m) => m?.id === 1 && m.result);
-    const e = await browser().experiments.create.mutate(tinySpec({ name: 'held by a revoked agent', attention: ['fa1'] }));
+    const e = await browser().experiments.create.mutate(
+      tinySpec({ name: 'held by a revoked agent', attention: ['fa1'] }),
+    );
     s.ws.send(call(2, 'mutation', 'agent.lease', {}));
     const leased = (await s.next((m) => m?.id === 2)).result.data.json.job;
     assert.equal(leased.experimentId, e.id);
@@ -197,4 +263,3 @@ async function waitFor(cond: () => boolean, ms = 5000) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
-

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import pg from 'pg';
-import { type Db, createClient } from '../../server/db';
+import { createClient, type Db } from '../../server/db';
 import type { DbProvider } from '../../server/migrate';
 import { migrate } from '../../server/migrate';
 
@@ -24,7 +24,9 @@ export async function freshSqlite(): Promise<TestDatabase> {
   await migrate(url);
   const { client } = createClient(url);
   return {
-    provider: 'sqlite', url, db: client,
+    provider: 'sqlite',
+    url,
+    db: client,
     async drop() {
       await client.$disconnect();
       rmSync(dir, { recursive: true, force: true });
@@ -46,7 +48,9 @@ export async function freshPostgres(): Promise<TestDatabase> {
   await migrate(url);
   const { client } = createClient(url);
   return {
-    provider: 'postgresql', url, db: client,
+    provider: 'postgresql',
+    url,
+    db: client,
     async drop() {
       await client.$disconnect();
       const c2 = new pg.Client({ connectionString: admin });
@@ -65,7 +69,9 @@ export function providersUnderTest(): DbProvider[] {
     return ['sqlite'];
   }
   test('PostgreSQL server for the database tests', () => {
-    throw new Error('TEST_POSTGRES_URL is not set. Start PostgreSQL as .ci/run does and export it, or run locally with FLASHLAB_SKIP_PG=1 to test SQLite only.');
+    throw new Error(
+      'TEST_POSTGRES_URL is not set. Start PostgreSQL as .ci/run does and export it, or run locally with FLASHLAB_SKIP_PG=1 to test SQLite only.',
+    );
   });
   return ['sqlite'];
 }

@@ -12,16 +12,18 @@ async function main() {
   const { queue } = testQueue(client, providerOf(url));
   const claims: { agent: string; jobId: string; attempt: number }[] = [];
   try {
-    await Promise.all(agents.map(async (agent) => {
-      for (;;) {
-        const l = await queue.lease(agent);
-        if (!l) return;
-        claims.push({ agent: agent.name, jobId: l.jobId, attempt: l.attempt });
-        // Every other first attempt is handed back, so attempts are raced too, not only jobs.
-        if (l.attempt === 1 && claims.length % 2 === 0) await queue.giveBack(agent.id, { ...l, reason: 'race test' });
-        else await queue.complete(agent.id, { ...l, result: resultFor(l.config, agent.name) });
-      }
-    }));
+    await Promise.all(
+      agents.map(async (agent) => {
+        for (;;) {
+          const l = await queue.lease(agent);
+          if (!l) return;
+          claims.push({ agent: agent.name, jobId: l.jobId, attempt: l.attempt });
+          // Every other first attempt is handed back, so attempts are raced too, not only jobs.
+          if (l.attempt === 1 && claims.length % 2 === 0) await queue.giveBack(agent.id, { ...l, reason: 'race test' });
+          else await queue.complete(agent.id, { ...l, result: resultFor(l.config, agent.name) });
+        }
+      }),
+    );
   } finally {
     await client.$disconnect();
   }

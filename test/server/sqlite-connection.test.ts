@@ -1,10 +1,10 @@
 // SQLite runs on one connection per process; these prove that concurrent requests cannot leak into each other's
 // transactions, and that a transaction holds the write lock from its start (BEGIN IMMEDIATE semantics).
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
 import { execFileSync } from 'node:child_process';
+import { after, before, test } from 'node:test';
 import { sqlitePath } from '../../server/migrate';
-import { type TestDatabase, freshSqlite } from './databases';
+import { freshSqlite, type TestDatabase } from './databases';
 
 let t: TestDatabase;
 before(async () => {
@@ -28,7 +28,10 @@ test('a write from outside a transaction that rolls back is neither rolled back 
   await t.db.agent.create({ data: { name: 'outside', tokenHash: 'h-outside' } });
   await assert.rejects(tx, /roll back/);
   assert.equal(seenInside, 0, 'the outside write waited for the transaction');
-  assert.deepEqual((await t.db.agent.findMany({ select: { name: true } })).map((a) => a.name), ['outside']);
+  assert.deepEqual(
+    (await t.db.agent.findMany({ select: { name: true } })).map((a) => a.name),
+    ['outside'],
+  );
 });
 
 test('a transaction holds the write lock from its first statement: another process cannot write meanwhile', async () => {

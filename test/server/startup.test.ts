@@ -23,9 +23,14 @@ describe('environment', () => {
   test('a malformed variable stops the start with its name', () => {
     assert.throws(() => parseEnv({ PORT: 'eighty' }), /PORT: /);
     assert.throws(() => parseEnv({ DATABASE_URL: 'mysql://x/y' }), /DATABASE_URL: DATABASE_URL must start with file:/);
-    assert.throws(() => parseEnv({ LEASE_MS: '5', FLASHLAB_EMBEDDED_AGENT: 'maybe' }), (e: Error) =>
-      /LEASE_MS/.test(e.message) && /FLASHLAB_EMBEDDED_AGENT/.test(e.message));
-    assert.throws(() => parseEnv({ FLASHLAB_ADMIN_TOKEN: 'short' }), /FLASHLAB_ADMIN_TOKEN: must be at least 8 characters/);
+    assert.throws(
+      () => parseEnv({ LEASE_MS: '5', FLASHLAB_EMBEDDED_AGENT: 'maybe' }),
+      (e: Error) => /LEASE_MS/.test(e.message) && /FLASHLAB_EMBEDDED_AGENT/.test(e.message),
+    );
+    assert.throws(
+      () => parseEnv({ FLASHLAB_ADMIN_TOKEN: 'short' }),
+      /FLASHLAB_ADMIN_TOKEN: must be at least 8 characters/,
+    );
   });
 });
 
@@ -40,7 +45,9 @@ for (const provider of providersUnderTest()) {
       assert.deepEqual(await migrate(t.url), []);
       const first = listMigrations(provider)[0];
       // Pretend the recorded one differs from the file, as if someone edited it after it ran.
-      await t.db.$executeRawUnsafe(`UPDATE "_flashlab_migrations" SET "checksum" = 'edited' WHERE "name" = '${first.name}'`);
+      await t.db.$executeRawUnsafe(
+        `UPDATE "_flashlab_migrations" SET "checksum" = 'edited' WHERE "name" = '${first.name}'`,
+      );
       await assert.rejects(migrate(t.url), new RegExp(`migration '${first.name}' was edited after it was applied`));
       // Every table of the schema exists.
       for (const table of ['Agent', 'Experiment', 'Job', 'JobLog', 'Run', 'ChatSession', 'ChatMessage'])
