@@ -95,8 +95,19 @@ test('the history lists the runs, groups repeats and exports CSV', async ({ page
 
   // Sort by total time, in the database: the column says so and the values come ascending.
   await table.getByRole('button', { name: /^Total/ }).click();
+  await expect(table.locator('th[aria-sort="descending"]')).toContainText('Total');
   await table.getByRole('button', { name: /^Total/ }).click();
   await expect(table.locator('th[aria-sort="ascending"]')).toContainText('Total');
+  await expect(page).toHaveURL(/sort=totalMsMedian&dir=asc/);
+  const totals = await table.locator('tbody tr td:nth-child(10)').allTextContents();
+  const ms = totals.map((t) =>
+    t.endsWith(' s')
+      ? Number.parseFloat(t) * 1000
+      : t.endsWith('µs')
+        ? Number.parseFloat(t) / 1000
+        : Number.parseFloat(t),
+  );
+  expect(ms).toEqual([...ms].sort((a, b) => a - b));
 
   // Filter by method: only the naive runs remain.
   await page.getByLabel('Attention').selectOption('naive');
@@ -270,11 +281,56 @@ test('a results file is imported into the history', async ({ page }) => {
     .setInputFiles({ name: 'results.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(file)) });
   await expect(page.locator('.notice[role="status"]')).toContainText('Imported 1 run');
   await expect(page.getByTestId('runs-table')).toContainText('NVIDIA H100 80GB HBM3');
+  const importedId = await page.getByTestId('runs-table').locator('tbody tr').first().getAttribute('data-run-id');
+
+  // Compared with a run of the embedded CPU agent, the page warns that the machines differ.
+  await page.goto(`/runs?experiment=${experimentId}`);
+  const localId = await page.getByTestId('runs-table').locator('tbody tr').first().getAttribute('data-run-id');
+  await page.goto(`/compare?runs=${importedId},${localId}`);
+  await expect(page.getByTestId('env-warning')).toContainText('GPU: CPU vs NVIDIA H100 80GB HBM3');
+  await expect(page.getByTestId('env-warning')).toContainText('engine build');
+
   // A file that is not a results file is refused with the reason.
+  await page.goto('/runs');
   await page
     .getByTestId('import-file')
     .setInputFiles({ name: 'bad.json', mimeType: 'application/json', buffer: Buffer.from('{"format":"nope"}') });
   await expect(page.locator('.notice[role="alert"]')).toContainText('bad.json is not a flashlab results file');
+});
+
+test('jobs are cancelled, queued or running, and retried', async ({ page }) => {
+  // GPT-2 at full size on the CPU: slow enough to catch a job while it runs.
+  const name = `Playwright cancel ${Date.now().toString(36)}`;
+  await page.goto('/experiments');
+  await page.locator('[data-preset="tiny-fa-vs-naive"]').click();
+  await page.getByLabel('Name').fill(name);
+  await page.getByLabel('Model').selectOption('gpt2');
+  await page.getByLabel('Prompt lengths (tokens)').fill('384');
+  await page.getByLabel('New tokens').fill('48');
+  await page.getByLabel('Repeats').fill('2');
+  await expect(page.getByTestId('job-count')).toContainText('Expands to 2 jobs');
+  await page.getByRole('button', { name: 'Queue experiment' }).click();
+  await expect(page.getByTestId('experiment-created')).toContainText('Queued 2 jobs');
+
+  await page.goto('/agents');
+  await page.getByLabel('Show finished jobs').check();
+  const rows = page.getByTestId('jobs-table').locator('tbody tr[data-job-state]').filter({ hasText: name });
+  await expect(rows).toHaveCount(2);
+  const first = rows.filter({ hasText: 'job #1' });
+  const second = rows.filter({ hasText: 'job #2' });
+  await expect(first).toHaveAttribute('data-job-state', /leased|running/, { timeout: 60_000 });
+  await expect(second).toHaveAttribute('data-job-state', 'queued');
+
+  // Queued: cancelled at once. Running: the agent is told, its engine aborts, the job ends cancelled.
+  await second.getByRole('button', { name: 'Cancel' }).click();
+  await expect(second).toHaveAttribute('data-job-state', 'cancelled');
+  await first.getByRole('button', { name: 'Cancel' }).click();
+  await expect(first).toHaveAttribute('data-job-state', 'cancelled', { timeout: 60_000 });
+
+  // Retry puts it back in the queue, and the agent runs it to the end.
+  await second.getByRole('button', { name: 'Retry' }).click();
+  await expect(second).toHaveAttribute('data-job-state', /queued|leased|running/);
+  await expect(second).toHaveAttribute('data-job-state', 'succeeded', { timeout: 150_000 });
 });
 
 test('home summarises the results', async ({ page }) => {
