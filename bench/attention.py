@@ -151,6 +151,17 @@ def extra_peak_bytes(fn):
     return torch.cuda.max_memory_allocated() - before
 
 
+def gpu_clocks():
+    """SM clock (MHz) and board power (W) right now: sustained compute can pull clocks under the power cap,
+    which reads as a slower kernel; recorded beside each case so such runs can be told apart."""
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=10).stdout.split(",")
+        return {"smClockMHz": float(q[0]), "powerW": float(q[1])}
+    except Exception:
+        return {}
+
+
 def rel_err(x, ref):
     x, ref = x.float(), ref.float()
     return ((x - ref).norm() / ref.norm()).item()
@@ -222,6 +233,7 @@ def prefill_case(ours, variants, name, B, S, H, Hkv, D, dtype, reps, with_naive)
     for o in outs.values():  # poisoned: every element must be written by the method under test
         o.fill_(float("nan"))
     times = time_interleaved(fns, reps)
+    clocks = gpu_clocks()
     ref = outs["sdpa_flash"]
     flops = attention_flops(B, S, H, D, True)
     rows = []
@@ -233,7 +245,7 @@ def prefill_case(ours, variants, name, B, S, H, Hkv, D, dtype, reps, with_naive)
                      "tflops": flops / (s["median"] * 1e-3) / 1e12,
                      "nonFinite": int((~torch.isfinite(out)).sum().item()),
                      "relErrVsSdpa": rel_err(out, ref) if m != "sdpa_flash" else 0.0,
-                     "sdpaGqa": sdpa_gqa})
+                     "sdpaGqa": sdpa_gqa, "clocksAfter": clocks})
     # Peak = inputs + output + whatever the method allocates (our outputs are preallocated, SDPA allocates its own).
     io_bytes = (q.numel() + k.numel() + v.numel()) * q.element_size()
     for m, f in fns.items():
@@ -349,6 +361,7 @@ def main():
         for r in rows:
             print(f"{name:9s} B{B} S{S:6d} {r['dtype']:9s} {r['method']:11s} {r['ms']['median']:9.3f} ms "
                   f"{r['tflops']:7.1f} TFLOP/s  peak {r['peakBytes'] / 2**30:7.2f} GiB  err {r['relErrVsSdpa']:.2e}"
+                  f"  {r['clocksAfter'].get('smClockMHz', 0):.0f} MHz"
                   f"{'  NON-FINITE' if r['nonFinite'] else ''}", flush=True)
 
     decode = []
