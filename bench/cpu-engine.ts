@@ -8,7 +8,7 @@ import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parameterCount } from '../contracts/models';
-import { Engine, measureCopyBandwidth } from '../native/engine';
+import { Engine, measureCopyBandwidth, measureReadBandwidth } from '../native/engine';
 
 function flag(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -42,8 +42,12 @@ const mib = (b: number) => b / 2 ** 20;
 // bandwidth repeatedly (before and after the decode run) and compare like with like: best step against best
 // copy, median step against median copy.
 const copies: number[] = [];
+const reads: number[] = [];
 const measureCopies = (n: number) => {
-  for (let i = 0; i < n; i++) copies.push(measureCopyBandwidth(512 * 2 ** 20, 1, threads));
+  for (let i = 0; i < n; i++) {
+    copies.push(measureCopyBandwidth(512 * 2 ** 20, 1, threads));
+    reads.push(measureReadBandwidth(512 * 2 ** 20, 1, threads));
+  }
 };
 measureCopies(6);
 const engine = await Engine.create({ model: 'gpt2', weights: 'random', seed: 1, threads });
@@ -63,6 +67,7 @@ const kv = await engine.generate({
 measureCopies(6);
 const bandwidth = Math.max(...copies);
 const bandwidthMedian = median(copies);
+const readBandwidth = Math.max(...reads);
 const boundTokensPerSec = bandwidth / weightBytesPerToken;
 const boundTokensPerSecMedian = bandwidthMedian / weightBytesPerToken;
 const kvDecodeTps = 1000 / median(kv.timings.decodeMs);
@@ -96,6 +101,8 @@ const result = {
   copyBandwidthBytesPerSec: bandwidth,
   copyBandwidthMedianBytesPerSec: bandwidthMedian,
   copyBandwidthSamples: copies,
+  readBandwidthBytesPerSec: readBandwidth,
+  readBandwidthSamples: reads,
   weightBytesPerToken,
   boundTokensPerSec,
   boundTokensPerSecMedian,
@@ -105,12 +112,17 @@ const result = {
     newTokens,
     prefillMs: kv.timings.prefillMs,
     tpotMsMedian: median(kv.timings.decodeMs),
+    tpotMsBest: Math.min(...kv.timings.decodeMs),
     decodeTokensPerSec: kvDecodeTps,
+    decodeTokensPerSecBest: kvDecodeTpsBest,
     totalMs: kv.timings.totalMs,
     tokensPerSec: kv.timings.tokensPerSec,
     peakBytes: kv.memory.peakBytes,
     kvCacheBytes: kv.memory.kvCacheBytes,
-    ratioToBound: kvDecodeTps / boundTokensPerSec,
+    // best step against best copy, median step against median copy
+    ratioToBound: kvDecodeTpsBest / boundTokensPerSec,
+    ratioToBoundMedian: kvDecodeTps / boundTokensPerSecMedian,
+    ratioToReadBound: kvDecodeTpsBest / (readBandwidth / weightBytesPerToken),
   },
   noKvCache: {
     promptLen,
@@ -132,6 +144,7 @@ const rows: [string, string][] = [
     'copy bandwidth (read+write), best / median',
     `${(bandwidth / 1e9).toFixed(2)} / ${(bandwidthMedian / 1e9).toFixed(2)} GB/s`,
   ],
+  ['read bandwidth (streaming sum), best', `${(readBandwidth / 1e9).toFixed(2)} GB/s`],
   ['weight bytes per decoded token', `${mib(weightBytesPerToken).toFixed(1)} MiB`],
   [
     'bandwidth bound, best / median',

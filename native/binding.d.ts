@@ -66,4 +66,6 @@ export interface NativeBinding {
   buildInfo(): { version: string; build: string; backends: Array<'cpu' | 'cuda'> };
   /** Host copy bandwidth in bytes/s (bytes read + written), best of `repeats`. */
   measureCopyBandwidth(bytes: number, repeats: number, threads: number): number;
+  /** Host read bandwidth in bytes/s (a streaming sum), best of `repeats`. */
+  measureReadBandwidth(bytes: number, repeats: number, threads: number): number;
 }

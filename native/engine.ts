@@ -258,3 +258,8 @@ export class Engine {
 export function measureCopyBandwidth(bytes = 512 * 2 ** 20, repeats = 5, threads = 0): number {
   return loadBinding().measureCopyBandwidth(bytes, repeats, threads);
 }
+
+/** Host memory read bandwidth in bytes/s: the most a decode step that streams its weights can reach. */
+export function measureReadBandwidth(bytes = 512 * 2 ** 20, repeats = 5, threads = 0): number {
+  return loadBinding().measureReadBandwidth(bytes, repeats, threads);
+}

@@ -515,6 +515,16 @@ Napi::Value MeasureCopyBandwidth(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, flashlab::measureCopyBandwidth(static_cast<size_t>(bytes), reps, threads));
 }
 
+Napi::Value MeasureReadBandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  double bytes = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 256.0 * (1 << 20);
+  int reps = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 5;
+  int threads = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 0;
+  if (!(bytes >= 4096 && bytes <= 16.0 * (1ull << 30)) || reps < 1)
+    throw Napi::RangeError::New(env, "measureReadBandwidth(bytes in [4 KiB, 16 GiB], repeats >= 1, threads)");
+  return Napi::Number::New(env, flashlab::measureReadBandwidth(static_cast<size_t>(bytes), reps, threads));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->engineCtor = Napi::Persistent(EngineWrap::Define(env));
@@ -522,6 +532,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createEngine", Napi::Function::New(env, CreateEngine));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("measureCopyBandwidth", Napi::Function::New(env, MeasureCopyBandwidth));
+  exports.Set("measureReadBandwidth", Napi::Function::New(env, MeasureReadBandwidth));
   return exports;
 }
 

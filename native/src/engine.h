@@ -82,5 +82,8 @@ class Engine {
 
 // Measures host memory copy bandwidth (bytes read + written per second) with `threads` threads.
 double measureCopyBandwidth(size_t bytes, int repeats, int threads);
+// Measures host memory read bandwidth (bytes read per second, a streaming sum) with `threads` threads: what a
+// decode step that streams the weights can reach at best.
+double measureReadBandwidth(size_t bytes, int repeats, int threads);
 
 }  // namespace flashlab
