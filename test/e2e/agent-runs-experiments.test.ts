@@ -111,7 +111,7 @@ describe('dashboard, agents and the queue, end to end', { timeout: 600_000 }, ()
     database.cleanup();
   });
 
-  it('runs an experiment submitted over tRPC and stores every run with its figures', async () => {
+  it('runs an experiment submitted over tRPC and stores every run with its figures, and answers a chat', async () => {
     const { proc } = await newAgent('e2e-a');
     const health = await dash.health();
     const me = health.agents.find((a) => a.name === 'e2e-a');
@@ -161,6 +161,47 @@ describe('dashboard, agents and the queue, end to end', { timeout: 600_000 }, ()
       logs.every((l) => l.text.includes(`[job ${jobs[0].id}#1]`)),
       'every log line names its job',
     );
+
+    // The same agent answers a chat from the playground: streamed through the dashboard, stored with its figures.
+    const session = (await trpc().mutation('chat.create', {
+      title: 'e2e chat',
+      settings: {
+        model: 'gpt2-tiny',
+        weights: { kind: 'random', seed: 1 },
+        attention: 'fa1',
+        kvCache: true,
+        maxNewTokens: 12,
+      },
+    })) as { id: string };
+    await trpc().mutation('chat.send', {
+      sessionId: session.id,
+      content: 'What does FlashAttention-2 change? 它快吗？',
+    });
+    const answer = await waitFor(
+      'the chat answer to be stored',
+      () => {
+        const m = sql
+          .prepare(`SELECT * FROM "ChatMessage" WHERE "sessionId" = ? AND "role" = 'assistant'`)
+          .get(session.id) as
+          | {
+              status: string;
+              content: string;
+              agentName: string;
+              prefillMs: number;
+              tokensPerSec: number;
+              newTokens: number;
+              error: string | null;
+            }
+          | undefined;
+        return m && m.status !== 'streaming' ? m : undefined;
+      },
+      60_000,
+    );
+    assert.equal(answer.status, 'done', answer.error ?? '');
+    assert.equal(answer.agentName, 'e2e-a');
+    assert.equal(answer.newTokens, 12);
+    assert.ok(answer.prefillMs > 0 && answer.tokensPerSec > 0 && answer.content.length > 0);
+
     await proc.stop();
     assert.equal(proc.child.exitCode, 0, proc.tail());
   });
