@@ -443,27 +443,46 @@ Napi::Value EngineWrap::Generate(const Napi::CallbackInfo& info) {
   const bool dump = req.dumpLogits;
   claim(env, "generate");
   cancel_->store(false);
+  struct Unclaim {  // until the worker owns the call, a throw must give the engine back
+    EngineWrap* w;
+    bool armed = true;
+    ~Unclaim() {
+      if (armed) w->release();
+    }
+  } unclaim{this};
   auto outcome = std::make_shared<GenerateOutcome>(env);
   outcome->self = Napi::Persistent(info.This().As<Napi::Object>());
   outcome->wrap = this;
   Napi::Promise promise = outcome->deferred.Promise();
   Napi::ThreadSafeFunction tsfn = Napi::ThreadSafeFunction::New(
       env, info[1].As<Napi::Function>(), "flashlab.tokens", 0, 1, [outcome, dump](Napi::Env env) {
-        Napi::HandleScope scope(env);
-        outcome->wrap->release();
-        if (outcome->ok) {
-          try {
-            outcome->deferred.Resolve(resultObject(env, outcome->result, dump));
-          } catch (const Napi::Error& e) {
-            outcome->deferred.Reject(e.Value());
+        // Runs on the main thread once every queued token callback has run, or while the environment shuts
+        // down; a failing Node-API call must not escape from here.
+        try {
+          Napi::HandleScope scope(env);
+          outcome->wrap->release();
+          if (outcome->ok) {
+            try {
+              outcome->deferred.Resolve(resultObject(env, outcome->result, dump));
+            } catch (const Napi::Error& e) {
+              outcome->deferred.Reject(e.Value());
+            }
+          } else {
+            outcome->deferred.Reject(makeError(env, outcome->error, outcome->aborted).Value());
           }
-        } else {
-          outcome->deferred.Reject(makeError(env, outcome->error, outcome->aborted).Value());
+          outcome->self.Reset();
+        } catch (...) {
         }
-        outcome->self.Reset();
       });
-  auto* w = new GenerateWorker(env, engine, std::move(req), cancel_, tsfn, outcome);
-  w->Queue();
+  try {
+    auto* w = new GenerateWorker(env, engine, std::move(req), cancel_, tsfn, outcome);
+    w->Queue();
+  } catch (...) {
+    tsfn.Release();  // its finaliser releases the engine and rejects
+    unclaim.armed = false;
+    throw;
+  }
+  unclaim.armed = false;
   return promise;
 }
 
