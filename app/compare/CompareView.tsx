@@ -41,6 +41,8 @@ import { useTRPC } from '../_trpc/client';
 
 const COLORS = ['#1f5fd6', '#d6541f', '#1a9c5b', '#8e44ad', '#c0392b', '#b7950b', '#16a085', '#5d6d7e'];
 const MIB = 1024 * 1024;
+/** Room for the legend: every series past the third takes a line of it. */
+const heightFor = (series: number) => 300 + Math.max(0, series - 3) * 20;
 
 const fmtMetric = (m: Metric, v: number | null | undefined) =>
   m === 'peakMemBytes' ? formatBytes(v) : m === 'tokensPerSec' ? formatRate(v) : formatMs(v);
@@ -86,7 +88,7 @@ function SeriesLines(props: {
           formatter={(v, name) => [fmtMetric(metric, typeof v === 'number' ? v * k : null), name]}
           labelFormatter={(l) => `${chart.xLabel}: ${l}`}
         />
-        <Legend verticalAlign="top" height={28} wrapperStyle={{ fontSize: 12 }} />
+        <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12, paddingBottom: 6 }} />
         {chart.series.map((s, i) => (
           <Line
             key={s.key}
@@ -291,6 +293,7 @@ export function CompareView() {
         <ChartCard
           title={`${METRICS[metric].label} vs ${derived.latency.xLabel.toLowerCase()}`}
           testId="chart-latency"
+          height={heightFor(derived.latency.series.length)}
           data={seriesData(derived.latency, metric)}
           empty={derived.latency.rows.length ? null : 'No data.'}
           caption={`${stat} over every repeat of each configuration; hover a point for its value.`}
@@ -363,6 +366,7 @@ export function CompareView() {
         <ChartCard
           title="Peak device memory vs sequence length"
           testId="chart-memory"
+          height={heightFor(derived.memory.series.length)}
           data={seriesData(derived.memory, 'peakMemBytes')}
           empty={derived.memory.rows.length ? null : 'No data.'}
           caption={
@@ -377,6 +381,7 @@ export function CompareView() {
         <ChartCard
           title="Time to first token vs prompt length"
           testId="chart-ttft"
+          height={heightFor(derived.ttft.series.length)}
           data={seriesData(derived.ttft, 'prefillMs')}
           empty={derived.ttft.rows.length ? null : 'No data.'}
         >
@@ -386,6 +391,7 @@ export function CompareView() {
         <ChartCard
           title="Time per output token vs prompt length"
           testId="chart-tpot"
+          height={heightFor(derived.tpot.series.length)}
           data={seriesData(derived.tpot, 'tpotMs')}
           empty={derived.tpot.rows.length ? null : 'No data.'}
         >
@@ -395,6 +401,7 @@ export function CompareView() {
         <ChartCard
           title="Throughput vs batch size"
           testId="chart-throughput"
+          height={heightFor(derived.throughput.series.length)}
           data={seriesData(derived.throughput, 'tokensPerSec')}
           empty={
             derived.throughput.rows.length > 1
@@ -408,6 +415,7 @@ export function CompareView() {
         <ChartCard
           title="Tensor-parallel scaling"
           testId="chart-tp"
+          height={heightFor(tpShapes.length + 1)}
           data={{
             header: ['shape', 'tp', 'speedup', 'efficiency'],
             rows: derived.tp.map((p) => [p.shape, p.tp, p.speedup, p.efficiency]),
@@ -441,7 +449,7 @@ export function CompareView() {
                 label={{ value: 'speedup (×)', angle: -90, position: 'insideLeft', fontSize: 12 }}
               />
               <Tooltip formatter={(v, n) => [formatSpeedup(typeof v === 'number' ? v : null), n]} />
-              <Legend verticalAlign="top" height={28} wrapperStyle={{ fontSize: 12 }} />
+              <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12, paddingBottom: 6 }} />
               <Line
                 dataKey="ideal"
                 name="perfect scaling"
@@ -478,6 +486,7 @@ export function CompareView() {
         <ChartCard
           title="Roofline: achieved compute vs arithmetic intensity"
           testId="chart-roofline"
+          height={heightFor(roofLabels.length)}
           data={{
             header: ['run', 'label', 'phase', 'flop_per_byte', 'tflops', 'gbps'],
             rows: derived.roofline.map((p) => [p.runId, p.label, p.phase, p.intensity, p.tflops, p.gbps]),
@@ -536,7 +545,7 @@ export function CompareView() {
                   );
                 }}
               />
-              <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12 }} />
+              <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12, paddingBottom: 6 }} />
               {ceilings && (
                 <ReferenceLine
                   y={ceilings.tflops}
