@@ -3,16 +3,17 @@
 # suite under compute-sanitizer memcheck, and benchmarks attention against PyTorch on this card, in one go.
 # Logs go to $FLASHLAB_OUT (default bench/out/); the benchmark's JSON lands in bench/results/ (and a copy in
 # $FLASHLAB_OUT). Needs nvcc and Python 3 with PyTorch (CUDA); compute-sanitizer when present.
+# The engine check times GPT-2 and (without --quick) ChatGLM2-6B with random weights on the GPU.
 # --profile adds an Nsight Compute report of one fa2 launch (chatglm2 8k) as $FLASHLAB_OUT/ncu.log.
 # usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${FLASHLAB_OUT:-bench/out}"
 mkdir -p "$out"
-quick="" bench=1 sanitizer=1 profile=0
+quick="" bench=1 sanitizer=1 profile=0 engine_args="--chatglm2"
 for a in "$@"; do
   case "$a" in
-    --quick) quick="--quick" ;;
+    --quick) quick="--quick" engine_args="" ;;
     --no-bench) bench=0 ;;
     --no-sanitizer) sanitizer=0 ;;
     --profile) profile=1 ;;
@@ -40,6 +41,7 @@ if step build bash native/cuda/test/build.sh --variants --backend; then
   lib=native/build-cuda
   step tests "$lib/kernel_tests" || status=1
   step backend "$lib/backend_vs_cpu" || status=1
+  step engine "$lib/engine_cuda_vs_cpu" $engine_args || status=1
   if [ $sanitizer = 1 ]; then
     if command -v compute-sanitizer >/dev/null; then
       step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/kernel_tests" --quick || status=1
@@ -71,6 +73,7 @@ fi
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
-grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/memcheck.log 2>/dev/null | head -20
+grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/engine.log "$out"/memcheck.log 2>/dev/null | head -20
+grep -h "^TIMING" "$out"/engine.log 2>/dev/null
 grep -h "ERROR SUMMARY" "$out"/memcheck.log 2>/dev/null
 exit $status

@@ -1,11 +1,14 @@
-// CudaBackend: every Backend operation as one or two launches on the backend's own stream; tensors may be
-// fp32, fp16 or bf16 (each operation runs in its tensors' dtype, fp32 accumulation throughout). Memory comes
-// from a caching allocator (device_allocator.h) and is counted by the engine's MemoryTracker through
-// Backend::alloc. Attention on fp32 tensors: naive runs in fp32; fa1/fa2 (tensor-core kernels) run on fp16
-// copies of q/k/v; decode runs the naive kernel (one query row). Tensor parallelism needs NCCL, which this
-// backend does not use yet: allReduceSum over several parts is refused.
+// CudaBackend: every Backend operation as one or two launches on the backend's own stream, in the engine's
+// compute dtype (fp32, fp16 or bf16; fp32 accumulation throughout; weights arrive as fp32 and are converted on
+// the GPU). Memory comes from a caching allocator (device_allocator.h) and is counted by the engine's
+// MemoryTracker through Backend::alloc. Attention on fp32 tensors: naive runs in fp32; fa1/fa2 (tensor-core
+// kernels) run on fp16 copies of q/k/v; decode runs the naive kernel (one query row). Tensor parallelism:
+// one backend per GPU, and allReduceSum is one NCCL all-reduce over the shards' communicator.
 #include "cuda_backend.h"
 
+#include <nccl.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -21,6 +24,7 @@
 #include "../norm.h"
 #include "../residual.h"
 #include "../rotary.h"
+#include "../../src/device_backends.h"
 #include "device_allocator.h"
 #include "gemm_lt.h"
 
@@ -51,10 +55,26 @@ void dense(const char* op, const Tensor& t) {
   require(t.layout == 0, op, "tensor " + t.shapeString() + " is not in the dense layout");
 }
 
+void ncclCheck(ncclResult_t r, const char* what, const char* file, int line) {
+  if (r != ncclSuccess)
+    throw std::runtime_error(std::string("NCCL error ") + ncclGetErrorString(r) + " in " + what + " at " + file + ":" +
+                             std::to_string(line));
+}
+#define FL_NCCL_CHECK(expr) ncclCheck((expr), #expr, __FILE__, __LINE__)
+
+ncclDataType_t ncclTypeOf(DType d) {
+  switch (d) {
+    case DType::F32: return ncclFloat32;
+    case DType::F16: return ncclFloat16;
+    case DType::BF16: return ncclBfloat16;
+  }
+  throw std::invalid_argument("unknown dtype");
+}
+
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(std::shared_ptr<MemoryTracker> tracker, int device)
-      : Backend(std::move(tracker), device), alloc_(device) {
+  CudaBackend(std::shared_ptr<MemoryTracker> tracker, int device, DType dtype)
+      : Backend(std::move(tracker), device), dtype_(dtype), alloc_(device) {
     FL_CUDA_CHECK(cudaSetDevice(device));
     FL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemmWorkspace_ = alloc_.allocate(kGemmWorkspace);
@@ -67,6 +87,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(deviceIndex());
     cudaStreamSynchronize(stream_);
+    if (comm_) ncclCommDestroy(comm_);
     gemm_.reset();
     alloc_.release(gemmWorkspace_);
     if (idsDev_) alloc_.release(idsDev_);
@@ -76,6 +97,50 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return name_; }
   const cuda::DeviceAllocator& allocator() const { return alloc_; }
+  cudaStream_t stream() const { return stream_; }
+  ncclComm_t comm() const { return comm_; }
+  void setComm(ncclComm_t c) { comm_ = c; }
+
+  DType computeDtype() const override { return dtype_; }
+
+  Tensor uploadParam(const float* host, const std::vector<int64_t>& shape) override {
+    Tensor t = alloc(shape, MemKind::Weights, dtype_);
+    if (dtype_ == DType::F32) {
+      upload(t, host, t.bytes());
+      return t;
+    }
+    // fp32 through an untracked staging block, converted on the GPU.
+    activate();
+    const size_t n = static_cast<size_t>(t.numel());
+    void* staging = alloc_.allocate(n * sizeof(float));
+    try {
+      FL_CUDA_CHECK(cudaMemcpyAsync(staging, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+      cuda::convertElements(ElemType::F32, staging, elemOf(dtype_), t.data(), static_cast<int64_t>(n), stream_);
+      FL_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host array may go away after this call
+    } catch (...) {
+      alloc_.release(staging);
+      throw;
+    }
+    alloc_.release(staging);
+    return t;
+  }
+
+  void downloadF32(const Tensor& src, float* host, size_t count) override {
+    require(count <= static_cast<size_t>(src.numel()), "downloadF32", "more values than the tensor holds");
+    activate();
+    if (src.dtype == DType::F32) {
+      FL_CUDA_CHECK(cudaMemcpyAsync(host, src.data(), count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    void* staging = alloc_.allocate(count * sizeof(float));
+    cuda::convertElements(elemOf(src.dtype), src.data(), ElemType::F32, staging, static_cast<int64_t>(count), stream_);
+    const cudaError_t err = cudaMemcpyAsync(host, staging, count * sizeof(float), cudaMemcpyDeviceToHost, stream_);
+    const cudaError_t sync = cudaStreamSynchronize(stream_);
+    alloc_.release(staging);
+    FL_CUDA_CHECK(err);
+    FL_CUDA_CHECK(sync);
+  }
 
   void upload(Tensor& dst, const void* host, size_t bytes) override {
     require(bytes == dst.bytes(), "upload", std::to_string(bytes) + " bytes for a tensor of " + std::to_string(dst.bytes()));
@@ -258,7 +323,23 @@ class CudaBackend final : public Backend {
 
   void allReduceSum(const std::vector<Tensor*>& parts) override {
     if (parts.size() < 2) return;
-    throw std::runtime_error("tensor parallelism on CUDA needs the NCCL all-reduce, which this build does not have yet");
+    const int64_t n = parts[0]->numel();
+    std::vector<CudaBackend*> owners;
+    for (Tensor* t : parts) {
+      auto* be = t->storage ? dynamic_cast<CudaBackend*>(t->storage->owner) : nullptr;
+      require(be && be->comm(), "allReduceSum", "every part must live on a CUDA shard of one communicator");
+      require(t->numel() == n && t->dtype == parts[0]->dtype, "allReduceSum", "parts differ in size or dtype");
+      owners.push_back(be);
+    }
+    // One group call: each shard reduces in place on its own stream, ordered after the work that made its part.
+    FL_NCCL_CHECK(ncclGroupStart());
+    for (size_t i = 0; i < parts.size(); ++i) {
+      FL_CUDA_CHECK(cudaSetDevice(owners[i]->deviceIndex()));
+      FL_NCCL_CHECK(ncclAllReduce(parts[i]->data(), parts[i]->data(), static_cast<size_t>(n), ncclTypeOf(parts[i]->dtype),
+                                  ncclSum, owners[i]->comm(), owners[i]->stream()));
+    }
+    FL_NCCL_CHECK(ncclGroupEnd());
+    activate();
   }
 
  protected:
@@ -328,8 +409,10 @@ class CudaBackend final : public Backend {
     throw std::invalid_argument("attentionPrefill: unknown method");
   }
 
+  DType dtype_;
   cuda::DeviceAllocator alloc_;
   cudaStream_t stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;
   void* gemmWorkspace_ = nullptr;
   std::unique_ptr<cuda::GemmLt> gemm_;
   std::string name_;
@@ -340,7 +423,7 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker, int device) {
+std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker, int device, DType dtype) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0)
@@ -349,7 +432,32 @@ std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker,
   if (device < 0 || device >= count)
     throw std::runtime_error("CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
                              " visible)");
-  return std::make_unique<CudaBackend>(std::move(tracker), device);
+  return std::make_unique<CudaBackend>(std::move(tracker), device, dtype);
+}
+
+std::vector<std::unique_ptr<Backend>> createCudaBackends(std::shared_ptr<MemoryTracker> tracker, int tp, DType dtype) {
+  if (tp < 1) throw std::invalid_argument("tensor-parallel degree must be at least 1");
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0)
+    throw std::runtime_error(std::string("no CUDA device is visible (") +
+                             (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices") + ")");
+  if (tp > count)
+    throw std::invalid_argument("tensor parallelism of " + std::to_string(tp) + " needs " + std::to_string(tp) +
+                                " GPUs, but " + std::to_string(count) + " are visible");
+  std::vector<std::unique_ptr<Backend>> shards;
+  for (int d = 0; d < tp; ++d) shards.push_back(makeCudaBackend(tracker, d, dtype));
+  if (tp > 1) {
+    // NVLink SHARP (multicast) stays off unless the host asks for it: on shared machines it can take the GPUs
+    // down, and the all-reduces of one layer are small.
+    setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
+    std::vector<ncclComm_t> comms(tp);
+    std::vector<int> devs(tp);
+    for (int d = 0; d < tp; ++d) devs[d] = d;
+    FL_NCCL_CHECK(ncclCommInitAll(comms.data(), tp, devs.data()));
+    for (int d = 0; d < tp; ++d) static_cast<CudaBackend*>(shards[d].get())->setComm(comms[d]);
+  }
+  return shards;
 }
 
 bool cudaMemoryFigures(const Backend& backend, CudaMemoryFigures& out) {

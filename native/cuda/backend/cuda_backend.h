@@ -8,8 +8,9 @@
 
 namespace flashlab {
 
-// Throws std::runtime_error with a readable message when no usable GPU is visible or `device` is out of range.
-std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker, int device);
+// One backend on GPU `device` computing in `dtype`; throws std::runtime_error with a readable message when no
+// usable GPU is visible or `device` is out of range. (The engine calls createCudaBackends, device_backends.h.)
+std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker, int device, DType dtype);
 
 // Device-side allocator figures of a CUDA backend (bytes), for peak-memory reports.
 struct CudaMemoryFigures {

@@ -4,8 +4,10 @@
 #   kernel_tests             the correctness harness (test/kernel_tests.cu)
 #   libflashlab_kernels_fa2_<label>.so   with --variants: the same library with fa2 built at another block
 #                                        shape (see attention_fa2.cu), timed beside the default by the benchmark
-#   backend_vs_cpu           with --backend: the CUDA backend (native/cuda/backend, cuBLASLt) tested against
-#                            the CPU backend (native/src); needs cuBLAS and an OpenMP-capable g++
+#   with --backend (needs cuBLAS, NCCL and an OpenMP-capable g++):
+#   libflashlab_cuda.a       kernels + the CUDA backend (native/cuda/backend): what the engine links
+#   backend_vs_cpu           the CUDA backend against the CPU backend (native/src), op by op
+#   engine_cuda_vs_cpu       the engine end to end on both backends, and timings of GPT-2 / ChatGLM2-6B
 # Usage: native/cuda/test/build.sh [--variants] [--backend]. Needs nvcc (CUDA 12.4+); NVCC, CXX and CUDA_ARCH override.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -63,11 +65,11 @@ if [ $want_backend = 1 ]; then
     backend_objs+=("$obj")
     compile "$src" "$obj" & pids+=($!)
   done
-  # The CPU backend, the reference the CUDA backend is held to.
-  for src in "$src_root"/backend.cpp "$src_root"/cpu/*.cpp "$here"/backend/test/backend_vs_cpu.cpp; do
+  # The engine core (with its CUDA hook on) and the CPU backend, the reference the CUDA backend is held to.
+  for src in "$src_root"/*.cpp "$src_root"/cpu/*.cpp "$here"/backend/test/*.cpp; do
     obj="$out/obj/cpp_$(basename "${src%.cpp}").o"
-    backend_objs+=("$obj")
-    "$cxx" -std=c++17 -O2 -march=native -fopenmp -fPIC -Wall -Wno-unknown-pragmas -I"$(dirname "$(readlink -f "$(command -v "$nvcc")")")/../include" -I/usr/local/cuda/include \
+    "$cxx" -std=c++17 -O2 -march=native -fopenmp -fPIC -Wall -Wno-unknown-pragmas -DFLASHLAB_WITH_CUDA \
+      -I"$(dirname "$(readlink -f "$(command -v "$nvcc")")")/../include" -I/usr/local/cuda/include \
       -c "$src" -o "$obj" & pids+=($!)
   done
 fi
@@ -80,7 +82,17 @@ kernel_objs=()
 for o in "${objs[@]}"; do [ "$(basename "$o")" = capi.o ] || kernel_objs+=("$o"); done
 "$nvcc" $arch -o "$out/kernel_tests" "$out/obj/kernel_tests.o" "${kernel_objs[@]}"
 if [ $want_backend = 1 ]; then
-  "$nvcc" $arch -o "$out/backend_vs_cpu" "${backend_objs[@]}" "${kernel_objs[@]}" -lcublasLt -Xcompiler -fopenmp
+  # What an engine build links for its CUDA backend: every kernel and the backend (define FLASHLAB_WITH_CUDA for
+  # native/src, link this archive with -lcublasLt -lnccl -lcudart).
+  rm -f "$out/libflashlab_cuda.a"
+  ar rcs "$out/libflashlab_cuda.a" "${backend_objs[@]}" "${kernel_objs[@]}"
+  o="$out/obj"
+  cpu_objs=("$o/cpp_backend.o")
+  for src in "$src_root"/cpu/*.cpp; do cpu_objs+=("$o/cpp_$(basename "${src%.cpp}").o"); done
+  libs=(-L"$out" -lflashlab_cuda -lcublasLt -lnccl -Xcompiler -fopenmp)
+  "$nvcc" $arch -o "$out/backend_vs_cpu" "$o/cpp_backend_vs_cpu.o" "${cpu_objs[@]}" "${libs[@]}"
+  "$nvcc" $arch -o "$out/engine_cuda_vs_cpu" "$o/cpp_engine_cuda_vs_cpu.o" "$o/cpp_engine.o" "$o/cpp_model.o" \
+    "$o/cpp_sampler.o" "${cpu_objs[@]}" "${libs[@]}"
 fi
 if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do

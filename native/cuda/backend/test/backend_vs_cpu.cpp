@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../../../src/cpu/cpu_backend.h"
+#include "../../../src/device_backends.h"
 #include "../cuda_backend.h"
 
 using namespace flashlab;
@@ -61,18 +62,10 @@ Tensor onGpu(Backend& be, DType t, const std::vector<int64_t>& shape, const std:
   return x;
 }
 
+// Through the backend's own fp32 read-back (a conversion on the GPU for 16-bit tensors).
 std::vector<float> toHost(Backend& be, const Tensor& x) {
   std::vector<float> v(x.numel());
-  if (x.dtype == DType::F32) {
-    be.download(x, v.data(), x.bytes());
-  } else {
-    std::vector<uint16_t> raw(v.size());
-    be.download(x, raw.data(), x.bytes());
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (x.dtype == DType::F16) v[i] = __half2float(__half(__half_raw{raw[i]}));
-      else v[i] = __bfloat162float(__nv_bfloat16(__nv_bfloat16_raw{raw[i]}));
-    }
-  }
+  be.downloadF32(x, v.data(), v.size());
   return v;
 }
 
@@ -138,7 +131,8 @@ void testOps(CpuBackend& cpu, Backend& gpu, DType t) {
     auto x = roundedThrough(t, randomHost(static_cast<size_t>(M) * K)), w = roundedThrough(t, randomHost(static_cast<size_t>(N) * K, 0.1f));
     auto bias = roundedThrough(t, randomHost(N));
     Tensor cx = onCpu(cpu, {M, K}, x), cw = cpu.uploadLinear(w.data(), N, K), cb = onCpu(cpu, {N}, bias), co = cpu.alloc({M, N}, MemKind::Activations);
-    Tensor gx = onGpu(gpu, t, {M, K}, x), gw = onGpu(gpu, t, {N, K}, w, MemKind::Weights), gb = onGpu(gpu, t, {N}, bias, MemKind::Weights);
+    // Weights as the model hands them over: fp32 host arrays, converted by the backend.
+    Tensor gx = onGpu(gpu, t, {M, K}, x), gw = gpu.uploadLinear(w.data(), N, K), gb = gpu.uploadParam(bias.data(), {N});
     Tensor go = gpu.alloc({M, N}, MemKind::Activations, t);
     cpu.matmul(cx, cw, &cb, co);
     gpu.matmul(gx, gw, &gb, go);
@@ -229,7 +223,7 @@ void testOps(CpuBackend& cpu, Backend& gpu, DType t) {
 void testErrorsAndMemory(std::shared_ptr<MemoryTracker> tracker, Backend& gpu) {
   bool threw = false;
   try {
-    makeCudaBackend(tracker, 999);
+    makeCudaBackend(tracker, 999, DType::F16);
   } catch (const std::exception& e) {
     threw = std::string(e.what()).find("does not exist") != std::string::npos;
   }
@@ -285,10 +279,21 @@ int main() {
   try {
     auto tracker = std::make_shared<MemoryTracker>();
     CpuBackend cpu(tracker, 8);
-    auto gpu = makeCudaBackend(tracker, 0);
-    std::printf("backend %s\n", gpu->name().c_str());
-    for (DType t : {DType::F32, DType::F16, DType::BF16}) testOps(cpu, *gpu, t);
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+      auto gpu = makeCudaBackend(tracker, 0, t);
+      if (t == DType::F32) std::printf("backend %s\n", gpu->name().c_str());
+      report(gpu->computeDtype() == t, std::string("backend computes in ") + dtypeName(t), "");
+      testOps(cpu, *gpu, t);
+    }
+    auto gpu = makeCudaBackend(tracker, 0, DType::F16);
     testErrorsAndMemory(tracker, *gpu);
+    bool threw = false;
+    try {
+      createCudaBackends(tracker, 64, DType::F16);
+    } catch (const std::exception& e) {
+      threw = std::string(e.what()).find("needs 64 GPUs") != std::string::npos;
+    }
+    report(threw, "tensor parallelism beyond the visible GPUs is a clear error", "");
   } catch (const std::exception& e) {
     std::printf("FAIL  exception: %s\n", e.what());
     ++failures;
