@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime.h>
+
 #include "../../../src/engine.h"
 
 using namespace flashlab;
@@ -111,6 +113,30 @@ void agreement(const ModelConfig& cfg) {
   }
 }
 
+// Tensor parallelism over the visible GPUs (NCCL all-reduce) against the CPU engine at tp = 1.
+void tensorParallel(const ModelConfig& cfg, int tp) {
+  EngineOptions base;
+  base.config = cfg, base.seed = 11, base.maxBatch = 2, base.threads = 8;
+  Engine cpu(base);
+  EngineOptions go = base;
+  go.device = "cuda", go.dtype = DType::F16, go.tp = tp;
+  Engine gpu(go);
+  const auto ids = prompt(2, 29, cfg.vocabSize, 3);
+  for (bool kv : {true, false}) {
+    GenerateRequest req;
+    req.inputIds = ids, req.maxNewTokens = 8, req.attention = AttentionMethod::FA2, req.kvCache = kv, req.dumpLogits = true;
+    std::atomic<bool> cancel{false};
+    const GenerateResult a = cpu.generate(req, nullptr, cancel), b = gpu.generate(req, nullptr, cancel);
+    double worst = 0;
+    for (size_t r = 0; r < a.logitsLast.size(); ++r) worst = std::max(worst, relErr(b.logitsLast[r], a.logitsLast[r]));
+    char buf[120];
+    std::snprintf(buf, sizeof buf, "logits err %.2e (tol 2e-02), first tokens %s", worst,
+                  a.newTokens[0][0] == b.newTokens[0][0] && a.newTokens[1][0] == b.newTokens[1][0] ? "equal" : "differ");
+    report(worst <= 2e-2 && a.newTokens[0][0] == b.newTokens[0][0] && a.newTokens[1][0] == b.newTokens[1][0],
+           cfg.name + " cuda fp16 tp=" + std::to_string(tp) + " vs cpu tp=1, fa2" + (kv ? " +kv" : " no-kv"), buf);
+  }
+}
+
 void timing(const ModelConfig& cfg, int promptLen, int newTokens, int reps) {
   EngineOptions o;
   o.config = cfg, o.seed = 1, o.device = "cuda", o.dtype = DType::F16, o.maxBatch = 1;
@@ -143,6 +169,13 @@ int main(int argc, char** argv) {
   try {
     agreement(tinyGpt2());
     agreement(tinyChatglm2());
+    int gpus = 0;
+    if (cudaGetDeviceCount(&gpus) == cudaSuccess && gpus >= 2) {
+      tensorParallel(tinyGpt2(), 2);
+      tensorParallel(tinyChatglm2(), 2);
+    } else {
+      std::printf("one GPU visible: tensor-parallel checks need two\n");
+    }
     timing(gpt2Small(), 128, 256, 5);
     if (big) timing(chatglm2_6b(), 2048, 64, 3);
   } catch (const std::exception& ex) {
