@@ -101,6 +101,8 @@ export async function startServer(o: StartOptions): Promise<RunningServer> {
   const trpcHandler = createHTTPHandler({
     router: appRouter,
     basePath: TRPC_PATH,
+    // An imported results file is the largest legitimate body; anything bigger is refused before it is buffered.
+    maxBodySize: 64 << 20,
     async createContext({ req }): Promise<Context> {
       const given = requestAdminToken(req.headers);
       const agent = given && req.headers.authorization ? await agentForToken(db, given) : null;
