@@ -245,6 +245,7 @@ export class Agent {
 
   /** Second signal: give back what runs (if the dashboard answers within a moment) and stop now. */
   async forceStop(): Promise<void> {
+    this.forced = true;
     this.opts.logger.log('warn', 'stopping now');
     this.worker.stopAll({ kind: 'give-back', reason: 'agent stopped' });
     this.chats.cancelAll();
@@ -268,9 +269,12 @@ export class Agent {
   }
 
   private closed = false;
+  private forced = false;
   private async close(code: number): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // The orderly shutdown may reach its end first once a second signal gave the jobs back: still a forced stop.
+    if (this.forced && code === EXIT.ok) code = EXIT.forced;
     for (const cache of this.engines) cache?.dispose();
     this.chats.dispose();
     this.events?.unsubscribe();

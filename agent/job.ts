@@ -62,10 +62,19 @@ export class RunningJob {
     if (!this.controller.signal.aborted) this.controller.abort(reason);
   }
 
-  /** Time left at the current pace, or Infinity before any progress was made. */
+  /** Where the measured part began (first progress past 0): loading the engine says nothing about the pace. */
+  private paceFrom: { at: number; progress: number } | undefined;
+
+  private setProgress(fraction: number): void {
+    this.progress = Math.min(1, Math.max(0, fraction));
+    if (this.progress > 0) this.paceFrom ??= { at: Date.now(), progress: this.progress };
+  }
+
+  /** Time left at the pace since the measured part began, or Infinity while there is no pace yet. */
   estimatedRemainingMs(): number {
-    if (this.progress <= 0) return Number.POSITIVE_INFINITY;
-    return ((Date.now() - this.startedAt) * (1 - this.progress)) / this.progress;
+    const from = this.paceFrom;
+    if (!from || this.progress <= from.progress) return Number.POSITIVE_INFINITY;
+    return ((Date.now() - from.at) * (1 - this.progress)) / (this.progress - from.progress);
   }
 
   async run(): Promise<JobOutcome> {
@@ -85,7 +94,7 @@ export class RunningJob {
         environment: () => this.deps.environment(c),
         log: (level, text) => this.log.line(level, text),
         progress: (fraction, message) => {
-          this.progress = Math.min(1, Math.max(0, fraction));
+          this.setProgress(fraction);
           // Progress is a display: a few updates a second are plenty, and the last one is never skipped.
           const now = Date.now();
           if (now - lastProgressSent < 500 && fraction < 1) return;

@@ -121,6 +121,33 @@ describe('flashlab run and import', () => {
     assert.equal(results.runs[0].config.model, 'chatglm2-tiny');
   });
 
+  it('runs on a Hugging Face checkpoint directory, drawing prompt ids from its own vocabulary', async () => {
+    const planPath = path.join(dir, 'ckpt.json');
+    const outPath = path.join(dir, 'ckpt-results.json');
+    const checkpoint = path.join(ROOT, 'test', 'fixtures', 'gpt2-tiny-a'); // vocabulary 1000, 160 positions
+    writeFileSync(
+      planPath,
+      JSON.stringify({
+        experiment: {
+          ...plan.experiment,
+          name: 'ckpt',
+          weights: { kind: 'checkpoint', path: checkpoint },
+          tp: [1],
+          kvCache: [true],
+          repeats: 1,
+        },
+      }),
+    );
+    const r = await cli(['run', planPath, '--out', outPath]);
+    assert.equal(r.code, 0, r.stderr);
+    const results = OfflineResults.parse(JSON.parse(readFileSync(outPath, 'utf8')));
+    assert.equal(results.runs.length, 2);
+    assert.ok(
+      results.runs.every((run) => run.sampleTokens?.every((id) => id < 1000)),
+      'tokens of the checkpoint vocabulary',
+    );
+  });
+
   it('refuses an impossible plan, naming the field', async () => {
     const planPath = path.join(dir, 'bad-plan.json');
     writeFileSync(planPath, JSON.stringify({ experiment: { ...plan.experiment, tp: [3], promptLengths: [600] } }));

@@ -2,10 +2,12 @@
 // over tRPC, and the faults an operator meets — an agent killed mid-job, a dashboard restarted mid-run, an agent
 // told to stop (SIGTERM), a job cancelled while it runs. The history must stay exact: one run per job.
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import type { ExperimentSpecInput } from '../../contracts';
-import { Dashboard, type Proc, startAgent, tempDatabase, waitFor } from './harness';
+import { ADMIN_TOKEN, Dashboard, flashlab, type Proc, startAgent, tempDatabase, waitFor, within } from './harness';
 
 interface JobRow {
   id: string;
@@ -270,6 +272,53 @@ describe('dashboard, agents and the queue, end to end', { timeout: 600_000 }, ()
     assert.equal(runsOfJob(job.id).length, 0);
     await proc.waitForOutput(new RegExp(`\\[job ${job.id}#1\\] cancelled`), 10_000);
     assert.ok(proc.running, 'the agent goes on after a cancel');
+  });
+
+  it('a second SIGTERM stops the agent at once, handing its job back', async () => {
+    for (const a of agents) if (a.running) await a.stop();
+    const impatient = await newAgent('e2e-impatient', ['--grace-ms', '600000']);
+    const experimentId = await submit(slow('stopped twice', 50));
+    try {
+      // Far enough in for the agent to know its pace: it then means to finish within the long grace period.
+      await waitFor('a few tokens of progress', () => (jobsOf(experimentId)[0]?.progress ?? 0) > 0.005, 60_000, 100);
+      impatient.proc.kill('SIGTERM');
+      await impatient.proc.waitForOutput(/letting it finish/, 10_000);
+      impatient.proc.kill('SIGTERM');
+      const exit = await within(
+        impatient.proc.exited,
+        15_000,
+        () => `the agent did not stop:\n${impatient.proc.tail()}`,
+      );
+      assert.equal(exit.code, 1, impatient.proc.tail());
+      const [job] = jobsOf(experimentId);
+      assert.equal(job.state, 'queued', 'handed back on the way out');
+    } finally {
+      // Its 50 repeats must not hold up the agents of the tests that follow.
+      await trpc().mutation('experiments.cancel', { id: experimentId });
+    }
+  });
+
+  it('imports an offline results file through the dashboard, with the admin token only', async () => {
+    const plan = path.join(database.dir, 'plan.json');
+    const results = path.join(database.dir, 'results.json');
+    writeFileSync(
+      plan,
+      JSON.stringify({ experiment: { ...slow('offline then imported', 1), newTokens: [4], kvCache: [true, false] } }),
+    );
+    const run = await flashlab(['run', plan, '--out', results]);
+    assert.equal(run.code, 0, run.stderr);
+    const refused = await flashlab(['import', results, '--url', dash.baseUrl], { FLASHLAB_ADMIN_TOKEN: '' });
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /refused the import \(UNAUTHORIZED\)/);
+    const ok = await flashlab(['import', results, '--url', dash.baseUrl, '--admin-token', ADMIN_TOKEN]);
+    assert.equal(ok.code, 0, ok.stderr);
+    const { experimentId } = JSON.parse(ok.stdout) as { experimentId: string };
+    const experiment = sql.prepare('SELECT "source", "name" FROM "Experiment" WHERE "id" = ?').get(experimentId) as {
+      source: string;
+      name: string;
+    };
+    assert.deepEqual(experiment, { source: 'import', name: 'offline then imported' });
+    assert.equal(runsOfExperiment(experimentId).length, 2);
   });
 
   it('a dashboard restarted mid-run: the agent reconnects and the run completes, stored once', async () => {

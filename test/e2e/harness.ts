@@ -1,6 +1,6 @@
 // Real processes for end-to-end tests: a dashboard (server.ts) on a free 127.0.0.1 port with its own SQLite file,
 // agents started as `bin/flashlab agent`, a tRPC client like the browser's, and bounded waits for all of it.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -252,4 +252,27 @@ export function startAgent(
     ['agent', '--url', url, '--token', token, '--name', name, ...extraArgs],
     childEnv(env),
   );
+}
+
+/** Runs `bin/flashlab ARGS` to its end; its exit code and output. */
+export function flashlab(
+  args: string[],
+  env: Record<string, string> = {},
+  timeoutMs = 240_000,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      path.join(ROOT, 'bin', 'flashlab'),
+      args,
+      { cwd: ROOT, env: childEnv(env), timeout: timeoutMs },
+      (err, stdout, stderr) => {
+        const code = err
+          ? typeof (err as { code?: unknown }).code === 'number'
+            ? (err as { code: number }).code
+            : -1
+          : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
 }
