@@ -80,3 +80,17 @@ describe('embedded agent token', () => {
     assert.ok(existsSync(file));
   });
 });
+
+describe('one database client per process', () => {
+  test("a second copy of server/db.ts (as Next's bundle has) gets the same client, not a second pool", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'flashlab-single-'));
+    const env = await import('../../server/env');
+    env.setEnv(parseEnv({ DATABASE_URL: `file:${path.join(dir, 'x.db')}` }));
+    // A query string makes Node load the module again: a separate module instance, like a bundler's copy.
+    const first = await import('../../server/db');
+    const second = (await import(`../../server/db.ts?copy=${Date.now()}`)) as typeof first;
+    assert.notEqual(first.db, second.db, 'two module instances');
+    assert.equal(first.db(), second.db(), 'one client');
+    await first.closeDb();
+  });
+});
