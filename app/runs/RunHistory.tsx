@@ -4,7 +4,7 @@
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import Link from 'next/link';
 import { usePathname, useRouter, useSearchParams } from 'next/navigation';
-import { useMemo, useRef, useState } from 'react';
+import { Fragment, useMemo, useRef, useState } from 'react';
 import { toCsv } from '@/lib/csv';
 import { formatBytes, formatDate, formatMs, formatRate, methodLabel } from '@/lib/format';
 import { downloadText } from '../_components/download';
@@ -70,6 +70,7 @@ export function RunHistory() {
   const page = Math.max(0, Number(sp.get('page') ?? 0) || 0);
   const grouped = sp.get('group') === '1';
   const [selected, setSelected] = useState<Set<string>>(new Set());
+  const [openRun, setOpenRun] = useState<string | null>(null);
   const [notice, setNotice] = useState<{ kind: 'ok' | 'bad'; text: string } | null>(null);
   const fileRef = useRef<HTMLInputElement>(null);
 
@@ -333,66 +334,88 @@ export function RunHistory() {
                       )}
                     </th>
                   ))}
+                  <th>
+                    <span className="sr-only">Details</span>
+                  </th>
                 </tr>
               </thead>
               <tbody>
                 {items.map((r) => (
-                  <tr key={r.id} data-run-id={r.id}>
-                    <td>
-                      <input
-                        type="checkbox"
-                        aria-label={`Select run ${r.id}`}
-                        checked={selected.has(r.id)}
-                        onChange={() => toggle(r.id)}
-                      />
-                    </td>
-                    <td className="nowrap small" title={r.experimentName}>
-                      {formatDate(r.createdAt)}
-                    </td>
-                    <td>{r.model}</td>
-                    <td className="nowrap">{methodLabel(r)}</td>
-                    <td className="num">{r.batchSize}</td>
-                    <td className="num">{r.promptLength}</td>
-                    <td className="num">{r.newTokens}</td>
-                    <td className="num" title={`± ${formatMs(r.prefillMsStd)} over ${r.repeatCount} repeats`}>
-                      {formatMs(r.prefillMsMedian)}
-                    </td>
-                    <td className="num" title={`± ${formatMs(r.tpotMsStd)}`}>
-                      {formatMs(r.tpotMsMedian)}
-                    </td>
-                    <td className="num" title={`± ${formatMs(r.totalMsStd)}`}>
-                      {formatMs(r.totalMsMedian)}
-                    </td>
-                    <td className="num">{formatRate(r.tokensPerSecMedian)}</td>
-                    <td className="num">{formatBytes(r.peakMemBytes)}</td>
-                    <td className="small">
-                      {r.agentName}
-                      {r.gpuName ? (
-                        <>
-                          <br />
-                          {r.gpuName}
-                        </>
-                      ) : r.device === 'cpu' ? (
-                        <>
-                          <br />
-                          CPU
-                        </>
-                      ) : null}
-                    </td>
-                    <td className="small">
-                      {r.tags.map((t) => (
-                        <span key={t} className="badge" style={{ marginRight: 3 }}>
-                          {t}
-                        </span>
-                      ))}
-                      {r.notes && (
-                        <div className="muted" title={r.notes}>
-                          📝 {r.notes.slice(0, 40)}
-                          {r.notes.length > 40 ? '…' : ''}
-                        </div>
-                      )}
-                    </td>
-                  </tr>
+                  <Fragment key={r.id}>
+                    <tr data-run-id={r.id}>
+                      <td>
+                        <input
+                          type="checkbox"
+                          aria-label={`Select run ${r.id}`}
+                          checked={selected.has(r.id)}
+                          onChange={() => toggle(r.id)}
+                        />
+                      </td>
+                      <td className="nowrap small" title={r.experimentName}>
+                        {formatDate(r.createdAt)}
+                      </td>
+                      <td>{r.model}</td>
+                      <td className="nowrap">{methodLabel(r)}</td>
+                      <td className="num">{r.batchSize}</td>
+                      <td className="num">{r.promptLength}</td>
+                      <td className="num">{r.newTokens}</td>
+                      <td className="num" title={`± ${formatMs(r.prefillMsStd)} over ${r.repeatCount} repeats`}>
+                        {formatMs(r.prefillMsMedian)}
+                      </td>
+                      <td className="num" title={`± ${formatMs(r.tpotMsStd)}`}>
+                        {formatMs(r.tpotMsMedian)}
+                      </td>
+                      <td className="num" title={`± ${formatMs(r.totalMsStd)}`}>
+                        {formatMs(r.totalMsMedian)}
+                      </td>
+                      <td className="num">{formatRate(r.tokensPerSecMedian)}</td>
+                      <td className="num">{formatBytes(r.peakMemBytes)}</td>
+                      <td className="small">
+                        {r.agentName}
+                        {r.gpuName ? (
+                          <>
+                            <br />
+                            {r.gpuName}
+                          </>
+                        ) : r.device === 'cpu' ? (
+                          <>
+                            <br />
+                            CPU
+                          </>
+                        ) : null}
+                      </td>
+                      <td className="small">
+                        {r.tags.map((t) => (
+                          <span key={t} className="badge" style={{ marginRight: 3 }}>
+                            {t}
+                          </span>
+                        ))}
+                        {r.notes && (
+                          <div className="muted" title={r.notes}>
+                            📝 {r.notes.slice(0, 40)}
+                            {r.notes.length > 40 ? '…' : ''}
+                          </div>
+                        )}
+                      </td>
+                      <td>
+                        <button
+                          type="button"
+                          aria-expanded={openRun === r.id}
+                          aria-controls={`run-details-${r.id}`}
+                          onClick={() => setOpenRun(openRun === r.id ? null : r.id)}
+                        >
+                          Details
+                        </button>
+                      </td>
+                    </tr>
+                    {openRun === r.id && (
+                      <tr id={`run-details-${r.id}`}>
+                        <td colSpan={COLUMNS.length + 2}>
+                          <RunDetails id={r.id} />
+                        </td>
+                      </tr>
+                    )}
+                  </Fragment>
                 ))}
               </tbody>
             </table>
@@ -563,5 +586,87 @@ function SelectionBar(props: {
         <button type="submit">Set notes</button>
       </form>
     </section>
+  );
+}
+
+/** One run in full: every repeat's figures and where it ran (the environment record). */
+function RunDetails({ id }: { id: string }) {
+  const trpc = useTRPC();
+  const run = useQuery(trpc.runs.get.queryOptions({ id }));
+  if (run.error) return <p className="error">Could not load the run: {run.error.message}</p>;
+  if (!run.data) return <p className="muted">Loading…</p>;
+  const r = run.data;
+  const env = r.environment;
+  const facts: [string, string | undefined | null][] = [
+    ['Experiment', r.experiment.name],
+    ['Weights', r.weightsKind],
+    ['Warm-up runs', String(r.warmup)],
+    ['Agent', `${env.agentName ?? r.agentName} on ${env.hostname ?? r.hostname}`],
+    ['Backend', env.backend],
+    ['CPU', env.cpuModel ? `${env.cpuModel} · ${env.cpuCores} cores · ${formatBytes(env.memoryBytes)}` : null],
+    [
+      'GPUs',
+      env.gpus?.length
+        ? env.gpus
+            .map((g) =>
+              [
+                g.name,
+                g.driver && `driver ${g.driver}`,
+                g.smClockMHz && `${g.smClockMHz} MHz`,
+                g.temperatureC != null && `${g.temperatureC} °C`,
+              ]
+                .filter(Boolean)
+                .join(' · '),
+            )
+            .join('; ')
+        : 'none',
+    ],
+    ['CUDA', env.cudaVersion],
+    ['Engine build', env.engineBuild],
+    ['Git commit', env.gitCommit],
+    ['Node', env.nodeVersion],
+    ['Started', env.startedAt ? formatDate(env.startedAt) : null],
+  ];
+  return (
+    <div className="grid grid-2" data-testid="run-details">
+      <dl
+        className="small"
+        style={{ margin: 0, display: 'grid', gridTemplateColumns: 'max-content 1fr', gap: '2px 12px' }}
+      >
+        {facts
+          .filter(([, v]) => v)
+          .map(([k, v]) => (
+            <Fragment key={k}>
+              <dt className="muted">{k}</dt>
+              <dd style={{ margin: 0 }}>{v}</dd>
+            </Fragment>
+          ))}
+      </dl>
+      <table className="small">
+        <thead>
+          <tr>
+            <th className="num">Repeat</th>
+            <th className="num">TTFT</th>
+            <th className="num">TPOT</th>
+            <th className="num">Total</th>
+            <th className="num">Tokens/s</th>
+            <th className="num">Peak mem</th>
+          </tr>
+        </thead>
+        <tbody>
+          {r.repeats.map((p, i) => (
+            // biome-ignore lint/suspicious/noArrayIndexKey: repeats are in measurement order and never reorder
+            <tr key={i}>
+              <td className="num">{i + 1}</td>
+              <td className="num">{formatMs(p.prefillMs)}</td>
+              <td className="num">{formatMs(p.tpotMs)}</td>
+              <td className="num">{formatMs(p.totalMs)}</td>
+              <td className="num">{formatRate(p.tokensPerSec)}</td>
+              <td className="num">{formatBytes(p.peakMemBytes)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
   );
 }

@@ -152,6 +152,13 @@ test('the history lists the runs, groups repeats and exports CSV', async ({ page
   await group.click();
   await expect(group).not.toBeChecked();
   await expect(table.locator('tbody tr')).toHaveCount(4);
+
+  // A run's details: every repeat and where it ran.
+  await table.locator('tbody tr').first().getByRole('button', { name: 'Details' }).click();
+  const details = page.getByTestId('run-details');
+  await expect(details.locator('tbody tr')).toHaveCount(3);
+  await expect(details).toContainText('Engine build');
+  await expect(details).toContainText('Backend');
   await screenshot(page, 'runs');
 });
 
