@@ -27,8 +27,18 @@ function findNvcc(): string | null {
 
 describe('CUDA kernel files follow the house rules', () => {
   test('there are kernel files to check', () => {
-    for (const f of ['attention_naive.cu', 'attention_fa1.cu', 'attention_fa2.cu', 'attention_decode.cu', 'norm.cu',
-      'rotary.cu', 'activation.cu', 'embedding.cu', 'residual.cu', 'sampling.cu'])
+    for (const f of [
+      'attention_naive.cu',
+      'attention_fa1.cu',
+      'attention_fa2.cu',
+      'attention_decode.cu',
+      'norm.cu',
+      'rotary.cu',
+      'activation.cu',
+      'embedding.cu',
+      'residual.cu',
+      'sampling.cu',
+    ])
       assert.ok(kernelFiles.includes(f), `native/cuda/${f} is missing`);
   });
   for (const f of kernelFiles) {
@@ -50,7 +60,10 @@ if (!skipCompile) {
     after(() => rmSync(outDir, { recursive: true, force: true }));
 
     test('nvcc is available', () => {
-      assert.ok(nvcc, 'nvcc not found (NVCC, PATH, /usr/local/bin/nvcc); set FLASHLAB_NO_NVCC=1 to drop these checks explicitly');
+      assert.ok(
+        nvcc,
+        'nvcc not found (NVCC, PATH, /usr/local/bin/nvcc); set FLASHLAB_NO_NVCC=1 to drop these checks explicitly',
+      );
     });
 
     const sources = [...kernelFiles.map((f) => path.join(cudaDir, f)), path.join(cudaDir, 'test/kernel_tests.cu')];
@@ -68,8 +81,22 @@ if (!skipCompile) {
       if (!nvcc) throw new Error('nvcc not found');
       const obj = path.join(outDir, `${path.basename(src)}.o`);
       try {
-        await run(nvcc, ['-std=c++17', '-O1', '-gencode=arch=compute_90a,code=sm_90a', '-Xcompiler', '-Wall', `-I${cudaDir}`,
-          '-c', src, '-o', obj], { maxBuffer: 16 << 20 });
+        await run(
+          nvcc,
+          [
+            '-std=c++17',
+            '-O1',
+            '-gencode=arch=compute_90a,code=sm_90a',
+            '-Xcompiler',
+            '-Wall',
+            `-I${cudaDir}`,
+            '-c',
+            src,
+            '-o',
+            obj,
+          ],
+          { maxBuffer: 16 << 20 },
+        );
       } catch (e) {
         const err = e as { stderr?: string; message: string };
         throw new Error(`nvcc failed on ${path.relative(cudaDir, src)}:\n${err.stderr ?? err.message}`);
