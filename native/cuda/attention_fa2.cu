@@ -24,6 +24,11 @@ namespace {
 #ifndef FLASHLAB_FA2_HD128_BLOCK_N
 #define FLASHLAB_FA2_HD128_BLOCK_N 64
 #endif
+// CTA order: 0 walks every query block of head 0 first (heaviest first), then head 1, ...; 1 puts the heads
+// innermost, so the whole grid runs heaviest query block first and the CTAs in flight share K/V rows.
+#ifndef FLASHLAB_FA2_HEADS_INNER
+#define FLASHLAB_FA2_HEADS_INNER 0
+#endif
 
 template <int kHeadDim>
 struct Fa2Config {
@@ -47,8 +52,13 @@ __global__ void __launch_bounds__(Fa2Config<kHeadDim>::Tile::kThreads, Fa2Config
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
+#if FLASHLAB_FA2_HEADS_INNER
+  const int mBlock = kCausal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+  const int head = blockIdx.x;
+#else
   const int mBlock = kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int head = blockIdx.y;
+#endif
   const int batch = blockIdx.z;
   const int kvHead = head / (p.numHeads / p.numKvHeads);
   const int m0 = mBlock * Tr::kBlockM;
@@ -137,7 +147,11 @@ void launchFa2(const AttentionParams& p, cudaStream_t stream) {
   constexpr int smem = Fa2Config<kHeadDim>::kSmemBytes;
   auto kernel = fa2Kernel<kHeadDim, T, kCausal>;
   ensureDynamicSmem<fa2Kernel<kHeadDim, T, kCausal>>(smem);
+#if FLASHLAB_FA2_HEADS_INNER
+  const dim3 grid(p.numHeads, ceilDiv(p.seqQ, Tr::kBlockM), p.batch);
+#else
   const dim3 grid(ceilDiv(p.seqQ, Tr::kBlockM), p.numHeads, p.batch);
+#endif
   kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
   FL_CHECK_LAUNCH();
 }
@@ -146,7 +160,8 @@ void launchFa2(const AttentionParams& p, cudaStream_t stream) {
 
 void attentionFa2(const AttentionParams& p, cudaStream_t stream) {
   validateAttentionParams(p, "attention fa2");
-  FL_REQUIRE(p.batch <= 65535 && p.numHeads <= 65535, "attention fa2: batch and heads must be <= 65535");
+  FL_REQUIRE(p.batch <= 65535 && p.numHeads <= 65535 && ceilDiv(p.seqQ, 128) <= 65535,
+             "attention fa2: batch, heads and query blocks must be <= 65535");
   dispatchHalfElem(p.dtype, "attention fa2", [&](auto t) {
     using T = decltype(t);
     dispatchHeadDim(p.headDim, "attention fa2", [&](auto d) {
