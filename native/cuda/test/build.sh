@@ -49,7 +49,7 @@ done
 # label -> extra flags of fa2 tuning variants
 declare -A variants=(
   [m256w8]="-DFLASHLAB_FA2_BLOCK_M=256 -DFLASHLAB_FA2_WARPS=8"
-  [hinner]="-DFLASHLAB_FA2_HEADS_INNER=1"
+  [hfirst]="-DFLASHLAB_FA2_HEADS_INNER=0"
 )
 if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
