@@ -21,11 +21,11 @@ export function estimateJobMemoryBytes(c: JobConfig): number | null {
   const seq = c.promptLength + c.newTokens;
   const kvHeadsPerDevice = Math.max(1, m.numKvHeads / tp);
   const kv = c.kvCache ? 2 * m.numLayers * kvHeadsPerDevice * m.headDim * seq * c.batchSize * b : 0;
-  // Prefill activations: hidden states and the MLP's widest layer, fp32 logits, and for naive attention the
-  // materialised score matrix of one layer.
+  // Prefill activations: hidden states and the MLP's widest layer, the last position's fp32 logits, and for
+  // naive attention the materialised score matrix of one layer.
   const activations =
     c.batchSize * seq * (m.hiddenSize * 6 + (m.ffnHiddenSize / tp) * 2) * b +
-    c.batchSize * seq * m.vocabSize * 4 +
+    c.batchSize * m.vocabSize * 4 +
     (c.attention === 'naive' ? c.batchSize * (m.numHeads / tp) * seq * seq * 4 : 0);
   return Math.ceil((weights + kv + activations) * 1.1 + (c.device === 'cuda' ? DEVICE_OVERHEAD : 0));
 }

@@ -14,7 +14,7 @@ import {
   type LogLine,
   RunResult,
 } from '../../contracts';
-import type { AgentEvent } from '../../contracts/agent';
+import { type AgentEvent, AgentInventory } from '../../contracts/agent';
 import type { Db, Tx } from '../db';
 import type { EventBus } from '../events';
 import type { DbProvider } from '../migrate';
@@ -101,6 +101,7 @@ export class Queue {
     if (!parsed.success) throw new QueueError('INVALID', `invalid experiment: ${formatIssues(parsed.error.issues)}`);
     const spec = parsed.data;
     const configs = expandExperiment(spec);
+    if (spec.targetAgent) await this.checkTarget(spec.targetAgent, configs);
     const maxAttempts = opts.maxAttempts ?? this.maxAttempts;
     const experiment = await this.tx(async (tx) => {
       const e = await tx.experiment.create({
@@ -142,6 +143,39 @@ export class Queue {
     this.bus.emit('job', { jobId: '', experimentId: experiment.id, state: 'queued', attempt: 0 });
     this.bus.emit('work');
     return { experiment, jobCount: configs.length };
+  }
+
+  /** A sweep pinned to one agent must be runnable there, or its jobs would wait forever. */
+  private async checkTarget(name: string, configs: JobConfig[]) {
+    const agent = await this.db.agent.findUnique({
+      where: { name },
+      select: { id: true, name: true, inventory: true, revokedAt: true },
+    });
+    if (!agent || agent.revokedAt)
+      throw new QueueError('INVALID', `invalid experiment: targetAgent: no agent named '${name}'`);
+    const inv = AgentInventory.safeParse(agent.inventory);
+    // An agent that never said hello has no known hardware yet: nothing to check against.
+    if (!inv.success) return;
+    const gpus = inv.data.gpus;
+    const smallestGpu = gpus.length ? Math.min(...gpus.map((g) => g.memoryBytes)) : 0;
+    for (const c of configs) {
+      if (!inv.data.engine.backends.includes(c.device) || (c.device === 'cuda' && gpus.length === 0))
+        throw new QueueError('INVALID', `invalid experiment: device: agent '${name}' has no ${c.device} backend`);
+      if (c.device === 'cuda' && c.tp > gpus.length)
+        throw new QueueError(
+          'INVALID',
+          `invalid experiment: tp: TP ${c.tp} needs ${c.tp} GPUs; agent '${name}' has ${gpus.length}`,
+        );
+      const need = estimateJobMemoryBytes(c);
+      const have = c.device === 'cuda' ? smallestGpu : inv.data.memoryBytes;
+      if (need !== null && have > 0 && need > have) {
+        const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
+        throw new QueueError(
+          'INVALID',
+          `invalid experiment: ${c.model} ${c.dtype} batch ${c.batchSize} × ${c.promptLength + c.newTokens} tokens needs about ${gb(need)} per device; agent '${name}' has ${gb(have)}`,
+        );
+      }
+    }
   }
 
   // ---- agent side ----------------------------------------------------------------------------------------------

@@ -95,11 +95,34 @@ for (const provider of providersUnderTest()) {
       assert.equal(l.attempt, 1);
       assert.equal(l.config.tp, 2);
 
+      await rejectsWith(
+        queue.createExperiment(tinySpec({ targetAgent: 'cpu-2' })),
+        'INVALID',
+        /targetAgent: no agent named 'cpu-2'/,
+      );
+      await rejectsWith(
+        queue.createExperiment(tinySpec({ device: 'cuda', dtype: ['fp16'], tp: [2], targetAgent: 'gpu-1' })),
+        'INVALID',
+        /tp: TP 2 needs 2 GPUs; agent 'gpu-1' has 1/,
+      );
+      await rejectsWith(
+        queue.createExperiment(
+          tinySpec({
+            model: 'chatglm2-6b',
+            device: 'cuda',
+            dtype: ['fp16'],
+            targetAgent: 'gpu-1',
+            promptLengths: [32000],
+          }),
+        ),
+        'INVALID',
+        /needs about .* GB per device; agent 'gpu-1' has 80\.0 GB/,
+      );
+      const cpu2 = await makeAgent(t.db, 'cpu-2');
       const pinned = await queue.createExperiment(
         tinySpec({ name: 'pinned', attention: ['fa1'], targetAgent: 'cpu-2' }),
       );
       assert.equal(await queue.lease(cpu), null, 'a job pinned to cpu-2 is not for cpu-1');
-      const cpu2 = await makeAgent(t.db, 'cpu-2');
       const p = must(await queue.lease(cpu2));
       assert.equal(p?.experimentId, pinned.experiment.id);
 
