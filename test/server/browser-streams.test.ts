@@ -12,7 +12,7 @@ import { bus } from '../../server/events';
 import { type AgentGatewayRouter, type RunningServer, startServer } from '../../server/http';
 import { Queue } from '../../server/queue/queue';
 import type { AppRouter } from '../../server/routers/_app';
-import { freshSqlite, type TestDatabase } from './databases';
+import { freshDatabase, providersUnderTest, type TestDatabase } from './databases';
 import { inventory, tinySpec } from './fixtures';
 
 let t: TestDatabase;
@@ -40,141 +40,142 @@ async function waitFor<T>(get: () => T | undefined, ms = 5000): Promise<T> {
   }
 }
 
-describe('browser streams over SSE', () => {
-  before(async () => {
-    t = await freshSqlite();
-    const env = parseEnv({ DATABASE_URL: t.url, PORT: '0' });
-    srv = await startServer({
-      env,
-      db: t.db,
-      queue: new Queue({ db: t.db, provider: 'sqlite', bus: bus(), leaseMs: 5000, maxAttempts: 3 }),
-      log: () => {},
-    });
-  });
-  after(async () => {
-    await srv?.close();
-    await t?.drop();
-  });
-
-  test('job changes stream to the browser as an experiment is submitted', async () => {
-    const b = browser();
-    const changes: { state: string; experimentId: string }[] = [];
-    let started = false;
-    const sub = b.jobs.onChange.subscribe(
-      {},
-      {
-        onStarted: () => {
-          started = true;
-        },
-        onData: (c) => changes.push(c),
-      },
-    );
-    try {
-      await waitFor(() => started);
-      const e = await b.experiments.create.mutate(tinySpec({ name: 'sse' }));
-      const seen = await waitFor(() => changes.find((c) => c.experimentId === e.id));
-      assert.equal(seen.state, 'queued');
-      await b.jobs.cancel.mutate({ id: (await b.experiments.get.query({ id: e.id })).jobs[0].id });
-      await waitFor(() => changes.find((c) => c.experimentId === e.id && c.state === 'cancelled'));
-    } finally {
-      sub.unsubscribe();
-    }
-  });
-
-  test('chat: refused without an able agent; relayed to one, streamed back and stored with its figures', async () => {
-    const b = browser();
-    const session = await b.chat.create.mutate({
-      title: 'New chat',
-      settings: { model: 'gpt2-tiny', maxNewTokens: 8, systemPrompt: 'Be brief.' },
-    });
-    await assert.rejects(
-      b.chat.send.mutate({ sessionId: session.id, content: 'hello' }),
-      /no connected agent can answer with device cpu/,
-    );
-
-    const { token } = await b.agents.createToken.mutate({ name: 'chatter' });
-    const ws = createWSClient({
-      url: `${srv.url.replace('http', 'ws')}/api/agent-ws`,
-      WebSocket: WebSocket as never,
-      connectionParams: { token },
-      retryDelayMs: () => 500,
-    });
-    const agent = createTRPCClient<AgentGatewayRouter>({ links: [wsLink({ client: ws, transformer: superjson })] });
-    const requests: ChatRequest[] = [];
-    const sub = agent.agent.events.subscribe(undefined, {
-      onData: (e: AgentEvent) => {
-        if (e.type === 'chat') requests.push(e.request);
-      },
-    });
-    try {
-      await agent.agent.hello.mutate({ inventory: inventory('chatter') });
-      const sent = await b.chat.send.mutate({ sessionId: session.id, content: 'What is FlashAttention?' });
-      assert.equal(sent.agentName, 'chatter');
-      const req = await waitFor(() => requests.find((r) => r.requestId === sent.requestId));
-      assert.equal(req.model, 'gpt2-tiny');
-      assert.deepEqual(req.messages, [
-        { role: 'system', content: 'Be brief.' },
-        { role: 'user', content: 'What is FlashAttention?' },
-      ]);
-
-      const items: { kind: string; text: string; status?: string; tokensPerSec?: number | null }[] = [];
-      const stream = b.chat.stream.subscribe({ requestId: sent.requestId }, { onData: (d) => items.push(d) });
-      await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [1], text: 'Tiling ' });
-      await waitFor(() => items.length >= 1);
-      await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [2], text: 'attention.' });
-      await agent.agent.chatEnd.mutate({
-        requestId: sent.requestId,
-        ok: true,
-        stoppedBy: 'eos',
-        prefillMs: 3.5,
-        tokensPerSec: 120,
-        tpotMs: 8,
-        newTokens: 2,
+for (const provider of providersUnderTest())
+  describe(`browser streams over SSE (${provider})`, () => {
+    before(async () => {
+      t = await freshDatabase(provider);
+      const env = parseEnv({ DATABASE_URL: t.url, PORT: '0' });
+      srv = await startServer({
+        env,
+        db: t.db,
+        queue: new Queue({ db: t.db, provider, bus: bus(), leaseMs: 5000, maxAttempts: 3 }),
+        log: () => {},
       });
-      const end = await waitFor(() => items.find((i) => i.kind === 'end'));
-      stream.unsubscribe();
-      assert.equal(end.text, 'Tiling attention.');
-      assert.equal(end.status, 'done');
-      assert.equal(end.tokensPerSec, 120);
+    });
+    after(async () => {
+      await srv?.close();
+      await t?.drop();
+    });
+
+    test('job changes stream to the browser as an experiment is submitted', async () => {
+      const b = browser();
+      const changes: { state: string; experimentId: string }[] = [];
+      let started = false;
+      const sub = b.jobs.onChange.subscribe(
+        {},
+        {
+          onStarted: () => {
+            started = true;
+          },
+          onData: (c) => changes.push(c),
+        },
+      );
+      try {
+        await waitFor(() => started);
+        const e = await b.experiments.create.mutate(tinySpec({ name: 'sse' }));
+        const seen = await waitFor(() => changes.find((c) => c.experimentId === e.id));
+        assert.equal(seen.state, 'queued');
+        await b.jobs.cancel.mutate({ id: (await b.experiments.get.query({ id: e.id })).jobs[0].id });
+        await waitFor(() => changes.find((c) => c.experimentId === e.id && c.state === 'cancelled'));
+      } finally {
+        sub.unsubscribe();
+      }
+    });
+
+    test('chat: refused without an able agent; relayed to one, streamed back and stored with its figures', async () => {
+      const b = browser();
+      const session = await b.chat.create.mutate({
+        title: 'New chat',
+        settings: { model: 'gpt2-tiny', maxNewTokens: 8, systemPrompt: 'Be brief.' },
+      });
       await assert.rejects(
-        agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [3], text: 'late' }),
-        /not open on this agent/,
+        b.chat.send.mutate({ sessionId: session.id, content: 'hello' }),
+        /no connected agent can answer with device cpu/,
       );
 
-      const stored = await b.chat.get.query({ id: session.id });
-      assert.equal(stored.title, 'What is FlashAttention?');
-      assert.deepEqual(
-        stored.messages.map((m) => [m.role, m.content, m.status]),
-        [
-          ['user', 'What is FlashAttention?', 'done'],
-          ['assistant', 'Tiling attention.', 'done'],
-        ],
-      );
-      const answer = stored.messages[1];
-      assert.deepEqual(
-        [answer.attention, answer.kvCache, answer.prefillMs, answer.tpotMs, answer.newTokens],
-        ['fa2', true, 3.5, 8, 2],
-      );
+      const { token } = await b.agents.createToken.mutate({ name: 'chatter' });
+      const ws = createWSClient({
+        url: `${srv.url.replace('http', 'ws')}/api/agent-ws`,
+        WebSocket: WebSocket as never,
+        connectionParams: { token },
+        retryDelayMs: () => 500,
+      });
+      const agent = createTRPCClient<AgentGatewayRouter>({ links: [wsLink({ client: ws, transformer: superjson })] });
+      const requests: ChatRequest[] = [];
+      const sub = agent.agent.events.subscribe(undefined, {
+        onData: (e: AgentEvent) => {
+          if (e.type === 'chat') requests.push(e.request);
+        },
+      });
+      try {
+        await agent.agent.hello.mutate({ inventory: inventory('chatter') });
+        const sent = await b.chat.send.mutate({ sessionId: session.id, content: 'What is FlashAttention?' });
+        assert.equal(sent.agentName, 'chatter');
+        const req = await waitFor(() => requests.find((r) => r.requestId === sent.requestId));
+        assert.equal(req.model, 'gpt2-tiny');
+        assert.deepEqual(req.messages, [
+          { role: 'system', content: 'Be brief.' },
+          { role: 'user', content: 'What is FlashAttention?' },
+        ]);
 
-      // An answer cut off by the agent's disconnection is closed with the reason, not left streaming.
-      const second = await b.chat.send.mutate({ sessionId: session.id, content: 'And FA2?' });
-      await waitFor(() => requests.find((r) => r.requestId === second.requestId));
-      sub.unsubscribe();
-      ws.close();
-      const msg = await (async () => {
-        const deadline = Date.now() + 5000;
-        for (;;) {
-          const m = await t.db.chatMessage.findUnique({ where: { requestId: second.requestId } });
-          if (m && m.status !== 'streaming') return m;
-          if (Date.now() > deadline) throw new Error('answer still streaming after the agent left');
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      })();
-      assert.equal(msg.status, 'error');
-      assert.match(msg.error ?? '', /agent 'chatter' disconnected mid-answer/);
-    } finally {
-      sub.unsubscribe();
-      ws.close();
-    }
+        const items: { kind: string; text: string; status?: string; tokensPerSec?: number | null }[] = [];
+        const stream = b.chat.stream.subscribe({ requestId: sent.requestId }, { onData: (d) => items.push(d) });
+        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [1], text: 'Tiling ' });
+        await waitFor(() => items.length >= 1);
+        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [2], text: 'attention.' });
+        await agent.agent.chatEnd.mutate({
+          requestId: sent.requestId,
+          ok: true,
+          stoppedBy: 'eos',
+          prefillMs: 3.5,
+          tokensPerSec: 120,
+          tpotMs: 8,
+          newTokens: 2,
+        });
+        const end = await waitFor(() => items.find((i) => i.kind === 'end'));
+        stream.unsubscribe();
+        assert.equal(end.text, 'Tiling attention.');
+        assert.equal(end.status, 'done');
+        assert.equal(end.tokensPerSec, 120);
+        await assert.rejects(
+          agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [3], text: 'late' }),
+          /not open on this agent/,
+        );
+
+        const stored = await b.chat.get.query({ id: session.id });
+        assert.equal(stored.title, 'What is FlashAttention?');
+        assert.deepEqual(
+          stored.messages.map((m) => [m.role, m.content, m.status]),
+          [
+            ['user', 'What is FlashAttention?', 'done'],
+            ['assistant', 'Tiling attention.', 'done'],
+          ],
+        );
+        const answer = stored.messages[1];
+        assert.deepEqual(
+          [answer.attention, answer.kvCache, answer.prefillMs, answer.tpotMs, answer.newTokens],
+          ['fa2', true, 3.5, 8, 2],
+        );
+
+        // An answer cut off by the agent's disconnection is closed with the reason, not left streaming.
+        const second = await b.chat.send.mutate({ sessionId: session.id, content: 'And FA2?' });
+        await waitFor(() => requests.find((r) => r.requestId === second.requestId));
+        sub.unsubscribe();
+        ws.close();
+        const msg = await (async () => {
+          const deadline = Date.now() + 5000;
+          for (;;) {
+            const m = await t.db.chatMessage.findUnique({ where: { requestId: second.requestId } });
+            if (m && m.status !== 'streaming') return m;
+            if (Date.now() > deadline) throw new Error('answer still streaming after the agent left');
+            await new Promise((r) => setTimeout(r, 50));
+          }
+        })();
+        assert.equal(msg.status, 'error');
+        assert.match(msg.error ?? '', /agent 'chatter' disconnected mid-answer/);
+      } finally {
+        sub.unsubscribe();
+        ws.close();
+      }
+    });
   });
-});
