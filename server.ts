@@ -2,7 +2,7 @@
 // `npm start` runs it through scripts/start.sh; `NODE_ENV=development tsx server.ts` runs Next in dev mode.
 import next from 'next';
 import { closeDb, db, dbProvider } from './server/db';
-import { type EmbeddedAgent, ensureEmbeddedToken, runEmbeddedAgent } from './server/embedded-agent';
+import { type EmbeddedAgent, embeddedTokenFile, ensureEmbeddedToken, runEmbeddedAgent } from './server/embedded-agent';
 import { env } from './server/env';
 import { startServer } from './server/http';
 import { migrate } from './server/migrate';
@@ -37,7 +37,7 @@ async function main() {
 
   let agent: EmbeddedAgent | null = null;
   if (e.FLASHLAB_EMBEDDED_AGENT) {
-    const { token, name } = await ensureEmbeddedToken(db());
+    const { token, name } = await ensureEmbeddedToken(db(), embeddedTokenFile(e.DATABASE_URL));
     agent = runEmbeddedAgent({ port: running.port, token, name, log });
   }
 

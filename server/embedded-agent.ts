@@ -1,6 +1,7 @@
 // `npm start`'s local agent: a token the dashboard makes for itself (kept in data/, only its hash in the database,
 // re-used across restarts) and a `flashlab agent` child process, restarted when it dies and stopped on shutdown.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,10 +10,15 @@ import { REPO_ROOT } from './migrate';
 import { newAgentToken } from './routers/agents';
 import { hashToken } from './trpc';
 
-const TOKEN_FILE = path.join(REPO_ROOT, 'data', 'embedded-agent.token');
+/** Where the embedded agent's token is kept: one file per database, so switching DATABASE_URL back and forth
+ *  re-uses each database's own local agent instead of rotating one token. */
+export function embeddedTokenFile(databaseUrl: string): string {
+  const id = createHash('sha256').update(databaseUrl).digest('hex').slice(0, 12);
+  return path.join(REPO_ROOT, 'data', `embedded-agent.${id}.token`);
+}
 
 /** The embedded agent's token and name: the stored one if its agent still exists unrevoked, else a new one. */
-export async function ensureEmbeddedToken(db: Db, tokenFile = TOKEN_FILE): Promise<{ token: string; name: string }> {
+export async function ensureEmbeddedToken(db: Db, tokenFile: string): Promise<{ token: string; name: string }> {
   if (existsSync(tokenFile)) {
     const token = readFileSync(tokenFile, 'utf8').trim();
     const a = await db.agent.findUnique({ where: { tokenHash: hashToken(token) } });
