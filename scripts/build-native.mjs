@@ -73,6 +73,11 @@ function addonApiDir() {
 
 const cxx = process.env.CXX || 'g++';
 const cxxVersion = compilerVersion(cxx);
+if (!cxxVersion && existsSync(output) && !force) {
+  // Nothing can be rebuilt here, but a built engine is there: keep it rather than stop the set-up.
+  process.stdout.write(`build-native: no C++ compiler ('${cxx}'); keeping the existing ${relative(root, output)}\n`);
+  process.exit(0);
+}
 if (!cxxVersion) {
   fail(
     `no C++ compiler ('${cxx}' not found): the engine needs g++ (C++17, OpenMP), make and python3.\n` +
