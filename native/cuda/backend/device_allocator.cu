@@ -79,6 +79,8 @@ void DeviceAllocator::emptyCache() {
 }
 
 void DeviceAllocator::emptyCacheLocked() {
+  // Unchecked on purpose: this runs while recovering from an out-of-memory error, whose message is the useful
+  // one; a failure here leaves blocks cached, which the retry then reports as out of memory.
   cudaSetDevice(device_);
   // Queued work may still use a cached block: wait for it before handing memory back to the driver.
   cudaDeviceSynchronize();
