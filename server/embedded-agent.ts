@@ -41,6 +41,9 @@ export async function ensureEmbeddedToken(db: Db, tokenFile: string): Promise<{ 
   return { token, name };
 }
 
+/** `flashlab agent`'s exit code when the dashboard refuses its token (agent/agent.ts EXIT.authRefused). */
+const EXIT_AUTH_REFUSED = 3;
+
 export interface EmbeddedAgent {
   stop(): Promise<void>;
 }
@@ -70,6 +73,13 @@ export function runEmbeddedAgent(o: {
     child.once('exit', (code, signal) => {
       child = null;
       if (stopping) return;
+      if (code === EXIT_AUTH_REFUSED) {
+        // Restarting cannot help: the token was revoked in the dashboard. The next start issues a new one.
+        o.log(
+          `embedded agent '${o.name}': its token was refused (revoked?); not restarting it until the dashboard restarts`,
+        );
+        return;
+      }
       // A run that lasted a while resets the back-off; a crash loop backs off up to a minute.
       if (Date.now() - startedAt > 60_000) restarts = 0;
       const delay = Math.min(60_000, 1000 * 2 ** restarts++);
