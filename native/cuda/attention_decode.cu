@@ -17,15 +17,22 @@ namespace {
 
 // Split count aims at this many single-warp CTAs per multiprocessor: what shared memory allows, and enough
 // loads in flight to stream the cache.
-constexpr int kDecodeCtasPerSmTarget = 3;
+#ifndef FLASHLAB_DECODE_CTAS_PER_SM
+#define FLASHLAB_DECODE_CTAS_PER_SM 3
+#endif
+#ifndef FLASHLAB_DECODE_BLOCK_N
+#define FLASHLAB_DECODE_BLOCK_N 64
+#endif
+constexpr int kDecodeCtasPerSmTarget = FLASHLAB_DECODE_CTAS_PER_SM;
 
 // One warp per CTA owns the (up to 16) query heads of one KV head as the 16 rows of an m16 tile, so the
 // group's scores and P V run on the tensor cores with the same per-warp code as fa2 (attention_tile.cuh);
 // K/V blocks of 64 positions stream through two shared-memory stages with cp.async. (32-key blocks with twice
-// the CTAs per multiprocessor measured slower on an H200: 42 us against 26 us at 32k context.)
+// the CTAs per multiprocessor measured slower on an H200 with the first, serial merge: 42 us against 26 us at
+// 32k context; a build may retry them: -DFLASHLAB_DECODE_BLOCK_N=32 -DFLASHLAB_DECODE_CTAS_PER_SM=6.)
 template <int kHeadDim>
 struct DecodeTraits {
-  using Tile = AttnTileTraits<kHeadDim, 16, 64, 1>;
+  using Tile = AttnTileTraits<kHeadDim, 16, FLASHLAB_DECODE_BLOCK_N, 1>;
   static constexpr int kStages = 2;
   static constexpr int kMaxGroup = 16;  // query heads per KV head: the rows of one m16 tile
   static constexpr int kSmemBytes = (Tile::kTileElemsQ + kStages * 2 * Tile::kTileElemsKV) * 2;

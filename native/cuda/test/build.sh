@@ -50,11 +50,14 @@ done
 declare -A variants=(
   [m256w8]="-DFLASHLAB_FA2_BLOCK_M=256 -DFLASHLAB_FA2_WARPS=8"
   [hfirst]="-DFLASHLAB_FA2_HEADS_INNER=0"
+  [dec32]="-DFLASHLAB_DECODE_BLOCK_N=32 -DFLASHLAB_DECODE_CTAS_PER_SM=6"
 )
 if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
     # shellcheck disable=SC2086
-    compile "$here/attention_fa2.cu" "$out/obj/attention_fa2_$label.o" ${variants[$label]} & pids+=($!)
+    # a variant rebuilds the kernel file its flags concern
+    case "$label" in dec*) vsrc=attention_decode ;; *) vsrc=attention_fa2 ;; esac
+    compile "$here/$vsrc.cu" "$out/obj/${vsrc}_$label.o" ${variants[$label]} & pids+=($!)
   done
 fi
 cxx="${CXX:-g++}"
@@ -99,7 +102,8 @@ if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
     variant_objs=()
     for o in "${objs[@]}"; do
-      if [ "$(basename "$o")" = attention_fa2.o ]; then variant_objs+=("$out/obj/attention_fa2_$label.o"); else variant_objs+=("$o"); fi
+      case "$label" in dec*) vsrc=attention_decode ;; *) vsrc=attention_fa2 ;; esac
+      if [ "$(basename "$o")" = "$vsrc.o" ]; then variant_objs+=("$out/obj/${vsrc}_$label.o"); else variant_objs+=("$o"); fi
     done
     "$nvcc" $arch -shared -o "$out/libflashlab_kernels_fa2_$label.so" "${variant_objs[@]}"
   done
