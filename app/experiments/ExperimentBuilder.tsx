@@ -187,7 +187,13 @@ export function ExperimentBuilder() {
     'aria-invalid': errors[k] ? true : undefined,
     'aria-describedby': errors[k] ? `${k}-error` : undefined,
   });
-  const serverError = create.error?.message;
+  // The server validates with the same schema; its field-level reasons (errorFormatter's zodIssues) read better
+  // than tRPC's raw message.
+  const serverIssues = (create.error?.data as { zodIssues?: { path: string; message: string }[] | null } | undefined)
+    ?.zodIssues;
+  const serverError = serverIssues?.length
+    ? serverIssues.map((i) => `${i.path || 'experiment'}: ${i.message}`).join('; ')
+    : create.error?.message;
 
   return (
     <div className="grid" style={{ gridTemplateColumns: 'minmax(260px, 340px) 1fr' }}>

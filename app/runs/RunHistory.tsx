@@ -306,7 +306,11 @@ export function RunHistory() {
         )}
         {!grouped && items.length > 0 && (
           <div className="table-wrap">
-            <table data-testid="runs-table">
+            <table
+              data-testid="runs-table"
+              aria-busy={list.isPlaceholderData}
+              style={{ opacity: list.isPlaceholderData ? 0.6 : 1 }}
+            >
               <thead>
                 <tr>
                   <th>
@@ -426,7 +430,11 @@ export function RunHistory() {
         )}
         {grouped && groups.data && groups.data.items.length > 0 && (
           <div className="table-wrap">
-            <table data-testid="groups-table">
+            <table
+              data-testid="groups-table"
+              aria-busy={groups.isPlaceholderData}
+              style={{ opacity: groups.isPlaceholderData ? 0.6 : 1 }}
+            >
               <thead>
                 <tr>
                   {(

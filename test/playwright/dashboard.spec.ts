@@ -58,7 +58,13 @@ test('the builder refuses impossible experiments at the field and queues a tiny 
 });
 
 test('the queue shows the jobs finish live on the embedded agent', async ({ page }) => {
+  // Live updates arrive over SSE (tRPC subscriptions), not by reloading.
+  const sse = page.waitForResponse(
+    (r) =>
+      r.url().includes('/api/trpc/jobs.onChange') && (r.headers()['content-type'] ?? '').includes('text/event-stream'),
+  );
   await page.goto('/agents');
+  await sse;
   await expect(page.getByTestId('agents-table')).toContainText('online');
   await page.getByLabel('Show finished jobs').check();
   const rows = page.getByTestId('jobs-table').locator('tbody tr[data-job-state]').filter({ hasText: EXPERIMENT });
@@ -99,6 +105,8 @@ test('the history lists the runs, groups repeats and exports CSV', async ({ page
   await table.getByRole('button', { name: /^Total/ }).click();
   await expect(table.locator('th[aria-sort="ascending"]')).toContainText('Total');
   await expect(page).toHaveURL(/sort=totalMsMedian&dir=asc/);
+  // The previous order stays on screen (dimmed, aria-busy) until the database's answer arrives.
+  await expect(table).toHaveAttribute('aria-busy', 'false');
   const totals = await table.locator('tbody tr td:nth-child(10)').allTextContents();
   const ms = totals.map((t) =>
     t.endsWith(' s')

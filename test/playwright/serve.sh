@@ -13,5 +13,13 @@ bash test/playwright/build-next.sh >&2
 trap 'rm -rf "$tmp"' EXIT
 node --import ./node_modules/tsx/dist/loader.mjs server.ts &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid; rm -rf "$tmp"' EXIT TERM INT
+# Playwright signals the whole process group, so the server usually stops on its own; a second SIGTERM would make
+# it skip its graceful shutdown. Send one only if it is still running after 10 s.
+stop() {
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap stop EXIT TERM INT
 wait $pid
