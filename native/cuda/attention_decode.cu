@@ -28,8 +28,8 @@ constexpr int kDecodeCtasPerSmTarget = FLASHLAB_DECODE_CTAS_PER_SM;
 // One warp per CTA owns the (up to 16) query heads of one KV head as the 16 rows of an m16 tile, so the
 // group's scores and P V run on the tensor cores with the same per-warp code as fa2 (attention_tile.cuh);
 // K/V blocks of 64 positions stream through two shared-memory stages with cp.async. (32-key blocks with twice
-// the CTAs per multiprocessor measured slower on an H200 with the first, serial merge: 42 us against 26 us at
-// 32k context; a build may retry them: -DFLASHLAB_DECODE_BLOCK_N=32 -DFLASHLAB_DECODE_CTAS_PER_SM=6.)
+// the CTAs per multiprocessor measured slower at long context: 27.8 against 19.1 us at 32k on an H100, though
+// faster at batch 8 x 2k; a build may pick them: -DFLASHLAB_DECODE_BLOCK_N=32 -DFLASHLAB_DECODE_CTAS_PER_SM=6.)
 template <int kHeadDim>
 struct DecodeTraits {
   using Tile = AttnTileTraits<kHeadDim, 16, FLASHLAB_DECODE_BLOCK_N, 1>;
