@@ -469,7 +469,14 @@ export const runsRouter = router({
         r.source,
         r.createdAt.toISOString(),
       ]);
-      return { format: 'csv' as const, total, truncated: total > limit, header: [...ExportRow.header] as string[], rows, runs: [] };
+      return {
+        format: 'csv' as const,
+        total,
+        truncated: total > limit,
+        header: [...ExportRow.header] as string[],
+        rows,
+        runs: [],
+      };
     }),
 
   /** A results file from `flashlab run plan.json --out results.json`: one experiment and its runs, in one transaction. */
