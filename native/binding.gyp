@@ -14,13 +14,12 @@
         "src/cpu/cpu_matmul.cpp",
         "src/cpu/cpu_attention.cpp"
       ],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "build"],
       "defines": [
         "NAPI_VERSION=8",
         "NAPI_CPP_EXCEPTIONS",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
-        "FLASHLAB_VERSION=\"<!(node -p \"require('../package.json').version\")\"",
-        "FLASHLAB_BUILD_HASH=\"<!(node -p \"process.env.FLASHLAB_BUILD_HASH || 'dev'\")\""
+        "FLASHLAB_VERSION=\"<!(node -p \"require('../package.json').version\")\""
       ],
       "cflags!": ["-fno-exceptions", "-O2", "-O0"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],

@@ -13,6 +13,9 @@
 #ifndef FLASHLAB_VERSION
 #define FLASHLAB_VERSION "0.1.0"
 #endif
+#if __has_include("flashlab_build_info.h")
+#include "flashlab_build_info.h"  // written by scripts/build-native.mjs: the hash of the sources built
+#endif
 #ifndef FLASHLAB_BUILD_HASH
 #define FLASHLAB_BUILD_HASH "dev"
 #endif
