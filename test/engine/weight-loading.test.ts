@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { NativeEngine, NativeGenerateRequest } from '../../native/binding';
-import { loadBinding } from '../../native/engine';
+import { Engine, loadBinding } from '../../native/engine';
 import { openCheckpoint } from '../../native/loaders';
 import { FIXTURES, readReference, relErr } from './helpers';
 
@@ -186,4 +186,21 @@ describe('setWeight / finishLoading', () => {
       rounded.dispose();
     });
   }
+
+  it('Engine.create checks a checkpoint against the model it was asked for', async () => {
+    const dir = join(FIXTURES, 'gpt2-tiny-b');
+    await assert.rejects(
+      Engine.create({ model: 'chatglm2-tiny', weights: dir }),
+      /holds a gpt2 model, but model 'chatglm2-tiny' is chatglm2/,
+    );
+    const { config } = await readTensors('gpt2-tiny-b');
+    await assert.rejects(
+      Engine.create({ model: { ...config, hiddenSize: 96, headDim: 32 }, weights: dir }),
+      /has hiddenSize 48, but the given model config says 96/,
+    );
+    await assert.rejects(Engine.create({ model: 'gpt2', weights: join(FIXTURES, 'no-such-dir') }), /no-such-dir/);
+    const e = await Engine.create({ model: config, weights: dir, threads: 2 });
+    assert.equal(e.config.numHeads, 3);
+    e.dispose();
+  });
 });
