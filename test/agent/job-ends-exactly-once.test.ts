@@ -86,7 +86,7 @@ const slowRunner =
   (_config, ctx) =>
     new Promise((resolve, reject) => {
       ctx.progress(0.25, 'a quarter');
-    setTimeout(() => ctx.progress(0.5, 'half way'), 20);
+      setTimeout(() => ctx.progress(0.5, 'half way'), 20);
       const t = setTimeout(() => resolve(result), ms);
       ctx.signal.addEventListener('abort', () => {
         clearTimeout(t);
