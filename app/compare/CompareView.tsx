@@ -41,6 +41,8 @@ import { useTRPC } from '../_trpc/client';
 
 const COLORS = ['#1f5fd6', '#d6541f', '#1a9c5b', '#8e44ad', '#c0392b', '#b7950b', '#16a085', '#5d6d7e'];
 const MIB = 1024 * 1024;
+/** An axis end a reader can divide in their head: the next half unit below 10, the next unit above. */
+const niceCeil = (x: number) => (x < 10 ? Math.ceil(x * 2) / 2 : Math.ceil(x));
 /** Room for the legend: every series past the third takes a line of it. */
 const heightFor = (series: number) => 300 + Math.max(0, series - 3) * 20;
 
@@ -321,7 +323,7 @@ export function CompareView() {
                 tick={{ fontSize: 11 }}
                 width={56}
                 label={{ value: 'speedup (×)', angle: -90, position: 'insideLeft', fontSize: 12 }}
-                domain={[0, Number((speedAxisMax * 1.08).toPrecision(2))]}
+                domain={[0, niceCeil(speedAxisMax * 1.05)]}
                 allowDataOverflow
                 tickFormatter={(v: number) => formatNumber(v, 2)}
               />
