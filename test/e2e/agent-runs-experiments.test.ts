@@ -320,20 +320,58 @@ describe('dashboard, agents and the queue, end to end', { timeout: 600_000 }, ()
     assert.deepEqual(experiment, { source: 'import', name: 'offline then imported' });
     assert.equal(runsOfExperiment(experimentId).length, 2);
   });
+});
 
-  it('a dashboard restarted mid-run: the agent reconnects and the run completes, stored once', async () => {
-    for (const a of agents) if (a.running) await a.stop();
-    const { proc } = await newAgent('e2e-survivor');
-    const experimentId = await submit(slow('dashboard restarted'));
-    await runningJob(experimentId);
+describe('a dashboard restarted mid-run', { timeout: 300_000 }, () => {
+  const database = tempDatabase();
+  let dash: Dashboard;
+  let agent: Proc | undefined;
+  let sql: Database.Database;
+
+  before(async () => {
+    // Leases that outlast a restart: the agent must carry on with its attempt, not lose it and start over.
+    dash = await Dashboard.start({ dbUrl: database.url, env: { LEASE_MS: '30000', SWEEP_EVERY_MS: '300' } });
+    sql = new Database(database.url.slice('file:'.length), { readonly: true, fileMustExist: true });
+  });
+  after(async () => {
+    await agent?.stop(5_000);
+    sql?.close();
+    await dash?.stop();
+    database.cleanup();
+  });
+
+  it('the agent reconnects, keeps its job and lease, and the run is stored once', async () => {
+    const trpc = dash.trpc();
+    const { token } = (await trpc.mutation('agents.createToken', { name: 'e2e-survivor' })) as { token: string };
+    const proc = startAgent(dash.baseUrl, token, 'e2e-survivor', ['--poll-ms', '500']);
+    agent = proc;
+    await proc.waitForOutput(/connected to ws:/, 60_000);
+    const { id: experimentId } = (await trpc.mutation('experiments.create', slow('dashboard restarted'))) as {
+      id: string;
+    };
+    const job = () =>
+      sql.prepare('SELECT * FROM "Job" WHERE "experimentId" = ?').get(experimentId) as JobRow | undefined;
+    await waitFor('the job to be running', () => (job()?.progress ?? 0) > 0, 60_000, 100);
+
     await dash.restart('SIGKILL');
     await proc.waitForOutput(/reconnected to ws:/, 60_000);
-    const done = await finishedJob(experimentId);
+    const done = await waitFor(
+      'the job to finish',
+      () => {
+        const j = job();
+        return j && ['succeeded', 'failed', 'cancelled'].includes(j.state) ? j : undefined;
+      },
+      120_000,
+    );
     assert.equal(done.state, 'succeeded', done.error ?? '');
-    const runs = runsOfJob(done.id);
+    assert.equal(done.attempt, 1, 'the same attempt went on through the restart');
+    assert.doesNotMatch(proc.output, /lease renewal refused|ended: lease-lost/);
+    const runs = sql.prepare('SELECT * FROM "Run" WHERE "jobId" = ?').all(done.id) as RunRow[];
     assert.equal(runs.length, 1);
     assert.equal(runs[0].agentName, 'e2e-survivor');
-    const health = await dash.health();
-    assert.ok(health.agents.find((a) => a.name === 'e2e-survivor')?.online, 'online again after the restart');
+    assert.ok(
+      (await dash.health()).agents.find((a) => a.name === 'e2e-survivor')?.online,
+      'online again after the restart',
+    );
   });
 });
