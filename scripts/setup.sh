@@ -15,8 +15,7 @@ if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ package.json -nt
   touch "$stamp"
 fi
 echo "== building the native engine"
-# One build at a time: npm start and npm test may run side by side.
-flock native/.build.lock node scripts/build-native.mjs
+node scripts/build-native.mjs
 if [ -f prisma/schema.prisma ]; then
   echo "== generating the Prisma clients (SQLite and PostgreSQL)"
   node --import ./node_modules/tsx/dist/loader.mjs prisma/generate.ts >/dev/null
