@@ -1,6 +1,7 @@
-// End to end with real processes: a dashboard, agents started as `bin/flashlab agent`, experiments submitted
-// over tRPC, and the faults an operator meets — an agent killed mid-job, a dashboard restarted mid-run, an agent
-// told to stop (SIGTERM), a job cancelled while it runs. The history must stay exact: one run per job.
+// End to end with real processes: a dashboard, agents started as `bin/flashlab agent`, experiments and a chat
+// submitted over tRPC, an offline results file imported, and the faults an operator meets — an agent killed
+// mid-job, a dashboard restarted mid-run, an agent told to stop (SIGTERM, twice), a job cancelled while it runs.
+// The history must stay exact: one run per job.
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
