@@ -3,15 +3,15 @@
 //    without tokenizer files) GPT-2's real vocabulary, r50k_base, from the gpt-tokenizer package.
 //  - ChatGLM2: the checkpoint's SentencePiece tokenizer.model, with THUDM's special tokens numbered after the
 //    SentencePiece vocabulary ([MASK], [gMASK], [sMASK], sop, eop). Without tokenizer.model there is no real
-//    tokenizer; a byte-level stand-in (UTF-8 bytes as ids 3..258) keeps prompts and streamed text working for
-//    random-weight runs, and says so in `source`.
+//    tokenizer; a byte-level stand-in (UTF-8 bytes as ids 3..258, every other id a visible ⟨id N⟩ marker) keeps
+//    prompts and streamed text working for random-weight runs, and says so in `source`.
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { ByteLevelBpe, vocabularyFromHf, vocabularyFromTiktoken } from './bpe';
 import { loadSentencePiece } from './sentencepiece';
-import { byteStreamDecoder, windowStreamDecoder } from './stream';
+import { byteStreamDecoder, markerStreamDecoder, windowStreamDecoder } from './stream';
 import { type StreamDecoder, type Tokenizer, TokenizerError } from './types';
 
 export { type ChatMessage, chatglm2Prompt, chatInputIds, encodePrompt, transcriptPrompt } from './chat';
@@ -74,24 +74,36 @@ async function chatglm2SentencePiece(path: string): Promise<Tokenizer> {
   };
 }
 
-/** ChatGLM2 without tokenizer.model: ids 0..2 are <unk> <s> </s> as in SentencePiece, bytes follow. */
+/** ChatGLM2 without tokenizer.model: ids 0..2 are <unk> <s> </s> as in SentencePiece, bytes follow, THUDM's
+ *  special tokens after the bytes. Every other id (most of what a model with random weights samples from its
+ *  65024 rows) has no text here: it decodes to a visible marker instead of nothing, so the answer shows the ids. */
 function chatglm2Bytes(): Tokenizer {
   const BYTE_BASE = 3;
   const n = BYTE_BASE + 256;
-  const decodeBytes = (ids: readonly number[]) =>
-    Uint8Array.from(ids.filter((id) => Number.isInteger(id) && id >= BYTE_BASE && id < n).map((id) => id - BYTE_BASE));
-  const decode = (ids: readonly number[]) => new TextDecoder('utf-8').decode(decodeBytes(ids));
+  const specialTokens = Object.fromEntries(CHATGLM2_SPECIAL_TOKENS.map((t, i) => [t, n + i]));
+  const names = new Map<number, string>([
+    [0, '<unk>'],
+    [1, '<s>'],
+    [2, '</s>'],
+    ...CHATGLM2_SPECIAL_TOKENS.map((t, i): [number, string] => [n + i, t]),
+  ]);
+  const createStreamDecoder = () => markerStreamDecoder(BYTE_BASE, names);
   return {
     family: 'chatglm2',
     kind: 'bytes',
-    source: "no tokenizer.model: byte-level stand-in (UTF-8 bytes as ids 3..258), not ChatGLM2's vocabulary",
+    source:
+      "no tokenizer.model: byte-level stand-in (UTF-8 bytes as ids 3..258, other ids shown as ⟨id N⟩), not ChatGLM2's vocabulary",
     vocabSize: n + CHATGLM2_SPECIAL_TOKENS.length,
     eosTokenId: 2,
-    specialTokens: Object.fromEntries(CHATGLM2_SPECIAL_TOKENS.map((t, i) => [t, n + i])),
-    promptPrefix: [n + 1, n + 3],
+    specialTokens,
+    promptPrefix: [specialTokens['[gMASK]'], specialTokens.sop],
     encode: (text) => Array.from(new TextEncoder().encode(text), (b) => b + BYTE_BASE),
-    decode,
-    createStreamDecoder: () => byteStreamDecoder(decodeBytes),
+    // Decoding is the stream decoder run over every id: streamed chunks add up to decode() by construction.
+    decode: (ids) => {
+      const stream = createStreamDecoder();
+      return stream.push(ids) + stream.flush();
+    },
+    createStreamDecoder,
   };
 }
 

@@ -44,3 +44,25 @@ export function windowStreamDecoder(decode: (ids: readonly number[]) => string):
     flush: () => step(true),
   };
 }
+
+/** The visible stand-in for an id a tokenizer has no text for. */
+export const unknownIdMarker = (id: number, name?: string): string => (name ? `⟨${name}⟩` : `⟨id ${id}⟩`);
+
+/** For a byte-level vocabulary where only ids byteBase..byteBase+255 are bytes: bytes decode as streaming UTF-8,
+ *  every other id becomes a marker (its name, if it has one, else its number). A character left incomplete by
+ *  the bytes before a marker can never complete, so it is released as U+FFFD right there, ahead of the marker,
+ *  exactly as decoding the whole list at once does. */
+export function markerStreamDecoder(byteBase: number, names: ReadonlyMap<number, string>): StreamDecoder {
+  // ignoreBOM: a U+FEFF after a marker is text, not a byte-order mark to drop.
+  const utf8 = new TextDecoder('utf-8', { ignoreBOM: true });
+  const one = (id: number): string => {
+    if (Number.isInteger(id) && id >= byteBase && id < byteBase + 256)
+      return utf8.decode(Uint8Array.of(id - byteBase), { stream: true });
+    // A non-streaming call ends the pending sequence (U+FFFD) and leaves the decoder ready for the next bytes.
+    return utf8.decode() + unknownIdMarker(id, names.get(id));
+  };
+  return {
+    push: (ids) => (typeof ids === 'number' ? one(ids) : ids.map(one).join('')),
+    flush: () => utf8.decode(),
+  };
+}

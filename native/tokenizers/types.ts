@@ -24,7 +24,8 @@ export interface Tokenizer {
   promptPrefix: readonly number[];
   encode(text: string): number[];
   /** ids outside the vocabulary (e.g. the padding rows of ChatGLM2's 65024-row embedding) and ChatGLM2's special
-   *  tokens decode to nothing, so text from a model with random weights still renders */
+   *  tokens decode to nothing, so text from a model with random weights still renders; the byte stand-in ('bytes'),
+   *  whose vocabulary is almost none of the model's rows, shows each such id as a visible ⟨id N⟩ marker instead */
   decode(ids: readonly number[]): string;
   createStreamDecoder(): StreamDecoder;
 }
