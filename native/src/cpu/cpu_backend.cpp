@@ -43,31 +43,78 @@ std::string gib(double bytes) {
   return buf;
 }
 
+namespace {
+
+constexpr size_t kHuge = size_t{2} << 20;
+constexpr size_t kReuseMin = size_t{1} << 20;
+constexpr size_t kReuseMax = size_t{1} << 30;  // most bytes kept for reuse
+
+// Large blocks (weights, KV cache, activations of long prompts) on 2 MiB boundaries, marked for transparent
+// huge pages: streaming weights through 4 KiB pages costs a TLB miss every 4 KiB. Medium ones on 64 KiB (so
+// that equal shapes land on equal sizes), small ones on 64 bytes (a cache line, whole SIMD vectors).
+size_t blockAlign(size_t bytes) { return bytes >= 2 * kHuge ? kHuge : bytes >= kReuseMin ? (size_t{64} << 10) : 64; }
+size_t blockSize(size_t bytes) {
+  const size_t a = blockAlign(bytes);
+  return (bytes + a - 1) / a * a;
+}
+
+}  // namespace
+
+CpuBackend::~CpuBackend() { releaseCache(); }
+
+void CpuBackend::releaseCache() {
+  std::lock_guard<std::mutex> lock(cacheMu_);
+  for (auto& [size, p] : cache_) std::free(p);
+  cache_.clear();
+  cachedBytes_ = 0;
+}
+
 void* CpuBackend::rawAlloc(size_t bytes) {
+  const size_t size = blockSize(bytes);
+  if (size >= kReuseMin) {
+    // Every layer of a forward pass allocates the same shapes: hand back a block freed earlier instead of
+    // mapping (and zeroing) fresh pages each time.
+    std::lock_guard<std::mutex> lock(cacheMu_);
+    auto it = cache_.find(size);
+    if (it != cache_.end()) {
+      void* p = it->second;
+      cache_.erase(it);
+      cachedBytes_ -= size;
+      return p;
+    }
+  }
   // Linux overcommits: a block larger than the free memory would be handed out and the process killed when it
   // is touched. Refuse it here, with a message, instead.
   if (bytes >= (size_t{256} << 20)) {
     size_t avail = hostMemoryAvailable();
+    if (avail && bytes > avail) {
+      releaseCache();
+      avail = hostMemoryAvailable();
+    }
     if (avail && bytes > avail)
       throw std::runtime_error("out of host memory: " + gib(static_cast<double>(bytes)) + " requested, " +
                                gib(static_cast<double>(avail)) + " available");
   }
-  // Large blocks (weights, KV cache, naive attention's scores) on 2 MiB boundaries, marked for transparent huge
-  // pages: streaming weights through 4 KiB pages costs a TLB miss every 4 KiB. Smaller ones on 64 bytes (a
-  // cache line, whole vectors for the SIMD loops).
-  const size_t huge = size_t{2} << 20;
-  const bool big = bytes >= 2 * huge;
-  const size_t align = big ? huge : 64;
-  size_t rounded = (bytes + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, rounded);
+  void* p = std::aligned_alloc(blockAlign(bytes), size);
   if (!p) throw std::runtime_error("out of host memory allocating " + gib(static_cast<double>(bytes)));
 #ifdef MADV_HUGEPAGE
-  if (big) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP the block is still fine
+  if (size >= 2 * kHuge) madvise(p, size, MADV_HUGEPAGE);  // advice only: without THP the block is still fine
 #endif
   return p;
 }
 
-void CpuBackend::rawFree(void* ptr, size_t) { std::free(ptr); }
+void CpuBackend::rawFree(void* ptr, size_t bytes) {
+  const size_t size = blockSize(std::max<size_t>(bytes, 64));
+  if (size >= kReuseMin) {
+    std::lock_guard<std::mutex> lock(cacheMu_);
+    if (cachedBytes_ + size <= kReuseMax) {
+      cache_.emplace(size, ptr);
+      cachedBytes_ += size;
+      return;
+    }
+  }
+  std::free(ptr);
+}
 
 void CpuBackend::upload(Tensor& dst, const void* host, size_t bytes) {
   require(bytes == dst.bytes(), "upload", "size mismatch");

@@ -2,6 +2,9 @@
 // reference every other backend is checked against, and what CI runs.
 #pragma once
 
+#include <map>
+#include <mutex>
+
 #include "../backend.h"
 
 namespace flashlab {
@@ -9,6 +12,9 @@ namespace flashlab {
 class CpuBackend final : public Backend {
  public:
   CpuBackend(std::shared_ptr<MemoryTracker> tracker, int threads);
+  ~CpuBackend() override;
+  // Returns the freed blocks kept for reuse to the system.
+  void releaseCache();
   std::string name() const override { return "cpu"; }
 
   void upload(Tensor& dst, const void* host, size_t bytes) override;
@@ -44,6 +50,11 @@ class CpuBackend final : public Backend {
   void attentionFa1(const Tensor& qkv, const AttnShape& s, Tensor& out);
   void attentionFa2(const Tensor& qkv, const AttnShape& s, Tensor& out);
   int threads_;
+  // Freed blocks of 1 MiB and more, by size, kept for the next allocation of that size (not counted by the
+  // tracker: they hold no tensor).
+  std::mutex cacheMu_;
+  std::multimap<size_t, void*> cache_;
+  size_t cachedBytes_ = 0;
 };
 
 // Tensor::layout of linear weights packed by uploadLinear: groups of kPackGroup output columns, [N/g][K][g].
