@@ -10,6 +10,9 @@ import { REPO_ROOT } from './migrate';
 import { newAgentToken } from './routers/agents';
 import { hashToken } from './trpc';
 
+// The agent finishes or hands back its job within this grace; the server waits a little longer before SIGKILL.
+const AGENT_GRACE_MS = 10_000;
+
 /** Where the embedded agent's token is kept: one file per database, so switching DATABASE_URL back and forth
  *  re-uses each database's own local agent instead of rotating one token. */
 export function embeddedTokenFile(databaseUrl: string): string {
@@ -64,11 +67,15 @@ export function runEmbeddedAgent(o: {
   const start = () => {
     const startedAt = Date.now();
     // The token travels in the environment, not argv, so that it does not show in `ps`.
-    child = spawn(bin, ['agent', '--url', `ws://127.0.0.1:${o.port}`, '--name', o.name], {
-      cwd: REPO_ROOT,
-      env: { ...process.env, FLASHLAB_AGENT_TOKEN: o.token },
-      stdio: ['ignore', 'inherit', 'inherit'],
-    });
+    child = spawn(
+      bin,
+      ['agent', '--url', `ws://127.0.0.1:${o.port}`, '--name', o.name, '--grace-ms', String(AGENT_GRACE_MS)],
+      {
+        cwd: REPO_ROOT,
+        env: { ...process.env, FLASHLAB_AGENT_TOKEN: o.token },
+        stdio: ['ignore', 'inherit', 'inherit'],
+      },
+    );
     o.log(`embedded agent '${o.name}' started (pid ${child.pid})`);
     child.once('exit', (code, signal) => {
       child = null;
@@ -98,7 +105,7 @@ export function runEmbeddedAgent(o: {
       const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
       // SIGTERM lets it hand back what it runs; a stuck one is killed after the grace period.
       c.kill('SIGTERM');
-      const kill = setTimeout(() => c.kill('SIGKILL'), 15_000);
+      const kill = setTimeout(() => c.kill('SIGKILL'), AGENT_GRACE_MS + 5_000);
       await exited;
       clearTimeout(kill);
     },

@@ -1,5 +1,6 @@
 // The agent gateway's bookkeeping: which agents hold a WebSocket right now, presence in the database, and closing
 // a revoked agent's sockets. server.ts wires it to the WebSocket server; routers read it for health and chat.
+import { AGENT_CLOSE_CODES } from '../contracts/agent';
 import type { Db } from './db';
 import { bus } from './events';
 
@@ -9,8 +10,8 @@ export interface AgentSocket {
 }
 
 /** WebSocket close codes of our own (4000–4999 are for applications). */
-export const CLOSE_REVOKED = 4001;
-export const CLOSE_UNAUTHORIZED = 4003;
+export const CLOSE_REVOKED = AGENT_CLOSE_CODES.revoked;
+export const CLOSE_UNAUTHORIZED = AGENT_CLOSE_CODES.unauthorized;
 
 class Gateway {
   private readonly sockets = new Map<string, Set<AgentSocket>>();
