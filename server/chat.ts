@@ -36,6 +36,13 @@ export interface ChatStreamItem {
   delta?: string;
   /** All text so far. */
   text: string;
+  /** The token ids this item adds (a delta's new ones; the first item of a late subscriber: all so far). Absent on
+   *  'end': ids are not stored, only their count. */
+  tokenIds?: number[];
+  /** Index in the answer of tokenIds[0], so that an item seen twice (a reconnect) does not count twice. */
+  tokenStart?: number;
+  /** Tokens generated so far (on 'end': the answer's total). */
+  tokens?: number | null;
   status?: 'done' | 'cancelled' | 'error';
   error?: string | null;
   stoppedBy?: string;
@@ -52,6 +59,9 @@ interface Pending {
   messageId: string;
   sessionId: string;
   text: string;
+  tokenIds: number[];
+  /** Set while the answer is being written: late deltas are refused, subscribers wait for the 'end' event. */
+  ending: boolean;
 }
 
 const HISTORY_LIMIT = 50;
@@ -152,6 +162,8 @@ export class ChatRelay {
       messageId: answer.id,
       sessionId,
       text: '',
+      tokenIds: [],
+      ending: false,
     });
     this.events.emit('agent', { agentId: agent.id, event: { type: 'chat', request } });
     return { requestId, userMessageId: user.id, assistantMessageId: answer.id, agentName: agent.name };
@@ -182,18 +194,26 @@ export class ChatRelay {
 
   delta(agentId: string, d: ChatDelta): void {
     const p = this.pending.get(d.requestId);
-    if (!p || p.agentId !== agentId)
+    if (!p || p.agentId !== agentId || p.ending)
       throw new TRPCError({
         code: 'NOT_FOUND',
         message: `chat request ${d.requestId} is not open on this agent (ended or cancelled)`,
       });
+    const tokenStart = p.tokenIds.length;
     p.text += d.text;
-    this.events.emit('chat', { requestId: d.requestId, kind: 'delta', text: d.text });
+    p.tokenIds.push(...d.tokenIds);
+    this.events.emit('chat', {
+      requestId: d.requestId,
+      kind: 'delta',
+      text: d.text,
+      tokenIds: d.tokenIds,
+      tokenStart,
+    });
   }
 
   async end(agentId: string, e: ChatEnd): Promise<void> {
     const p = this.pending.get(e.requestId);
-    if (!p || p.agentId !== agentId)
+    if (!p || p.agentId !== agentId || p.ending)
       throw new TRPCError({
         code: 'NOT_FOUND',
         message: `chat request ${e.requestId} is not open on this agent (ended or cancelled)`,
@@ -213,8 +233,27 @@ export class ChatRelay {
     p: Pending,
     f: Omit<ChatStreamItem, 'requestId' | 'kind' | 'text'> & { status: 'done' | 'cancelled' | 'error' },
   ) {
-    if (this.pending.get(p.requestId) !== p) return;
-    this.pending.delete(p.requestId);
+    if (this.pending.get(p.requestId) !== p || p.ending) return;
+    // The answer stays open (refusing deltas) until it is stored: a browser that subscribes meanwhile follows the
+    // live answer to its 'end' instead of reading a row that still says 'streaming'.
+    p.ending = true;
+    try {
+      await this.store(p, f);
+    } finally {
+      this.pending.delete(p.requestId);
+      this.events.emit('chat', {
+        requestId: p.requestId,
+        kind: 'end',
+        ok: f.status === 'done',
+        error: f.error ?? undefined,
+      });
+    }
+  }
+
+  private async store(
+    p: Pending,
+    f: Omit<ChatStreamItem, 'requestId' | 'kind' | 'text'> & { status: 'done' | 'cancelled' | 'error' },
+  ) {
     await this.database().$transaction(async (tx) => {
       await tx.chatMessage.update({
         where: { id: p.messageId },
@@ -226,16 +265,11 @@ export class ChatRelay {
           prefillMs: f.prefillMs ?? null,
           tokensPerSec: f.tokensPerSec ?? null,
           tpotMs: f.tpotMs ?? null,
-          newTokens: f.newTokens ?? null,
+          // An answer cut short (cancel, disconnect) still says how many tokens it streamed.
+          newTokens: f.newTokens ?? p.tokenIds.length,
         },
       });
       await tx.chatSession.update({ where: { id: p.sessionId }, data: { updatedAt: new Date() } });
-    });
-    this.events.emit('chat', {
-      requestId: p.requestId,
-      kind: 'end',
-      ok: f.status === 'done',
-      error: f.error ?? undefined,
     });
   }
 
@@ -249,9 +283,11 @@ export class ChatRelay {
     return { cancelled: true };
   }
 
-  /** The text so far of an open request, or null when it is not open (then the database has the answer). */
-  snapshot(requestId: string): string | null {
-    return this.pending.get(requestId)?.text ?? null;
+  /** The text and token ids so far of an open request, or null when it is not open (then the database has the
+   *  answer). The ids are a copy: the caller may hold them while more arrive. */
+  snapshot(requestId: string): { text: string; tokenIds: number[] } | null {
+    const p = this.pending.get(requestId);
+    return p ? { text: p.text, tokenIds: [...p.tokenIds] } : null;
   }
 }
 

@@ -15,6 +15,10 @@ export interface ChatStreamEvent {
   requestId: string;
   kind: 'delta' | 'end';
   text?: string;
+  /** A delta's generated token ids, as the agent sent them. */
+  tokenIds?: number[];
+  /** Index in the answer of the delta's first token: lets a subscriber place ids it may have seen already. */
+  tokenStart?: number;
   ok?: boolean;
   error?: string;
 }

@@ -74,7 +74,8 @@ export const chatRouter = router({
     .input(z.object({ requestId: z.string().min(1) }))
     .mutation(({ input }) => chat().cancel(input.requestId)),
 
-  /** The answer to one request: the text so far, then each delta, then the end with the measured figures. */
+  /** The answer to one request: the text and token ids so far, then each delta with its ids, then the end with
+   *  the measured figures. */
   stream: publicProcedure.input(z.object({ requestId: z.string().min(1) })).subscription(async function* ({
     ctx,
     input,
@@ -98,19 +99,42 @@ export const chatRouter = router({
         tokensPerSec: m.tokensPerSec,
         tpotMs: m.tpotMs,
         newTokens: m.newTokens,
+        tokens: m.newTokens,
       };
     };
     try {
-      let text = chat().snapshot(input.requestId);
-      if (text === null) {
+      // Taken in the same tick as the listener above, so no delta falls between the two.
+      const snap = chat().snapshot(input.requestId);
+      if (snap === null) {
         yield await endItem();
         return;
       }
-      if (text) yield { requestId: input.requestId, kind: 'delta', delta: text, text } satisfies ChatStreamItem;
+      let text = snap.text;
+      let tokens = snap.tokenIds.length;
+      if (text || tokens)
+        yield {
+          requestId: input.requestId,
+          kind: 'delta',
+          delta: text,
+          text,
+          tokenIds: snap.tokenIds,
+          tokenStart: 0,
+          tokens,
+        } satisfies ChatStreamItem;
       for await (const e of ch) {
         if (e.kind === 'delta') {
+          const ids = e.tokenIds ?? [];
           text += e.text ?? '';
-          yield { requestId: input.requestId, kind: 'delta', delta: e.text ?? '', text } satisfies ChatStreamItem;
+          tokens += ids.length;
+          yield {
+            requestId: input.requestId,
+            kind: 'delta',
+            delta: e.text ?? '',
+            text,
+            tokenIds: ids,
+            tokenStart: e.tokenStart ?? tokens - ids.length,
+            tokens,
+          } satisfies ChatStreamItem;
         } else {
           yield await endItem();
           return;

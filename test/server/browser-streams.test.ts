@@ -1,5 +1,6 @@
 // The browser's live views over SSE on a real server: job changes stream as the queue moves, and a chat message is
-// relayed to a connected agent, its answer streamed back delta by delta and stored with the measured figures.
+// relayed to a connected agent, its answer streamed back delta by delta with its token ids (for live tokens/s and
+// the side-by-side token comparison) and stored with the measured figures.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { createTRPCClient, createWSClient, httpLink, httpSubscriptionLink, splitLink, wsLink } from '@trpc/client';
@@ -118,11 +119,46 @@ for (const provider of providersUnderTest())
           { role: 'user', content: 'What is FlashAttention?' },
         ]);
 
-        const items: { kind: string; text: string; status?: string; tokensPerSec?: number | null }[] = [];
+        type Item = {
+          kind: string;
+          text: string;
+          status?: string;
+          tokensPerSec?: number | null;
+          tokenIds?: number[];
+          tokenStart?: number;
+          tokens?: number | null;
+        };
+        const items: Item[] = [];
         const stream = b.chat.stream.subscribe({ requestId: sent.requestId }, { onData: (d) => items.push(d) });
-        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [1], text: 'Tiling ' });
+        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [31], text: 'Tiling ' });
         await waitFor(() => items.length >= 1);
-        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [2], text: 'attention.' });
+        // A delta may carry several tokens (the agent batches them) or a token with no text yet (half a character).
+        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [42, 7], text: 'attention' });
+        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [9], text: '' });
+        await waitFor(() => items.length >= 3);
+        // The token ids reach the browser with each delta, placed by their index in the answer.
+        assert.deepEqual(
+          items.map((i) => [i.kind, i.text, i.tokenIds, i.tokenStart, i.tokens]),
+          [
+            ['delta', 'Tiling ', [31], 0, 1],
+            ['delta', 'Tiling attention', [42, 7], 1, 3],
+            ['delta', 'Tiling attention', [9], 3, 4],
+          ],
+        );
+        // A browser that joins mid-answer gets the text and every id so far in one item, then the rest.
+        const late: Item[] = [];
+        const lateStream = b.chat.stream.subscribe({ requestId: sent.requestId }, { onData: (d) => late.push(d) });
+        await waitFor(() => late.length >= 1);
+        assert.deepEqual(
+          [late[0].kind, late[0].text, late[0].tokenIds, late[0].tokenStart, late[0].tokens],
+          ['delta', 'Tiling attention', [31, 42, 7, 9], 0, 4],
+        );
+        await agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [11], text: '.' });
+        await waitFor(() => late.length >= 2);
+        assert.deepEqual(
+          [late[1].text, late[1].tokenIds, late[1].tokenStart, late[1].tokens],
+          ['Tiling attention.', [11], 4, 5],
+        );
         await agent.agent.chatEnd.mutate({
           requestId: sent.requestId,
           ok: true,
@@ -130,13 +166,17 @@ for (const provider of providersUnderTest())
           prefillMs: 3.5,
           tokensPerSec: 120,
           tpotMs: 8,
-          newTokens: 2,
+          newTokens: 5,
         });
         const end = await waitFor(() => items.find((i) => i.kind === 'end'));
         stream.unsubscribe();
         assert.equal(end.text, 'Tiling attention.');
         assert.equal(end.status, 'done');
         assert.equal(end.tokensPerSec, 120);
+        assert.equal(end.tokens, 5);
+        assert.equal(items.filter((i) => i.kind === 'delta').flatMap((i) => i.tokenIds ?? []).length, end.tokens);
+        assert.equal((await waitFor(() => late.find((i) => i.kind === 'end'))).tokens, 5);
+        lateStream.unsubscribe();
         await assert.rejects(
           agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [3], text: 'late' }),
           /not open on this agent/,
@@ -154,12 +194,14 @@ for (const provider of providersUnderTest())
         const answer = stored.messages[1];
         assert.deepEqual(
           [answer.attention, answer.kvCache, answer.prefillMs, answer.tpotMs, answer.newTokens],
-          ['fa2', true, 3.5, 8, 2],
+          ['fa2', true, 3.5, 8, 5],
         );
 
-        // An answer cut off by the agent's disconnection is closed with the reason, not left streaming.
+        // An answer cut off by the agent's disconnection is closed with the reason, not left streaming, and keeps
+        // the count of the tokens it streamed.
         const second = await b.chat.send.mutate({ sessionId: session.id, content: 'And FA2?' });
         await waitFor(() => requests.find((r) => r.requestId === second.requestId));
+        await agent.agent.chatDelta.mutate({ requestId: second.requestId, tokenIds: [5, 6], text: 'It ' });
         sub.unsubscribe();
         ws.close();
         const msg = await (async () => {
@@ -173,6 +215,7 @@ for (const provider of providersUnderTest())
         })();
         assert.equal(msg.status, 'error');
         assert.match(msg.error ?? '', /agent 'chatter' disconnected mid-answer/);
+        assert.deepEqual([msg.content, msg.newTokens], ['It ', 2]);
       } finally {
         sub.unsubscribe();
         ws.close();
