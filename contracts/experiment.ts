@@ -41,14 +41,19 @@ export const ExperimentSpec = z
     s.promptLengths.forEach((p, i) => {
       if (p + longestNew > cfg.maxPositions)
         ctx.addIssue({
-          code: 'custom', path: ['promptLengths', i],
+          code: 'custom',
+          path: ['promptLengths', i],
           message: `prompt of ${p} tokens + ${longestNew} new tokens exceeds ${cfg.name}'s ${cfg.maxPositions} positions`,
         });
     });
     if (s.device === 'cpu' && s.dtype.some((d) => d !== 'fp32'))
       ctx.addIssue({ code: 'custom', path: ['dtype'], message: 'the CPU backend computes in fp32 only' });
     if (expandedCount(s) > 2000)
-      ctx.addIssue({ code: 'custom', path: ['attention'], message: `sweep expands to ${expandedCount(s)} jobs; at most 2000` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['attention'],
+        message: `sweep expands to ${expandedCount(s)} jobs; at most 2000`,
+      });
   });
 export type ExperimentSpec = z.infer<typeof ExperimentSpec>;
 export type ExperimentSpecInput = z.input<typeof ExperimentSpec>;
@@ -70,9 +75,18 @@ export const JobConfig = z.object({
 });
 export type JobConfig = z.infer<typeof JobConfig>;
 
-function expandedCount(s: Pick<ExperimentSpec, 'attention' | 'kvCache' | 'tp' | 'dtype' | 'batchSizes' | 'promptLengths' | 'newTokens'>) {
-  return s.attention.length * s.kvCache.length * s.tp.length * s.dtype.length * s.batchSizes.length
-    * s.promptLengths.length * s.newTokens.length;
+function expandedCount(
+  s: Pick<ExperimentSpec, 'attention' | 'kvCache' | 'tp' | 'dtype' | 'batchSizes' | 'promptLengths' | 'newTokens'>,
+) {
+  return (
+    s.attention.length *
+    s.kvCache.length *
+    s.tp.length *
+    s.dtype.length *
+    s.batchSizes.length *
+    s.promptLengths.length *
+    s.newTokens.length
+  );
 }
 
 export function expandExperiment(s: ExperimentSpec): JobConfig[] {
@@ -85,10 +99,39 @@ export function expandExperiment(s: ExperimentSpec): JobConfig[] {
             for (const promptLength of s.promptLengths)
               for (const newTokens of s.newTokens)
                 jobs.push({
-                  model: s.model, weights: s.weights, attention, kvCache, tp, dtype, device: s.device, batchSize,
-                  promptLength, newTokens, warmup: s.warmup, repeats: s.repeats,
+                  model: s.model,
+                  weights: s.weights,
+                  attention,
+                  kvCache,
+                  tp,
+                  dtype,
+                  device: s.device,
+                  batchSize,
+                  promptLength,
+                  newTokens,
+                  warmup: s.warmup,
+                  repeats: s.repeats,
                 });
   return jobs;
+}
+
+/** The canonical string of a measured configuration: runs that share it are repeats of one another, whichever
+ *  experiment or agent produced them. How it was measured (warm-up, repeat count) is not part of it. The database's
+ *  `Run.configKey` column and the dashboard's grouping both use this one function. */
+export function configKey(c: Omit<JobConfig, 'warmup' | 'repeats'>): string {
+  const weights = c.weights.kind === 'random' ? `random:${c.weights.seed}` : `checkpoint:${c.weights.path}`;
+  return [
+    c.model,
+    weights,
+    c.attention,
+    c.kvCache ? 'kv' : 'nokv',
+    `tp${c.tp}`,
+    c.dtype,
+    c.device,
+    `b${c.batchSize}`,
+    `p${c.promptLength}`,
+    `n${c.newTokens}`,
+  ].join('|');
 }
 
 /** Figures of one repeat. */
@@ -105,7 +148,12 @@ export const RepeatFigures = z.object({
 export type RepeatFigures = z.infer<typeof RepeatFigures>;
 
 export const FigureSummary = z.object({
-  median: z.number(), mean: z.number(), std: z.number(), p90: z.number(), min: z.number(), max: z.number(),
+  median: z.number(),
+  mean: z.number(),
+  std: z.number(),
+  p90: z.number(),
+  min: z.number(),
+  max: z.number(),
 });
 export type FigureSummary = z.infer<typeof FigureSummary>;
 export const RunSummary = z.record(z.string(), FigureSummary);

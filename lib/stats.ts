@@ -1,6 +1,6 @@
 // Statistics the dashboard shows: summaries of repeats, grouping repeats of one configuration, and a seeded
 // bootstrap confidence interval for the speedup of one method over a baseline. Pure functions, client-safe.
-import type { FigureSummary, JobConfig } from '../contracts/experiment';
+import { configKey, type FigureSummary, type JobConfig } from '../contracts/experiment';
 
 function finiteValues(values: readonly number[], what: string): number[] {
   for (const v of values) {
@@ -145,25 +145,8 @@ export function bootstrapSpeedup(
   };
 }
 
-/** The fields that make two runs the same configuration (and therefore repeats of each other).
- *  warm-up and repeat counts describe how it was measured, not what was measured. */
-export const CONFIG_KEY_FIELDS = [
-  'model',
-  'attention',
-  'kvCache',
-  'tp',
-  'dtype',
-  'device',
-  'batchSize',
-  'promptLength',
-  'newTokens',
-] as const satisfies readonly (keyof JobConfig)[];
-
-export type ConfigKeyFields = Pick<JobConfig, (typeof CONFIG_KEY_FIELDS)[number]>;
-
-export function configKey(c: ConfigKeyFields): string {
-  return CONFIG_KEY_FIELDS.map((f) => `${f}=${String(c[f])}`).join('|');
-}
+/** What identifies a configuration for grouping: the job config without how it was measured. */
+export type ConfigKeyFields = Omit<JobConfig, 'warmup' | 'repeats'>;
 
 export interface RunForGrouping {
   id: string;

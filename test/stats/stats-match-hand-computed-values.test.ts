@@ -1,9 +1,9 @@
 // The dashboard's statistics against values worked out by hand (in the comments), so a wrong formula fails here.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { configKey } from '../../contracts/experiment';
 import {
   bootstrapSpeedup,
-  configKey,
   groupRepeats,
   mean,
   median,
@@ -130,6 +130,7 @@ describe('grouping repeats of one configuration', () => {
     batchSize: 1,
     promptLength: 128,
     newTokens: 256,
+    weights: { kind: 'random', seed: 0 },
   } as const;
 
   it('pools the repeats of runs with the same configuration', () => {
@@ -154,6 +155,8 @@ describe('grouping repeats of one configuration', () => {
     assert.notEqual(configKey(cfg), configKey({ ...cfg, kvCache: false }));
     assert.notEqual(configKey(cfg), configKey({ ...cfg, promptLength: 1024 }));
     assert.equal(configKey(cfg), configKey({ ...cfg }));
+    // Different weights are different configurations, even with every method setting equal.
+    assert.notEqual(configKey(cfg), configKey({ ...cfg, weights: { kind: 'random', seed: 1 } }));
   });
 
   it('states relative changes as the study does', () => {
