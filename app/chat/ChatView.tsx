@@ -7,8 +7,10 @@ import { usePathname, useRouter, useSearchParams } from 'next/navigation';
 import { useEffect, useRef, useState } from 'react';
 import { formatAgo, formatMs, formatRate, methodLabel } from '@/lib/format';
 import { firstDifference } from '@/lib/text-diff';
+import { KNOWN_MODELS } from '../../contracts/models';
 import { type RouterOutputs, useTRPC } from '../_trpc/client';
 import { DEFAULT_SETTINGS, RandomWeightsNotice, SamplingFields, type Settings, SettingsForm } from './settings';
+import { addDelta, EMPTY_STREAM, type StreamedTokens, type TextSpan, tokenDifference } from './token-diff';
 
 type Message = RouterOutputs['chat']['get']['messages'][number];
 
@@ -16,8 +18,13 @@ export interface LiveAnswer {
   requestId: string;
   text: string;
   startedAt: number;
+  /** When the first token arrived, and how many tokens had arrived by then (they may travel together). */
   firstAt: number | null;
+  tokensAtFirst: number;
+  /** Tokens streamed so far (the server's running count); null until the first delta. */
   tokens: number | null;
+  /** The ids and where each delta ended in the text: what the side-by-side view compares. */
+  stream: StreamedTokens;
   done: boolean;
   status?: string;
   error?: string | null;
@@ -38,13 +45,22 @@ function useAnswerStream(
       {
         enabled: requestId != null,
         onData: (item) => {
-          const ids = (item as { tokenIds?: number[] }).tokenIds;
           onUpdate((prev) => {
             if (!prev || prev.requestId !== item.requestId) return prev;
             const now = performance.now();
-            const tokens = ids ? (prev.tokens ?? 0) + ids.length : prev.tokens;
-            if (item.kind === 'delta')
-              return { ...prev, text: item.text, firstAt: prev.firstAt ?? (item.text ? now : null), tokens };
+            const tokens = item.tokens ?? prev.tokens;
+            if (item.kind === 'delta') {
+              const stream = addDelta(prev.stream, item);
+              const first = prev.firstAt == null && (stream.tokenIds.length > 0 || item.text !== '');
+              return {
+                ...prev,
+                text: item.text,
+                firstAt: first ? now : prev.firstAt,
+                tokensAtFirst: first ? (tokens ?? 0) : prev.tokensAtFirst,
+                tokens,
+                stream,
+              };
+            }
             return {
               ...prev,
               text: item.text,
@@ -64,13 +80,27 @@ function useAnswerStream(
   );
 }
 
+/** Until the engine's figure arrives with the end: the decode rate seen in the browser, tokens that arrived after
+ *  the first batch over the time since it came (prefill and a first model load are not in it). */
 function liveRate(a: LiveAnswer): string {
   if (a.done && a.tokensPerSec) return formatRate(a.tokensPerSec);
-  const secs = (performance.now() - a.startedAt) / 1000;
-  if (secs <= 0) return '—';
-  if (a.tokens != null) return `${formatRate(a.tokens / secs)} (live)`;
-  return `${(a.text.length / secs).toFixed(0)} chars/s (live)`;
+  if (a.firstAt == null || a.tokens == null) return a.done ? '—' : 'tok/s: waiting for tokens';
+  const secs = (performance.now() - a.firstAt) / 1000;
+  const decoded = a.tokens - a.tokensAtFirst;
+  if (secs < 0.2 || decoded <= 0) return 'tok/s: measuring…';
+  return `${formatRate(decoded / secs)} (live)`;
 }
+
+const startLive = (requestId: string, startedAt: number): LiveAnswer => ({
+  requestId,
+  text: '',
+  startedAt,
+  firstAt: null,
+  tokensAtFirst: 0,
+  tokens: null,
+  stream: EMPTY_STREAM,
+  done: false,
+});
 
 export function ChatView() {
   const sp = useSearchParams();
@@ -196,7 +226,7 @@ function Conversation() {
       queryClient.invalidateQueries({ queryKey: trpc.chat.sessions.queryKey() });
     }
   }, [live?.done, sessionId, queryClient, trpc]);
-  // biome-ignore lint/correctness/useExhaustiveDependencies: follow the newest text as it arrives
+  // Follow the newest text as it arrives.
   useEffect(() => {
     logRef.current?.scrollTo({ top: logRef.current.scrollHeight });
   }, [live?.text, session.data?.messages.length]);
@@ -217,7 +247,7 @@ function Conversation() {
       const startedAt = performance.now();
       const r = await send.mutateAsync({ sessionId: id, content });
       setDraft('');
-      setLive({ requestId: r.requestId, text: '', startedAt, firstAt: null, tokens: null, done: false });
+      setLive(startLive(r.requestId, startedAt));
       queryClient.invalidateQueries({ queryKey: trpc.chat.get.queryKey({ id }) });
       queryClient.invalidateQueries({ queryKey: trpc.chat.sessions.queryKey() });
     } catch (e) {
@@ -288,6 +318,7 @@ function Conversation() {
                   <span>
                     {live.firstAt ? `first token after ${formatMs(live.firstAt - live.startedAt)}` : 'prefill…'}
                   </span>
+                  {live.tokens != null && <span data-testid="live-tokens">{live.tokens} tokens</span>}
                   <span>{liveRate(live)}</span>
                 </div>
               </div>
@@ -421,7 +452,7 @@ function SideBySide() {
         set((x) => ({
           ...x,
           error: null,
-          live: { requestId: r.requestId, text: '', startedAt, firstAt: null, tokens: null, done: false },
+          live: startLive(r.requestId, startedAt),
         }));
       } catch (e) {
         set((x) => ({ ...x, live: null, error: (e as Error).message }));
@@ -431,7 +462,7 @@ function SideBySide() {
   }
 
   const bothDone = !!(a.live?.done && b.live?.done);
-  const diff = a.live && b.live ? firstDifference(a.live.text, b.live.text, bothDone) : null;
+  const diff = a.live && b.live ? answerDifference(a, b, bothDone) : null;
 
   return (
     <div className="stack">
@@ -489,12 +520,8 @@ function SideBySide() {
             Stop both
           </button>
           {a.live && b.live && (
-            <span className="small" data-testid="sbs-diff">
-              {diff == null
-                ? bothDone
-                  ? 'The two answers are identical.'
-                  : 'Identical so far.'
-                : `First difference at character ${diff + 1}${bothDone ? '' : ' (so far)'} — marked in both answers.`}
+            <span className="small" data-testid="sbs-diff" data-token={diff?.token?.index}>
+              {verdict(diff, bothDone)}
             </span>
           )}
         </div>
@@ -522,7 +549,11 @@ function SideBySide() {
                 style={{ maxWidth: '100%' }}
                 data-status={side.live.done ? side.live.status : 'streaming'}
               >
-                <MarkedText text={side.live.text} at={diff} />
+                <MarkedText
+                  text={side.live.text}
+                  span={label === 'A' ? diff?.spanA : diff?.spanB}
+                  title={diff ? markTitle(diff, label) : ''}
+                />
                 {!side.live.text && !side.live.done && <span className="muted">waiting for the first token…</span>}
                 <div className="meta">
                   <span>
@@ -534,7 +565,11 @@ function SideBySide() {
                         : '…'}
                   </span>
                   <span data-testid={`rate-${label}`}>{liveRate(side.live)}</span>
-                  {side.live.done && side.live.newTokens != null && <span>{side.live.newTokens} tokens</span>}
+                  {side.live.tokens != null && (
+                    <span data-testid={`tokens-${label}`} data-streamed={side.live.stream.tokenIds.length}>
+                      {side.live.tokens} tokens
+                    </span>
+                  )}
                   {side.live.status === 'cancelled' && <span className="badge warn">stopped</span>}
                   {side.live.status === 'error' && <span className="error">{side.live.error}</span>}
                 </div>
@@ -549,17 +584,73 @@ function SideBySide() {
   );
 }
 
-function MarkedText({ text, at }: { text: string; at: number | null }) {
-  if (at == null || at >= text.length) return <>{text}</>;
-  // Mark the token-sized piece where the answers part: up to the next space, at least one character.
-  const end = Math.max(at + 1, text.slice(at + 1).search(/\s/) + at + 1 || text.length);
+interface AnswerDifference {
+  /** Token level, when both answers' ids are there and come from one tokenizer. */
+  token: ReturnType<typeof tokenDifference>;
+  /** Character level: where the texts part (the fallback, e.g. across model families). */
+  char: number | null;
+  spanA: TextSpan;
+  spanB: TextSpan;
+}
+
+const familyOf = (model: string | undefined) => (model ? KNOWN_MODELS[model]?.family : undefined);
+
+/** Where the two answers part: by token when the ids are comparable, else by character. */
+function answerDifference(a: Side, b: Side, bothDone: boolean): AnswerDifference | null {
+  if (!a.live || !b.live) return null;
+  const char = firstDifference(a.live.text, b.live.text, bothDone);
+  // Ids mean the same thing only under one tokenizer: one model family (the weights are shared by both sides).
+  const sameTokenizer =
+    familyOf(a.settings.model) !== undefined && familyOf(a.settings.model) === familyOf(b.settings.model);
+  const token = sameTokenizer ? tokenDifference(a.live.stream, b.live.stream, bothDone, char) : null;
+  if (token) return { token, char, spanA: token.spanA, spanB: token.spanB };
+  const idsAgree = sameTokenizer && a.live.stream.tokenIds.length > 0 && b.live.stream.tokenIds.length > 0;
+  // Ids that agree so far while the texts differ can only be held-back partial characters: no difference yet.
+  if (char == null || (idsAgree && !bothDone)) return null;
+  const wordSpan = (text: string): TextSpan => {
+    if (char >= text.length) return { start: text.length, end: text.length, exact: false };
+    const next = text.slice(char + 1).search(/\s/);
+    return { start: char, end: next < 0 ? text.length : char + 1 + next, exact: false };
+  };
+  return { token: null, char, spanA: wordSpan(a.live.text), spanB: wordSpan(b.live.text) };
+}
+
+function verdict(d: AnswerDifference | null, bothDone: boolean): string {
+  const soFar = bothDone ? '' : ' (so far)';
+  if (d == null) return bothDone ? 'The two answers are identical.' : 'Identical so far.';
+  if (d.token) {
+    const t = d.token;
+    const ids =
+      t.idA === undefined
+        ? `A stopped there, B has id ${t.idB}`
+        : t.idB === undefined
+          ? `B stopped there, A has id ${t.idA}`
+          : `A: id ${t.idA}, B: id ${t.idB}`;
+    const sameText = d.char == null ? '; the texts read the same so far' : '';
+    return `First difference at token ${t.index + 1}${soFar} (${ids})${sameText} — marked in both answers.`;
+  }
+  return `First difference at character ${d.char != null ? d.char + 1 : '?'}${soFar} — marked in both answers.`;
+}
+
+function markTitle(d: AnswerDifference, side: 'A' | 'B'): string {
+  if (!d.token) return 'first difference between A and B';
+  const id = side === 'A' ? d.token.idA : d.token.idB;
+  const span = side === 'A' ? d.token.spanA : d.token.spanB;
+  const what = id === undefined ? 'this answer stopped here' : `token ${d.token.index + 1}, id ${id}`;
+  // Tokens travel in batches: where no batch ends at this token, its edges are known only to the batch.
+  return `first difference between A and B: ${what}${span.exact ? '' : ' (it arrived with others: the mark covers its start to the end of the word)'}`;
+}
+
+function MarkedText({ text, span, title }: { text: string; span: TextSpan | undefined; title: string }) {
+  if (!span || span.start > text.length) return <>{text}</>;
+  // An empty span (the side that stopped, or a token still half a character) is still marked: as a thin bar.
   return (
     <>
-      {text.slice(0, at)}
-      <mark className="diff" title="first difference between A and B">
-        {text.slice(at, end)}
+      {text.slice(0, span.start)}
+      <mark className="diff" title={title} data-exact={span.exact}>
+        {text.slice(span.start, span.end)}
       </mark>
-      {text.slice(end)}
+      {text.slice(span.end)}
     </>
   );
 }
