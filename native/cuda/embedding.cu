@@ -8,10 +8,10 @@ namespace {
 template <class T, bool kPositions>
 __global__ void embeddingKernel(T* __restrict__ out, const int32_t* __restrict__ ids, const T* __restrict__ table,
                                 const T* __restrict__ posTable, int tokensPerSeq, int startPos, int vocab,
-                                int maxPos, int hidden, int* badIndex) {
+                                int maxPos, int hidden, int* badIndex, const int32_t* __restrict__ startPosDev) {
   const int row = blockIdx.x;
   const int id = ids[row];
-  const int pos = startPos + row % tokensPerSeq;
+  const int pos = startPos + (startPosDev ? *startPosDev : 0) + row % tokensPerSeq;
   const bool ok = id >= 0 && id < vocab && (!kPositions || (pos >= 0 && pos < maxPos));
   if (!ok && threadIdx.x == 0 && badIndex != nullptr) *badIndex = 1;
   T* o = out + static_cast<int64_t>(row) * hidden;
@@ -27,7 +27,8 @@ __global__ void embeddingKernel(T* __restrict__ out, const int32_t* __restrict__
 }  // namespace
 
 void embedding(ElemType dtype, void* out, const int32_t* ids, const void* table, const void* posTable, int rows,
-               int tokensPerSeq, int startPos, int vocab, int maxPos, int hidden, int* badIndex, cudaStream_t stream) {
+               int tokensPerSeq, int startPos, int vocab, int maxPos, int hidden, int* badIndex, cudaStream_t stream,
+               const int32_t* startPosDev) {
   FL_REQUIRE(out && ids && table, "embedding: null tensor");
   FL_REQUIRE(rows >= 1 && tokensPerSeq >= 1 && hidden >= 1 && vocab >= 1, "embedding: empty shape");
   FL_REQUIRE(posTable == nullptr || maxPos >= 1, "embedding: position table without positions");
@@ -36,7 +37,7 @@ void embedding(ElemType dtype, void* out, const int32_t* ids, const void* table,
     dispatchBool(posTable != nullptr, [&](auto positions) {
       embeddingKernel<T, decltype(positions)::value><<<rows, 256, 0, stream>>>(
           static_cast<T*>(out), ids, static_cast<const T*>(table), static_cast<const T*>(posTable), tokensPerSeq,
-          startPos, vocab, maxPos, hidden, badIndex);
+          startPos, vocab, maxPos, hidden, badIndex, startPosDev);
       FL_CHECK_LAUNCH();
     });
   });

@@ -10,7 +10,8 @@ namespace {
 
 __global__ void kvCacheAppendKernel(const uint4* __restrict__ qkv, int tokens, int numHeads, int numKvHeads,
                                     int vecsPerHead, int startPos, int capacity, uint4* __restrict__ kCache,
-                                    uint4* __restrict__ vCache, int64_t total) {
+                                    uint4* __restrict__ vCache, int64_t total, const int32_t* __restrict__ startPosDev) {
+  if (startPosDev) startPos += *startPosDev;
   // total = batch * tokens * numKvHeads * 2 (k, v) * vecsPerHead
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -25,6 +26,7 @@ __global__ void kvCacheAppendKernel(const uint4* __restrict__ qkv, int tokens, i
     const int64_t rowVecs = static_cast<int64_t>(numHeads + 2 * numKvHeads) * vecsPerHead;
     const int srcHead = numHeads + which * numKvHeads + g;
     const uint4 v = qkv[(static_cast<int64_t>(b) * tokens + t) * rowVecs + static_cast<int64_t>(srcHead) * vecsPerHead + vec];
+    if (startPos + t >= capacity) continue;  // only a device-side position can get here (the host checks its own)
     uint4* dst = which == 0 ? kCache : vCache;
     dst[((static_cast<int64_t>(b) * numKvHeads + g) * capacity + startPos + t) * vecsPerHead + vec] = v;
   }
@@ -33,7 +35,8 @@ __global__ void kvCacheAppendKernel(const uint4* __restrict__ qkv, int tokens, i
 }  // namespace
 
 void kvCacheAppend(ElemType dtype, const void* qkv, int batch, int tokens, int numHeads, int numKvHeads, int headDim,
-                   int startPos, int capacity, void* kCache, void* vCache, cudaStream_t stream) {
+                   int startPos, int capacity, void* kCache, void* vCache, cudaStream_t stream,
+                   const int32_t* startPosDev) {
   FL_REQUIRE(qkv && kCache && vCache, "kv cache append: null tensor");
   FL_REQUIRE(batch >= 1 && tokens >= 1 && numHeads >= 1 && numKvHeads >= 1, "kv cache append: empty shape");
   FL_REQUIRE(startPos >= 0 && startPos + tokens <= capacity,
@@ -49,7 +52,7 @@ void kvCacheAppend(ElemType dtype, const void* qkv, int batch, int tokens, int n
   const int blocks = static_cast<int>(std::min<int64_t>(ceilDiv64(total, 256), 65536));
   kvCacheAppendKernel<<<blocks, 256, 0, stream>>>(static_cast<const uint4*>(qkv), tokens, numHeads, numKvHeads,
                                                   vecsPerHead, startPos, capacity, static_cast<uint4*>(kCache),
-                                                  static_cast<uint4*>(vCache), total);
+                                                  static_cast<uint4*>(vCache), total, startPosDev);
   FL_CHECK_LAUNCH();
 }
 

@@ -12,8 +12,10 @@ namespace {
 
 template <class T>
 __global__ void rotaryKernel(T* __restrict__ x, int64_t pairs, int64_t rowStride, int tokensPerSeq, int startPos,
-                             int numRotHeads, int headDim, int rotDim, float theta) {
+                             int numRotHeads, int headDim, int rotDim, float theta,
+                             const int32_t* __restrict__ startPosDev) {
   const int half = rotDim / 2;
+  if (startPosDev) startPos += *startPosDev;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < pairs;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int i = static_cast<int>(idx % half);
@@ -37,7 +39,8 @@ __global__ void rotaryKernel(T* __restrict__ x, int64_t pairs, int64_t rowStride
 }  // namespace
 
 void rotaryInterleaved(ElemType dtype, void* x, int rows, int64_t rowStride, int tokensPerSeq, int startPos,
-                       int numRotHeads, int headDim, int rotDim, float theta, cudaStream_t stream) {
+                       int numRotHeads, int headDim, int rotDim, float theta, cudaStream_t stream,
+                       const int32_t* startPosDev) {
   FL_REQUIRE(x != nullptr, "rotary: null tensor");
   FL_REQUIRE(rows >= 1 && tokensPerSeq >= 1 && startPos >= 0, "rotary: rows, tokens per sequence and start must be valid");
   FL_REQUIRE(rotDim >= 2 && rotDim % 2 == 0 && rotDim <= headDim,
@@ -50,7 +53,7 @@ void rotaryInterleaved(ElemType dtype, void* x, int rows, int64_t rowStride, int
   dispatchElem(dtype, [&](auto t) {
     using T = decltype(t);
     rotaryKernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(x), pairs, rowStride, tokensPerSeq, startPos,
-                                                 numRotHeads, headDim, rotDim, theta);
+                                                 numRotHeads, headDim, rotDim, theta, startPosDev);
     FL_CHECK_LAUNCH();
   });
 }

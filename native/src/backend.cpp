@@ -116,6 +116,25 @@ void Backend::downloadF32(const Tensor& src, float* host, size_t count) {
   download(src, host, count * sizeof(float));
 }
 
+namespace {
+[[noreturn]] void noCapture(const Backend& b, const char* op) {
+  throw std::logic_error(b.name() + " has no device-resident decode steps (" + op + ")");
+}
+}  // namespace
+
+void Backend::embeddingAt(const Tensor&, const Tensor&, const Tensor&, const Tensor*, Tensor&) { noCapture(*this, "embeddingAt"); }
+void Backend::rotaryAt(Tensor&, const AttnShape&, const Tensor&, int, float) { noCapture(*this, "rotaryAt"); }
+void Backend::kvCacheWriteAt(const Tensor&, const AttnShape&, const Tensor&, Tensor&, Tensor&) {
+  noCapture(*this, "kvCacheWriteAt");
+}
+void Backend::attentionDecodeAt(const Tensor&, const AttnShape&, const Tensor&, const Tensor&, const Tensor&, Tensor&) {
+  noCapture(*this, "attentionDecodeAt");
+}
+void Backend::argmaxAndAdvance(const Tensor&, Tensor&, Tensor&, Tensor&) { noCapture(*this, "argmaxAndAdvance"); }
+void Backend::beginCapture() { noCapture(*this, "beginCapture"); }
+std::unique_ptr<CapturedWork> Backend::endCapture() { noCapture(*this, "endCapture"); }
+void Backend::replay(CapturedWork&) { noCapture(*this, "replay"); }
+
 Tensor Backend::zeros(const std::vector<int64_t>& shape, MemKind kind, DType dtype) {
   Tensor t = alloc(shape, kind, dtype);
   fillZero(t);

@@ -104,6 +104,13 @@ struct Cancelled : std::runtime_error {
   Cancelled() : std::runtime_error("generation was aborted") {}
 };
 
+// A recorded sequence of one backend's launches (a CUDA graph), replayed as one launch; only its backend
+// looks inside. Destroy it before its backend.
+class CapturedWork {
+ public:
+  virtual ~CapturedWork() = default;
+};
+
 class Backend {
  public:
   Backend(std::shared_ptr<MemoryTracker> tracker, int deviceIndex) : tracker_(std::move(tracker)), device_(deviceIndex) {}
@@ -170,6 +177,31 @@ class Backend {
   // Tensor parallelism: every part (one per shard, equal shapes, each on its shard's backend) becomes the
   // sum of all parts, summed in shard order. Called on shard 0's backend with all shards' tensors.
   virtual void allReduceSum(const std::vector<Tensor*>& parts) = 0;
+
+  // ---- decode steps with device-resident inputs, recorded once and replayed (CUDA graphs)
+  // A decode step whose token ids, position and attended lengths live in device memory (int32 values held in
+  // 4-byte tensors: ids [B], pos [1], lens [B]) does the same work at every step, so it can be captured once and
+  // replayed. A backend that returns true here implements every call of this section; the defaults throw.
+  virtual bool supportsDecodeCapture() const { return false; }
+  // embedding of one token per row (T = 1) at position *pos.
+  virtual void embeddingAt(const Tensor& ids, const Tensor& pos, const Tensor& table, const Tensor* posTable,
+                           Tensor& out);
+  // rotary of one token per row at position *pos.
+  virtual void rotaryAt(Tensor& qkv, const AttnShape& s, const Tensor& pos, int rotDim, float theta);
+  // kvCacheWrite of one token per row at position *pos.
+  virtual void kvCacheWriteAt(const Tensor& qkv, const AttnShape& s, const Tensor& pos, Tensor& kCache,
+                              Tensor& vCache);
+  // attentionDecode against cache positions [0, lens[b]) of each row.
+  virtual void attentionDecodeAt(const Tensor& qkv, const AttnShape& s, const Tensor& kCache, const Tensor& vCache,
+                                 const Tensor& lens, Tensor& out);
+  // ids[b] = argmax of logits row b (lowest index among equal maxima, as the host sampler), then *pos += 1 and
+  // lens[b] = *pos + 1: the state of the next step.
+  virtual void argmaxAndAdvance(const Tensor& logits, Tensor& ids, Tensor& pos, Tensor& lens);
+  // Records this backend's work until endCapture instead of running it; abortCapture drops a recording.
+  virtual void beginCapture();
+  virtual std::unique_ptr<CapturedWork> endCapture();
+  virtual void abortCapture() noexcept {}
+  virtual void replay(CapturedWork& work);
 
  protected:
   friend struct Storage;

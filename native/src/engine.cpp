@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -26,7 +27,31 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double msSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
+bool graphsDisabledByEnv() {
+  const char* v = std::getenv("FLASHLAB_CUDA_GRAPHS");
+  return v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0 || std::strcmp(v, "false") == 0);
+}
+
 }  // namespace
+
+struct Engine::DecodeGraph {
+  int batch = 0, capacity = 0;
+  std::vector<ShardCache> cache;
+  DeviceDecodeState state;
+  std::vector<std::unique_ptr<CapturedWork>> steps;  // one per shard; empty until the first decode step
+  std::vector<Backend*> backends;
+
+  ~DecodeGraph() {
+    // The recordings point into the cache and state: drop them first, after the work that uses them is done.
+    for (Backend* b : backends) {
+      try {
+        b->synchronize();
+      } catch (...) {  // a failed device reports itself on its next use; freeing must go on
+      }
+    }
+    steps.clear();
+  }
+};
 
 Engine::Engine(const EngineOptions& o) : options_(o), tracker_(std::make_shared<MemoryTracker>()) {
   std::string problem = configProblem(o.config);
@@ -71,8 +96,15 @@ Engine::Engine(const EngineOptions& o) : options_(o), tracker_(std::make_shared<
 }
 
 Engine::~Engine() {
+  decodeGraph_.reset();
   model_.reset();  // frees weights before the backends that own them
   owned_.clear();
+}
+
+std::vector<Backend*> Engine::shardBackends() const {
+  std::vector<Backend*> out;
+  for (int s = 0; s < model_->plan().tp; ++s) out.push_back(owned_.size() == 1 ? owned_[0].get() : owned_[s].get());
+  return out;
 }
 
 MemoryFigures Engine::memory() const {
@@ -124,28 +156,64 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   std::vector<bool> finished(B, false);
   std::vector<int32_t> stepTokens(B);
 
+  // Decode steps replay one captured step when every shard's backend can record one and the choice of the next
+  // token is a plain argmax (what the device does at the end of the step).
+  const int capacity = total - 1;  // the last token is never fed back
+  bool useGraph = req.kvCache && req.cudaGraphs && req.maxNewTokens > 1 && !captureFailed_ && !graphsDisabledByEnv() &&
+                  options_.device != "cpu" && (req.sampling.greedy || req.sampling.temperature == 0.0f) &&
+                  req.sampling.repetitionPenalty == 1.0f && model_->plan().tp == static_cast<int>(owned_.size());
+  for (const auto& b : owned_) useGraph = useGraph && b->supportsDecodeCapture();
+  // A recording of another shape is freed before this one's cache is allocated. An eager request leaves it in
+  // place (its cache stays allocated, and counted): graph and eager runs of one shape are compared back to back.
+  if (decodeGraph_ && (captureFailed_ || (useGraph && (decodeGraph_->batch != B || decodeGraph_->capacity != capacity))))
+    decodeGraph_.reset();
+
   tracker_->resetPeaks();
   const auto start = Clock::now();
-  std::vector<ShardCache> cache;
-  if (req.kvCache) cache = model_->makeCache(B, total - 1);  // the last token is never fed back
+  std::vector<ShardCache> ownCache;
+  std::vector<ShardCache>* cachePtr = &ownCache;
+  if (useGraph) {
+    if (!decodeGraph_) {
+      auto g = std::make_unique<DecodeGraph>();
+      g->batch = B, g->capacity = capacity;
+      g->cache = model_->makeCache(B, capacity);
+      for (const auto& b : owned_) {
+        g->backends.push_back(b.get());
+        const DType dt = b->computeDtype();
+        // int32 values in 4-byte tensors (see Backend::embeddingAt)
+        g->state.ids.push_back(b->alloc({B}, MemKind::Activations, DType::F32));
+        g->state.pos.push_back(b->alloc({1}, MemKind::Activations, DType::F32));
+        g->state.lens.push_back(b->alloc({B}, MemKind::Activations, DType::F32));
+        g->state.logits.push_back(b->alloc({B, V}, MemKind::Activations, dt));
+      }
+      decodeGraph_ = std::move(g);
+    }
+    cachePtr = &decodeGraph_->cache;
+  } else if (req.kvCache) {
+    ownCache = model_->makeCache(B, capacity);
+  }
 
+  auto acceptRow = [&](int b, int32_t chosen) {
+    int32_t tok;
+    if (finished[b]) {
+      tok = r.tokens[b].back();  // a finished row keeps feeding its stop token; its output is not extended
+    } else {
+      tok = chosen;
+      r.tokens[b].push_back(tok);
+      r.newTokens[b].push_back(tok);
+      if (sampler.isStop(tok)) finished[b] = true;
+    }
+    stepTokens[b] = tok;
+  };
+  auto keepLogits = [&](const float* row, int b, int step) {
+    if (step == 0) r.logitsLast[b].assign(row, row + V);
+    else r.logitsSteps[b].emplace_back(row, row + V);
+  };
   auto sampleStep = [&](std::vector<float>& logits, int step) {
     for (int b = 0; b < B; ++b) {
       float* row = logits.data() + static_cast<size_t>(b) * V;
-      if (req.dumpLogits) {
-        if (step == 0) r.logitsLast[b].assign(row, row + V);
-        else r.logitsSteps[b].emplace_back(row, row + V);
-      }
-      int32_t tok;
-      if (finished[b]) {
-        tok = r.tokens[b].back();  // a finished row keeps feeding its stop token; its output is not extended
-      } else {
-        tok = sampler.pick(b, row, V, r.tokens[b]);
-        r.tokens[b].push_back(tok);
-        r.newTokens[b].push_back(tok);
-        if (sampler.isStop(tok)) finished[b] = true;
-      }
-      stepTokens[b] = tok;
+      if (req.dumpLogits) keepLogits(row, b, step);
+      acceptRow(b, finished[b] ? 0 : sampler.pick(b, row, V, r.tokens[b]));
     }
     if (onTokens) onTokens(step, stepTokens);
   };
@@ -159,16 +227,71 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   fa.ids = &ids;
   fa.seqLen = T0;
   fa.startPos = 0;
-  fa.cache = req.kvCache ? &cache : nullptr;
+  fa.cache = req.kvCache ? cachePtr : nullptr;
   std::vector<float> logits = model_->forward(fa);
   sampleStep(logits, 0);
   r.prefillMs = msSince(start);
+
+  // One decode step replayed from its recording (captured at the first step of this shape). Returns false when
+  // the step cannot be recorded: the engine then stays eager.
+  std::vector<int32_t> deviceIds(B);
+  std::vector<float> stepLogits;
+  auto graphStep = [&](int step) -> bool {
+    DecodeGraph& g = *decodeGraph_;
+    const int tp = static_cast<int>(g.backends.size());
+    if (step == 1) {  // the state of the first decode step: the token chosen after prefill, at position T0
+      std::vector<int32_t> pos{T0}, lens(B, T0 + 1);
+      for (int s = 0; s < tp; ++s) {
+        g.backends[s]->upload(g.state.ids[s], stepTokens.data(), B * sizeof(int32_t));
+        g.backends[s]->upload(g.state.pos[s], pos.data(), sizeof(int32_t));
+        g.backends[s]->upload(g.state.lens[s], lens.data(), B * sizeof(int32_t));
+      }
+    }
+    if (g.steps.empty()) {
+      ForwardArgs da;
+      da.batch = B, da.seqLen = 1, da.decode = true, da.method = req.attention, da.cache = &g.cache;
+      da.cancel = &cancel, da.device = &g.state;
+      int begun = 0;
+      try {
+        for (; begun < tp; ++begun) g.backends[begun]->beginCapture();
+        model_->forward(da);
+        for (int s = 0; s < tp; ++s) g.steps.push_back(g.backends[s]->endCapture());
+      } catch (const Cancelled&) {
+        for (int s = 0; s < begun; ++s) g.backends[s]->abortCapture();
+        g.steps.clear();
+        throw;
+      } catch (const std::exception& ex) {
+        for (int s = 0; s < begun; ++s) g.backends[s]->abortCapture();
+        g.steps.clear();
+        captureFailed_ = true;
+        captureError_ = ex.what();
+        return false;
+      }
+    }
+    for (int s = 0; s < tp; ++s) g.backends[s]->replay(*g.steps[s]);
+    g.backends[0]->download(g.state.ids[0], deviceIds.data(), B * sizeof(int32_t));
+    if (req.dumpLogits) {
+      stepLogits.resize(static_cast<size_t>(B) * V);
+      g.backends[0]->downloadF32(g.state.logits[0], stepLogits.data(), stepLogits.size());
+      for (int b = 0; b < B; ++b) keepLogits(stepLogits.data() + static_cast<size_t>(b) * V, b, step);
+    }
+    for (int b = 0; b < B; ++b) acceptRow(b, deviceIds[b]);
+    if (onTokens) onTokens(step, stepTokens);
+    return true;
+  };
 
   int step = 1;
   for (; step < req.maxNewTokens; ++step) {
     if (std::all_of(finished.begin(), finished.end(), [](bool f) { return f; })) break;
     if (cancel.load()) throw Cancelled();
     const auto t0 = Clock::now();
+    if (useGraph) {
+      if (graphStep(step)) {
+        r.decodeMs.push_back(msSince(t0));
+        continue;
+      }
+      useGraph = false;  // recording failed before anything ran: this step goes eagerly, on the same cache
+    }
     if (req.kvCache) {
       ids.assign(stepTokens.begin(), stepTokens.end());
       fa.seqLen = 1;
@@ -191,13 +314,14 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   r.totalMs = msSince(start);
   // 'stop' when every row ended on a stop token, even on the last allowed step.
   r.stoppedByStopToken = std::all_of(finished.begin(), finished.end(), [](bool f) { return f; });
+  r.decodeGraphs = useGraph && !r.decodeMs.empty();
   double sum = 0;
   for (double d : r.decodeMs) sum += d;
   r.tpotMs = r.decodeMs.empty() ? 0 : sum / r.decodeMs.size();
   size_t generated = 0;
   for (const auto& n : r.newTokens) generated += n.size();
   r.tokensPerSec = r.totalMs > 0 ? generated / (r.totalMs / 1000.0) : 0;
-  cache.clear();
+  ownCache.clear();
   r.memory = memory();
   return r;
 }

@@ -33,6 +33,10 @@ struct GenerateRequest {
   bool kvCache = true;
   SamplingParams sampling;
   bool dumpLogits = false;
+  // Replay one captured decode step per token (CUDA graphs) where the backend and the request allow it: a GPU
+  // backend in fp16/bf16, KV cache on, greedy choice without repetition penalty. Otherwise (or when capture
+  // fails) decode steps are launched one kernel at a time. FLASHLAB_CUDA_GRAPHS=0 turns it off engine-wide.
+  bool cudaGraphs = true;
 };
 
 struct MemoryFigures {
@@ -45,6 +49,7 @@ struct GenerateResult {
   std::vector<double> decodeMs;
   MemoryFigures memory;
   bool stoppedByStopToken = false;
+  bool decodeGraphs = false;  // decode steps were replays of a captured step
   std::vector<std::vector<float>> logitsLast;                // [row][vocab]
   std::vector<std::vector<std::vector<float>>> logitsSteps;  // [row][step][vocab]
 };
@@ -69,6 +74,10 @@ class Engine {
 
   GenerateResult generate(const GenerateRequest& req, const TokenCallback& onTokens, const std::atomic<bool>& cancel);
   MemoryFigures memory() const;
+  // The backend of each tensor-parallel shard (shards may share one, as on the CPU): for device-specific probes.
+  std::vector<Backend*> shardBackends() const;
+  // Why decode steps are not captured on this engine any more ("" while capture works or was never tried).
+  const std::string& captureError() const { return captureError_; }
 
   static std::string buildInfo();
   static std::vector<std::string> backends();
@@ -78,6 +87,12 @@ class Engine {
   std::shared_ptr<MemoryTracker> tracker_;
   std::vector<std::unique_ptr<Backend>> owned_;
   std::unique_ptr<Model> model_;
+  // The captured decode step of the last graph-eligible generate, with the KV cache and device-resident state
+  // its nodes point at; reused while batch and cache capacity stay the same (engine.cpp).
+  struct DecodeGraph;
+  std::unique_ptr<DecodeGraph> decodeGraph_;
+  bool captureFailed_ = false;  // a capture failed once on this engine: decode stays eager
+  std::string captureError_;
 };
 
 // Measures host memory copy bandwidth (bytes read + written per second) with `threads` threads.

@@ -419,12 +419,16 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
   const int64_t ffW = gpt2 ? plan_.ffnPerShard : 2 * plan_.ffnPerShard;
   const float eps = static_cast<float>(config_.normEps);
 
+  DeviceDecodeState* dev = a.device;
+  if (dev && (!a.decode || !a.cache || T != 1))
+    throw std::logic_error("a device-resident step is a decode step of one token per row with a KV cache");
   std::vector<Tensor> x(tp), y(tp);
   std::vector<Tensor*> yp(tp);
   for (int s = 0; s < tp; ++s) {
     Backend& be = *backends_[s];
     x[s] = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
-    be.embedding(*a.ids, T, a.startPos, shards_[s].embed, gpt2 ? &shards_[s].pos : nullptr, x[s]);
+    if (dev) be.embeddingAt(dev->ids[s], dev->pos[s], shards_[s].embed, gpt2 ? &shards_[s].pos : nullptr, x[s]);
+    else be.embedding(*a.ids, T, a.startPos, shards_[s].embed, gpt2 ? &shards_[s].pos : nullptr, x[s]);
     y[s] = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
     yp[s] = &y[s];
   }
@@ -441,9 +445,16 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
       norm(be, x[s], w.ln1w, w.ln1b, h);
       Tensor qkv = be.alloc({M, qkvW}, MemKind::Activations, be.computeDtype());
       be.matmul(h, w.qkvW, &w.qkvB, qkv);
-      if (!gpt2) be.rotary(qkv, as, a.startPos, static_cast<int>(hd / 2), 10000.0f);
+      if (!gpt2) {
+        if (dev) be.rotaryAt(qkv, as, dev->pos[s], static_cast<int>(hd / 2), 10000.0f);
+        else be.rotary(qkv, as, a.startPos, static_cast<int>(hd / 2), 10000.0f);
+      }
       Tensor att = be.alloc({M, attnW}, MemKind::Activations, be.computeDtype());
-      if (a.cache) {
+      if (dev) {
+        ShardCache& c = (*a.cache)[s];
+        be.kvCacheWriteAt(qkv, as, dev->pos[s], c.k[l], c.v[l]);
+        be.attentionDecodeAt(qkv, as, c.k[l], c.v[l], dev->lens[s], att);
+      } else if (a.cache) {
         ShardCache& c = (*a.cache)[s];
         be.kvCacheWrite(qkv, as, a.startPos, c.k[l], c.v[l]);
         if (a.decode) be.attentionDecode(qkv, as, c.k[l], c.v[l], a.startPos, att);
@@ -473,6 +484,17 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
     }
     backends_[0]->allReduceSum(yp);
     for (int s = 0; s < tp; ++s) backends_[s]->add(x[s], y[s]);
+  }
+  if (dev) {
+    // One token per row: x is already the last positions. Every shard chooses, so every shard has the next ids.
+    for (int s = 0; s < tp; ++s) {
+      Backend& be = *backends_[s];
+      Tensor h = be.alloc({B, H}, MemKind::Activations, be.computeDtype());
+      norm(be, x[s], shards_[s].lnfW, shards_[s].lnfB, h);
+      be.matmul(h, shards_[s].lmHead, nullptr, dev->logits[s]);
+      be.argmaxAndAdvance(dev->logits[s], dev->ids[s], dev->pos[s], dev->lens[s]);
+    }
+    return {};
   }
   // The output head runs on shard 0 for the last position of each row only.
   Backend& be = *backends_[0];

@@ -73,6 +73,14 @@ struct ShardCache {
   std::vector<Tensor> k, v;
 };
 
+// Per shard: the device-resident inputs and outputs of a decode step that can be captured once and replayed
+// (Backend::supportsDecodeCapture). ids [B] (the fed tokens, overwritten with the chosen ones), pos [1] and
+// lens [B] hold int32; logits [B, vocab] in the compute dtype. Every shard runs the output head and the argmax
+// on its own (replicated) copy of the final hidden state, so each has the next ids without a transfer.
+struct DeviceDecodeState {
+  std::vector<Tensor> ids, pos, lens, logits;
+};
+
 struct ForwardArgs {
   const std::vector<int32_t>* ids = nullptr;  // B*T token ids
   int batch = 1, seqLen = 1, startPos = 0;
@@ -80,6 +88,9 @@ struct ForwardArgs {
   std::vector<ShardCache>* cache = nullptr;   // null: no KV cache (prefill of the whole sequence)
   bool decode = false;                        // one token per row against the cache
   const std::atomic<bool>* cancel = nullptr;
+  // Decode with inputs on the device (ids and startPos unused): forward returns no logits, it leaves them and
+  // the greedy choice in *device.
+  DeviceDecodeState* device = nullptr;
 };
 
 class Model {

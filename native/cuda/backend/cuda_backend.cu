@@ -19,11 +19,13 @@
 #include "../attention_fa2.h"
 #include "../attention_naive.h"
 #include "../convert.h"
+#include "../decode_state.h"
 #include "../embedding.h"
 #include "../kv_cache.h"
 #include "../norm.h"
 #include "../residual.h"
 #include "../rotary.h"
+#include "../sampling.h"
 #include "../../src/device_backends.h"
 #include "device_allocator.h"
 #include "gemm_lt.h"
@@ -71,6 +73,19 @@ ncclDataType_t ncclTypeOf(DType d) {
   throw std::invalid_argument("unknown dtype");
 }
 
+class CudaBackend;
+
+// One backend's recorded decode step: the instantiated graph and the allocator pool its nodes point into.
+struct CudaGraphWork final : CapturedWork {
+  CudaGraphWork(CudaBackend* owner, cudaGraphExec_t exec, std::vector<void*> pool, size_t poolBytes)
+      : owner(owner), exec(exec), pool(std::move(pool)), poolBytes(poolBytes) {}
+  ~CudaGraphWork() override;
+  CudaBackend* owner;
+  cudaGraphExec_t exec;
+  std::vector<void*> pool;
+  size_t poolBytes;
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(std::shared_ptr<MemoryTracker> tracker, int device, DType dtype)
@@ -92,6 +107,7 @@ class CudaBackend final : public Backend {
     alloc_.release(gemmWorkspace_);
     if (idsDev_) alloc_.release(idsDev_);
     if (idsHost_) cudaFreeHost(idsHost_);
+    destroyTimingEvents();
     cudaStreamDestroy(stream_);
   }
 
@@ -133,6 +149,7 @@ class CudaBackend final : public Backend {
       FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
       return;
     }
+    timePassEnd();
     void* staging = alloc_.allocate(count * sizeof(float));
     cuda::convertElements(elemOf(src.dtype), src.data(), ElemType::F32, staging, static_cast<int64_t>(count), stream_);
     const cudaError_t err = cudaMemcpyAsync(host, staging, count * sizeof(float), cudaMemcpyDeviceToHost, stream_);
@@ -181,6 +198,7 @@ class CudaBackend final : public Backend {
     }
     activate();
     int32_t* dev = stageIds(ids);
+    timePassBegin();
     cuda::embedding(elemOf(out.dtype), out.data(), dev, table.data(), posTable ? posTable->data() : nullptr, n, T,
                     startPos, static_cast<int>(V), posTable ? static_cast<int>(posTable->dim(0)) : 0,
                     static_cast<int>(H), nullptr, stream_);
@@ -321,6 +339,139 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // ---- device-resident decode steps, recorded into CUDA graphs
+  bool supportsDecodeCapture() const override { return dtype_ != DType::F32; }
+
+  void embeddingAt(const Tensor& ids, const Tensor& pos, const Tensor& table, const Tensor* posTable,
+                   Tensor& out) override {
+    dense("embeddingAt", table);
+    const int64_t H = table.dim(1), V = table.dim(0), rows = ids.numel();
+    require(out.numel() == rows * H, "embeddingAt", "output shape " + out.shapeString());
+    require(pos.numel() >= 1, "embeddingAt", "no position");
+    sameDtype("embeddingAt", table, out);
+    if (posTable) sameDtype("embeddingAt", *posTable, out);
+    activate();
+    timePassBegin();
+    // Ids and positions are checked when the host writes them; the kernel zeroes a row it cannot look up.
+    cuda::embedding(elemOf(out.dtype), out.data(), static_cast<const int32_t*>(ids.data()), table.data(),
+                    posTable ? posTable->data() : nullptr, static_cast<int>(rows), 1, 0, static_cast<int>(V),
+                    posTable ? static_cast<int>(posTable->dim(0)) : 0, static_cast<int>(H), nullptr, stream_,
+                    static_cast<const int32_t*>(pos.data()));
+  }
+
+  void rotaryAt(Tensor& qkv, const AttnShape& s, const Tensor& pos, int rotDim, float theta) override {
+    require(s.seqLen == 1, "rotaryAt", "one token per row expected");
+    activate();
+    cuda::rotaryInterleaved(elemOf(qkv.dtype), qkv.data(), s.batch, s.qkvRowStride(), 1, 0, s.numHeads + s.numKvHeads,
+                            s.headDim, rotDim, theta, stream_, static_cast<const int32_t*>(pos.data()));
+  }
+
+  void kvCacheWriteAt(const Tensor& qkv, const AttnShape& s, const Tensor& pos, Tensor& kCache,
+                      Tensor& vCache) override {
+    require(s.seqLen == 1, "kvCacheWriteAt", "one token per row expected");
+    sameDtype("kvCacheWriteAt", qkv, kCache), sameDtype("kvCacheWriteAt", qkv, vCache);
+    require(kCache.shape.size() == 4 && kCache.dim(0) == s.batch && kCache.dim(1) == s.numKvHeads &&
+                kCache.dim(3) == s.headDim && vCache.shape == kCache.shape,
+            "kvCacheWriteAt", "cache " + kCache.shapeString() + " does not match the attention shape");
+    activate();
+    cuda::kvCacheAppend(elemOf(qkv.dtype), qkv.data(), s.batch, 1, s.numHeads, s.numKvHeads, s.headDim, 0,
+                        static_cast<int>(kCache.dim(2)), kCache.data(), vCache.data(), stream_,
+                        static_cast<const int32_t*>(pos.data()));
+  }
+
+  void attentionDecodeAt(const Tensor& qkv, const AttnShape& s, const Tensor& kCache, const Tensor& vCache,
+                         const Tensor& lens, Tensor& out) override {
+    require(s.seqLen == 1, "attentionDecodeAt", "one query token per row expected");
+    require(qkv.dtype != DType::F32, "attentionDecodeAt", "the decode kernel takes fp16/bf16");
+    sameDtype("attentionDecodeAt", qkv, out), sameDtype("attentionDecodeAt", qkv, kCache);
+    require(lens.numel() == s.batch, "attentionDecodeAt", "lengths do not match the batch");
+    activate();
+    // The split covers the whole cache: a row's keys past lens[b] leave their splits empty, so one recording
+    // serves every length.
+    const int64_t cap = kCache.dim(2);
+    const int stride = s.qkvRowStride(), hd = s.headDim;
+    const int64_t cacheBatch = static_cast<int64_t>(s.numKvHeads) * cap * hd;
+    cuda::DecodeParams p;
+    p.dtype = elemOf(qkv.dtype);
+    p.q = {qkv.data(), stride, 0, hd};
+    p.k = {kCache.data(), cacheBatch, hd, cap * hd};
+    p.v = {vCache.data(), cacheBatch, hd, cap * hd};
+    p.o = {out.data(), static_cast<int64_t>(s.numHeads) * hd, 0, hd};
+    p.seqLens = static_cast<const int32_t*>(lens.data());
+    p.maxSeqLen = static_cast<int>(cap), p.batch = s.batch, p.numHeads = s.numHeads, p.numKvHeads = s.numKvHeads;
+    p.headDim = hd, p.scale = s.scale;
+    Tensor ws = scratch(cuda::attentionDecodeWorkspaceBytes(p));
+    cuda::attentionDecode(p, ws.data(), ws.bytes(), stream_);
+  }
+
+  void argmaxAndAdvance(const Tensor& logits, Tensor& ids, Tensor& pos, Tensor& lens) override {
+    const int64_t V = logits.shape.back(), rows = logits.numel() / V;
+    require(ids.numel() == rows && lens.numel() == rows, "argmaxAndAdvance", "ids/lengths do not match the logits");
+    activate();
+    cuda::argmaxRows(elemOf(logits.dtype), logits.data(), static_cast<int>(rows), static_cast<int>(V),
+                     static_cast<int32_t*>(ids.data()), stream_);
+    cuda::decodeAdvance(static_cast<int32_t*>(pos.data()), static_cast<int32_t*>(lens.data()), static_cast<int>(rows),
+                        stream_);
+    timePassEnd();
+  }
+
+  void beginCapture() override {
+    activate();
+    alloc_.beginCapture();
+    // Relaxed: the caching allocator may still ask the driver for a block while the step is recorded.
+    const cudaError_t err = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed);
+    if (err != cudaSuccess) {
+      alloc_.releasePool(alloc_.endCapture());
+      FL_CUDA_CHECK(err);
+    }
+  }
+
+  std::unique_ptr<CapturedWork> endCapture() override {
+    activate();
+    cudaGraph_t graph = nullptr;
+    const cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+    std::vector<void*> pool = alloc_.endCapture();
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t inst = err;
+    if (err == cudaSuccess) inst = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (inst != cudaSuccess) {
+      cudaGetLastError();
+      alloc_.releasePool(pool);
+      throw std::runtime_error(std::string("recording the decode step as a CUDA graph on ") + name_ +
+                               " failed: " + cudaGetErrorString(inst));
+    }
+    const size_t bytes = alloc_.poolBytes(pool);
+    tracker().add(MemKind::Activations, bytes);  // the recording's own activations stay reserved for it
+    return std::make_unique<CudaGraphWork>(this, exec, std::move(pool), bytes);
+  }
+
+  void abortCapture() noexcept override {
+    cudaSetDevice(deviceIndex());
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream_, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+      cudaGraph_t graph = nullptr;
+      if (cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+    }
+    cudaGetLastError();
+    alloc_.releasePool(alloc_.endCapture());
+  }
+
+  void replay(CapturedWork& work) override {
+    auto* w = dynamic_cast<CudaGraphWork*>(&work);
+    require(w && w->owner == this, "replay", "the recording belongs to another backend");
+    activate();
+    FL_CUDA_CHECK(cudaGraphLaunch(w->exec, stream_));
+  }
+
+  void dropRecording(CudaGraphWork& w) noexcept {
+    cudaSetDevice(deviceIndex());
+    cudaStreamSynchronize(stream_);  // a replay may still run
+    cudaGraphExecDestroy(w.exec);
+    alloc_.releasePool(w.pool);
+    tracker().remove(MemKind::Activations, w.poolBytes);
+  }
+
   void allReduceSum(const std::vector<Tensor*>& parts) override {
     if (parts.size() < 2) return;
     const int64_t n = parts[0]->numel();
@@ -332,6 +483,8 @@ class CudaBackend final : public Backend {
       owners.push_back(be);
     }
     // One group call: each shard reduces in place on its own stream, ordered after the work that made its part.
+    const bool timed = owners[0]->timing();
+    if (timed) FL_CUDA_CHECK(cudaEventRecord(owners[0]->allReduceEvent(false), owners[0]->stream()));
     FL_NCCL_CHECK(ncclGroupStart());
     for (size_t i = 0; i < parts.size(); ++i) {
       FL_CUDA_CHECK(cudaSetDevice(owners[i]->deviceIndex()));
@@ -339,6 +492,10 @@ class CudaBackend final : public Backend {
                                   ncclSum, owners[i]->comm(), owners[i]->stream()));
     }
     FL_NCCL_CHECK(ncclGroupEnd());
+    if (timed) {
+      FL_CUDA_CHECK(cudaSetDevice(owners[0]->deviceIndex()));
+      FL_CUDA_CHECK(cudaEventRecord(owners[0]->allReduceEvent(true), owners[0]->stream()));
+    }
     activate();
   }
 
@@ -419,7 +576,66 @@ class CudaBackend final : public Backend {
   void* idsDev_ = nullptr;
   int32_t* idsHost_ = nullptr;
   size_t idsCapacity_ = 0;
+
+ public:
+  // ---- step timing (cuda_backend.h: CudaStepTiming)
+  void setTiming(bool on) { timing_ = on; }
+  bool readTiming(CudaStepTiming& out) {
+    if (!timing_ || !passBegun_ || !passEnded_) return false;
+    activate();
+    FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    float ms = 0;
+    FL_CUDA_CHECK(cudaEventElapsedTime(&ms, passEvents_[0], passEvents_[1]));
+    out.stepMs = ms;
+    out.allReduceMs.clear();
+    for (int i = 0; i < arUsed_; ++i) {
+      FL_CUDA_CHECK(cudaEventElapsedTime(&ms, arEvents_[2 * i], arEvents_[2 * i + 1]));
+      out.allReduceMs.push_back(ms);
+    }
+    return true;
+  }
+  void timePassBegin() {
+    if (!timing_) return;
+    if (!passEvents_[0]) {
+      FL_CUDA_CHECK(cudaEventCreate(&passEvents_[0]));
+      FL_CUDA_CHECK(cudaEventCreate(&passEvents_[1]));
+    }
+    arUsed_ = 0;
+    passBegun_ = true, passEnded_ = false;
+    FL_CUDA_CHECK(cudaEventRecord(passEvents_[0], stream_));
+  }
+  void timePassEnd() {
+    if (!timing_ || !passBegun_) return;
+    FL_CUDA_CHECK(cudaEventRecord(passEvents_[1], stream_));
+    passEnded_ = true;
+  }
+  cudaEvent_t allReduceEvent(bool end) {  // the pair of the all-reduce being issued (end: its second event)
+    if (!end) {
+      if (static_cast<size_t>(2 * arUsed_ + 2) > arEvents_.size()) {
+        cudaEvent_t a, b;
+        FL_CUDA_CHECK(cudaEventCreate(&a));
+        FL_CUDA_CHECK(cudaEventCreate(&b));
+        arEvents_.push_back(a), arEvents_.push_back(b);
+      }
+      return arEvents_[2 * arUsed_];
+    }
+    return arEvents_[2 * arUsed_++ + 1];
+  }
+  bool timing() const { return timing_ && passBegun_; }
+  void destroyTimingEvents() noexcept {
+    for (cudaEvent_t e : arEvents_) cudaEventDestroy(e);
+    for (cudaEvent_t e : passEvents_)
+      if (e) cudaEventDestroy(e);
+  }
+
+ private:
+  bool timing_ = false, passBegun_ = false, passEnded_ = false;
+  cudaEvent_t passEvents_[2] = {nullptr, nullptr};
+  std::vector<cudaEvent_t> arEvents_;
+  int arUsed_ = 0;
 };
+
+CudaGraphWork::~CudaGraphWork() { owner->dropRecording(*this); }
 
 }  // namespace
 
@@ -458,6 +674,18 @@ std::vector<std::unique_ptr<Backend>> createCudaBackends(std::shared_ptr<MemoryT
     for (int d = 0; d < tp; ++d) static_cast<CudaBackend*>(shards[d].get())->setComm(comms[d]);
   }
   return shards;
+}
+
+bool setCudaStepTiming(Backend& backend, bool on) {
+  auto* cb = dynamic_cast<CudaBackend*>(&backend);
+  if (!cb) return false;
+  cb->setTiming(on);
+  return true;
+}
+
+bool cudaStepTiming(Backend& backend, CudaStepTiming& out) {
+  auto* cb = dynamic_cast<CudaBackend*>(&backend);
+  return cb && cb->readTiming(out);
 }
 
 bool cudaMemoryFigures(const Backend& backend, CudaMemoryFigures& out) {

@@ -20,6 +20,8 @@ DeviceAllocator::~DeviceAllocator() {
   // them too rather than leak device memory.
   for (auto& [p, size] : live_) cudaFree(p);
   for (auto& [size, p] : free_) cudaFree(p);
+  for (auto& [size, p] : captureFree_) cudaFree(p);
+  for (auto& [p, size] : pools_) cudaFree(p);
 }
 
 size_t DeviceAllocator::roundSize(size_t bytes) {
@@ -34,7 +36,11 @@ void* DeviceAllocator::allocate(size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   void* p = nullptr;
   auto it = free_.find(size);
-  if (it != free_.end()) {
+  auto cit = capturing_ ? captureFree_.find(size) : captureFree_.end();
+  if (cit != captureFree_.end()) {
+    p = cit->second;
+    captureFree_.erase(cit);
+  } else if (it != free_.end()) {
     p = it->second;
     free_.erase(it);
   } else {
@@ -69,8 +75,49 @@ void DeviceAllocator::release(void* ptr) {
   auto it = live_.find(ptr);
   if (it == live_.end()) throw KernelError("device allocator: release of a pointer it did not hand out");
   stats_.inUseBytes -= it->second;
-  free_.emplace(it->second, ptr);
+  (capturing_ ? captureFree_ : free_).emplace(it->second, ptr);
   live_.erase(it);
+}
+
+void DeviceAllocator::beginCapture() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (capturing_) throw KernelError("device allocator: a capture is already in progress");
+  capturing_ = true;
+}
+
+std::vector<void*> DeviceAllocator::endCapture() {
+  std::lock_guard<std::mutex> lock(mu_);
+  capturing_ = false;
+  std::vector<void*> pool;
+  for (auto& [size, p] : captureFree_) {
+    pool.push_back(p);
+    pools_[p] = size;
+    stats_.inUseBytes += size;
+  }
+  stats_.peakInUseBytes = std::max(stats_.peakInUseBytes, stats_.inUseBytes);
+  captureFree_.clear();
+  return pool;
+}
+
+void DeviceAllocator::releasePool(const std::vector<void*>& pool) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (void* p : pool) {
+    auto it = pools_.find(p);
+    if (it == pools_.end()) continue;  // released twice: the first release already returned it
+    stats_.inUseBytes -= it->second;
+    free_.emplace(it->second, p);
+    pools_.erase(it);
+  }
+}
+
+size_t DeviceAllocator::poolBytes(const std::vector<void*>& pool) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t n = 0;
+  for (void* p : pool) {
+    auto it = pools_.find(p);
+    if (it != pools_.end()) n += it->second;
+  }
+  return n;
 }
 
 void DeviceAllocator::emptyCache() {

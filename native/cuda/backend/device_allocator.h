@@ -34,6 +34,15 @@ class DeviceAllocator {
   void release(void* ptr);
   // Returns every cached (free) block to the driver.
   void emptyCache();
+  // CUDA-graph capture. A captured graph keeps the addresses of every block its nodes touched, so those blocks
+  // must not be handed to anyone else while the graph lives: between beginCapture and endCapture, blocks
+  // released go to a capture-private free list (reused within the capture, as stream order allows) and
+  // endCapture returns them as the graph's pool, counted in use until releasePool gives them back.
+  void beginCapture();
+  std::vector<void*> endCapture();
+  void releasePool(const std::vector<void*>& pool);
+  // Rounded bytes of the blocks of a pool.
+  size_t poolBytes(const std::vector<void*>& pool) const;
   Stats stats() const;
   void resetPeaks();
   static size_t roundSize(size_t bytes);
@@ -44,6 +53,9 @@ class DeviceAllocator {
   mutable std::mutex mu_;
   std::multimap<size_t, void*> free_;               // rounded size -> cached block
   std::unordered_map<void*, size_t> live_;          // block -> rounded size
+  bool capturing_ = false;
+  std::multimap<size_t, void*> captureFree_;        // blocks released during a capture
+  std::unordered_map<void*, size_t> pools_;         // blocks owned by captured graphs -> rounded size
   Stats stats_;
 };
 

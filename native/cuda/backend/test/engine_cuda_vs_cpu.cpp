@@ -113,6 +113,88 @@ void agreement(const ModelConfig& cfg) {
   }
 }
 
+// Prefix of equal tokens, summed over rows.
+int agreeing(const std::vector<std::vector<int32_t>>& a, const std::vector<std::vector<int32_t>>& b) {
+  int same = 0;
+  for (size_t r = 0; r < a.size() && r < b.size(); ++r)
+    for (size_t i = 0; i < a[r].size() && i < b[r].size() && a[r][i] == b[r][i]; ++i) ++same;
+  return same;
+}
+
+// Worst relative error over every decode step's logits of every row.
+double worstStepErr(const GenerateResult& a, const GenerateResult& ref) {
+  double worst = 0;
+  for (size_t r = 0; r < ref.logitsSteps.size(); ++r) {
+    if (a.logitsSteps[r].size() != ref.logitsSteps[r].size()) return INFINITY;
+    for (size_t s = 0; s < ref.logitsSteps[r].size(); ++s)
+      worst = std::max(worst, relErr(a.logitsSteps[r][s], ref.logitsSteps[r][s]));
+  }
+  return worst;
+}
+
+// CUDA-graph decode (one recorded step replayed per token) against eager launches on the same engine: every
+// step's logits within the dtype's tolerance (the recorded decode attention splits the whole cache, the eager
+// one only the filled part, so sums differ in order), the same greedy tokens while the logits agree, and a
+// second graph run (reusing the recording) identical to the first. tp > 1 records NCCL all-reduces too.
+void graphsVsEager(const ModelConfig& cfg, DType dt, int tp) {
+  EngineOptions o;
+  o.config = cfg, o.seed = 11, o.maxBatch = 2, o.threads = 8, o.device = "cuda", o.dtype = dt, o.tp = tp;
+  Engine gpu(o);
+  const auto ids = prompt(2, 37, cfg.vocabSize, 7);
+  GenerateRequest req;
+  req.inputIds = ids, req.maxNewTokens = 16, req.attention = AttentionMethod::FA2, req.kvCache = true;
+  req.dumpLogits = true;
+  std::atomic<bool> cancel{false};
+  req.cudaGraphs = false;
+  const GenerateResult eager = gpu.generate(req, nullptr, cancel);
+  req.cudaGraphs = true;
+  const GenerateResult g1 = gpu.generate(req, nullptr, cancel), g2 = gpu.generate(req, nullptr, cancel);
+  const double err = worstStepErr(g1, eager);
+  const double tol = dt == DType::F16 ? 2e-2 : 8e-2;
+  const int same = agreeing(g1.newTokens, eager.newTokens);
+  const int total = static_cast<int>(eager.newTokens.size() * eager.newTokens[0].size());
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "graphs %s, step logits err %.2e (tol %.0e), tokens agree %d/%d, rerun %s%s%s",
+                g1.decodeGraphs && g2.decodeGraphs ? "used" : "NOT used", err, tol, same, total,
+                g1.newTokens == g2.newTokens && worstStepErr(g2, g1) == 0 ? "identical" : "differs",
+                gpu.captureError().empty() ? "" : ", capture error: ", gpu.captureError().c_str());
+  report(g1.decodeGraphs && g2.decodeGraphs && !eager.decodeGraphs && err <= tol && g1.newTokens == g2.newTokens &&
+             worstStepErr(g2, g1) == 0,
+         cfg.name + " cuda " + dtypeName(dt) + " tp=" + std::to_string(tp) + " decode graphs vs eager", buf);
+  // A stop token ends a row early under graphs as it does eagerly.
+  GenerateRequest stop = req;
+  stop.dumpLogits = false;
+  stop.sampling.stopTokens = {g1.newTokens[0][3]};
+  const GenerateResult gs = gpu.generate(stop, nullptr, cancel);
+  const bool stopOk = gs.newTokens[0].size() <= 4 && gs.newTokens[0].back() == g1.newTokens[0][3];
+  report(stopOk, cfg.name + " cuda " + dtypeName(dt) + " tp=" + std::to_string(tp) + " decode graphs honour stop tokens",
+         "row 0 stopped after " + std::to_string(gs.newTokens[0].size()) + " tokens");
+  // Another shape records anew; fp32 (no tensor-core decode kernel) stays eager.
+  GenerateRequest other = req;
+  other.inputIds = prompt(1, 20, cfg.vocabSize, 8);
+  other.dumpLogits = false;
+  const GenerateResult go = gpu.generate(other, nullptr, cancel);
+  req.cudaGraphs = false;
+  GenerateRequest otherEager = other;
+  otherEager.cudaGraphs = false;
+  const GenerateResult ge = gpu.generate(otherEager, nullptr, cancel);
+  report(go.decodeGraphs && agreeing(go.newTokens, ge.newTokens) >= 4,
+         cfg.name + " cuda " + dtypeName(dt) + " tp=" + std::to_string(tp) + " decode graphs re-recorded for a new shape",
+         "tokens agree " + std::to_string(agreeing(go.newTokens, ge.newTokens)) + "/" + std::to_string(ge.newTokens[0].size()));
+}
+
+void fp32StaysEager(const ModelConfig& cfg) {
+  EngineOptions o;
+  o.config = cfg, o.seed = 11, o.maxBatch = 1, o.threads = 8, o.device = "cuda", o.dtype = DType::F32;
+  Engine gpu(o);
+  GenerateRequest req;
+  req.inputIds = prompt(1, 9, cfg.vocabSize, 2), req.maxNewTokens = 4;
+  std::atomic<bool> cancel{false};
+  const GenerateResult r = gpu.generate(req, nullptr, cancel);
+  report(!r.decodeGraphs && r.newTokens[0].size() == 4, cfg.name + " cuda fp32 decode stays eager (no fp32 decode kernel)",
+         r.decodeGraphs ? "graphs used" : "eager");
+}
+
 // Tensor parallelism over the visible GPUs (NCCL all-reduce) against the CPU engine at tp = 1.
 void tensorParallel(const ModelConfig& cfg, int tp) {
   EngineOptions base;
@@ -165,19 +247,37 @@ void timing(const ModelConfig& cfg, int promptLen, int newTokens, int reps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool big = argc > 1 && std::strcmp(argv[1], "--chatglm2") == 0;
+  bool big = false, quickTimings = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--chatglm2") == 0) big = true;
+    else if (std::strcmp(argv[i], "--no-timing") == 0) quickTimings = true;
+    else {
+      std::fprintf(stderr, "usage: engine_cuda_vs_cpu [--chatglm2] [--no-timing]\n");
+      return 2;
+    }
+  }
   try {
     agreement(tinyGpt2());
     agreement(tinyChatglm2());
+    for (DType dt : {DType::F16, DType::BF16}) {
+      graphsVsEager(tinyGpt2(), dt, 1);
+      graphsVsEager(tinyChatglm2(), dt, 1);
+    }
+    fp32StaysEager(tinyGpt2());
     int gpus = 0;
     if (cudaGetDeviceCount(&gpus) == cudaSuccess && gpus >= 2) {
       tensorParallel(tinyGpt2(), 2);
       tensorParallel(tinyChatglm2(), 2);
+      graphsVsEager(tinyGpt2(), DType::F16, 2);
+      graphsVsEager(tinyChatglm2(), DType::F16, 2);
+      if (gpus >= 4) graphsVsEager(tinyChatglm2(), DType::F16, 4);
     } else {
       std::printf("one GPU visible: tensor-parallel checks need two\n");
     }
-    timing(gpt2Small(), 128, 256, 5);
-    if (big) timing(chatglm2_6b(), 2048, 64, 3);
+    if (!quickTimings) {
+      timing(gpt2Small(), 128, 256, 5);
+      if (big) timing(chatglm2_6b(), 2048, 64, 3);
+    }
   } catch (const std::exception& ex) {
     std::printf("FAIL  exception: %s\n", ex.what());
     ++failures;
