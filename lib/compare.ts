@@ -268,6 +268,117 @@ export function workOf(model: ModelConfig, c: CompareRun['config']) {
   return { prefillFlops, prefillBytes, decodeFlops, decodeBytes };
 }
 
+/** A card's published peaks: dense tensor-core fp16/bf16 TFLOP/s, fp32 TFLOP/s without tensor cores (the engine
+ *  keeps fp32 GEMMs in fp32, no TF32), and device-memory bandwidth. From NVIDIA's datasheets; matched on the name
+ *  nvidia-smi reports. A variant that the name does not pin down (a bare "H100": SXM or PCIe?) gets no entry. */
+export const DATASHEET_PEAKS: readonly {
+  card: string;
+  match: RegExp;
+  tflops16: number;
+  tflops32: number;
+  gbps: number;
+}[] = [
+  {
+    card: 'H100 SXM',
+    match: /\bH100\b(?!.*\b(PCIe|NVL)\b).*\b(HBM3|SXM\d?)\b/i,
+    tflops16: 989,
+    tflops32: 67,
+    gbps: 3350,
+  },
+  { card: 'H100 PCIe', match: /\bH100\b.*\bPCIe\b/i, tflops16: 756, tflops32: 51, gbps: 2000 },
+  { card: 'H200', match: /\bH200\b(?!.*\bNVL\b)/i, tflops16: 989, tflops32: 67, gbps: 4800 },
+  { card: 'A100 SXM 80GB', match: /\bA100\b.*SXM.*80\s?GB/i, tflops16: 312, tflops32: 19.5, gbps: 2039 },
+  { card: 'A100 SXM 40GB', match: /\bA100\b.*SXM.*40\s?GB/i, tflops16: 312, tflops32: 19.5, gbps: 1555 },
+  {
+    card: 'A100 PCIe 80GB',
+    match: /\bA100\b.*(80\s?GB.*PCIe|PCIe.*80\s?GB)/i,
+    tflops16: 312,
+    tflops32: 19.5,
+    gbps: 1935,
+  },
+  {
+    card: 'A100 PCIe 40GB',
+    match: /\bA100\b.*(40\s?GB.*PCIe|PCIe.*40\s?GB)/i,
+    tflops16: 312,
+    tflops32: 19.5,
+    gbps: 1555,
+  },
+];
+
+/** The ceilings a run is held against: what the card measured (the environment record's `ceilings`), else its
+ *  datasheet peaks for a known GPU. Per run, so for TP the roof is the sum over its GPUs. */
+export interface Roof {
+  source: 'measured' | 'datasheet';
+  /** The card as named in the chart (the datasheet's name, or the GPU name the run recorded). */
+  card: string;
+  gpus: number;
+  tflops: number;
+  gbps: number;
+}
+
+export function datasheetPeak(gpuName: string | null, dtype: string) {
+  const entry = gpuName ? DATASHEET_PEAKS.find((e) => e.match.test(gpuName)) : undefined;
+  if (!entry) return null;
+  return { card: entry.card, tflops: dtype === 'fp32' ? entry.tflops32 : entry.tflops16, gbps: entry.gbps };
+}
+
+export function roofOf(r: CompareRun): Roof | null {
+  const gpus = r.config.tp;
+  if (r.ceilings)
+    return {
+      source: 'measured',
+      card: r.gpuName ?? 'this card',
+      gpus,
+      tflops: r.ceilings.tflops * gpus,
+      gbps: r.ceilings.gbps * gpus,
+    };
+  if (r.config.device !== 'cuda') return null;
+  const peak = datasheetPeak(r.gpuName, r.config.dtype);
+  return peak
+    ? { source: 'datasheet', card: peak.card, gpus, tflops: peak.tflops * gpus, gbps: peak.gbps * gpus }
+    : null;
+}
+
+export interface RoofGroup extends Roof {
+  key: string;
+  /** The runs' dtypes this roof is for (fp16 and bf16 share one). */
+  dtypes: string[];
+  runIds: string[];
+  /** Where compute stops being bound by memory: FLOP/byte at which the slanted roof meets the flat one. */
+  ridge: number;
+}
+
+/** The distinct roofs of the runs given (one per card, source, GPU count and peak), and the runs that have none. */
+export function rooflineRoofs(runs: readonly CompareRun[]): { roofs: RoofGroup[]; without: CompareRun[] } {
+  const roofs = new Map<string, RoofGroup>();
+  const without: CompareRun[] = [];
+  for (const r of runs) {
+    const roof = roofOf(r);
+    if (!roof) {
+      without.push(r);
+      continue;
+    }
+    const key = `${roof.source}|${roof.card}|${roof.gpus}|${roof.tflops}|${roof.gbps}`;
+    let g = roofs.get(key);
+    if (!g) {
+      g = { ...roof, key, dtypes: [], runIds: [], ridge: (roof.tflops * 1000) / roof.gbps };
+      roofs.set(key, g);
+    }
+    if (!g.dtypes.includes(r.config.dtype)) g.dtypes.push(r.config.dtype);
+    g.runIds.push(r.id);
+  }
+  return { roofs: [...roofs.values()], without };
+}
+
+/** The roof's name in a legend or caption: "H100 SXM ×2 · fp16 · datasheet". */
+export function roofLabel(g: Pick<RoofGroup, 'card' | 'gpus' | 'dtypes' | 'source'>): string {
+  return `${g.card}${g.gpus > 1 ? ` ×${g.gpus}` : ''} · ${[...g.dtypes].sort().join('/')} · ${g.source}`;
+}
+
+/** What a roof allows at an arithmetic intensity: the lower of the compute roof and bandwidth × intensity. */
+export const attainableTflops = (roof: Pick<Roof, 'tflops' | 'gbps'>, intensity: number) =>
+  Math.min(roof.tflops, (roof.gbps * intensity) / 1000);
+
 export interface RooflinePoint {
   runId: string;
   label: string;
@@ -277,6 +388,9 @@ export interface RooflinePoint {
   intensity: number; // FLOP per byte
   tflops: number; // achieved
   gbps: number; // achieved
+  /** The run's roof, when it has one, and the share of it reached at this intensity. */
+  roof: Roof | null;
+  fractionOfRoof: number | null;
 }
 
 /** Achieved compute and bandwidth of each run's prefill and (cached) decode, for the roofline view. */
@@ -292,26 +406,25 @@ export function rooflinePoints(runs: readonly CompareRun[]): RooflinePoint[] {
     const tpot = median(pooled([r], 'tpotMs'));
     const label = labelOf(r.config, vary);
     const method = labelOf(r.config, methodDims.length ? methodDims : ['attention']);
-    if (prefill > 0)
-      out.push({
+    const roof = roofOf(r);
+    const point = (phase: RooflinePoint['phase'], flops: number, bytes: number, ms: number): RooflinePoint => {
+      const intensity = flops / bytes;
+      const tflops = flops / (ms / 1000) / 1e12;
+      return {
         runId: r.id,
         label,
         method,
-        phase: 'prefill',
-        intensity: w.prefillFlops / w.prefillBytes,
-        tflops: w.prefillFlops / (prefill / 1000) / 1e12,
-        gbps: w.prefillBytes / (prefill / 1000) / 1e9,
-      });
+        phase,
+        intensity,
+        tflops,
+        gbps: bytes / (ms / 1000) / 1e9,
+        roof,
+        fractionOfRoof: roof ? tflops / attainableTflops(roof, intensity) : null,
+      };
+    };
+    if (prefill > 0) out.push(point('prefill', w.prefillFlops, w.prefillBytes, prefill));
     if (r.config.kvCache && tpot > 0 && r.config.newTokens > 1)
-      out.push({
-        runId: r.id,
-        label,
-        method,
-        phase: 'decode',
-        intensity: w.decodeFlops / w.decodeBytes,
-        tflops: w.decodeFlops / (tpot / 1000) / 1e12,
-        gbps: w.decodeBytes / (tpot / 1000) / 1e9,
-      });
+      out.push(point('decode', w.decodeFlops, w.decodeBytes, tpot));
   }
   return out;
 }

@@ -27,14 +27,17 @@ import {
   METRICS,
   type Metric,
   methodsOf,
+  type RoofGroup,
+  roofLabel,
   rooflinePoints,
+  rooflineRoofs,
   seriesBy,
   speedups,
   studyComparison,
   type TimeMetric,
   tpScaling,
 } from '@/lib/compare';
-import { formatBytes, formatMs, formatNumber, formatRate, formatSpeedup } from '@/lib/format';
+import { formatBytes, formatMs, formatNumber, formatPercent, formatRate, formatSpeedup } from '@/lib/format';
 import { STUDY_FIGURES } from '@/lib/presets';
 import { ChartCard, type ChartData } from '../_components/ChartCard';
 import { useTRPC } from '../_trpc/client';
@@ -108,6 +111,71 @@ function SeriesLines(props: {
   );
 }
 
+/** More roofs than this make the chart unreadable; the caption still names every one. */
+const MAX_ROOFS = 4;
+const ROOF_COLORS = ['#16181d', '#7a4f00', '#5b2a86', '#0b5d5e'];
+
+/** A roof as two segments on the log-log chart: bandwidth × intensity up to the ridge, then the compute peak,
+ *  spanning the points' intensities with some room on each side. */
+type Segment = [{ x: number; y: number }, { x: number; y: number }];
+
+function roofSegments(
+  roofs: readonly RoofGroup[],
+  intensities: readonly number[],
+): { roof: RoofGroup; slant: Segment; flat: Segment }[] {
+  const lo = Math.min(...intensities, ...roofs.map((r) => r.ridge)) / 2;
+  const hi = Math.max(...intensities, ...roofs.map((r) => r.ridge)) * 2;
+  return roofs.map((roof) => {
+    const xMin = Math.min(lo, roof.ridge / 2);
+    return {
+      roof,
+      slant: [
+        { x: xMin, y: (roof.gbps * xMin) / 1000 },
+        { x: roof.ridge, y: roof.tflops },
+      ],
+      flat: [
+        { x: roof.ridge, y: roof.tflops },
+        { x: Math.max(hi, roof.ridge * 2), y: roof.tflops },
+      ],
+    };
+  });
+}
+
+/** Says where each roof comes from: a datasheet peak is what the card is sold as, not what it was measured to do. */
+function RoofCaption({ roofs, without }: { roofs: readonly RoofGroup[]; without: readonly CompareRun[] }) {
+  const noRoof = [
+    ...new Set(without.map((r) => (r.config.device === 'cuda' ? (r.gpuName ?? 'an unnamed GPU') : 'CPU'))),
+  ];
+  return (
+    <span data-testid="roofline-roofs">
+      {roofs.length === 0 ? (
+        <>
+          No roofs: these runs carry no measured ceilings of their card (GPU agents record them) and ran on{' '}
+          {noRoof.join(', ') || 'no known GPU'}, which has no datasheet entry here. Points show achieved TFLOP/s against
+          FLOP/byte from the model’s shape.
+        </>
+      ) : (
+        <>
+          Roofs:{' '}
+          {roofs.map((r, i) => (
+            <span key={r.key} data-roof-source={r.source}>
+              {i > 0 && '; '}
+              {roofLabel(r)} — {formatNumber(r.tflops, 4)} TFLOP/s, {formatNumber(r.gbps, 4)} GB/s
+              {r.source === 'measured'
+                ? ' (measured on the card)'
+                : ` (NVIDIA's published ${r.dtypes.includes('fp32') ? 'fp32' : 'dense tensor-core'} peak, not measured: a real card reaches less)`}
+            </span>
+          ))}
+          . Solid roofs are measured, dashed ones datasheet. Prefill should approach the flat roof, decode the slanted
+          one.
+          {without.length > 0 && ` No roof for ${without.length} run(s) on ${noRoof.join(', ')}.`}
+          {roofs.length > MAX_ROOFS && ` Only the first ${MAX_ROOFS} roofs are drawn.`}
+        </>
+      )}
+    </span>
+  );
+}
+
 export function CompareView() {
   const trpc = useTRPC();
   const sp = useSearchParams();
@@ -152,6 +220,7 @@ export function CompareView() {
       speed: baseline ? speedups(runs, baseline, metric, { statistic: stat }) : [],
       tp: tpScaling(runs, metric),
       roofline: rooflinePoints(runs),
+      roofs: rooflineRoofs(runs),
       env: environmentDifferences(runs),
       study: studyComparison(runs),
     };
@@ -230,7 +299,10 @@ export function CompareView() {
       });
       return row;
     });
-  const ceilings = runs.find((r) => r.ceilings)?.ceilings ?? null;
+  const roofLines = roofSegments(
+    derived.roofs.roofs.slice(0, MAX_ROOFS),
+    derived.roofline.map((p) => p.intensity),
+  );
   const roofLabels = [...new Set(derived.roofline.map((p) => `${p.method} · ${p.phase}`))];
   // A wide interval from few repeats must not flatten every bar: the axis stops at 3× the largest speedup.
   const maxSpeedup = Math.max(1, ...speedRows.map((r) => r.speedup));
@@ -490,15 +562,35 @@ export function CompareView() {
           testId="chart-roofline"
           height={heightFor(roofLabels.length)}
           data={{
-            header: ['run', 'label', 'phase', 'flop_per_byte', 'tflops', 'gbps'],
-            rows: derived.roofline.map((p) => [p.runId, p.label, p.phase, p.intensity, p.tflops, p.gbps]),
+            header: [
+              'run',
+              'label',
+              'phase',
+              'flop_per_byte',
+              'tflops',
+              'gbps',
+              'roof_source',
+              'roof_card',
+              'roof_tflops',
+              'roof_gbps',
+              'fraction_of_roof',
+            ],
+            rows: derived.roofline.map((p) => [
+              p.runId,
+              p.label,
+              p.phase,
+              p.intensity,
+              p.tflops,
+              p.gbps,
+              p.roof?.source ?? null,
+              p.roof ? `${p.roof.card}${p.roof.gpus > 1 ? ` x${p.roof.gpus}` : ''}` : null,
+              p.roof?.tflops ?? null,
+              p.roof?.gbps ?? null,
+              p.fractionOfRoof,
+            ]),
           }}
           empty={derived.roofline.length ? null : 'No run of a known model.'}
-          caption={
-            ceilings
-              ? `Roofs: the card’s measured ${formatNumber(ceilings.tflops, 3)} TFLOP/s and ${formatNumber(ceilings.gbps, 3)} GB/s. Prefill should approach the flat roof, decode the slanted one.`
-              : 'These runs carry no measured ceilings of their card (GPU agents record them); points show achieved TFLOP/s against FLOP/byte from the model’s shape.'
-          }
+          caption={<RoofCaption roofs={derived.roofs.roofs} without={derived.roofs.without} />}
         >
           <ResponsiveContainer width="100%" height="100%">
             <ScatterChart margin={{ top: 8, right: 16, bottom: 24, left: 8 }}>
@@ -543,33 +635,50 @@ export function CompareView() {
                         {formatNumber(p.tflops, 3)} TFLOP/s · {formatNumber(p.gbps, 3)} GB/s
                       </div>
                       <div>{formatNumber(p.intensity, 3)} FLOP/byte</div>
+                      {p.roof && p.fractionOfRoof != null && (
+                        <div>
+                          {formatPercent(p.fractionOfRoof, false)} of the {p.roof.source} roof at this intensity
+                        </div>
+                      )}
                     </div>
                   );
                 }}
               />
               <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12, paddingBottom: 6 }} />
-              {ceilings && (
-                <ReferenceLine
-                  y={ceilings.tflops}
-                  stroke="#16181d"
-                  label={{
-                    value: `${formatNumber(ceilings.tflops, 3)} TFLOP/s`,
-                    fontSize: 10,
-                    position: 'insideTopRight',
-                  }}
-                />
-              )}
-              {ceilings && (
-                <ReferenceLine
-                  segment={[
-                    { x: 0.5, y: (ceilings.gbps * 0.5) / 1000 },
-                    { x: (ceilings.tflops * 1000) / ceilings.gbps, y: ceilings.tflops },
-                  ]}
-                  stroke="#16181d"
-                  strokeDasharray="3 3"
-                  ifOverflow="extendDomain"
-                />
-              )}
+              {roofLines.flatMap(({ roof, slant, flat }, i) => {
+                const dash = roof.source === 'measured' ? undefined : '6 4';
+                const stroke = ROOF_COLORS[i % ROOF_COLORS.length];
+                return [
+                  <ReferenceLine
+                    key={`${roof.key}-slant`}
+                    segment={slant}
+                    stroke={stroke}
+                    strokeDasharray={dash}
+                    ifOverflow="extendDomain"
+                    className={`roof roof-${roof.source}`}
+                    label={{
+                      value: `${formatNumber(roof.gbps, 4)} GB/s`,
+                      fontSize: 10,
+                      fill: stroke,
+                      position: 'insideTopLeft',
+                    }}
+                  />,
+                  <ReferenceLine
+                    key={`${roof.key}-flat`}
+                    segment={flat}
+                    stroke={stroke}
+                    strokeDasharray={dash}
+                    ifOverflow="extendDomain"
+                    className={`roof roof-${roof.source}`}
+                    label={{
+                      value: `${roofLabel(roof)}: ${formatNumber(roof.tflops, 4)} TFLOP/s`,
+                      fontSize: 10,
+                      fill: stroke,
+                      position: 'insideBottomRight',
+                    }}
+                  />,
+                ];
+              })}
               {roofLabels.map((l, i) => (
                 <Scatter
                   key={l}
