@@ -5,21 +5,41 @@
 # $FLASHLAB_OUT). Needs nvcc and Python 3 with PyTorch (CUDA); compute-sanitizer when present.
 # The engine check times GPT-2 and (without --quick) ChatGLM2-6B with random weights on the GPU.
 # --profile adds an Nsight Compute report of one fa2 launch (chatglm2 8k) as $FLASHLAB_OUT/ncu.log.
-# usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile]
+# --engine-bench runs the engine benchmarks of bench/engine-gpu.sh on GPU 0 (decode with and without CUDA graphs,
+# Hugging Face generate, the study's experiments); --tp-bench its tensor-parallel part on every GPU (TP 1/2/4).
+# --no-attention-bench leaves out bench/attention.py, --no-variants the fa2 tuning builds, --no-kernel-tests the
+# kernel and backend harnesses (the engine's end-to-end test still runs).
+# Each step has its own time limit: FLASHLAB_STEP_TIMEOUT (seconds, default 1800), or FLASHLAB_TIMEOUT_<STEP>
+# for one step (e.g. FLASHLAB_TIMEOUT_ENGINE=120).
+# usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile] [--engine-bench] [--tp-bench]
+#                            [--no-attention-bench] [--no-variants] [--no-kernel-tests]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${FLASHLAB_OUT:-bench/out}"
 mkdir -p "$out"
-quick="" bench=1 sanitizer=1 profile=0 engine_args="--chatglm2"
+quick="" bench=1 sanitizer=1 profile=0 engine_args="--chatglm2" engine_bench=0 tp_bench=0 variants=--variants
+kernel_tests=1
 for a in "$@"; do
   case "$a" in
     --quick) quick="--quick" engine_args="" ;;
     --no-bench) bench=0 ;;
+    --no-attention-bench) bench=0 ;;
     --no-sanitizer) sanitizer=0 ;;
     --profile) profile=1 ;;
-    *) echo "usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile]" >&2; exit 2 ;;
+    --engine-bench) engine_bench=1 ;;
+    --tp-bench) tp_bench=1 ;;
+    --no-variants) variants="" ;;
+    --no-kernel-tests) kernel_tests=0 ;;
+    *)
+      echo "usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile] [--engine-bench] [--tp-bench]" \
+        "[--no-attention-bench] [--no-variants] [--no-kernel-tests]" >&2
+      exit 2
+      ;;
   esac
 done
+# The engine benchmarks time the engine themselves: the end-to-end test then only checks.
+[ $engine_bench = 1 ] && engine_args="--no-timing"
+export NCCL_NVLS_ENABLE=0  # NVLink multicast off, always: on shared hosts it can take GPUs out of service
 export PYTHONUNBUFFERED=1
 export FLASHLAB_GIT_COMMIT="${FLASHLAB_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}"
 declare -a summary
@@ -28,8 +48,11 @@ step_timeout="${FLASHLAB_STEP_TIMEOUT:-1800}"
 step() {  # name command...: runs it, logs to $out/<name>.log, records pass/fail and seconds
   local name=$1; shift
   local t0=$SECONDS
-  echo "== $name: $*"
-  timeout "$step_timeout" "$@" 2>&1 | tee "$out/$name.log"
+  local limit_var="FLASHLAB_TIMEOUT_${name^^}"
+  limit_var="${limit_var//-/_}"
+  local limit="${!limit_var:-$step_timeout}"
+  echo "== $name ($limit s at most): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
   local rc=${PIPESTATUS[0]}
   summary+=("$(printf '%-12s %-4s %4ss' "$name" "$([ "$rc" = 0 ] && echo ok || echo FAIL)" $((SECONDS - t0)))")
   return "$rc"
@@ -37,11 +60,20 @@ step() {  # name command...: runs it, logs to $out/<name>.log, records pass/fail
 
 nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv | tee "$out/gpu.csv"
 status=0
-if step build bash native/cuda/test/build.sh --variants --backend; then
+# shellcheck disable=SC2086
+if step build bash native/cuda/test/build.sh $variants --backend; then
   lib=native/build-cuda
-  step tests "$lib/kernel_tests" || status=1
-  step backend "$lib/backend_vs_cpu" || status=1
   step engine "$lib/engine_cuda_vs_cpu" $engine_args || status=1
+  if [ $engine_bench = 1 ]; then
+    step engine-bench bash bench/engine-gpu.sh --single $quick || status=1
+  fi
+  if [ $tp_bench = 1 ]; then
+    step tp-bench bash bench/engine-gpu.sh --tp $quick || status=1
+  fi
+  if [ $kernel_tests = 1 ]; then
+    step tests "$lib/kernel_tests" || status=1
+    step backend "$lib/backend_vs_cpu" || status=1
+  fi
   if [ $sanitizer = 1 ]; then
     if command -v compute-sanitizer >/dev/null; then
       step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/kernel_tests" --quick || status=1
@@ -75,5 +107,6 @@ echo "== summary"
 printf '%s\n' "${summary[@]}"
 grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/engine.log "$out"/memcheck.log 2>/dev/null | head -20
 grep -h "^TIMING" "$out"/engine.log 2>/dev/null
+grep -h "^TARGET\|^SUMMARY" "$out"/engine-bench.log "$out"/tp-bench.log 2>/dev/null
 grep -h "ERROR SUMMARY" "$out"/memcheck.log 2>/dev/null
 exit $status
