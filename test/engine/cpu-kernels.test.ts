@@ -4,10 +4,13 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
-const root = join(import.meta.dirname, '..', '..');
+const here = dirname(fileURLToPath(import.meta.url));
+
+const root = join(here, '..', '..');
 const src = join(root, 'native', 'src');
 
 it('CPU kernels match a double-precision reference', () => {
@@ -21,7 +24,7 @@ it('CPU kernels match a double-precision reference', () => {
         '-O2',
         '-fopenmp',
         ...(process.env.FLASHLAB_PORTABLE ? [] : ['-march=native']),
-        join(import.meta.dirname, 'cpu-kernels.cpp'),
+        join(here, 'cpu-kernels.cpp'),
         join(src, 'backend.cpp'),
         join(src, 'cpu', 'cpu_backend.cpp'),
         join(src, 'cpu', 'cpu_matmul.cpp'),

@@ -1,8 +1,11 @@
 // Shared by the engine tests: fixture references and fp32 comparison.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-export const FIXTURES = join(import.meta.dirname, '..', 'fixtures');
+const here = dirname(fileURLToPath(import.meta.url));
+
+export const FIXTURES = join(here, '..', 'fixtures');
 
 export interface ReferenceCase {
   inputIds: number[];
