@@ -484,7 +484,10 @@ class CudaBackend final : public Backend {
     }
     // One group call: each shard reduces in place on its own stream, ordered after the work that made its part.
     const bool timed = owners[0]->timing();
-    if (timed) FL_CUDA_CHECK(cudaEventRecord(owners[0]->allReduceEvent(false), owners[0]->stream()));
+    if (timed) {  // events belong to shard 0's device
+      FL_CUDA_CHECK(cudaSetDevice(owners[0]->deviceIndex()));
+      FL_CUDA_CHECK(cudaEventRecord(owners[0]->allReduceEvent(false), owners[0]->stream()));
+    }
     FL_NCCL_CHECK(ncclGroupStart());
     for (size_t i = 0; i < parts.size(); ++i) {
       FL_CUDA_CHECK(cudaSetDevice(owners[i]->deviceIndex()));
