@@ -7,7 +7,8 @@ import { KNOWN_MODELS, type ModelConfig, tpProblem } from '../../contracts/model
 import { Engine, type GenerateResult } from '../../native/engine';
 import { randomIds, relErr } from './helpers';
 
-// Odd sizes on purpose: 6 heads of 12 (GPT-2), 6 query heads over 2 KV groups (ChatGLM2: tp 6 replicates KV).
+// Odd sizes on purpose: 6 heads of 12 (GPT-2), 6 query heads over 2 KV groups (ChatGLM2: tp 6 replicates KV),
+// and 8 heads over 2 KV groups so that tp 8 runs.
 const configs: ModelConfig[] = [
   KNOWN_MODELS['gpt2-tiny'],
   {
@@ -35,6 +36,20 @@ const configs: ModelConfig[] = [
     numLayers: 2,
     maxPositions: 300,
   },
+  {
+    // ChatGLM2-6B's ratio of 16 query heads per KV group halved: at tp 8 every KV group is replicated on 4 ranks,
+    // as ChatGLM2-6B's 2 groups are at tp 8 on an 8-GPU host (the CPU twin of that run).
+    ...KNOWN_MODELS['chatglm2-tiny'],
+    name: 'chatglm2-tp8',
+    vocabSize: 301,
+    hiddenSize: 64,
+    numHeads: 8,
+    numKvHeads: 2,
+    headDim: 8,
+    ffnHiddenSize: 80,
+    numLayers: 2,
+    maxPositions: 300,
+  },
 ];
 const NEW = 6;
 
@@ -54,7 +69,7 @@ function assertSame(a: GenerateResult, b: GenerateResult, what: string) {
 
 for (const config of configs) {
   describe(`${config.name}: methods x KV cache x tp agree`, () => {
-    const degrees = [1, 2, 3, 4, 6].filter((tp) => tpProblem(config, tp) === null);
+    const degrees = [1, 2, 3, 4, 6, 8].filter((tp) => tpProblem(config, tp) === null);
     it('has tensor-parallel degrees to compare', () => assert.ok(degrees.length >= 3, String(degrees)));
     for (const len of [1, 7, 97, 130]) {
       it(`prompt length ${len}`, async () => {
