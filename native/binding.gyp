@@ -1,5 +1,7 @@
-# node-gyp build of the engine's CPU build (scripts/build-native.mjs runs it). The direct g++/nvcc build for
-# hosts without npm lives in scripts/build-native.mjs --direct and compiles the same sources.
+# node-gyp build of the engine (scripts/build-native.mjs runs it). The direct g++/nvcc build for hosts without npm
+# lives in scripts/build-native.mjs --direct and compiles the same sources. The CUDA backend is compiled by
+# build-native.mjs (nvcc) into a static archive; when it has, it sets FLASHLAB_GYP_CUDA_ARCHIVE and
+# FLASHLAB_GYP_CUDA_LINK for configure, and the engine is compiled with FLASHLAB_WITH_CUDA and links them.
 {
   "targets": [
     {
@@ -29,6 +31,13 @@
       "conditions": [
         ["'<!(node -p \"process.env.FLASHLAB_PORTABLE ? 'yes' : 'no'\")'=='no'", {
           "cflags": ["-march=native"], "cflags_cc": ["-march=native"]
+        }],
+        ["'<!(node -p \"process.env.FLASHLAB_GYP_CUDA_ARCHIVE ? 'yes' : 'no'\")'=='yes'", {
+          "defines": ["FLASHLAB_WITH_CUDA"],
+          "libraries": [
+            "<!(node -p \"process.env.FLASHLAB_GYP_CUDA_ARCHIVE || ''\")",
+            "<!@(node -p \"process.env.FLASHLAB_GYP_CUDA_LINK || ''\")"
+          ]
         }]
       ]
     }
