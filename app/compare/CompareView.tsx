@@ -119,26 +119,60 @@ const ROOF_COLORS = ['#16181d', '#7a4f00', '#5b2a86', '#0b5d5e'];
  *  spanning the points' intensities with some room on each side. */
 type Segment = [{ x: number; y: number }, { x: number; y: number }];
 
-function roofSegments(
+/** The nearest 1-2-5 value at or below (at or above) x: log-axis ends a reader can place. */
+function nice125(x: number, up: boolean): number {
+  const e = 10 ** Math.floor(Math.log10(x));
+  const steps = up ? [1, 2, 5, 10] : [10, 5, 2, 1];
+  const m = steps.find((k) => (up ? k * e >= x * (1 - 1e-9) : k * e <= x * (1 + 1e-9))) ?? 1;
+  return m * e;
+}
+
+/** Decades within [lo, hi]; with fewer than three, the 2s and 5s between them too. */
+function logTicks(lo: number, hi: number): number[] {
+  const all: number[] = [];
+  const decades: number[] = [];
+  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++)
+    for (const m of [1, 2, 5]) {
+      const v = Number((m * 10 ** e).toPrecision(1));
+      if (v < lo * (1 - 1e-9) || v > hi * (1 + 1e-9)) continue;
+      all.push(v);
+      if (m === 1) decades.push(v);
+    }
+  return decades.length >= 3 ? decades : all;
+}
+
+/** The roofline's frame: axis ranges with room around the points and the roofs, and each roof as two segments —
+ *  bandwidth × intensity up to the ridge, then the compute peak — clipped to that frame. */
+function rooflineFrame(
   roofs: readonly RoofGroup[],
-  intensities: readonly number[],
-): { roof: RoofGroup; slant: Segment; flat: Segment }[] {
-  const lo = Math.min(...intensities, ...roofs.map((r) => r.ridge)) / 2;
-  const hi = Math.max(...intensities, ...roofs.map((r) => r.ridge)) * 2;
-  return roofs.map((roof) => {
-    const xMin = Math.min(lo, roof.ridge / 2);
+  points: readonly { intensity: number; tflops: number }[],
+): {
+  x: [number, number];
+  y: [number, number];
+  xTicks: number[];
+  yTicks: number[];
+  lines: { roof: RoofGroup; slant: Segment; flat: Segment }[];
+} {
+  const xs = [...points.map((p) => p.intensity), ...roofs.map((r) => r.ridge)];
+  const ys = [...points.map((p) => p.tflops), ...roofs.map((r) => r.tflops)];
+  const x: [number, number] = [nice125(Math.min(...xs) / 2, false), nice125(Math.max(...xs) * 2, true)];
+  const y: [number, number] = [nice125(Math.min(...ys) / 2, false), nice125(Math.max(...ys) * 1.6, true)];
+  const lines = roofs.map((roof) => {
+    // Where the bandwidth roof enters the frame: at its left edge, or at its floor if it is still below it there.
+    const x0 = Math.max(x[0], (y[0] * 1000) / roof.gbps);
     return {
       roof,
       slant: [
-        { x: xMin, y: (roof.gbps * xMin) / 1000 },
+        { x: x0, y: (roof.gbps * x0) / 1000 },
         { x: roof.ridge, y: roof.tflops },
-      ],
+      ] as Segment,
       flat: [
         { x: roof.ridge, y: roof.tflops },
-        { x: Math.max(hi, roof.ridge * 2), y: roof.tflops },
-      ],
+        { x: x[1], y: roof.tflops },
+      ] as Segment,
     };
   });
+  return { x, y, xTicks: logTicks(x[0], x[1]), yTicks: logTicks(y[0], y[1]), lines };
 }
 
 /** Says where each roof comes from: a datasheet peak is what the card is sold as, not what it was measured to do. */
@@ -299,10 +333,9 @@ export function CompareView() {
       });
       return row;
     });
-  const roofLines = roofSegments(
-    derived.roofs.roofs.slice(0, MAX_ROOFS),
-    derived.roofline.map((p) => p.intensity),
-  );
+  const roofFrame = derived.roofline.length
+    ? rooflineFrame(derived.roofs.roofs.slice(0, MAX_ROOFS), derived.roofline)
+    : null;
   const roofLabels = [...new Set(derived.roofline.map((p) => `${p.method} · ${p.phase}`))];
   // A wide interval from few repeats must not flatten every bar: the axis stops at 3× the largest speedup.
   const maxSpeedup = Math.max(1, ...speedRows.map((r) => r.speedup));
@@ -599,7 +632,9 @@ export function CompareView() {
                 dataKey="intensity"
                 type="number"
                 scale="log"
-                domain={['auto', 'auto']}
+                domain={roofFrame?.x ?? ['auto', 'auto']}
+                ticks={roofFrame?.xTicks}
+                allowDataOverflow
                 name="arithmetic intensity (FLOP/byte)"
                 tick={{ fontSize: 11 }}
                 tickFormatter={(v: number) => formatNumber(v, 2)}
@@ -614,7 +649,9 @@ export function CompareView() {
                 dataKey="tflops"
                 type="number"
                 scale="log"
-                domain={['auto', 'auto']}
+                domain={roofFrame?.y ?? ['auto', 'auto']}
+                ticks={roofFrame?.yTicks}
+                allowDataOverflow
                 name="achieved TFLOP/s"
                 width={64}
                 tick={{ fontSize: 11 }}
@@ -645,22 +682,24 @@ export function CompareView() {
                 }}
               />
               <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12, paddingBottom: 6 }} />
-              {roofLines.flatMap(({ roof, slant, flat }, i) => {
+              {(roofFrame?.lines ?? []).flatMap(({ roof, slant, flat }, i) => {
                 const dash = roof.source === 'measured' ? undefined : '6 4';
                 const stroke = ROOF_COLORS[i % ROOF_COLORS.length];
+                // Roofs close together would print their labels on top of each other: every other one goes below.
+                const below = i % 2 === 1;
                 return [
                   <ReferenceLine
                     key={`${roof.key}-slant`}
                     segment={slant}
                     stroke={stroke}
                     strokeDasharray={dash}
-                    ifOverflow="extendDomain"
+                    ifOverflow="hidden"
                     className={`roof roof-${roof.source}`}
                     label={{
                       value: `${formatNumber(roof.gbps, 4)} GB/s`,
                       fontSize: 10,
                       fill: stroke,
-                      position: 'insideTopLeft',
+                      position: below ? 'insideBottomRight' : 'insideTopLeft',
                     }}
                   />,
                   <ReferenceLine
@@ -668,13 +707,13 @@ export function CompareView() {
                     segment={flat}
                     stroke={stroke}
                     strokeDasharray={dash}
-                    ifOverflow="extendDomain"
+                    ifOverflow="hidden"
                     className={`roof roof-${roof.source}`}
                     label={{
                       value: `${roofLabel(roof)}: ${formatNumber(roof.tflops, 4)} TFLOP/s`,
                       fontSize: 10,
                       fill: stroke,
-                      position: 'insideBottomRight',
+                      position: below ? 'insideTopRight' : 'insideBottomRight',
                     }}
                   />,
                 ];

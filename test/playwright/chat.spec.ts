@@ -1,4 +1,6 @@
-// The chat playground against the embedded CPU agent: streaming with stop, per-answer figures, side by side.
+// The chat playground against the embedded CPU agent: streaming with stop and live tokens/s from the streamed token
+// ids, per-answer figures, ChatGLM2's random weights shown as visible ids, side by side with the first differing
+// token marked.
 import { expect, test } from '@playwright/test';
 import { screenshot, waitForAgent } from './helpers';
 
@@ -19,6 +21,10 @@ test('an answer streams and the stop button stops it', async ({ page }) => {
   const streaming = page.getByTestId('streaming-answer');
   await expect(streaming).toBeVisible();
   await expect(streaming).not.toContainText('waiting for the first token', { timeout: 120_000 });
+  // The token ids reach the page: a live token count, and a live rate in tokens (not characters) per second.
+  await expect(page.getByTestId('live-tokens')).toContainText(/^\d+ tokens$/);
+  await expect(streaming).toContainText(/[\d.]+k? tok\/s \(live\)/, { timeout: 60_000 });
+  await expect(streaming).not.toContainText('chars/s');
   await expect(page.getByTestId('stop')).toBeEnabled();
   await page.getByTestId('stop').click();
   const answer = page.locator('.msg.assistant[data-status="cancelled"]');
@@ -42,6 +48,25 @@ test('each answer shows its method, TTFT and tokens/s, and the conversation is s
   await screenshot(page, 'chat');
 });
 
+test('ChatGLM2 with random weights and no tokenizer.model shows its ids as visible text, with the notice', async ({
+  page,
+}) => {
+  await page.goto('/chat');
+  await page.getByRole('button', { name: 'New' }).click();
+  await page.locator('#single-model').selectOption('chatglm2-tiny');
+  await page.locator('#single-max').fill('24');
+  await page.getByLabel('Message').fill('你好');
+  await page.getByLabel('Message').press('Enter');
+  const answer = page.locator('.msg.assistant[data-status="done"]').last();
+  await expect(answer).toBeVisible({ timeout: 120_000 });
+  await expect(answer).toContainText('chatglm2-tiny');
+  // Random weights sample from all 65024 rows; the byte-level stand-in maps only 256 of them to text.
+  await expect(answer).toContainText(/⟨id \d+⟩/);
+  await expect(answer).not.toContainText('(no text)');
+  await expect(page.getByTestId('random-weights-notice')).toContainText('Random weights produce noise');
+  await expect(page.getByTestId('random-weights-notice')).toContainText('tokenizer.model');
+});
+
 test('side by side: one prompt through two methods, both streaming, differences marked', async ({ page }) => {
   await page.goto('/chat?mode=side');
   await expect(page.getByRole('tab', { name: 'Side by side' })).toHaveAttribute('aria-selected', 'true');
@@ -52,11 +77,17 @@ test('side by side: one prompt through two methods, both streaming, differences 
     const a = page.getByTestId(`answer-${side}`).locator('.msg');
     await expect(a).toHaveAttribute('data-status', 'done', { timeout: 120_000 });
     await expect(page.getByTestId(`rate-${side}`)).toContainText('tok/s');
+    // Every generated token's id came through the stream: as many ids as the engine reports tokens.
+    const tokens = page.getByTestId(`tokens-${side}`);
+    await expect(tokens).toHaveText(/^\d+ tokens$/);
+    const reported = Number((await tokens.textContent())?.split(' ')[0]);
+    expect(reported).toBeGreaterThan(0);
+    await expect(tokens).toHaveAttribute('data-streamed', String(reported));
   }
   await expect(page.getByTestId('answer-A')).toContainText('naive');
   await expect(page.getByTestId('answer-B')).toContainText('FA2 + KV cache');
   const verdict = page.getByTestId('sbs-diff');
-  await expect(verdict).toContainText(/identical|First difference/);
+  await expect(verdict).toContainText(/identical|First difference at token \d+ \(A: id \d+, B: id \d+\)/);
   if ((await verdict.textContent())?.includes('First difference'))
     await expect(page.locator('mark.diff')).toHaveCount(2);
 
@@ -69,8 +100,11 @@ test('side by side: one prompt through two methods, both streaming, differences 
     await expect(page.getByTestId(`answer-${side}`).locator('.msg')).toHaveAttribute('data-status', 'done', {
       timeout: 120_000,
     });
-  await expect(verdict).toContainText('First difference');
+  // Same tokenizer (GPT-2's), different weights: compared by token id, and that token marked in both answers.
+  await expect(verdict).toContainText(/First difference at token \d+ \(A: id \d+, B: id \d+\)/);
   await expect(verdict).not.toContainText('so far');
   await expect(page.locator('mark.diff')).toHaveCount(2);
+  const index = Number(await verdict.getAttribute('data-token'));
+  await expect(page.locator('mark.diff').first()).toHaveAttribute('title', new RegExp(`token ${index + 1}, id \\d+`));
   await screenshot(page, 'chat-side-by-side');
 });
