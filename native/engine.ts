@@ -69,6 +69,32 @@ export function loadBinding(): NativeBinding {
   return binding;
 }
 
+/** Why `device: 'cuda'` cannot run on an engine built without the CUDA backend, and how to get one. */
+export const CUDA_NOT_BUILT_MESSAGE =
+  "device 'cuda' is not available: this engine was built without the CUDA backend (CPU only). " +
+  'A CUDA build needs an NVIDIA GPU with its driver, the CUDA toolkit (nvcc and cudart, CUDA 12.4 or newer), ' +
+  "cuBLAS (cuBLASLt) and NCCL, headers and libraries (Debian/Ubuntu with NVIDIA's repository: " +
+  "apt-get install cuda-toolkit libnccl-dev); then rebuild with 'FLASHLAB_CUDA=on npm run build:native' " +
+  "(or 'FLASHLAB_CUDA=on node scripts/build-native.mjs --direct' where npm is absent), which names anything " +
+  "still missing. Use device 'cpu' meanwhile.";
+
+/** The native side's CUDA messages are exact but terse: add what the user can do about the common ones. */
+function explainCudaError(err: unknown, o: { tp: number; maxBatch: number; maxSeqLen: number }): unknown {
+  if (!(err instanceof Error) || err.name === 'AbortError') return err;
+  const m = err.message;
+  let hint = '';
+  if (/out of memory/i.test(m))
+    hint =
+      `; the GPU memory does not hold this model at maxBatch ${o.maxBatch} and maxSeqLen ${o.maxSeqLen}: ` +
+      'lower them, use fp16/bf16, or spread the model over more GPUs with tp';
+  else if (/no CUDA device is visible/i.test(m))
+    hint = '; check that the NVIDIA driver is loaded (nvidia-smi) and that CUDA_VISIBLE_DEVICES names a GPU';
+  else if (/is not supported/i.test(m) && /head dim/i.test(m))
+    hint = '; the CUDA kernels take head dims 64 and 128 (the CPU backend takes any)';
+  if (!hint) return err;
+  return new Error(`${m}${hint}`, { cause: err });
+}
+
 export function abortError(message = 'generation was aborted'): Error {
   const e = new Error(message);
   e.name = 'AbortError';
@@ -165,6 +191,8 @@ export class Engine {
       throw new Error(`seed must be a non-negative integer, got ${options.seed}`);
     if (options.maxSeqLen > config.maxPositions)
       throw new Error(`maxSeqLen ${options.maxSeqLen} exceeds ${config.name}'s ${config.maxPositions} positions`);
+    if (options.device === 'cuda' && !native.buildInfo().backends.includes('cuda'))
+      throw new Error(CUDA_NOT_BUILT_MESSAGE);
     let engine: NativeEngine | undefined;
     try {
       engine = await native.createEngine({
@@ -186,7 +214,7 @@ export class Engine {
       }
     } catch (err) {
       engine?.dispose();
-      throw err;
+      throw options.device === 'cuda' ? explainCudaError(err, options) : err;
     } finally {
       await checkpoint?.close();
     }
@@ -241,7 +269,7 @@ export class Engine {
       return out;
     } catch (err) {
       if (callbackError !== undefined) throw callbackError;
-      throw err;
+      throw this.options.device === 'cuda' ? explainCudaError(err, this.options) : err;
     } finally {
       r.signal?.removeEventListener('abort', onAbort);
       this.#busy = false;

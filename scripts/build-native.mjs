@@ -439,7 +439,7 @@ function detectCuda() {
     if (mode === 'on')
       fail(
         `FLASHLAB_CUDA=on but ${list}.\n` +
-          '  Install the CUDA toolkit (nvcc, cudart), cuBLAS and NCCL (Debian/Ubuntu with NVIDIA\'s repository:\n' +
+          "  Install the CUDA toolkit (nvcc, cudart), cuBLAS and NCCL (Debian/Ubuntu with NVIDIA's repository:\n" +
           '  apt-get install cuda-toolkit libnccl-dev), or point CUDA_HOME / FLASHLAB_CUDA_INCLUDE / FLASHLAB_CUDA_LIBDIR at them',
       );
     cudaSkipReason = nvcc ? `CUDA backend not built (CPU only): ${list}` : null;

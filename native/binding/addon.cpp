@@ -96,8 +96,13 @@ class CreateWorker : public Napi::AsyncWorker {
   void Execute() override {
     try {
       engine_ = std::make_shared<Engine>(options_);
+    } catch (const std::bad_alloc&) {
+      SetError("out of host memory while creating the engine");
     } catch (const std::exception& e) {
       SetError(e.what());
+    } catch (...) {
+      // An exception escaping a worker thread would end the process; the caller gets an Error instead.
+      SetError("creating the engine failed with an unknown native error");
     }
   }
   void OnOK() override;
@@ -152,6 +157,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       e->finishLoading();
     } catch (const std::exception& ex) {
       throw Napi::Error::New(info.Env(), ex.what());
+    } catch (...) {
+      throw Napi::Error::New(info.Env(), "finishing the weights failed with an unknown native error");
     }
     return info.Env().Undefined();
   }
@@ -204,8 +211,12 @@ class SetWeightWorker : public Napi::AsyncWorker {
   void Execute() override {
     try {
       used_ = engine_->setWeight(name_, dtype_, shape_, data_, bytes_);
+    } catch (const std::bad_alloc&) {
+      SetError("out of host memory while loading weight '" + name_ + "'");
     } catch (const std::exception& e) {
       SetError(e.what());
+    } catch (...) {
+      SetError("loading weight '" + name_ + "' failed with an unknown native error");
     }
   }
   void OnOK() override {
@@ -361,6 +372,8 @@ class GenerateWorker : public Napi::AsyncWorker {
       outcome_->error = "out of memory during generate";
     } catch (const std::exception& e) {
       outcome_->error = e.what();
+    } catch (...) {
+      outcome_->error = "generate failed with an unknown native error";
     }
     engine_.reset();
   }
