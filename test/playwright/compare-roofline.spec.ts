@@ -97,8 +97,8 @@ test('roofs come from measured ceilings, else the datasheet, and the chart says 
   const labels = chart.locator('svg text.recharts-label');
   await expect(labels.filter({ hasText: /^3,350 GB\/s$/ })).toHaveCount(1);
   await expect(labels.filter({ hasText: /^H100 SXM · fp16 · datasheet: 989 TFLOP\/s$/ })).toHaveCount(1);
-  // Kept with the other test output: how the roofs look, for a reviewer.
-  await chart.screenshot({ path: 'test-results/playwright/screenshots/roofline-datasheet.png' });
+  // Kept in the test's output folder: how the roofs look, for a reviewer.
+  await chart.screenshot({ path: test.info().outputPath('roofline-datasheet.png') });
 
   // Beside the H200 run with measured ceilings: both roofs, each named for its source.
   await page.goto(`/compare?runs=${h100},${h200}`);
@@ -110,7 +110,7 @@ test('roofs come from measured ceilings, else the datasheet, and the chart says 
   await expect(chart.locator('.recharts-scatter-symbol')).toHaveCount(4); // prefill and decode of each run
   // Measured roofs are drawn solid, datasheet ones dashed.
   await expect(chart.locator('.recharts-reference-line-line[stroke-dasharray="6 4"]')).toHaveCount(2);
-  await chart.screenshot({ path: 'test-results/playwright/screenshots/roofline-both.png' });
+  await chart.screenshot({ path: test.info().outputPath('roofline-both.png') });
 
   // The chart's CSV names each point's roof and the share of it reached.
   const [csv] = await Promise.all([page.waitForEvent('download'), chart.getByRole('button', { name: 'CSV' }).click()]);
