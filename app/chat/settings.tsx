@@ -249,7 +249,9 @@ export function RandomWeightsNotice() {
       folder with <code>config.json</code>, <code>model.safetensors</code>, <code>vocab.json</code> and{' '}
       <code>merges.txt</code> (e.g. from <code>huggingface.co/gpt2</code>); for ChatGLM2-6B, the{' '}
       <code>pytorch_model-0000N-of-00007.bin</code> shards with their index, <code>config.json</code> and{' '}
-      <code>tokenizer.model</code> (from <code>huggingface.co/THUDM/chatglm2-6b</code>).
+      <code>tokenizer.model</code> (from <code>huggingface.co/THUDM/chatglm2-6b</code>). Without a{' '}
+      <code>tokenizer.model</code>, ChatGLM2 decodes through a byte-level stand-in: ids it has no text for show as{' '}
+      <code>⟨id N⟩</code>.
     </div>
   );
 }
