@@ -42,7 +42,14 @@ if [ "${1:-}" = "--prepare" ]; then
   ' "$bundle_dir/meta.json" >"$bundle_dir/sources.txt"
   sources_hash "$bundle_dir/sources.txt" >"$bundle_dir/sources.sha256"
   echo "gpu-node-smoke: bundled $(wc -l <"$bundle_dir/sources.txt") sources into ${bundle#"$root"/} ($(du -h "$bundle" | cut -f1))"
-  [ -f .device-pack/env.sh ] || echo "gpu-node-smoke: .device-pack/env.sh is missing: run the device pack's pack.sh too"
+  if [ ! -f .device-pack/env.sh ]; then
+    # The rest of the pack (Node.js and the Node-API headers) comes from the workspace's pack.sh.
+    pack="${FLASHLAB_DEVICE_PACK:-$root/../shared/device/pack.sh}"
+    if [ -f "$pack" ]; then bash "$pack" || die "$pack failed"
+    else echo "gpu-node-smoke: .device-pack/env.sh is missing: run the device pack's pack.sh too"; fi
+  fi
+  echo "gpu-node-smoke: on the GPU host, with .device-pack and node_modules/node-addon-api carried:"
+  echo "  source .device-pack/env.sh && bash scripts/gpu-node-smoke.sh"
   exit 0
 fi
 
