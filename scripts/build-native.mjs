@@ -501,15 +501,16 @@ async function buildCudaArchive(c) {
     objects,
     (src, obj) => [...flags, '-c', src, '-o', obj],
     Math.max(1, availableParallelism() >> 1), // nvcc runs several processes per file
+    ' (FLASHLAB_CUDA=off builds the CPU-only engine)',
   );
   const archive = join(outDir, 'libflashlab_cuda.a');
   rmSync(archive, { force: true });
   const ar = run('ar', ['rcs', archive, ...objects]);
-  if (ar.missing || ar.status !== 0) fail('archiving the CUDA backend (ar) failed');
+  if (ar.missing || ar.status !== 0) fail("archiving the CUDA backend failed ('ar' from binutils)");
   return archive;
 }
 
-async function compileAll(cmd, units, objects, argvOf, jobs) {
+async function compileAll(cmd, units, objects, argvOf, jobs, hint = '') {
   let next = 0;
   let failed = null;
   const worker = async () => {
@@ -521,5 +522,5 @@ async function compileAll(cmd, units, objects, argvOf, jobs) {
     }
   };
   await Promise.all(Array.from({ length: Math.min(jobs, units.length) }, worker));
-  if (failed) fail(`compiling ${relative(root, failed)} failed`);
+  if (failed) fail(`compiling ${relative(root, failed)} failed${hint}`);
 }
