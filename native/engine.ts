@@ -79,14 +79,14 @@ export const CUDA_NOT_BUILT_MESSAGE =
   "still missing. Use device 'cpu' meanwhile.";
 
 /** The native side's CUDA messages are exact but terse: add what the user can do about the common ones. */
-function explainCudaError(err: unknown, o: { tp: number; maxBatch: number; maxSeqLen: number }): unknown {
+export function explainCudaError(err: unknown, o: { tp: number; maxBatch: number; maxSeqLen: number }): unknown {
   if (!(err instanceof Error) || err.name === 'AbortError') return err;
   const m = err.message;
   let hint = '';
   if (/out of memory/i.test(m))
     hint =
       `; the GPU memory does not hold this model at maxBatch ${o.maxBatch} and maxSeqLen ${o.maxSeqLen}: ` +
-      'lower them, use fp16/bf16, or spread the model over more GPUs with tp';
+      `lower them, use fp16/bf16, or spread the model over more GPUs (tp ${o.tp} now)`;
   else if (/no CUDA device is visible/i.test(m))
     hint = '; check that the NVIDIA driver is loaded (nvidia-smi) and that CUDA_VISIBLE_DEVICES names a GPU';
   else if (/is not supported/i.test(m) && /head dim/i.test(m))

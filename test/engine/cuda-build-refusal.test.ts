@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { CUDA_NOT_BUILT_MESSAGE, Engine, loadBinding } from '../../native/engine';
+import { abortError, CUDA_NOT_BUILT_MESSAGE, Engine, explainCudaError, loadBinding } from '../../native/engine';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const builtWithCuda = Engine.buildInfo().backends.includes('cuda');
@@ -56,6 +56,34 @@ describe("device 'cuda'", () => {
       assert.equal(out.newTokens[0].length, 2);
     },
   );
+});
+
+describe('CUDA errors', () => {
+  const sizes = { tp: 1, maxBatch: 512, maxSeqLen: 1024 };
+  it('keep the native message and add what the user can do', () => {
+    const oom = new Error('CUDA out of memory on device 0: asked for 1.5 GiB, 0.2 GiB free');
+    const e = explainCudaError(oom, sizes) as Error;
+    assert.match(e.message, /^CUDA out of memory on device 0: asked for 1\.5 GiB, 0\.2 GiB free; /);
+    assert.match(e.message, /maxBatch 512 and maxSeqLen 1024/);
+    assert.equal(e.cause, oom);
+    assert.match(
+      (explainCudaError(new Error('no CUDA device is visible (no CUDA-capable device is detected)'), sizes) as Error)
+        .message,
+      /nvidia-smi/,
+    );
+    assert.match(
+      (explainCudaError(new Error('attention fa2: head dim 16 is not supported (64 or 128)'), sizes) as Error).message,
+      /head dims 64 and 128 \(the CPU backend takes any\)$/,
+    );
+  });
+
+  it('leave other errors and aborts as they are', () => {
+    const other = new Error('tensor parallelism of 4 needs 4 GPUs, but 1 are visible');
+    assert.equal(explainCudaError(other, sizes), other);
+    const abort = abortError('out of memory? no: aborted');
+    assert.equal(explainCudaError(abort, sizes), abort);
+    assert.equal(explainCudaError('a string', sizes), 'a string');
+  });
 });
 
 describe('FLASHLAB_CUDA', () => {
