@@ -283,6 +283,7 @@ inline void targetsJson(Json& j, const std::vector<Target>& ts) {
     j.beginObject();
     j.key("name").str(t.name), j.key("value").num(t.value), j.key("target").num(t.target), j.key("unit").str(t.unit);
     j.key("met").boolean(t.met());
+    j.key("better").str(t.higherIsBetter ? "higher" : "lower");
     j.endObject();
   }
   j.endArray();

@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
     j.key("environment").raw(envPath.empty() ? "{}" : readFile(envPath));
     j.key("engineBuild").str(Engine::buildInfo());
     j.key("dtype").str("fp16"), j.key("weights").str("random"), j.key("batch").num(1);
+    j.key("quick").boolean(quick);
     j.key("ceilings").beginObject().key("copyGBps").num(copyBps / 1e9).endObject();
 
     // ---- GPT-2 124M

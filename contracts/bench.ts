@@ -9,6 +9,8 @@ export const BenchTarget = z.object({
   target: z.number(),
   unit: z.string(),
   met: z.boolean(),
+  /** Which way is better; absent means higher (as for every kernel bundle target). */
+  better: z.enum(['higher', 'lower']).optional(),
 });
 export type BenchTarget = z.infer<typeof BenchTarget>;
 
@@ -89,3 +91,41 @@ export const KernelBenchBundle = z.object({
   targets: z.array(BenchTarget).min(1),
 });
 export type KernelBenchBundle = z.infer<typeof KernelBenchBundle>;
+
+/** Summary of one configuration's repeats in an engine bundle (bench/engine-gpu.cpp, bench/tp-gpu.cpp). */
+export const EngineBenchRun = z
+  .object({
+    label: z.string(),
+    reps: z.number().int().positive(),
+    newTokens: z.number().int().nonnegative(),
+    cudaGraphs: z.boolean(),
+    ttftMs: FigureSummary,
+    tpotMs: FigureSummary,
+    totalMs: FigureSummary,
+    decodeTokPerSec: FigureSummary,
+    e2eTokPerSec: FigureSummary,
+    peakBytes: FigureSummary,
+  })
+  .passthrough();
+export type EngineBenchRun = z.infer<typeof EngineBenchRun>;
+
+/**
+ * Engine benchmark bundles from a GPU host (bench/results/engine-gpu-<card>.json and tp-gpu-<card>x<N>.json):
+ * whole-model generate runs with random weights, each section with its runs, and the targets of issues 5 and 6.
+ */
+export const EngineBenchBundle = z
+  .object({
+    format: z.literal('flashlab-engine-bench/1'),
+    kind: z.enum(['cuda-engine', 'cuda-tensor-parallel']),
+    card: z.string().min(1),
+    environment: z.object({ gpu: z.string().min(1), startedAt: z.string() }).passthrough(),
+    engineBuild: z.string(),
+    dtype: z.string(),
+    weights: z.string(),
+    batch: z.number().int().positive(),
+    quick: z.boolean().optional(),
+    partial: z.boolean(),
+    targets: z.array(BenchTarget).min(1),
+  })
+  .passthrough();
+export type EngineBenchBundle = z.infer<typeof EngineBenchBundle>;

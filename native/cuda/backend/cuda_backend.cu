@@ -486,7 +486,7 @@ class CudaBackend final : public Backend {
     const bool timed = owners[0]->timing();
     if (timed) {  // events belong to shard 0's device
       FL_CUDA_CHECK(cudaSetDevice(owners[0]->deviceIndex()));
-      FL_CUDA_CHECK(cudaEventRecord(owners[0]->allReduceEvent(false), owners[0]->stream()));
+      CudaBackend::recordEvent(owners[0]->allReduceEvent(false), owners[0]->stream());
     }
     FL_NCCL_CHECK(ncclGroupStart());
     for (size_t i = 0; i < parts.size(); ++i) {
@@ -497,7 +497,7 @@ class CudaBackend final : public Backend {
     FL_NCCL_CHECK(ncclGroupEnd());
     if (timed) {
       FL_CUDA_CHECK(cudaSetDevice(owners[0]->deviceIndex()));
-      FL_CUDA_CHECK(cudaEventRecord(owners[0]->allReduceEvent(true), owners[0]->stream()));
+      CudaBackend::recordEvent(owners[0]->allReduceEvent(true), owners[0]->stream());
     }
     activate();
   }
@@ -605,11 +605,11 @@ class CudaBackend final : public Backend {
     }
     arUsed_ = 0;
     passBegun_ = true, passEnded_ = false;
-    FL_CUDA_CHECK(cudaEventRecord(passEvents_[0], stream_));
+    recordEvent(passEvents_[0], stream_);
   }
   void timePassEnd() {
     if (!timing_ || !passBegun_) return;
-    FL_CUDA_CHECK(cudaEventRecord(passEvents_[1], stream_));
+    recordEvent(passEvents_[1], stream_);
     passEnded_ = true;
   }
   cudaEvent_t allReduceEvent(bool end) {  // the pair of the all-reduce being issued (end: its second event)
@@ -625,6 +625,14 @@ class CudaBackend final : public Backend {
     return arEvents_[2 * arUsed_++ + 1];
   }
   bool timing() const { return timing_ && passBegun_; }
+  // Inside a recording a plain event record only marks a dependency; an external one becomes a graph node that
+  // records the event (with its time) at every replay.
+  static void recordEvent(cudaEvent_t e, cudaStream_t s) {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    FL_CUDA_CHECK(cudaStreamIsCapturing(s, &st));
+    FL_CUDA_CHECK(st == cudaStreamCaptureStatusNone ? cudaEventRecord(e, s)
+                                                    : cudaEventRecordWithFlags(e, s, cudaEventRecordExternal));
+  }
   void destroyTimingEvents() noexcept {
     for (cudaEvent_t e : arEvents_) cudaEventDestroy(e);
     for (cudaEvent_t e : passEvents_)
