@@ -31,6 +31,7 @@ export interface NativeGenerateRequest {
     stopTokens: number[];
   };
   dumpLogits: boolean;
+  cudaGraphs?: boolean;
 }
 
 export interface NativeGenerateResult {
@@ -40,6 +41,7 @@ export interface NativeGenerateResult {
   memory: MemoryFigures;
   peakMemBytes: number;
   stoppedBy: 'maxTokens' | 'stop';
+  decodeGraphs: boolean;
   logitsLast?: Float32Array[];
   logitsSteps?: Float32Array[][];
 }

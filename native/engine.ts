@@ -32,6 +32,9 @@ export interface GenerateRequest {
   /** one new token per row, streamed after every step (step 0 is the token after prefill) */
   onTokens?: (step: number, tokens: number[]) => void;
   dumpLogits?: boolean;
+  /** CUDA backend: replay one captured decode step per token (default true; greedy fp16/bf16 with KV cache).
+   *  Off measures the same work with a kernel launch per op. */
+  cudaGraphs?: boolean;
 }
 
 export interface GenerateResult {
@@ -42,6 +45,8 @@ export interface GenerateResult {
   memory: MemoryFigures;
   peakMemBytes: number;
   stoppedBy: 'maxTokens' | 'stop';
+  /** whether decode steps were replays of a captured CUDA graph */
+  decodeGraphs: boolean;
   /** per row, at the last prompt position */
   logitsLast?: Float32Array[];
   /** per row, per generated step after the first */
@@ -253,6 +258,7 @@ export class Engine {
           kvCache: r.kvCache,
           sampling: parsed.data,
           dumpLogits: r.dumpLogits ?? false,
+          cudaGraphs: r.cudaGraphs ?? true,
         },
         (step, tokens) => {
           if (!r.onTokens || callbackError !== undefined) return;

@@ -322,6 +322,7 @@ Napi::Value resultObject(Napi::Env env, const flashlab::GenerateResult& r, bool 
   o.Set("memory", memoryObject(env, r.memory));
   o.Set("peakMemBytes", r.memory.peakBytes);
   o.Set("stoppedBy", r.stoppedByStopToken ? "stop" : "maxTokens");
+  o.Set("decodeGraphs", r.decodeGraphs);
   if (dumpLogits) {
     Napi::Array last = Napi::Array::New(env, r.logitsLast.size());
     for (size_t b = 0; b < r.logitsLast.size(); ++b) last.Set(static_cast<uint32_t>(b), f32(r.logitsLast[b]));
@@ -418,6 +419,7 @@ flashlab::GenerateRequest parseRequest(Napi::Env env, const Napi::Object& o, int
   else throw Napi::TypeError::New(env, "attention must be 'naive', 'fa1' or 'fa2', got '" + att + "'");
   r.kvCache = readBool(o, "kvCache", true);
   r.dumpLogits = readBool(o, "dumpLogits", false);
+  r.cudaGraphs = readBool(o, "cudaGraphs", true);
   Napi::Value sv = o.Get("sampling");
   if (sv.IsObject()) {
     Napi::Object s = sv.As<Napi::Object>();
