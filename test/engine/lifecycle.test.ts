@@ -275,7 +275,7 @@ describe('CUDA-graph switch on the CPU backend', () => {
   it('is accepted and reports that no decode step was a graph replay', async () => {
     const engine = await Engine.create({ model: 'gpt2-tiny', seed: 3 });
     try {
-      const base = { inputIds: [[1, 2, 3]], maxNewTokens: 4, attention: 'fa2', kvCache: true } as const;
+      const base = { inputIds: [[1, 2, 3]], maxNewTokens: 4, attention: 'fa2' as const, kvCache: true };
       const on = await engine.generate({ ...base, cudaGraphs: true });
       const off = await engine.generate({ ...base, cudaGraphs: false });
       assert.equal(on.decodeGraphs, false);
