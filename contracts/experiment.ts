@@ -9,6 +9,9 @@ export const WeightsSpec = z.discriminatedUnion('kind', [
 ]);
 export type WeightsSpec = z.infer<typeof WeightsSpec>;
 
+/** Head dims the CUDA attention kernels are built for (native/cuda/attention_params.h). */
+export const CUDA_HEAD_DIMS: readonly number[] = [64, 128];
+
 const nonEmpty = <T extends z.ZodTypeAny>(t: T) => z.array(t).min(1);
 
 export const ExperimentSpec = z
@@ -46,6 +49,12 @@ export const ExperimentSpec = z
           message: `prompt of ${p} tokens + ${longestNew} new tokens exceeds ${cfg.name}'s ${cfg.maxPositions} positions`,
         });
     });
+    if (s.device === 'cuda' && !CUDA_HEAD_DIMS.includes(cfg.headDim))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['device'],
+        message: `the CUDA kernels take head dims ${CUDA_HEAD_DIMS.join(' or ')}; ${cfg.name} has ${cfg.headDim} (run it on the CPU)`,
+      });
     if (s.device === 'cpu' && s.dtype.some((d) => d !== 'fp32'))
       ctx.addIssue({ code: 'custom', path: ['dtype'], message: 'the CPU backend computes in fp32 only' });
     if (expandedCount(s) > 2000)

@@ -85,7 +85,7 @@ for (const provider of providersUnderTest()) {
       const gpu1 = await makeAgent(t.db, 'gpu-1', { backend: 'cuda', gpus: 1 });
       const gpu2 = await makeAgent(t.db, 'gpu-2', { backend: 'cuda', gpus: 2 });
       const cuda = await queue.createExperiment(
-        tinySpec({ name: 'cuda tp2', device: 'cuda', dtype: ['fp16'], attention: ['fa2'], tp: [2] }),
+        tinySpec({ name: 'cuda tp2', model: 'gpt2', device: 'cuda', dtype: ['fp16'], attention: ['fa2'], tp: [2] }),
       );
       assert.equal(await queue.lease(cpu), null, 'a CPU agent gets no CUDA job');
       assert.equal(await queue.lease(gpu1), null, 'one GPU is not enough for TP 2');
@@ -101,7 +101,9 @@ for (const provider of providersUnderTest()) {
         /targetAgent: no agent named 'cpu-2'/,
       );
       await rejectsWith(
-        queue.createExperiment(tinySpec({ device: 'cuda', dtype: ['fp16'], tp: [2], targetAgent: 'gpu-1' })),
+        queue.createExperiment(
+          tinySpec({ model: 'gpt2', device: 'cuda', dtype: ['fp16'], tp: [2], targetAgent: 'gpu-1' }),
+        ),
         'INVALID',
         /tp: TP 2 needs 2 GPUs; agent 'gpu-1' has 1/,
       );
