@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { EnvironmentRecord, RepeatFigures } from '../../contracts/experiment';
 import type { CompareRun } from '../../lib/compare';
 import { publicProcedure, router } from '../trpc';
+import { CONFIG_FIELDS, configOf, runBaseSelect } from './selects';
 
 const MAX_RUNS = 2000;
 
@@ -34,15 +35,10 @@ function toCompareRun(r: {
   return {
     id: r.id,
     config: {
-      model: r.model,
+      ...configOf(r),
       attention: r.attention as CompareRun['config']['attention'],
-      kvCache: r.kvCache,
-      tp: r.tp,
       dtype: r.dtype as CompareRun['config']['dtype'],
       device: r.device as CompareRun['config']['device'],
-      batchSize: r.batchSize,
-      promptLength: r.promptLength,
-      newTokens: r.newTokens,
     },
     repeats: repeats.map((p) => ({
       prefillMs: p.prefillMs,
@@ -62,6 +58,9 @@ function toCompareRun(r: {
     ceilings,
   };
 }
+
+/** A configuration on one machine: what bestSpeedups groups by; a method and its baseline share all but one. */
+const BEST_BY = [...CONFIG_FIELDS, 'gpuName', 'agentName'] as const;
 
 /** Which runs differ only in one method dimension, and how a method's time relates to its baseline's. */
 const BEST = [
@@ -105,26 +104,7 @@ export const compareRouter = router({
         where: { OR: or },
         orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
         take: MAX_RUNS + 1,
-        select: {
-          id: true,
-          model: true,
-          attention: true,
-          kvCache: true,
-          tp: true,
-          dtype: true,
-          device: true,
-          batchSize: true,
-          promptLength: true,
-          newTokens: true,
-          repeats: true,
-          environment: true,
-          peakMemBytes: true,
-          agentName: true,
-          gpuName: true,
-          engineBuild: true,
-          createdAt: true,
-          experimentId: true,
-        },
+        select: { ...runBaseSelect, repeats: true, environment: true },
       });
       const truncated = rows.length > MAX_RUNS;
       const kept = rows.slice(0, MAX_RUNS);
@@ -136,38 +116,13 @@ export const compareRouter = router({
    *  sides are grouped by configuration in the database; only the groups are matched here. */
   bestSpeedups: publicProcedure.query(async ({ ctx }) => {
     const groups = await ctx.db.run.groupBy({
-      by: [
-        'model',
-        'attention',
-        'kvCache',
-        'tp',
-        'dtype',
-        'device',
-        'batchSize',
-        'promptLength',
-        'newTokens',
-        'gpuName',
-        'agentName',
-      ],
+      by: [...BEST_BY],
       _avg: { totalMsMedian: true },
       _count: { id: true },
     });
     const shapeKey = (g: (typeof groups)[number], without: string) =>
-      [
-        'model',
-        'attention',
-        'kvCache',
-        'tp',
-        'dtype',
-        'device',
-        'batchSize',
-        'promptLength',
-        'newTokens',
-        'gpuName',
-        'agentName',
-      ]
-        .filter((k) => k !== without)
-        .map((k) => String(g[k as keyof typeof g]))
+      BEST_BY.filter((k) => k !== without)
+        .map((k) => String(g[k]))
         .join('|');
     return BEST.map((b) => {
       const baselines = new Map<string, number>();

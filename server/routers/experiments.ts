@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { ExperimentSpec } from '../../contracts/experiment';
 import { PRESETS } from '../../lib/presets';
 import { adminProcedure, publicProcedure, router } from '../trpc';
+import { jobSelect, tagWhere } from './selects';
 
 type StateCounts = Record<'queued' | 'leased' | 'running' | 'succeeded' | 'failed' | 'cancelled', number>;
 const zeroCounts = (): StateCounts => ({ queued: 0, leased: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 });
@@ -31,7 +32,7 @@ export const experimentsRouter = router({
       const rows = await ctx.db.experiment.findMany({
         where: {
           ...(input.model ? { model: input.model } : {}),
-          ...(input.tag ? { tagList: { contains: `,${input.tag},` } } : {}),
+          ...(input.tag ? tagWhere(input.tag) : {}),
         },
         orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
         take: input.limit + 1,
@@ -85,32 +86,7 @@ export const experimentsRouter = router({
       include: {
         jobs: {
           orderBy: { index: 'asc' },
-          select: {
-            id: true,
-            index: true,
-            state: true,
-            attempt: true,
-            failedAttempts: true,
-            maxAttempts: true,
-            progress: true,
-            progressMessage: true,
-            error: true,
-            cancelRequested: true,
-            model: true,
-            attention: true,
-            kvCache: true,
-            tp: true,
-            dtype: true,
-            device: true,
-            batchSize: true,
-            promptLength: true,
-            newTokens: true,
-            configKey: true,
-            startedAt: true,
-            finishedAt: true,
-            leaseExpiresAt: true,
-            leaseHolder: { select: { id: true, name: true } },
-          },
+          select: { ...jobSelect, configKey: true },
         },
         _count: { select: { runs: true } },
       },

@@ -5,6 +5,7 @@ import { Channel } from '../channel';
 import type { JobChange } from '../events';
 import { JOB_STATES } from '../queue/queue';
 import { adminProcedure, publicProcedure, router } from '../trpc';
+import { jobSelect } from './selects';
 
 const JobState = z.enum(JOB_STATES);
 
@@ -26,31 +27,9 @@ export const jobsRouter = router({
         orderBy: [{ createdAt: 'asc' }, { experimentId: 'asc' }, { index: 'asc' }],
         take: input.limit,
         select: {
-          id: true,
+          ...jobSelect,
           experimentId: true,
-          index: true,
-          state: true,
-          attempt: true,
-          failedAttempts: true,
-          maxAttempts: true,
-          progress: true,
-          progressMessage: true,
-          error: true,
-          cancelRequested: true,
-          model: true,
-          attention: true,
-          kvCache: true,
-          tp: true,
-          dtype: true,
-          device: true,
-          batchSize: true,
-          promptLength: true,
-          newTokens: true,
           createdAt: true,
-          startedAt: true,
-          finishedAt: true,
-          leaseExpiresAt: true,
-          leaseHolder: { select: { id: true, name: true } },
           experiment: { select: { name: true } },
         },
       }),

@@ -2,11 +2,25 @@
 import { TRPCError } from '@trpc/server';
 import { z } from 'zod';
 import { EnvironmentRecord, OfflineResults, RepeatFigures } from '../../contracts/experiment';
+import { GROUP_SORTABLE } from '../../lib/run-history';
 import type { Db, PrismaNs } from '../db';
 import { runRow, tagList } from '../queue/run-row';
 import { adminProcedure, publicProcedure, router } from '../trpc';
+import { CONFIG_FIELDS, configOf, runBaseSelect, tagWhere } from './selects';
 
 const csvOrList = <T extends z.ZodTypeAny>(t: T) => z.array(t).max(50).optional();
+// Stored joined by commas in tagList, so a tag cannot hold one.
+const TagList = z
+  .array(
+    z
+      .string()
+      .trim()
+      .min(1)
+      .max(50)
+      .regex(/^[^,]+$/, 'a tag cannot contain a comma'),
+  )
+  .max(20)
+  .optional();
 
 export const RunFilter = z
   .object({
@@ -49,19 +63,6 @@ const Sort = z
   .object({ field: z.enum(SORTABLE).default('createdAt'), dir: z.enum(['asc', 'desc']).default('desc') })
   .default({ field: 'createdAt', dir: 'desc' });
 
-const GROUP_SORTABLE = [
-  'lastAt',
-  'count',
-  'model',
-  'promptLength',
-  'batchSize',
-  'totalMs',
-  'prefillMs',
-  'tpotMs',
-  'tokensPerSec',
-  'peakMemBytes',
-] as const;
-
 export function runWhere(f: RunFilter): PrismaNs.RunWhereInput {
   const and: PrismaNs.RunWhereInput[] = [];
   if (f.model?.length) and.push({ model: { in: f.model } });
@@ -72,8 +73,7 @@ export function runWhere(f: RunFilter): PrismaNs.RunWhereInput {
   if (f.device) and.push({ device: f.device });
   if (f.agentName?.length) and.push({ agentName: { in: f.agentName } });
   if (f.gpuName?.length) and.push({ gpuName: { in: f.gpuName } });
-  // tagList is ",a,b,": a whole-tag match is a LIKE that both databases index the same way.
-  if (f.tag) and.push({ tagList: { contains: `,${f.tag},` } });
+  if (f.tag) and.push(tagWhere(f.tag));
   if (f.experimentId) and.push({ experimentId: f.experimentId });
   if (f.ids?.length) and.push({ id: { in: f.ids } });
   if (f.from) and.push({ createdAt: { gte: f.from } });
@@ -83,20 +83,10 @@ export function runWhere(f: RunFilter): PrismaNs.RunWhereInput {
 }
 
 const listSelect = {
-  id: true,
-  experimentId: true,
+  ...runBaseSelect,
   jobId: true,
   attempt: true,
-  model: true,
   weightsKind: true,
-  attention: true,
-  kvCache: true,
-  tp: true,
-  dtype: true,
-  device: true,
-  batchSize: true,
-  promptLength: true,
-  newTokens: true,
   warmup: true,
   repeatCount: true,
   configKey: true,
@@ -107,15 +97,10 @@ const listSelect = {
   totalMsMedian: true,
   totalMsStd: true,
   tokensPerSecMedian: true,
-  peakMemBytes: true,
   kvCacheBytes: true,
-  gpuName: true,
-  agentName: true,
-  engineBuild: true,
   tags: true,
   notes: true,
   source: true,
-  createdAt: true,
   experiment: { select: { name: true } },
 } as const satisfies PrismaNs.RunSelect;
 
@@ -145,18 +130,7 @@ async function groups(
   pageSize: number,
 ) {
   const where = runWhere(filter);
-  const by = [
-    'configKey',
-    'model',
-    'attention',
-    'kvCache',
-    'tp',
-    'dtype',
-    'device',
-    'batchSize',
-    'promptLength',
-    'newTokens',
-  ] as const;
+  const by = ['configKey', ...CONFIG_FIELDS] as const;
   const orderBy: PrismaNs.RunOrderByWithAggregationInput =
     sort.field === 'lastAt'
       ? { _max: { createdAt: sort.dir } }
@@ -217,17 +191,7 @@ async function groups(
       pooledMeanStd(ms.map((m) => ({ n: m.repeatCount, mean: m[`${k}Mean`], std: m[`${k}Std`] })));
     return {
       configKey: g.configKey,
-      config: {
-        model: g.model,
-        attention: g.attention,
-        kvCache: g.kvCache,
-        tp: g.tp,
-        dtype: g.dtype,
-        device: g.device,
-        batchSize: g.batchSize,
-        promptLength: g.promptLength,
-        newTokens: g.newTokens,
-      },
+      config: configOf(g),
       runCount: g._count.id,
       repeatCount: g._sum.repeatCount ?? 0,
       lastAt: g._max.createdAt,
@@ -363,28 +327,8 @@ export const runsRouter = router({
     .input(
       z.object({
         ids: z.array(z.string().min(1)).min(1).max(1000),
-        tags: z
-          .array(
-            z
-              .string()
-              .trim()
-              .min(1)
-              .max(50)
-              .regex(/^[^,]+$/, 'a tag cannot contain a comma'),
-          )
-          .max(20)
-          .optional(),
-        addTags: z
-          .array(
-            z
-              .string()
-              .trim()
-              .min(1)
-              .max(50)
-              .regex(/^[^,]+$/, 'a tag cannot contain a comma'),
-          )
-          .max(20)
-          .optional(),
+        tags: TagList,
+        addTags: TagList,
         notes: z.string().max(5000).optional(),
       }),
     )
