@@ -5,33 +5,18 @@ import { describe, it } from 'node:test';
 import { EngineCache } from '../../agent/engine-cache';
 import { runInterleaved } from '../../agent/runners/benchmark';
 import type { JobConfig } from '../../contracts';
+import { fakeEnvironment, tinyConfig } from './helpers';
 
-const base: JobConfig = {
-  model: 'gpt2-tiny',
+const base: JobConfig = tinyConfig({
   weights: { kind: 'random', seed: 4 },
   attention: 'naive',
-  kvCache: true,
-  tp: 1,
-  dtype: 'fp32',
-  device: 'cpu',
-  batchSize: 1,
   promptLength: 6,
   newTokens: 3,
   warmup: 1,
   repeats: 2,
-};
-const environment = async () => ({
-  agentName: 't',
-  hostname: 'h',
-  backend: 'cpu' as const,
-  cpuModel: 'c',
-  cpuCores: 1,
-  memoryBytes: 1,
-  gpus: [],
-  engineBuild: 'b',
-  nodeVersion: process.version,
-  startedAt: new Date().toISOString(),
 });
+const environment = async () =>
+  fakeEnvironment({ agentName: 't', nodeVersion: process.version, startedAt: new Date().toISOString() });
 
 describe('runInterleaved', () => {
   it('runs warm-ups first, then repeat r of every configuration before repeat r + 1, on one engine load', async () => {

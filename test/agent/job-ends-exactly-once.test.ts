@@ -5,45 +5,17 @@ import { TRPCClientError } from '@trpc/client';
 import type { AgentApi } from '../../agent/connection';
 import { isRetryableEngineError, type JobRunner, RunningJob } from '../../agent/job';
 import type { LeasedJob } from '../../contracts';
+import { fakeEnvironment, oneRepeatResult, tinyConfig } from './helpers';
 
 const job: LeasedJob = {
   jobId: 'job-1',
   attempt: 2,
   experimentId: 'exp-1',
   leaseExpiresAt: new Date().toISOString(),
-  config: {
-    model: 'gpt2-tiny',
-    weights: { kind: 'random', seed: 1 },
-    attention: 'fa2',
-    kvCache: true,
-    tp: 1,
-    dtype: 'fp32',
-    device: 'cpu',
-    batchSize: 1,
-    promptLength: 8,
-    newTokens: 4,
-    warmup: 0,
-    repeats: 1,
-  },
+  config: tinyConfig({ promptLength: 8, newTokens: 4 }),
 };
-const environment = {
-  agentName: 'a',
-  hostname: 'h',
-  backend: 'cpu' as const,
-  cpuModel: 'c',
-  cpuCores: 1,
-  memoryBytes: 1,
-  gpus: [],
-  engineBuild: 'b',
-  nodeVersion: 'v',
-  startedAt: 't',
-};
-const result = {
-  config: job.config,
-  repeats: [{ prefillMs: 1, tpotMs: 1, totalMs: 1, tokensPerSec: 1, peakMemBytes: 1 }],
-  summary: {},
-  environment,
-};
+const environment = fakeEnvironment();
+const result = oneRepeatResult(job.config, environment);
 
 const serverError = (code: string, message: string) =>
   new TRPCClientError(message, {

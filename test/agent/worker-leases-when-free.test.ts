@@ -6,21 +6,9 @@ import type { AgentApi } from '../../agent/connection';
 import type { JobRunner } from '../../agent/job';
 import { Worker } from '../../agent/worker';
 import type { LeasedJob, RunResult } from '../../contracts';
+import { fakeEnvironment, oneRepeatResult, tinyConfig } from './helpers';
 
-const config = {
-  model: 'gpt2-tiny',
-  weights: { kind: 'random' as const, seed: 1 },
-  attention: 'fa2' as const,
-  kvCache: true,
-  tp: 1,
-  dtype: 'fp32' as const,
-  device: 'cpu' as const,
-  batchSize: 1,
-  promptLength: 4,
-  newTokens: 2,
-  warmup: 0,
-  repeats: 1,
-};
+const config = tinyConfig();
 const leased = (n: number): LeasedJob => ({
   jobId: `j${n}`,
   attempt: 1,
@@ -28,24 +16,8 @@ const leased = (n: number): LeasedJob => ({
   config,
   leaseExpiresAt: '',
 });
-const environment = {
-  agentName: 'a',
-  hostname: 'h',
-  backend: 'cpu' as const,
-  cpuModel: 'c',
-  cpuCores: 1,
-  memoryBytes: 1,
-  gpus: [],
-  engineBuild: 'b',
-  nodeVersion: 'v',
-  startedAt: 't',
-};
-const result = (): RunResult => ({
-  config,
-  repeats: [{ prefillMs: 1, tpotMs: 1, totalMs: 1, tokensPerSec: 1, peakMemBytes: 1 }],
-  summary: {},
-  environment,
-});
+const environment = fakeEnvironment();
+const result = (): RunResult => oneRepeatResult(config, environment);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function setup(queue: LeasedJob[], maxJobs: number, pollMs: number, runMs = 200) {

@@ -1,0 +1,48 @@
+// Shared by the agent tests: a small CPU configuration, a stand-in environment record and a one-repeat result.
+import type { EnvironmentRecord, JobConfig, RunResult } from '../../contracts';
+
+/** gpt2-tiny with random weights on the CPU, one repeat, no warm-up; each test overrides what it measures. */
+export function tinyConfig(overrides: Partial<JobConfig> = {}): JobConfig {
+  return {
+    model: 'gpt2-tiny',
+    weights: { kind: 'random', seed: 1 },
+    attention: 'fa2',
+    kvCache: true,
+    tp: 1,
+    dtype: 'fp32',
+    device: 'cpu',
+    batchSize: 1,
+    promptLength: 4,
+    newTokens: 2,
+    warmup: 0,
+    repeats: 1,
+    ...overrides,
+  };
+}
+
+/** An environment record whose values no test reads: only its presence in a result matters. */
+export function fakeEnvironment(overrides: Partial<EnvironmentRecord> = {}): EnvironmentRecord {
+  return {
+    agentName: 'a',
+    hostname: 'h',
+    backend: 'cpu',
+    cpuModel: 'c',
+    cpuCores: 1,
+    memoryBytes: 1,
+    gpus: [],
+    engineBuild: 'b',
+    nodeVersion: 'v',
+    startedAt: 't',
+    ...overrides,
+  };
+}
+
+/** What a runner hands back for `config`: one repeat of unit figures. */
+export function oneRepeatResult(config: JobConfig, environment: EnvironmentRecord = fakeEnvironment()): RunResult {
+  return {
+    config,
+    repeats: [{ prefillMs: 1, tpotMs: 1, totalMs: 1, tokensPerSec: 1, peakMemBytes: 1 }],
+    summary: {},
+    environment,
+  };
+}
