@@ -9,6 +9,13 @@ export interface ChartData {
   rows: CsvValue[][];
 }
 
+type DownloadKind = 'png' | 'svg' | 'csv';
+const DOWNLOADS: readonly { kind: DownloadKind; title: string; ariaLabel: (chart: string) => string }[] = [
+  { kind: 'png', title: 'Download as PNG', ariaLabel: (c) => `Download ${c} as PNG` },
+  { kind: 'svg', title: 'Download as SVG', ariaLabel: (c) => `Download ${c} as SVG` },
+  { kind: 'csv', title: 'Download the plotted data as CSV', ariaLabel: (c) => `Download the data of ${c} as CSV` },
+];
+
 export function ChartCard(props: {
   title: string;
   caption?: ReactNode;
@@ -28,7 +35,7 @@ export function ChartCard(props: {
     return all.sort((a, b) => b.getBoundingClientRect().width - a.getBoundingClientRect().width)[0] ?? null;
   }
 
-  async function save(kind: 'png' | 'svg' | 'csv') {
+  async function save(kind: DownloadKind) {
     setError(null);
     try {
       if (kind === 'csv') {
@@ -52,30 +59,17 @@ export function ChartCard(props: {
         <h3>{props.title}</h3>
         {!isEmpty && (
           <div className="actions">
-            <button
-              type="button"
-              onClick={() => save('png')}
-              title="Download as PNG"
-              aria-label={`Download ${props.title} as PNG`}
-            >
-              PNG
-            </button>
-            <button
-              type="button"
-              onClick={() => save('svg')}
-              title="Download as SVG"
-              aria-label={`Download ${props.title} as SVG`}
-            >
-              SVG
-            </button>
-            <button
-              type="button"
-              onClick={() => save('csv')}
-              title="Download the plotted data as CSV"
-              aria-label={`Download the data of ${props.title} as CSV`}
-            >
-              CSV
-            </button>
+            {DOWNLOADS.map((d) => (
+              <button
+                key={d.kind}
+                type="button"
+                onClick={() => save(d.kind)}
+                title={d.title}
+                aria-label={d.ariaLabel(props.title)}
+              >
+                {d.kind.toUpperCase()}
+              </button>
+            ))}
           </div>
         )}
       </header>

@@ -2,7 +2,7 @@
 import { useQuery } from '@tanstack/react-query';
 import Link from 'next/link';
 import { usePathname, useRouter, useSearchParams } from 'next/navigation';
-import { useMemo } from 'react';
+import { type ReactNode, useMemo } from 'react';
 import {
   Bar,
   BarChart,
@@ -108,6 +108,46 @@ function SeriesLines(props: {
         ))}
       </LineChart>
     </ResponsiveContainer>
+  );
+}
+
+/** A speedup the study reports, drawn across a speedup chart (the bars and the TP scaling alike). */
+function studyLine(f: { id: string; label: string; speedup?: number }) {
+  return (
+    <ReferenceLine
+      key={f.id}
+      y={f.speedup}
+      stroke="#a15c00"
+      strokeDasharray="5 4"
+      label={{ value: `study: ${f.label}`, position: 'insideTopLeft', fontSize: 10, fill: '#a15c00' }}
+    />
+  );
+}
+
+/** A series chart in its card: height for its legend, its points as the CSV, 'No data.' when it has none. */
+function SeriesCard(props: {
+  title: string;
+  testId: string;
+  chart: ReturnType<typeof seriesBy>;
+  metric: Metric;
+  scale?: number;
+  unit: string;
+  /** What to show instead of the chart; by default 'No data.' when there are no rows. */
+  empty?: string | null;
+  caption?: ReactNode;
+}) {
+  const { chart, metric } = props;
+  return (
+    <ChartCard
+      title={props.title}
+      testId={props.testId}
+      height={heightFor(chart.series.length)}
+      data={seriesData(chart, metric)}
+      empty={props.empty !== undefined ? props.empty : chart.rows.length ? null : 'No data.'}
+      caption={props.caption}
+    >
+      <SeriesLines chart={chart} metric={metric} scale={props.scale} unit={props.unit} />
+    </ChartCard>
   );
 }
 
@@ -397,16 +437,14 @@ export function CompareView() {
       )}
 
       <div className="grid grid-2">
-        <ChartCard
+        <SeriesCard
           title={`${METRICS[metric].label} vs ${derived.latency.xLabel.toLowerCase()}`}
           testId="chart-latency"
-          height={heightFor(derived.latency.series.length)}
-          data={seriesData(derived.latency, metric)}
-          empty={derived.latency.rows.length ? null : 'No data.'}
+          chart={derived.latency}
+          metric={metric}
+          unit="ms"
           caption={`${stat} over every repeat of each configuration; hover a point for its value.`}
-        >
-          <SeriesLines chart={derived.latency} metric={metric} unit="ms" />
-        </ChartCard>
+        />
 
         <ChartCard
           title={`Speedup over ${methods.find((m) => m.key === baseline)?.label ?? 'baseline'} (95 % CI)`}
@@ -451,15 +489,7 @@ export function CompareView() {
                 }}
               />
               <ReferenceLine y={1} stroke="#16181d" label={{ value: '1×', position: 'right', fontSize: 11 }} />
-              {studyLines.map((f) => (
-                <ReferenceLine
-                  key={f.id}
-                  y={f.speedup}
-                  stroke="#a15c00"
-                  strokeDasharray="5 4"
-                  label={{ value: `study: ${f.label}`, position: 'insideTopLeft', fontSize: 10, fill: '#a15c00' }}
-                />
-              ))}
+              {studyLines.map(studyLine)}
               <Bar dataKey="speedup" name="speedup" isAnimationActive={false}>
                 {speedRows.map((r) => (
                   <Cell key={r.label} fill={r.includesOne ? '#b9c6e0' : '#1f5fd6'} />
@@ -470,54 +500,48 @@ export function CompareView() {
           </ResponsiveContainer>
         </ChartCard>
 
-        <ChartCard
+        <SeriesCard
           title="Peak device memory vs sequence length"
           testId="chart-memory"
-          height={heightFor(derived.memory.series.length)}
-          data={seriesData(derived.memory, 'peakMemBytes')}
-          empty={derived.memory.rows.length ? null : 'No data.'}
+          chart={derived.memory}
+          metric="peakMemBytes"
+          scale={MIB}
+          unit="MiB"
           caption={
             memStudy
               ? `The study reports FlashAttention-2 at ${formatNumber(('memoryRatio' in memStudy ? memStudy.memoryRatio : 1) * 100, 2)} % of naive attention’s memory (−35 %); ours is in the table below.`
               : undefined
           }
-        >
-          <SeriesLines chart={derived.memory} metric="peakMemBytes" scale={MIB} unit="MiB" />
-        </ChartCard>
+        />
 
-        <ChartCard
+        <SeriesCard
           title="Time to first token vs prompt length"
           testId="chart-ttft"
-          height={heightFor(derived.ttft.series.length)}
-          data={seriesData(derived.ttft, 'prefillMs')}
-          empty={derived.ttft.rows.length ? null : 'No data.'}
-        >
-          <SeriesLines chart={derived.ttft} metric="prefillMs" unit="ms" />
-        </ChartCard>
+          chart={derived.ttft}
+          metric="prefillMs"
+          unit="ms"
+        />
 
-        <ChartCard
+        <SeriesCard
           title="Time per output token vs prompt length"
           testId="chart-tpot"
-          height={heightFor(derived.tpot.series.length)}
-          data={seriesData(derived.tpot, 'tpotMs')}
-          empty={derived.tpot.rows.length ? null : 'No data.'}
-        >
-          <SeriesLines chart={derived.tpot} metric="tpotMs" unit="ms" />
-        </ChartCard>
+          chart={derived.tpot}
+          metric="tpotMs"
+          unit="ms"
+        />
 
-        <ChartCard
+        <SeriesCard
           title="Throughput vs batch size"
           testId="chart-throughput"
-          height={heightFor(derived.throughput.series.length)}
-          data={seriesData(derived.throughput, 'tokensPerSec')}
+          chart={derived.throughput}
+          metric="tokensPerSec"
+          unit="tokens/s"
           empty={
             derived.throughput.rows.length > 1
               ? null
               : 'Only one batch size among these runs: add runs at other batch sizes to see scaling.'
           }
-        >
-          <SeriesLines chart={derived.throughput} metric="tokensPerSec" unit="tokens/s" />
-        </ChartCard>
+        />
 
         <ChartCard
           title="Tensor-parallel scaling"
@@ -565,17 +589,7 @@ export function CompareView() {
                 dot={false}
                 isAnimationActive={false}
               />
-              {studyLines
-                .filter((f) => f.id === 'tp')
-                .map((f) => (
-                  <ReferenceLine
-                    key={f.id}
-                    y={f.speedup}
-                    stroke="#a15c00"
-                    strokeDasharray="5 4"
-                    label={{ value: `study: ${f.label}`, position: 'insideTopLeft', fontSize: 10, fill: '#a15c00' }}
-                  />
-                ))}
+              {studyLines.filter((f) => f.id === 'tp').map(studyLine)}
               {tpShapes.map((s, i) => (
                 <Line
                   key={s}

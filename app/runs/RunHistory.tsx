@@ -7,12 +7,12 @@ import { usePathname, useRouter, useSearchParams } from 'next/navigation';
 import { Fragment, useMemo, useRef, useState } from 'react';
 import { toCsv } from '@/lib/csv';
 import { formatBytes, formatDate, formatMs, formatRate, methodLabel } from '@/lib/format';
+import { type GroupSortField, isGroupSortField } from '@/lib/run-history';
 import { downloadText } from '../_components/download';
 import { type RouterInputs, useTRPC } from '../_trpc/client';
 
 type Filter = RouterInputs['runs']['list']['filter'];
 type SortField = NonNullable<NonNullable<RouterInputs['runs']['list']['sort']>['field']>;
-type GroupSortField = NonNullable<NonNullable<RouterInputs['runs']['groups']['sort']>['field']>;
 
 const PAGE_SIZE = 50;
 
@@ -91,22 +91,7 @@ export function RunHistory() {
     placeholderData: keepPreviousData,
     refetchInterval: 5000,
   });
-  const groupSort = (
-    [
-      'lastAt',
-      'count',
-      'model',
-      'promptLength',
-      'batchSize',
-      'totalMs',
-      'prefillMs',
-      'tpotMs',
-      'tokensPerSec',
-      'peakMemBytes',
-    ].includes(sortField)
-      ? sortField
-      : 'lastAt'
-  ) as GroupSortField;
+  const groupSort: GroupSortField = isGroupSortField(sortField) ? sortField : 'lastAt';
   const groups = useQuery({
     ...trpc.runs.groups.queryOptions({ filter, sort: { field: groupSort, dir: sortDir }, page, pageSize: 25 }),
     enabled: grouped,
@@ -187,6 +172,17 @@ export function RunHistory() {
       </select>
     </div>
   );
+  const date = (k: 'from' | 'to', label: string) => (
+    <div className="field">
+      <label htmlFor={`flt-${k}`}>{label}</label>
+      <input
+        id={`flt-${k}`}
+        type="date"
+        value={sp.get(k) ?? ''}
+        onChange={(e) => setParams({ [k]: e.target.value || null })}
+      />
+    </div>
+  );
 
   return (
     <>
@@ -209,24 +205,8 @@ export function RunHistory() {
           {multi('agent', 'Agent', facets.data?.agentName)}
           {multi('gpu', 'GPU', facets.data?.gpuName)}
           {multi('tag', 'Tag', facets.data?.tags)}
-          <div className="field">
-            <label htmlFor="flt-from">From</label>
-            <input
-              id="flt-from"
-              type="date"
-              value={sp.get('from') ?? ''}
-              onChange={(e) => setParams({ from: e.target.value || null })}
-            />
-          </div>
-          <div className="field">
-            <label htmlFor="flt-to">To</label>
-            <input
-              id="flt-to"
-              type="date"
-              value={sp.get('to') ?? ''}
-              onChange={(e) => setParams({ to: e.target.value || null })}
-            />
-          </div>
+          {date('from', 'From')}
+          {date('to', 'To')}
         </div>
         <div className="row" style={{ justifyContent: 'space-between' }}>
           <div className="row">
@@ -552,48 +532,66 @@ function SelectionBar(props: {
           Clear
         </button>
       </div>
-      <form
-        className="row"
-        onSubmit={(e) => {
-          e.preventDefault();
+      <InlineForm
+        id="sel-tag"
+        label="Tag to add"
+        placeholder="tag"
+        width={120}
+        submit="Add tag"
+        value={tag}
+        onChange={setTag}
+        onSubmit={() => {
           if (tag.trim()) {
             props.onTag(tag.trim());
             setTag('');
           }
         }}
-      >
-        <label htmlFor="sel-tag" className="sr-only">
-          Tag to add
-        </label>
-        <input
-          id="sel-tag"
-          placeholder="tag"
-          value={tag}
-          onChange={(e) => setTag(e.target.value)}
-          style={{ width: 120 }}
-        />
-        <button type="submit">Add tag</button>
-      </form>
-      <form
-        className="row"
-        onSubmit={(e) => {
-          e.preventDefault();
-          props.onNotes(notes);
-        }}
-      >
-        <label htmlFor="sel-notes" className="sr-only">
-          Notes for the selected runs
-        </label>
-        <input
-          id="sel-notes"
-          placeholder="notes"
-          value={notes}
-          onChange={(e) => setNotes(e.target.value)}
-          style={{ width: 220 }}
-        />
-        <button type="submit">Set notes</button>
-      </form>
+      />
+      <InlineForm
+        id="sel-notes"
+        label="Notes for the selected runs"
+        placeholder="notes"
+        width={220}
+        submit="Set notes"
+        value={notes}
+        onChange={setNotes}
+        onSubmit={() => props.onNotes(notes)}
+      />
     </section>
+  );
+}
+
+/** One labelled text field and its button, acting on the selection. */
+function InlineForm(props: {
+  id: string;
+  label: string;
+  placeholder: string;
+  width: number;
+  submit: string;
+  value: string;
+  onChange: (v: string) => void;
+  onSubmit: () => void;
+}) {
+  return (
+    <form
+      className="row"
+      onSubmit={(e) => {
+        e.preventDefault();
+        props.onSubmit();
+      }}
+    >
+      <label htmlFor={props.id} className="sr-only">
+        {props.label}
+      </label>
+      <input
+        id={props.id}
+        placeholder={props.placeholder}
+        value={props.value}
+        onChange={(e) => props.onChange(e.target.value)}
+        style={{ width: props.width }}
+      />
+      <button type="submit">{props.submit}</button>
+    </form>
   );
 }
 
