@@ -1,5 +1,5 @@
 // What the run history can order its configuration groups by: the groups router validates against this list and
-// the history page falls back to its first entry when the table's sort is not one of them.
+// the history page keeps the table's sort for the grouped view only when it is one of them.
 
 /** Group figures a grouped history can sort by (see server/routers/runs.ts `groups` for how each is ordered). */
 export const GROUP_SORTABLE = [
