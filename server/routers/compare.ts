@@ -1,36 +1,19 @@
 // Data for the compare page (the runs picked, with every repeat) and the home page's best speedups, found by
 // grouping in the database.
 import { z } from 'zod';
-import { EnvironmentRecord, RepeatFigures } from '../../contracts/experiment';
 import type { CompareRun } from '../../lib/compare';
+import type { PrismaNs } from '../db';
 import { publicProcedure, router } from '../trpc';
-import { CONFIG_FIELDS, configOf, runBaseSelect } from './selects';
+import { CONFIG_FIELDS, configOf, runBaseSelect, storedEnvironment, storedRepeats } from './selects';
 
 const MAX_RUNS = 2000;
 
-const Env = EnvironmentRecord.partial();
+/** What the compare page reads of a run: the columns every run view shows, its repeats and its environment. */
+const compareRunSelect = { ...runBaseSelect, repeats: true, environment: true } as const satisfies PrismaNs.RunSelect;
 
-function toCompareRun(r: {
-  id: string;
-  model: string;
-  attention: string;
-  kvCache: boolean;
-  tp: number;
-  dtype: string;
-  device: string;
-  batchSize: number;
-  promptLength: number;
-  newTokens: number;
-  repeats: unknown;
-  environment: unknown;
-  peakMemBytes: number;
-  agentName: string;
-  gpuName: string | null;
-  engineBuild: string;
-  createdAt: Date;
-}): CompareRun {
-  const repeats = z.array(RepeatFigures).catch([]).parse(r.repeats);
-  const env = Env.catch({}).parse(r.environment);
+function toCompareRun(r: PrismaNs.RunGetPayload<{ select: typeof compareRunSelect }>): CompareRun {
+  const repeats = storedRepeats(r.repeats);
+  const env = storedEnvironment(r.environment);
   const ceilings = env.ceilings ?? null;
   return {
     id: r.id,
@@ -104,7 +87,7 @@ export const compareRouter = router({
         where: { OR: or },
         orderBy: [{ createdAt: 'asc' }, { id: 'asc' }],
         take: MAX_RUNS + 1,
-        select: { ...runBaseSelect, repeats: true, environment: true },
+        select: compareRunSelect,
       });
       const truncated = rows.length > MAX_RUNS;
       const kept = rows.slice(0, MAX_RUNS);

@@ -1,12 +1,12 @@
 // The run history: filter, sort, paginate and group in the database; tags and notes; export; import a results file.
 import { TRPCError } from '@trpc/server';
 import { z } from 'zod';
-import { EnvironmentRecord, OfflineResults, RepeatFigures } from '../../contracts/experiment';
+import { OfflineResults } from '../../contracts/experiment';
 import { GROUP_SORTABLE } from '../../lib/run-history';
 import type { Db, PrismaNs } from '../db';
 import { runRow, tagList } from '../queue/run-row';
 import { adminProcedure, publicProcedure, router } from '../trpc';
-import { CONFIG_FIELDS, configOf, runBaseSelect, tagWhere } from './selects';
+import { CONFIG_FIELDS, configOf, runBaseSelect, storedEnvironment, storedRepeats, tagWhere } from './selects';
 
 const csvOrList = <T extends z.ZodTypeAny>(t: T) => z.array(t).max(50).optional();
 // Stored joined by commas in tagList, so a tag cannot hold one.
@@ -317,8 +317,8 @@ export const runsRouter = router({
     return {
       ...run,
       tags: tagsOf(run.tags),
-      repeats: z.array(RepeatFigures).catch([]).parse(run.repeats),
-      environment: EnvironmentRecord.partial().catch({}).parse(run.environment),
+      repeats: storedRepeats(run.repeats),
+      environment: storedEnvironment(run.environment),
     };
   }),
 

@@ -1,5 +1,7 @@
 // What the routers read of jobs and runs, and how they filter them: one definition each, so that a field added to
 // a configuration or a change to tag matching reaches every page at once.
+import { z } from 'zod';
+import { EnvironmentRecord, RepeatFigures } from '../../contracts/experiment';
 import type { PrismaNs } from '../db';
 
 /** The columns that make up one benchmark configuration, on both Job and Run (and the groupBy keys for them). */
@@ -68,4 +70,19 @@ export const runBaseSelect = {
 /** A whole-tag match on the denormalised `tagList` (",a,b,"): a LIKE that both databases index the same way. */
 export function tagWhere(tag: string): { tagList: { contains: string } } {
   return { tagList: { contains: `,${tag},` } };
+}
+
+// A run's JSON columns were written by whichever engine and server version stored it: a view reads what it can
+// and shows the rest as missing rather than failing the whole page.
+const StoredRepeats = z.array(RepeatFigures).catch([]);
+const StoredEnvironment = EnvironmentRecord.partial().catch({});
+
+/** A run's `repeats` column, or no repeats when it does not parse. */
+export function storedRepeats(v: unknown): RepeatFigures[] {
+  return StoredRepeats.parse(v);
+}
+
+/** A run's `environment` column, every field optional; empty when it does not parse. */
+export function storedEnvironment(v: unknown): Partial<EnvironmentRecord> {
+  return StoredEnvironment.parse(v);
 }
