@@ -63,6 +63,11 @@ const Sort = z
   .object({ field: z.enum(SORTABLE).default('createdAt'), dir: z.enum(['asc', 'desc']).default('desc') })
   .default({ field: 'createdAt', dir: 'desc' });
 
+/** The table's order, ties broken by id so that pages and the export list the same runs in the same order. */
+function runOrder(sort: z.infer<typeof Sort>): PrismaNs.RunOrderByWithRelationInput[] {
+  return [{ [sort.field]: sort.dir }, { id: 'asc' }];
+}
+
 export function runWhere(f: RunFilter): PrismaNs.RunWhereInput {
   const and: PrismaNs.RunWhereInput[] = [];
   if (f.model?.length) and.push({ model: { in: f.model } });
@@ -267,7 +272,7 @@ export const runsRouter = router({
         client.run.findMany({
           where,
           select: listSelect,
-          orderBy: [{ [input.sort.field]: input.sort.dir }, { id: 'asc' }],
+          orderBy: runOrder(input.sort),
           skip: input.page * input.pageSize,
           take: input.pageSize,
         }),
@@ -363,7 +368,7 @@ export const runsRouter = router({
       if (input.format === 'json') {
         const runs = await client.run.findMany({
           where,
-          orderBy: [{ [input.sort.field]: input.sort.dir }, { id: 'asc' }],
+          orderBy: runOrder(input.sort),
           take: limit,
         });
         return {
@@ -378,7 +383,7 @@ export const runsRouter = router({
       const runs = await client.run.findMany({
         where,
         select: listSelect,
-        orderBy: [{ [input.sort.field]: input.sort.dir }, { id: 'asc' }],
+        orderBy: runOrder(input.sort),
         take: limit,
       });
       const rows = runs.map((r) => [
