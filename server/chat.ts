@@ -267,6 +267,8 @@ export class ChatRelay {
           tpotMs: f.tpotMs ?? null,
           // An answer cut short (cancel, disconnect) still says how many tokens it streamed.
           newTokens: f.newTokens ?? p.tokenIds.length,
+          // Kept so a browser that subscribes after the end still compares answers by token.
+          tokenIds: p.tokenIds,
         },
       });
       await tx.chatSession.update({ where: { id: p.sessionId }, data: { updatedAt: new Date() } });

@@ -63,6 +63,8 @@ function useAnswerStream(
             }
             return {
               ...prev,
+              // An answer that ended before this page subscribed brings its stored token ids with the end.
+              stream: item.tokenIds ? addDelta(prev.stream, item) : prev.stream,
               text: item.text,
               done: true,
               status: item.status,

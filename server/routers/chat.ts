@@ -8,6 +8,12 @@ import { adminProcedure, publicProcedure, router } from '../trpc';
 
 const Id = z.object({ id: z.string().min(1) });
 
+/** A stored answer's token ids as a stream item carries them (all of them, from index 0), when it has any. */
+function storedTokenIds(ids: unknown): { tokenIds?: number[]; tokenStart?: number } {
+  if (!Array.isArray(ids) || !ids.every((id) => Number.isInteger(id))) return {};
+  return { tokenIds: ids as number[], tokenStart: 0 };
+}
+
 export const chatRouter = router({
   sessions: publicProcedure
     .input(z.object({ limit: z.number().int().min(1).max(200).default(50) }).default({ limit: 50 }))
@@ -100,6 +106,7 @@ export const chatRouter = router({
         tpotMs: m.tpotMs,
         newTokens: m.newTokens,
         tokens: m.newTokens,
+        ...storedTokenIds(m.tokenIds),
       };
     };
     try {

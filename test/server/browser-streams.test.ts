@@ -177,6 +177,15 @@ for (const provider of providersUnderTest())
         assert.equal(items.filter((i) => i.kind === 'delta').flatMap((i) => i.tokenIds ?? []).length, end.tokens);
         assert.equal((await waitFor(() => late.find((i) => i.kind === 'end'))).tokens, 5);
         lateStream.unsubscribe();
+        // A browser that subscribes after the answer was stored still gets every token id, with the end.
+        const after: Item[] = [];
+        const afterStream = b.chat.stream.subscribe({ requestId: sent.requestId }, { onData: (d) => after.push(d) });
+        const afterEnd = await waitFor(() => after.find((i) => i.kind === 'end'));
+        afterStream.unsubscribe();
+        assert.deepEqual(
+          [afterEnd.text, afterEnd.tokenIds, afterEnd.tokenStart, afterEnd.tokens],
+          ['Tiling attention.', [31, 42, 7, 9, 11], 0, 5],
+        );
         await assert.rejects(
           agent.agent.chatDelta.mutate({ requestId: sent.requestId, tokenIds: [3], text: 'late' }),
           /not open on this agent/,
