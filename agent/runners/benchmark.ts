@@ -2,6 +2,7 @@
 // greedy decoding, and return every repeat's figures, their summary and where they were measured.
 import type { EnvironmentRecord, JobConfig, RepeatFigures, RunResult } from '../../contracts/experiment';
 import { KNOWN_MODELS } from '../../contracts/models';
+import { seededRandom } from '../../lib/stats';
 import type { Engine } from '../../native/engine';
 import type { EngineCache, EngineSpec } from '../engine-cache';
 import { summarizeRepeats } from '../stats';
@@ -16,21 +17,10 @@ export interface BenchmarkContext {
   progress: (fraction: number, message: string) => void;
 }
 
-/** mulberry32: a tiny, well-mixed 32-bit PRNG; prompts depend on the seed only, never on the machine. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** batchSize rows of promptLength token ids in [0, vocabSize), the same for the same seed everywhere. */
 export function benchmarkPrompt(seed: number, batchSize: number, promptLength: number, vocabSize: number): number[][] {
-  const next = prng(seed ^ 0x5eed1ab);
+  // mulberry32 (lib/stats): prompts depend on the seed only, never on the machine.
+  const next = seededRandom(seed ^ 0x5eed1ab);
   return Array.from({ length: batchSize }, () =>
     Array.from({ length: promptLength }, () => Math.floor(next() * vocabSize)),
   );
