@@ -24,6 +24,28 @@ import { runRow, tagList } from './run-row';
 
 export type QueueErrorCode = 'INVALID' | 'NOT_FOUND' | 'STALE_ATTEMPT' | 'BAD_STATE';
 
+/** Where a job goes after a failed attempt (an error report or an expired lease): cancelled when a cancel was
+ *  asked for, back in the queue while it is retryable and attempts remain, else failed. The lease is released. */
+function afterFailedAttempt(
+  job: { failedAttempts: number; maxAttempts: number; cancelRequested: boolean },
+  retryable: boolean,
+  now: Date,
+) {
+  const failedAttempts = job.failedAttempts + 1;
+  const state: JobState = job.cancelRequested
+    ? 'cancelled'
+    : retryable && failedAttempts < job.maxAttempts
+      ? 'queued'
+      : 'failed';
+  return {
+    state,
+    failedAttempts,
+    leaseHolderId: null,
+    leaseExpiresAt: null,
+    finishedAt: state === 'queued' ? null : now,
+  };
+}
+
 export class QueueError extends Error {
   constructor(
     readonly code: QueueErrorCode,
@@ -361,25 +383,12 @@ export class Queue {
       // Claim first (this also takes SQLite's write lock before anything is read), then decide where it goes.
       await this.claimActive(tx, agentId, r, { updatedAt: this.now() }, 'fail');
       const cur = await tx.job.findUniqueOrThrow({ where: { id: r.jobId } });
-      const failedAttempts = cur.failedAttempts + 1;
-      const next: JobState = cur.cancelRequested
-        ? 'cancelled'
-        : r.retryable && failedAttempts < cur.maxAttempts
-          ? 'queued'
-          : 'failed';
+      const end = afterFailedAttempt(cur, r.retryable, this.now());
       const error =
-        next === 'failed' && r.retryable ? `${r.error} (gave up after ${failedAttempts} failed attempts)` : r.error;
-      return tx.job.update({
-        where: { id: r.jobId },
-        data: {
-          state: next,
-          failedAttempts,
-          error,
-          leaseHolderId: null,
-          leaseExpiresAt: null,
-          finishedAt: next === 'queued' ? null : this.now(),
-        },
-      });
+        end.state === 'failed' && r.retryable
+          ? `${r.error} (gave up after ${end.failedAttempts} failed attempts)`
+          : r.error;
+      return tx.job.update({ where: { id: r.jobId }, data: { ...end, error } });
     });
     this.emitJob(job);
     if (job.state === 'queued') this.bus.emit('work');
@@ -531,24 +540,18 @@ export class Queue {
     });
     const out = { requeued: 0, failed: 0, cancelled: 0 };
     for (const j of expired) {
-      const failedAttempts = j.failedAttempts + 1;
       const who = j.leaseHolder?.name ? `agent '${j.leaseHolder.name}'` : 'its agent';
       const reason = `attempt ${j.attempt}: lease expired at ${j.leaseExpiresAt?.toISOString()} (${who} stopped renewing)`;
-      const next: JobState = j.cancelRequested ? 'cancelled' : failedAttempts >= j.maxAttempts ? 'failed' : 'queued';
+      // An expired lease counts as a failed attempt that may be retried.
+      const end = afterFailedAttempt(j, true, now);
+      const next = end.state;
       const error =
-        next === 'failed' ? `${reason}; gave up after ${failedAttempts} of ${j.maxAttempts} attempts` : reason;
+        next === 'failed' ? `${reason}; gave up after ${end.failedAttempts} of ${j.maxAttempts} attempts` : reason;
       const changed = await this.tx(async (tx) => {
         const { count } = await tx.job.updateMany({
           // The same attempt, still active and still expired: a renewal or a report in between wins.
           where: { id: j.id, attempt: j.attempt, state: { in: [...ACTIVE_STATES] }, leaseExpiresAt: { lt: now } },
-          data: {
-            state: next,
-            failedAttempts,
-            error,
-            leaseHolderId: null,
-            leaseExpiresAt: null,
-            finishedAt: next === 'queued' ? null : now,
-          },
+          data: { ...end, error },
         });
         return count === 1;
       });
