@@ -143,6 +143,20 @@ export function configKey(c: Omit<JobConfig, 'warmup' | 'repeats'>): string {
   ].join('|');
 }
 
+const nonNegativeMs = z.number().nonnegative();
+
+/** Where one decode token's time goes under tensor parallelism (tp > 1): the last decode step of a generate, timed
+ *  on shard 0 (host clocks on the CPU backend, device events on CUDA). computeMs is the step less its all-reduces;
+ *  allReducePerLayerMs[l] is layer l's two all-reduces (after attention and after the MLP) summed. */
+export const TpBreakdown = z.object({
+  stepMs: nonNegativeMs,
+  computeMs: nonNegativeMs,
+  allReduceMs: nonNegativeMs,
+  allReduceCount: z.number().int().nonnegative(),
+  allReducePerLayerMs: z.array(nonNegativeMs).min(1),
+});
+export type TpBreakdown = z.infer<typeof TpBreakdown>;
+
 /** Figures of one repeat. */
 export const RepeatFigures = z.object({
   prefillMs: z.number(),
@@ -153,6 +167,8 @@ export const RepeatFigures = z.object({
   kvCacheBytes: z.number().optional(),
   weightsBytes: z.number().optional(),
   decodeMs: z.array(z.number()).optional(),
+  /** Tensor-parallel runs only: the compute / all-reduce split of one decode token. */
+  tpBreakdown: TpBreakdown.optional(),
 });
 export type RepeatFigures = z.infer<typeof RepeatFigures>;
 

@@ -6,6 +6,7 @@ import { seededRandom } from '../../lib/stats';
 import type { Engine } from '../../native/engine';
 import type { EngineCache, EngineSpec } from '../engine-cache';
 import { summarizeRepeats } from '../stats';
+import { tpBreakdownOf, wantsTpBreakdown } from './tp-breakdown';
 
 export interface BenchmarkContext {
   engines: EngineCache;
@@ -39,6 +40,7 @@ export class Measurement {
   readonly repeats: RepeatFigures[] = [];
   private sampleTokens: number[] | undefined;
   private inputIds: number[][] | undefined;
+  private breakdownWarned = false;
 
   constructor(readonly config: JobConfig) {
     const model = KNOWN_MODELS[config.model];
@@ -83,6 +85,7 @@ export class Measurement {
       c.promptLength,
       engine.config.vocabSize,
     );
+    const askBreakdown = wantsTpBreakdown(c, measured);
     const out = await engine.generate({
       inputIds: this.inputIds,
       maxNewTokens: c.newTokens,
@@ -93,6 +96,8 @@ export class Measurement {
       signal,
       // step 0 is the token after prefill.
       onTokens: onStep ? (step) => onStep((step + 1) / c.newTokens) : undefined,
+      // Warm-ups skip it: timing every all-reduce is extra work the figures of a warm-up would not use.
+      ...(askBreakdown ? { tpBreakdown: true } : {}),
     });
     if (!measured) {
       log?.('info', `${label}: ${out.timings.totalMs.toFixed(1)} ms`);
@@ -111,11 +116,22 @@ export class Measurement {
       weightsBytes: out.memory.weightsBytes,
       decodeMs: out.timings.decodeMs,
     };
+    const tp = tpBreakdownOf(out.timings, askBreakdown);
+    if (tp.breakdown) figures.tpBreakdown = tp.breakdown;
+    else if (tp.problem && !this.breakdownWarned) {
+      // The timing figures are still good: keep the repeat, say once why its breakdown is missing.
+      this.breakdownWarned = true;
+      log?.('warn', `${label}: ${tp.problem}; the repeats of this run carry no TP breakdown`);
+    }
     this.repeats.push(figures);
     this.sampleTokens ??= out.newTokens[0];
     log?.(
       'info',
-      `${label}: prefill ${figures.prefillMs.toFixed(2)} ms, tpot ${figures.tpotMs.toFixed(2)} ms, ${figures.tokensPerSec.toFixed(1)} tok/s`,
+      `${label}: prefill ${figures.prefillMs.toFixed(2)} ms, tpot ${figures.tpotMs.toFixed(2)} ms, ${figures.tokensPerSec.toFixed(1)} tok/s${
+        figures.tpBreakdown
+          ? `, all-reduce ${figures.tpBreakdown.allReduceMs.toFixed(3)} of ${figures.tpBreakdown.stepMs.toFixed(3)} ms per token`
+          : ''
+      }`,
     );
   }
 
