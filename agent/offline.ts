@@ -50,6 +50,14 @@ function byEngine(jobs: JobConfig[]): JobConfig[][] {
   return [...groups.values()];
 }
 
+/** A TP run's median all-reduce share of a decode token, for the progress line. */
+function tpDetail(r: RunResult): string {
+  const ar = r.summary.tpAllReduceMs?.median;
+  const step = r.summary.tpStepMs?.median;
+  if (ar === undefined || step === undefined || step <= 0) return '';
+  return `, all-reduce ${ar.toFixed(3)} of ${step.toFixed(3)} ms per token (${((100 * ar) / step).toFixed(0)} %)`;
+}
+
 export async function runOffline(experiment: ExperimentSpec, opts: OfflineRunOptions = {}): Promise<OfflineResults> {
   const jobs = expandExperiment(experiment);
   const inventory = await collectInventory(opts.agentName ?? `${os.hostname()} (offline)`, Engine.buildInfo());
@@ -84,7 +92,7 @@ export async function runOffline(experiment: ExperimentSpec, opts: OfflineRunOpt
             jobs.length,
             o.config,
             'done',
-            `median tpot ${o.result.summary.tpotMs?.median.toFixed(2)} ms`,
+            `median tpot ${o.result.summary.tpotMs?.median.toFixed(2)} ms${tpDetail(o.result)}`,
           );
         } else {
           failures.push({ config: o.config, error: o.error });

@@ -1,6 +1,6 @@
 // What the compare page computes from the runs it was given: series per method, speedups with bootstrap
 // intervals, TP scaling, roofline points, study-vs-ours figures and environment differences. Pure, client-safe.
-import type { JobConfig } from '../contracts/experiment';
+import type { JobConfig, TpBreakdown } from '../contracts/experiment';
 import { KNOWN_MODELS, type ModelConfig } from '../contracts/models';
 import { methodLabel } from './format';
 import { bootstrapSpeedup, mean, median, type SpeedupInterval, type Statistic, std } from './stats';
@@ -12,6 +12,8 @@ export interface RepeatPoint {
   totalMs: number;
   tokensPerSec: number;
   peakMemBytes: number;
+  /** Tensor-parallel runs measured with it: one decode token's compute / all-reduce split. */
+  tpBreakdown?: TpBreakdown;
 }
 
 /** One run as the compare router returns it. */

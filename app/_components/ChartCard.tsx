@@ -24,6 +24,8 @@ export function ChartCard(props: {
   height?: number;
   children: ReactNode;
   testId?: string;
+  /** Inputs that choose what the chart draws (e.g. which run), shown between the title and the chart. */
+  controls?: ReactNode;
 }) {
   const ref = useRef<HTMLDivElement>(null);
   const [error, setError] = useState<string | null>(null);
@@ -73,6 +75,7 @@ export function ChartCard(props: {
           </div>
         )}
       </header>
+      {props.controls && <div className="row small">{props.controls}</div>}
       {isEmpty ? (
         <p className="empty">{props.empty}</p>
       ) : (

@@ -39,7 +39,9 @@ import {
 } from '@/lib/compare';
 import { formatBytes, formatMs, formatNumber, formatPercent, formatRate, formatSpeedup } from '@/lib/format';
 import { STUDY_FIGURES } from '@/lib/presets';
+import { tpBreakdownView } from '@/lib/tp-breakdown';
 import { ChartCard, type ChartData } from '../_components/ChartCard';
+import { TpLayersCard, TpStackedCard } from '../_components/TpBreakdown';
 import { useTRPC } from '../_trpc/client';
 
 const COLORS = ['#1f5fd6', '#d6541f', '#1a9c5b', '#8e44ad', '#c0392b', '#b7950b', '#16a085', '#5d6d7e'];
@@ -297,6 +299,7 @@ export function CompareView() {
       roofs: rooflineRoofs(runs),
       env: environmentDifferences(runs),
       study: studyComparison(runs),
+      tpBreakdown: tpBreakdownView(runs),
     };
   }, [runs, x, metric, stat, baseline]);
 
@@ -384,12 +387,20 @@ export function CompareView() {
     3 * maxSpeedup,
   );
   const memStudy = STUDY_FIGURES.find((f) => f.id === 'fa2-mem');
+  const tpDegrees = [...new Set(runs.map((r) => r.config.tp))].sort((a, b) => a - b);
+  const tpb = derived.tpBreakdown;
+  const hasTpRuns = tpb.configs.length + tpb.without.length > 0;
 
   return (
     <>
       <section className="panel row" aria-label="Chart settings" style={{ justifyContent: 'space-between' }}>
         <div className="row">
           <span className="badge">{runs.length} runs</span>
+          {tpDegrees.some((t) => t > 1) && (
+            <span className="badge info" data-testid="tp-degrees">
+              {tpDegrees.map((t) => `TP=${t}`).join(', ')}
+            </span>
+          )}
           {q.data?.truncated && <span className="badge warn">only the first 2000 runs are shown</span>}
           {(q.data?.missing.length ?? 0) > 0 && (
             <span className="badge warn">{q.data?.missing.length} runs no longer exist</span>
@@ -603,6 +614,11 @@ export function CompareView() {
             </LineChart>
           </ResponsiveContainer>
         </ChartCard>
+
+        {hasTpRuns && <TpStackedCard configs={tpb.configs} without={tpb.without} />}
+        {tpb.runs.length > 0 && (
+          <TpLayersCard runs={tpb.runs} selected={sp.get('tpRun')} onSelect={(id) => setParam('tpRun', id)} />
+        )}
 
         <ChartCard
           title="Roofline: achieved compute vs arithmetic intensity"

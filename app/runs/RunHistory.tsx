@@ -6,9 +6,11 @@ import Link from 'next/link';
 import { usePathname, useRouter, useSearchParams } from 'next/navigation';
 import { Fragment, useMemo, useRef, useState } from 'react';
 import { toCsv } from '@/lib/csv';
-import { formatBytes, formatDate, formatMs, formatRate, methodLabel } from '@/lib/format';
+import { formatBytes, formatDate, formatMs, formatPercent, formatRate, methodLabel } from '@/lib/format';
 import { type GroupSortField, isGroupSortField } from '@/lib/run-history';
+import { breakdownsOf, summarizeTpBreakdowns } from '@/lib/tp-breakdown';
 import { downloadText } from '../_components/download';
+import { TpLayersCard } from '../_components/TpBreakdown';
 import { type RouterInputs, useTRPC } from '../_trpc/client';
 
 type Filter = RouterInputs['runs']['list']['filter'];
@@ -606,6 +608,7 @@ function RunDetails({ id }: { id: string }) {
   const facts: [string, string | undefined | null][] = [
     ['Experiment', r.experiment.name],
     ['Weights', r.weightsKind],
+    ['Tensor parallel', r.tp > 1 ? `TP=${r.tp} (${r.tp} shards)` : 'none (TP=1)'],
     ['Warm-up runs', String(r.warmup)],
     ['Agent', `${env.agentName ?? r.agentName} on ${env.hostname ?? r.hostname}`],
     ['Backend', env.backend],
@@ -633,46 +636,85 @@ function RunDetails({ id }: { id: string }) {
     ['Node', env.nodeVersion],
     ['Started', env.startedAt ? formatDate(env.startedAt) : null],
   ];
+  const tpSummary = summarizeTpBreakdowns(breakdownsOf(r.repeats));
+  const withBreakdown = r.repeats.some((p) => p.tpBreakdown);
   return (
-    <div className="grid grid-2" data-testid="run-details">
-      <dl
-        className="small"
-        style={{ margin: 0, display: 'grid', gridTemplateColumns: 'max-content 1fr', gap: '2px 12px' }}
-      >
-        {facts
-          .filter(([, v]) => v)
-          .map(([k, v]) => (
-            <Fragment key={k}>
-              <dt className="muted">{k}</dt>
-              <dd style={{ margin: 0 }}>{v}</dd>
-            </Fragment>
-          ))}
-      </dl>
-      <table className="small">
-        <thead>
-          <tr>
-            <th className="num">Repeat</th>
-            <th className="num">TTFT</th>
-            <th className="num">TPOT</th>
-            <th className="num">Total</th>
-            <th className="num">Tokens/s</th>
-            <th className="num">Peak mem</th>
-          </tr>
-        </thead>
-        <tbody>
-          {r.repeats.map((p, i) => (
-            // biome-ignore lint/suspicious/noArrayIndexKey: repeats are in measurement order and never reorder
-            <tr key={i}>
-              <td className="num">{i + 1}</td>
-              <td className="num">{formatMs(p.prefillMs)}</td>
-              <td className="num">{formatMs(p.tpotMs)}</td>
-              <td className="num">{formatMs(p.totalMs)}</td>
-              <td className="num">{formatRate(p.tokensPerSec)}</td>
-              <td className="num">{formatBytes(p.peakMemBytes)}</td>
+    <>
+      <div className="grid grid-2" data-testid="run-details">
+        <dl
+          className="small"
+          style={{ margin: 0, display: 'grid', gridTemplateColumns: 'max-content 1fr', gap: '2px 12px' }}
+        >
+          {facts
+            .filter(([, v]) => v)
+            .map(([k, v]) => (
+              <Fragment key={k}>
+                <dt className="muted">{k}</dt>
+                <dd style={{ margin: 0 }}>{v}</dd>
+              </Fragment>
+            ))}
+        </dl>
+        <table className="small">
+          <thead>
+            <tr>
+              <th className="num">Repeat</th>
+              <th className="num">TTFT</th>
+              <th className="num">TPOT</th>
+              <th className="num">Total</th>
+              <th className="num">Tokens/s</th>
+              <th className="num">Peak mem</th>
+              {withBreakdown && (
+                <>
+                  <th className="num" title="Time of the last decode step, on the first shard">
+                    TP token
+                  </th>
+                  <th className="num">Compute</th>
+                  <th className="num">All-reduce</th>
+                </>
+              )}
             </tr>
-          ))}
-        </tbody>
-      </table>
-    </div>
+          </thead>
+          <tbody>
+            {r.repeats.map((p, i) => (
+              <tr key={i}>
+                <td className="num">{i + 1}</td>
+                <td className="num">{formatMs(p.prefillMs)}</td>
+                <td className="num">{formatMs(p.tpotMs)}</td>
+                <td className="num">{formatMs(p.totalMs)}</td>
+                <td className="num">{formatRate(p.tokensPerSec)}</td>
+                <td className="num">{formatBytes(p.peakMemBytes)}</td>
+                {withBreakdown && (
+                  <>
+                    <td className="num">{formatMs(p.tpBreakdown?.stepMs)}</td>
+                    <td className="num">{formatMs(p.tpBreakdown?.computeMs)}</td>
+                    <td className="num">
+                      {formatMs(p.tpBreakdown?.allReduceMs)}
+                      {p.tpBreakdown && p.tpBreakdown.stepMs > 0
+                        ? ` (${formatPercent(p.tpBreakdown.allReduceMs / p.tpBreakdown.stepMs, false)})`
+                        : ''}
+                    </td>
+                  </>
+                )}
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+      {tpSummary ? (
+        <div style={{ marginTop: 12 }}>
+          <TpLayersCard
+            runs={[{ runId: r.id, label: methodLabel(r), tp: r.tp, summary: tpSummary }]}
+            selected={r.id}
+            testId="run-tp-layers"
+          />
+        </div>
+      ) : (
+        r.tp > 1 && (
+          <p className="small muted" data-testid="run-tp-missing">
+            This TP run’s repeats carry no compute / all-reduce breakdown: it was measured before agents recorded one.
+          </p>
+        )
+      )}
+    </>
   );
 }

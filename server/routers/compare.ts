@@ -29,6 +29,7 @@ function toCompareRun(r: PrismaNs.RunGetPayload<{ select: typeof compareRunSelec
       totalMs: p.totalMs,
       tokensPerSec: p.tokensPerSec,
       peakMemBytes: p.peakMemBytes,
+      ...(p.tpBreakdown ? { tpBreakdown: p.tpBreakdown } : {}),
     })),
     peakMemBytes: r.peakMemBytes,
     agentName: r.agentName,

@@ -1,7 +1,7 @@
 // What the routers read of jobs and runs, and how they filter them: one definition each, so that a field added to
 // a configuration or a change to tag matching reaches every page at once.
 import { z } from 'zod';
-import { EnvironmentRecord, RepeatFigures } from '../../contracts/experiment';
+import { EnvironmentRecord, RepeatFigures, TpBreakdown } from '../../contracts/experiment';
 import type { PrismaNs } from '../db';
 
 /** The columns that make up one benchmark configuration, on both Job and Run (and the groupBy keys for them). */
@@ -74,7 +74,8 @@ export function tagWhere(tag: string): { tagList: { contains: string } } {
 
 // A run's JSON columns were written by whichever engine and server version stored it: a view reads what it can
 // and shows the rest as missing rather than failing the whole page.
-const StoredRepeats = z.array(RepeatFigures).catch([]);
+// A breakdown that does not parse costs only itself, not the repeat's timings.
+const StoredRepeats = z.array(RepeatFigures.extend({ tpBreakdown: TpBreakdown.optional().catch(undefined) })).catch([]);
 const StoredEnvironment = EnvironmentRecord.partial().catch({});
 
 /** A run's `repeats` column, or no repeats when it does not parse. */
