@@ -1,5 +1,6 @@
-// `flashlab import results.json [--url http://127.0.0.1:3000]`: put an offline results file into the history,
-// through a running dashboard (--url) or straight into the database of DATABASE_URL.
+// `flashlab import results.json [--url http://127.0.0.1:3000]`: put an offline results file, or an engine bench
+// bundle from bench/results/, into the history, through a running dashboard (--url) or straight into the database
+// of DATABASE_URL.
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -7,10 +8,14 @@ import { createTRPCUntypedClient, httpLink, TRPCClientError } from '@trpc/client
 import type { AnyRouter } from '@trpc/server';
 import superjson from 'superjson';
 import { OfflineResults } from '../contracts/experiment';
+import { type BenchImport, benchBundleToImport, isBenchBundle } from '../server/bench-import';
 
-const HELP = `usage: flashlab import RESULTS.json [--url URL] [--admin-token TOKEN]
+const HELP = `usage: flashlab import FILE.json [--url URL] [--admin-token TOKEN]
 
-Validates a results file written by 'flashlab run' and stores its runs in the history, as one experiment.
+Validates a results file written by 'flashlab run' and stores its runs in the history, as one experiment; or an
+engine benchmark bundle (bench/results/engine-gpu-*.json, tp-gpu-*.json, cpu-engine.json): every configuration it
+timed becomes a run with its repeats, under experiments named after the bundle (kind, card, date; one per model).
+Attention kernel bundles (cuda-attention-*.json) are not engine runs and are refused.
 
   --url URL             a running dashboard (http://host:3000) to send the file to; without it the runs go
                         directly into the database of DATABASE_URL (default: SQLite data/flashlab.db)
@@ -33,6 +38,24 @@ export async function readResults(file: string): Promise<{ results: OfflineResul
   }
   if (parsed.data.runs.length === 0) throw new Error(`${file} has no runs to import`);
   return { results: parsed.data, content };
+}
+
+/** What `main` imports: a results file or a bench bundle, validated here before anything is sent or written. */
+type ImportFile =
+  | { kind: 'results'; content: string; results: OfflineResults }
+  | { kind: 'bench'; content: string; bench: BenchImport };
+
+export async function readImportFile(file: string): Promise<ImportFile> {
+  let content: string;
+  let json: unknown;
+  try {
+    content = await readFile(file, 'utf8');
+    json = JSON.parse(content);
+  } catch (err) {
+    throw new Error(`cannot read ${file}: ${(err as Error).message}`);
+  }
+  if (isBenchBundle(json)) return { kind: 'bench', content, bench: benchBundleToImport(json, file) };
+  return { kind: 'results', ...(await readResults(file)) };
 }
 
 function trpcUrl(base: string): string {
@@ -122,13 +145,27 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (positionals.length !== 1) throw new Error('give exactly one results file: flashlab import results.json');
   const file = positionals[0];
-  const { results, content } = await readResults(file);
+  const input = await readImportFile(file);
   const answer = values.url
-    ? await viaDashboard(file, content, values.url, values['admin-token'] ?? process.env.FLASHLAB_ADMIN_TOKEN)
-    : await intoDatabase(file, content);
+    ? await viaDashboard(file, input.content, values.url, values['admin-token'] ?? process.env.FLASHLAB_ADMIN_TOKEN)
+    : await intoDatabase(file, input.content);
   process.stdout.write(`${JSON.stringify(answer)}\n`);
+  if (input.kind === 'results') {
+    const { results } = input;
+    process.stderr.write(
+      `imported ${results.runs.length} runs of '${results.experiment.name}'${results.failures.length ? ` (${results.failures.length} failures recorded in the file were not imported as runs)` : ''}\n`,
+    );
+    return 0;
+  }
+  const { bench } = input;
+  const lines = bench.experiments.map((e) => `  ${e.spec.name}: ${e.runs.length} runs`);
+  for (const s of bench.skipped) lines.push(`  skipped ${s}`);
+  for (const t of bench.targets)
+    lines.push(
+      `  target ${t.met ? 'met   ' : 'MISSED'} ${t.name}: ${t.value} ${t.unit} (${t.better === 'lower' ? '<=' : '>='} ${t.target})`,
+    );
   process.stderr.write(
-    `imported ${results.runs.length} runs of '${results.experiment.name}'${results.failures.length ? ` (${results.failures.length} failures recorded in the file were not imported as runs)` : ''}\n`,
+    `imported ${bench.experiments.reduce((n, e) => n + e.runs.length, 0)} runs of the ${bench.kind} bundle of ${bench.card}${bench.partial ? ' (PARTIAL: cut short)' : ''} as ${bench.experiments.length} experiment(s):\n${lines.join('\n')}\n`,
   );
   return 0;
 }

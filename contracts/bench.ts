@@ -1,7 +1,7 @@
 // Kernel benchmark bundles (bench/results/cuda-*.json): what bench/attention.py writes on a GPU host and the
 // dashboard can import beside end-to-end runs. Every bundle lists its targets with honest met/missed flags.
 import { z } from 'zod';
-import { FigureSummary } from './experiment';
+import { FigureSummary, JobConfig, RepeatFigures } from './experiment';
 
 export const BenchTarget = z.object({
   name: z.string().min(1),
@@ -13,6 +13,41 @@ export const BenchTarget = z.object({
   better: z.enum(['higher', 'lower']).optional(),
 });
 export type BenchTarget = z.infer<typeof BenchTarget>;
+
+/**
+ * One engine configuration a bench driver timed, with every repeat's figures and the JobConfig it corresponds to:
+ * what `flashlab import` turns into a run of the history. `section` is the bundle's JSON path of the summary it
+ * belongs to (e.g. "gpt2Decode.runs", "chatglm2.1.decode") and `label` the summary's label there.
+ */
+export const BenchMeasurement = z
+  .object({
+    section: z.string().min(1),
+    label: z.string().min(1),
+    /** CUDA-graph decode as requested (the engine's default, and what a dashboard job asks for, is on). */
+    cudaGraphs: z.boolean(),
+    /** Whether decode steps were replays of a captured step in the last repeat. */
+    cudaGraphsUsed: z.boolean(),
+    config: JobConfig,
+    repeats: z.array(RepeatFigures).min(1),
+    sampleTokens: z.array(z.number().int().nonnegative()).optional(),
+  })
+  .superRefine((m, ctx) => {
+    if (m.repeats.length !== m.config.repeats)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['repeats'],
+        message: `${m.repeats.length} repeats recorded but config.repeats says ${m.config.repeats}`,
+      });
+    m.repeats.forEach((r, i) => {
+      if (r.decodeMs && r.decodeMs.length !== m.config.newTokens - 1)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['repeats', i, 'decodeMs'],
+          message: `${r.decodeMs.length} decode times for ${m.config.newTokens} new tokens (expected one per token after the first)`,
+        });
+    });
+  });
+export type BenchMeasurement = z.infer<typeof BenchMeasurement>;
 
 export const KernelBenchEnvironment = z
   .object({
@@ -126,6 +161,85 @@ export const EngineBenchBundle = z
     quick: z.boolean().optional(),
     partial: z.boolean(),
     targets: z.array(BenchTarget).min(1),
+    /** Every timed configuration with its repeats (drivers from this format's second edition on). */
+    measurements: z.array(BenchMeasurement).optional(),
   })
   .passthrough();
 export type EngineBenchBundle = z.infer<typeof EngineBenchBundle>;
+
+/** One GPU of the host a CUDA bundle ran on (bench/engine-gpu.sh's environment probe). */
+export const EngineBenchGpu = z.object({
+  index: z.number().int().nonnegative(),
+  name: z.string().min(1),
+  uuid: z.string().optional(),
+  memoryBytes: z.number().nonnegative(),
+  driver: z.string().optional(),
+  smClockMHz: z.number().optional(),
+  memClockMHz: z.number().optional(),
+  temperatureC: z.number().optional(),
+});
+export type EngineBenchGpu = z.infer<typeof EngineBenchGpu>;
+
+/** The environment record of a CUDA engine bundle, field by field (GPU 0's figures at the top level). */
+export const EngineBenchEnvironment = z
+  .object({
+    gpu: z.string().min(1),
+    uuid: z.string().optional(),
+    driver: z.string().optional(),
+    smClockMHz: z.number().optional(),
+    memClockMHz: z.number().optional(),
+    temperatureC: z.number().optional(),
+    /** GPU 0's memory. */
+    memoryBytes: z.number().nonnegative().optional(),
+    /** Names of every GPU of the host. */
+    gpus: z.array(z.string()).optional(),
+    gpuDetails: z.array(EngineBenchGpu).optional(),
+    cuda: z.string().optional(),
+    host: z.string().optional(),
+    cpu: z.string().optional(),
+    cpus: z.number().int().positive().optional(),
+    hostMemoryBytes: z.number().nonnegative().optional(),
+    gitCommit: z.string().optional(),
+    startedAt: z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'not a date'),
+  })
+  .passthrough();
+export type EngineBenchEnvironment = z.infer<typeof EngineBenchEnvironment>;
+
+/**
+ * The CPU engine benchmark (bench/cpu-engine.ts -> bench/results/cpu-engine.json): GPT-2 on this machine's CPU,
+ * decode with and without KV cache, prefill peak memory per method, against the machine's copy bandwidth.
+ */
+export const CpuEngineBenchBundle = z
+  .object({
+    format: z.literal('flashlab-engine-bench/1'),
+    kind: z.literal('cpu-engine'),
+    /** The CPU's model name. */
+    card: z.string().min(1),
+    environment: z
+      .object({
+        cpu: z.string().min(1),
+        cores: z.number().int().positive(),
+        threads: z.number().int().positive(),
+        memoryBytes: z.number().nonnegative(),
+        hostname: z.string().min(1),
+        nodeVersion: z.string().min(1),
+        gitCommit: z.string().optional(),
+        startedAt: z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'not a date'),
+      })
+      .passthrough(),
+    engineBuild: z.string().min(1),
+    dtype: z.string(),
+    weights: z.string(),
+    batch: z.number().int().positive(),
+    quick: z.boolean().optional(),
+    partial: z.boolean(),
+    targets: z.array(BenchTarget).min(1),
+    measurements: z.array(BenchMeasurement).optional(),
+  })
+  .passthrough();
+export type CpuEngineBenchBundle = z.infer<typeof CpuEngineBenchBundle>;
+
+/** Whether a target is met, in its direction: the one rule every bench writer and check uses. */
+export function targetMet(t: Pick<BenchTarget, 'value' | 'target' | 'better'>): boolean {
+  return Number.isFinite(t.value) && (t.better === 'lower' ? t.value <= t.target : t.value >= t.target);
+}

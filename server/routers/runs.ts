@@ -3,6 +3,7 @@ import { TRPCError } from '@trpc/server';
 import { z } from 'zod';
 import { OfflineResults } from '../../contracts/experiment';
 import { GROUP_SORTABLE } from '../../lib/run-history';
+import { benchBundleToImport, isBenchBundle } from '../bench-import';
 import type { Db, PrismaNs } from '../db';
 import { runRow, tagList } from '../queue/run-row';
 import { adminProcedure, publicProcedure, router } from '../trpc';
@@ -254,6 +255,61 @@ const ExportRow = {
   ],
 } as const;
 
+/** An engine bench bundle: converted and validated whole before anything is written. */
+async function importBenchBundle(client: Db, json: unknown, fileName: string | undefined) {
+  const file = fileName ?? 'the bundle';
+  let converted: ReturnType<typeof benchBundleToImport>;
+  let rows: { experiment: number; data: ReturnType<typeof runRow> }[];
+  try {
+    converted = benchBundleToImport(json, file);
+    rows = converted.experiments.flatMap((e, k) =>
+      e.runs.map((run) => ({
+        experiment: k,
+        data: runRow(run.result, { experimentId: '', tags: e.spec.tags, notes: run.notes, source: 'import' }),
+      })),
+    );
+  } catch (e) {
+    // A refused bundle (BenchImportError) or a figure runRow will not store: the caller's mistake, not ours.
+    if (e instanceof Error) throw new TRPCError({ code: 'BAD_REQUEST', message: e.message });
+    throw e;
+  }
+  const experimentIds = await client.$transaction(async (tx) => {
+    const ids: string[] = [];
+    for (const { spec } of converted.experiments) {
+      const exp = await tx.experiment.create({
+        data: {
+          name: spec.name,
+          spec,
+          model: spec.model,
+          device: spec.device,
+          targetAgent: null,
+          tags: spec.tags,
+          tagList: tagList(spec.tags),
+          notes: spec.notes,
+          source: 'import',
+          createdBy: fileName ? `import:${fileName}` : 'import',
+        },
+      });
+      ids.push(exp.id);
+    }
+    for (const row of rows)
+      await tx.run.create({
+        data: { ...row.data, experimentId: ids[row.experiment] } as PrismaNs.RunUncheckedCreateInput,
+      });
+    return ids;
+  });
+  return {
+    experimentId: experimentIds[0],
+    experimentIds,
+    experimentNames: converted.experiments.map((e) => e.spec.name),
+    runs: rows.length,
+    failures: 0,
+    bundle: { kind: converted.kind, card: converted.card, partial: converted.partial },
+    skipped: converted.skipped,
+    targets: converted.targets,
+  };
+}
+
 export const runsRouter = router({
   list: publicProcedure
     .input(
@@ -428,7 +484,8 @@ export const runsRouter = router({
       };
     }),
 
-  /** A results file from `flashlab run plan.json --out results.json`: one experiment and its runs, in one transaction. */
+  /** A results file from `flashlab run plan.json --out results.json` (one experiment and its runs), or an engine
+   *  bench bundle from bench/results/ (its experiments and runs): all of it in one transaction, or nothing. */
   import: adminProcedure
     .input(z.object({ fileName: z.string().max(300).optional(), content: z.string().min(1).max(50_000_000) }))
     .mutation(async ({ ctx, input }) => {
@@ -441,6 +498,7 @@ export const runsRouter = router({
           message: `${input.fileName ?? 'the file'} is not JSON: ${(e as Error).message}`,
         });
       }
+      if (isBenchBundle(json)) return importBenchBundle(ctx.db, json, input.fileName);
       const parsed = OfflineResults.safeParse(json);
       if (!parsed.success) {
         const first = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(file)'}: ${i.message}`);
