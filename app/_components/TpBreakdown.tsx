@@ -84,32 +84,38 @@ export function TpStackedCard(props: {
                 median compute and median all-reduce, stacked. Two all-reduces per layer, after attention and after the
                 MLP.
               </p>
-              <table className="small" data-testid="tp-breakdown-table">
-                <thead>
-                  <tr>
-                    <th>Configuration</th>
-                    <th className="num">Token (step)</th>
-                    <th className="num">Compute</th>
-                    <th className="num">All-reduce</th>
-                    <th className="num">All-reduce share</th>
-                    <th className="num">All-reduces / token</th>
-                    <th className="num">Repeats</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {configs.map((c) => (
-                    <tr key={c.key} aria-label={breakdownSentence(c.label, c.summary)}>
-                      <td>{c.label}</td>
-                      <td className="num">{formatMs(c.summary.stepMs)}</td>
-                      <td className="num">{formatMs(c.summary.computeMs)}</td>
-                      <td className="num">{formatMs(c.summary.allReduceMs)}</td>
-                      <td className="num">{formatPercent(c.summary.allReduceShare, false)}</td>
-                      <td className="num">{c.summary.allReduceCount}</td>
-                      <td className="num">{c.summary.repeats}</td>
+              <div className="table-wrap">
+                <table className="small" data-testid="tp-breakdown-table">
+                  <thead>
+                    <tr>
+                      <th>Configuration</th>
+                      <th className="num" title="The decode step timed: one token">
+                        Step
+                      </th>
+                      <th className="num">Compute</th>
+                      <th className="num">All-reduce</th>
+                      <th className="num">Share</th>
+                      <th className="num" title="All-reduces in one token">
+                        All-reduces
+                      </th>
+                      <th className="num">Repeats</th>
                     </tr>
-                  ))}
-                </tbody>
-              </table>
+                  </thead>
+                  <tbody>
+                    {configs.map((c) => (
+                      <tr key={c.key} aria-label={breakdownSentence(c.label, c.summary)}>
+                        <td>{c.label}</td>
+                        <td className="num">{formatMs(c.summary.stepMs)}</td>
+                        <td className="num">{formatMs(c.summary.computeMs)}</td>
+                        <td className="num">{formatMs(c.summary.allReduceMs)}</td>
+                        <td className="num">{formatPercent(c.summary.allReduceShare, false)}</td>
+                        <td className="num">{c.summary.allReduceCount}</td>
+                        <td className="num">{c.summary.repeats}</td>
+                      </tr>
+                    ))}
+                  </tbody>
+                </table>
+              </div>
             </>
           )}
           {missing}
@@ -146,7 +152,8 @@ export function TpStackedCard(props: {
               );
             }}
           />
-          <Legend verticalAlign="top" wrapperStyle={{ fontSize: 12, paddingBottom: 6 }} />
+          {/* In stacking order, bottom first, not alphabetical. */}
+          <Legend verticalAlign="top" itemSorter={null} wrapperStyle={{ fontSize: 12, paddingBottom: 6 }} />
           <Bar dataKey="computeMs" name="compute" stackId="token" fill={COMPUTE_COLOR} isAnimationActive={false} />
           <Bar
             dataKey="allReduceMs"

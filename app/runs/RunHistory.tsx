@@ -654,51 +654,54 @@ function RunDetails({ id }: { id: string }) {
               </Fragment>
             ))}
         </dl>
-        <table className="small">
-          <thead>
-            <tr>
-              <th className="num">Repeat</th>
-              <th className="num">TTFT</th>
-              <th className="num">TPOT</th>
-              <th className="num">Total</th>
-              <th className="num">Tokens/s</th>
-              <th className="num">Peak mem</th>
-              {withBreakdown && (
-                <>
-                  <th className="num" title="Time of the last decode step, on the first shard">
-                    TP token
-                  </th>
-                  <th className="num">Compute</th>
-                  <th className="num">All-reduce</th>
-                </>
-              )}
-            </tr>
-          </thead>
-          <tbody>
-            {r.repeats.map((p, i) => (
-              <tr key={i}>
-                <td className="num">{i + 1}</td>
-                <td className="num">{formatMs(p.prefillMs)}</td>
-                <td className="num">{formatMs(p.tpotMs)}</td>
-                <td className="num">{formatMs(p.totalMs)}</td>
-                <td className="num">{formatRate(p.tokensPerSec)}</td>
-                <td className="num">{formatBytes(p.peakMemBytes)}</td>
+        <div className="table-wrap">
+          {' '}
+          <table className="small">
+            <thead>
+              <tr>
+                <th className="num">Repeat</th>
+                <th className="num">TTFT</th>
+                <th className="num">TPOT</th>
+                <th className="num">Total</th>
+                <th className="num">Tokens/s</th>
+                <th className="num">Peak mem</th>
                 {withBreakdown && (
                   <>
-                    <td className="num">{formatMs(p.tpBreakdown?.stepMs)}</td>
-                    <td className="num">{formatMs(p.tpBreakdown?.computeMs)}</td>
-                    <td className="num">
-                      {formatMs(p.tpBreakdown?.allReduceMs)}
-                      {p.tpBreakdown && p.tpBreakdown.stepMs > 0
-                        ? ` (${formatPercent(p.tpBreakdown.allReduceMs / p.tpBreakdown.stepMs, false)})`
-                        : ''}
-                    </td>
+                    <th className="num" title="Time of the last decode step, on the first shard">
+                      TP token
+                    </th>
+                    <th className="num">Compute</th>
+                    <th className="num">All-reduce</th>
                   </>
                 )}
               </tr>
-            ))}
-          </tbody>
-        </table>
+            </thead>
+            <tbody>
+              {r.repeats.map((p, i) => (
+                <tr key={i}>
+                  <td className="num">{i + 1}</td>
+                  <td className="num">{formatMs(p.prefillMs)}</td>
+                  <td className="num">{formatMs(p.tpotMs)}</td>
+                  <td className="num">{formatMs(p.totalMs)}</td>
+                  <td className="num">{formatRate(p.tokensPerSec)}</td>
+                  <td className="num">{formatBytes(p.peakMemBytes)}</td>
+                  {withBreakdown && (
+                    <>
+                      <td className="num">{formatMs(p.tpBreakdown?.stepMs)}</td>
+                      <td className="num">{formatMs(p.tpBreakdown?.computeMs)}</td>
+                      <td className="num">
+                        {formatMs(p.tpBreakdown?.allReduceMs)}
+                        {p.tpBreakdown && p.tpBreakdown.stepMs > 0
+                          ? ` (${formatPercent(p.tpBreakdown.allReduceMs / p.tpBreakdown.stepMs, false)})`
+                          : ''}
+                      </td>
+                    </>
+                  )}
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
       </div>
       {tpSummary ? (
         <div style={{ marginTop: 12 }}>
