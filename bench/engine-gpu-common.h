@@ -1,10 +1,14 @@
 // Shared by the GPU engine benchmark drivers (bench/engine-gpu.cpp, bench/tp-gpu.cpp): model configs, seeded
 // prompts, a generate runner that keeps every repeat, order statistics, the card's copy bandwidth and a small
 // JSON writer. The drivers link the engine core with the CUDA backend (native/build-cuda/libflashlab_cuda.a).
+// Every configuration a driver writes (runJson) is also recorded with its JobConfig and every repeat's figures in
+// the bundle's "measurements" list (contracts/bench.ts BenchMeasurement): what `flashlab import` reads.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cstdint>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -103,6 +107,13 @@ class Json {
     if (!std::isfinite(v)) return raw("null");
     char buf[40];
     std::snprintf(buf, sizeof buf, "%.6g", v);
+    return raw(buf);
+  }
+  // Byte counts and token ids: every digit (the "%.6g" of num would round 12,772,100,096 bytes).
+  Json& whole(double v) {
+    if (!std::isfinite(v)) return raw("null");
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%.0f", v);
     return raw(buf);
   }
   Json& boolean(bool v) { return raw(v ? "true" : "false"); }
@@ -213,9 +224,17 @@ inline double copyBandwidth(int device) {
 struct Run {
   std::string label;
   std::vector<double> ttftMs, tpotMs, totalMs, decodeTokPerSec, e2eTokPerSec, peakBytes;
-  std::vector<std::vector<int32_t>> tokens;  // the last repeat's new tokens
+  std::vector<double> kvCacheBytes, weightsBytes;
+  std::vector<std::vector<double>> decodeMs;  // per repeat: one entry per token after the first
+  std::vector<std::vector<int32_t>> tokens;   // the last repeat's new tokens
   bool graphs = false;
   int newTokens = 0;
+  // The configuration (contracts/experiment.ts JobConfig), taken from the engine and the request by measureOnce;
+  // `warmup` is the number of unrecorded runs of this very configuration before its repeats.
+  std::string model, attention, dtype, device;
+  uint64_t seed = 0;
+  bool kvCache = true, graphsRequested = true;
+  int tp = 1, batch = 1, promptLength = 0, maxNewTokens = 0, warmup = 0;
 };
 
 inline void measureOnce(Engine& e, const GenerateRequest& req, Run& run) {
@@ -227,16 +246,25 @@ inline void measureOnce(Engine& e, const GenerateRequest& req, Run& run) {
   run.decodeTokPerSec.push_back(r.tpotMs > 0 ? 1000.0 / r.tpotMs : 0);
   run.e2eTokPerSec.push_back(r.tokensPerSec);
   run.peakBytes.push_back(r.memory.peakBytes);
+  run.kvCacheBytes.push_back(r.memory.kvCacheBytes);
+  run.weightsBytes.push_back(r.memory.weightsBytes);
+  run.decodeMs.push_back(r.decodeMs);
   run.tokens = r.newTokens;
   run.graphs = r.decodeGraphs;
   run.newTokens = static_cast<int>(r.newTokens[0].size());
+  const EngineOptions& o = e.options();
+  run.model = o.config.name, run.seed = o.seed, run.dtype = dtypeName(o.dtype), run.device = o.device, run.tp = o.tp;
+  run.attention = attentionMethodName(req.attention), run.kvCache = req.kvCache, run.graphsRequested = req.cudaGraphs;
+  run.batch = static_cast<int>(req.inputIds.size());
+  run.promptLength = req.inputIds.empty() ? 0 : static_cast<int>(req.inputIds[0].size());
+  run.maxNewTokens = req.maxNewTokens;
 }
 
 // Runs the requests interleaved (a, b, c, a, b, c, ...), `warmup` unrecorded rounds first.
 inline std::vector<Run> interleaved(Engine& e, const std::vector<std::pair<std::string, GenerateRequest>>& reqs, int reps,
                                     int warmup = 1) {
   std::vector<Run> runs(reqs.size());
-  for (size_t i = 0; i < reqs.size(); ++i) runs[i].label = reqs[i].first;
+  for (size_t i = 0; i < reqs.size(); ++i) runs[i].label = reqs[i].first, runs[i].warmup = warmup;
   for (int w = 0; w < warmup; ++w)
     for (size_t i = 0; i < reqs.size(); ++i) {
       Run scratch;
@@ -247,9 +275,54 @@ inline std::vector<Run> interleaved(Engine& e, const std::vector<std::pair<std::
   return runs;
 }
 
-inline void runJson(Json& j, const Run& r) {
+// The bundle's "measurements": the JSON text of every configuration written so far, in order.
+inline std::vector<std::string>& measurements() {
+  static std::vector<std::string> recorded;
+  return recorded;
+}
+
+// Records one configuration with its JobConfig and every repeat's figures (contracts/bench.ts BenchMeasurement);
+// `section` is the JSON path of its summary in the bundle. Returns its index in "measurements".
+inline int recordMeasurement(const std::string& section, const Run& r) {
+  Json j;
+  j.beginObject();
+  j.key("section").str(section), j.key("label").str(r.label);
+  j.key("cudaGraphs").boolean(r.graphsRequested), j.key("cudaGraphsUsed").boolean(r.graphs);
+  j.key("config").beginObject();
+  j.key("model").str(r.model);
+  j.key("weights").beginObject().key("kind").str("random").key("seed").whole(static_cast<double>(r.seed)).endObject();
+  j.key("attention").str(r.attention), j.key("kvCache").boolean(r.kvCache), j.key("tp").whole(r.tp);
+  j.key("dtype").str(r.dtype), j.key("device").str(r.device), j.key("batchSize").whole(r.batch);
+  j.key("promptLength").whole(r.promptLength), j.key("newTokens").whole(r.maxNewTokens);
+  j.key("warmup").whole(r.warmup), j.key("repeats").whole(static_cast<double>(r.ttftMs.size()));
+  j.endObject();
+  j.key("repeats").beginArray();
+  for (size_t i = 0; i < r.ttftMs.size(); ++i) {
+    j.beginObject();
+    j.key("prefillMs").num(r.ttftMs[i]), j.key("tpotMs").num(r.tpotMs[i]), j.key("totalMs").num(r.totalMs[i]);
+    j.key("tokensPerSec").num(r.e2eTokPerSec[i]), j.key("peakMemBytes").whole(r.peakBytes[i]);
+    j.key("kvCacheBytes").whole(r.kvCacheBytes[i]), j.key("weightsBytes").whole(r.weightsBytes[i]);
+    j.key("decodeMs").numbers(r.decodeMs[i]);
+    j.endObject();
+  }
+  j.endArray();
+  if (!r.tokens.empty()) {
+    j.key("sampleTokens").beginArray();
+    for (int32_t t : r.tokens[0]) j.whole(t);
+    j.endArray();
+  }
+  j.endObject();
+  measurements().push_back(j.text());
+  return static_cast<int>(measurements().size()) - 1;
+}
+
+// One configuration's summary, written where the bundle's section wants it; `section` is that place's JSON path
+// (e.g. "gpt2Decode.runs"), under which its repeats go into "measurements".
+inline void runJson(Json& j, const Run& r, const std::string& section) {
+  const int index = recordMeasurement(section, r);
   j.beginObject();
   j.key("label").str(r.label);
+  j.key("measurement").num(index);
   j.key("reps").num(static_cast<double>(r.ttftMs.size()));
   j.key("newTokens").num(r.newTokens);
   j.key("cudaGraphs").boolean(r.graphs);
@@ -277,9 +350,12 @@ struct Target {
   bool met() const { return std::isfinite(value) && (higherIsBetter ? value >= target : value <= target); }
 };
 
+// Targets with a measured value. One that could not be computed in this run (Hugging Face not measured, a part
+// skipped) has no number to list: targetsNotMeasuredJson names it instead, so a bundle never holds a null value.
 inline void targetsJson(Json& j, const std::vector<Target>& ts) {
   j.beginArray();
   for (const auto& t : ts) {
+    if (!std::isfinite(t.value)) continue;
     j.beginObject();
     j.key("name").str(t.name), j.key("value").num(t.value), j.key("target").num(t.target), j.key("unit").str(t.unit);
     j.key("met").boolean(t.met());
@@ -289,13 +365,30 @@ inline void targetsJson(Json& j, const std::vector<Target>& ts) {
   j.endArray();
 }
 
+inline void targetsNotMeasuredJson(Json& j, const std::vector<Target>& ts) {
+  j.beginArray();
+  for (const auto& t : ts)
+    if (!std::isfinite(t.value)) {
+      j.beginObject();
+      j.key("name").str(t.name), j.key("target").num(t.target), j.key("unit").str(t.unit);
+      j.key("better").str(t.higherIsBetter ? "higher" : "lower");
+      j.endObject();
+    }
+  j.endArray();
+}
+
 // Writes what is measured so far as a complete document ("partial": true until the end), so a run cut short
 // by its time limit still leaves its results.
 inline void writePartial(const std::string& path, const Json& body, const std::vector<Target>& targets, bool done) {
   Json j = body;
   j.key("targets");
   targetsJson(j, targets);
+  j.key("targetsNotMeasured");
+  targetsNotMeasuredJson(j, targets);
   j.key("partial").boolean(!done);
+  j.key("measurements").beginArray();
+  for (const std::string& m : measurements()) j.raw(m);
+  j.endArray();
   j.endObject();
   writeFile(path, j.text());
 }

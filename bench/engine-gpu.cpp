@@ -5,7 +5,8 @@
 //     card's copy bandwidth, measured here), and its time to first token at 2,048 tokens;
 //   - the study's single-GPU experiments at full size: FA vs naive, FA2 vs FA1 vs naive (time and peak
 //     memory), KV cache on vs off (256 new tokens after 128 and after 1,024 prompt tokens).
-// Methods under comparison run interleaved. Writes the results bundle (with "targets") to --out.
+// Methods under comparison run interleaved. Writes the results bundle (with "targets", and every configuration's
+// repeats with its JobConfig in "measurements", which `flashlab import` reads) to --out.
 // usage: engine-gpu --out FILE [--hf FILE] [--env FILE] [--quick] [--skip-chatglm2]
 #include "engine-gpu-common.h"
 
@@ -30,7 +31,8 @@ void log(const char* fmt, double a = 0, double b = 0, double c = 0) {
 
 // FA vs naive and FA2 vs FA1 vs naive at one prompt length: prefill (the methods differ there only) and the
 // whole generate, with peak memory.
-void methodStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int newTokens, int reps) {
+void methodStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int newTokens, int reps,
+                 const std::string& section) {
   std::vector<std::pair<std::string, GenerateRequest>> reqs;
   for (AttentionMethod m : {AttentionMethod::Naive, AttentionMethod::FA1, AttentionMethod::FA2})
     reqs.push_back({mname(m), request(c, promptLen, newTokens, m, true, true)});
@@ -39,7 +41,7 @@ void methodStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int ne
   j.key("model").str(c.name), j.key("promptTokens").num(promptLen), j.key("newTokens").num(newTokens);
   j.key("kvCache").boolean(true);
   j.key("runs").beginArray();
-  for (auto& r : runs) runJson(j, r);
+  for (auto& r : runs) runJson(j, r, section + ".runs");
   j.endArray();
   const double naiveT = summarize(runs[0].ttftMs).median, fa1T = summarize(runs[1].ttftMs).median,
                fa2T = summarize(runs[2].ttftMs).median;
@@ -62,7 +64,8 @@ void methodStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int ne
 }
 
 // KV cache on vs off: the same greedy generate; off reruns the whole sequence every step.
-void kvStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int newTokens, int repsOn, int repsOff) {
+void kvStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int newTokens, int repsOn, int repsOff,
+             const std::string& section) {
   j.beginObject();
   j.key("model").str(c.name), j.key("promptTokens").num(promptLen), j.key("newTokens").num(newTokens);
   if (promptLen + newTokens - 1 > c.maxPositions) {
@@ -73,6 +76,7 @@ void kvStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int newTok
   }
   Run on, off;
   on.label = "kv-cache", off.label = "no-kv-cache";
+  on.warmup = 1, off.warmup = 0;  // the one warm-up below runs the cached configuration only
   {
     Run warm;
     measureOnce(e, request(c, promptLen, newTokens, AttentionMethod::FA2, true, true), warm);
@@ -82,8 +86,8 @@ void kvStudy(Json& j, Engine& e, const ModelConfig& c, int promptLen, int newTok
     if (r < repsOff) measureOnce(e, request(c, promptLen, newTokens, AttentionMethod::FA2, false, true), off);
   }
   j.key("runs").beginArray();
-  runJson(j, on);
-  runJson(j, off);
+  runJson(j, on, section + ".runs");
+  runJson(j, off, section + ".runs");
   j.endArray();
   const double tOn = summarize(on.totalMs).median, tOff = summarize(off.totalMs).median;
   j.key("totalTimeChange").num(tOn / tOff - 1);
@@ -156,7 +160,7 @@ int main(int argc, char** argv) {
       j.key("gpt2Decode").beginObject();
       j.key("promptTokens").num(128), j.key("newTokens").num(256), j.key("attention").str("fa2");
       j.key("runs").beginArray();
-      for (auto& r : runs) runJson(j, r);
+      for (auto& r : runs) runJson(j, r, "gpt2Decode.runs");
       j.endArray();
       j.key("graphsOverEager").num(graphsTps / eagerTps);
       j.key("tokensAgreeGraphsVsEager").num(prefixAgreement(runs[0].tokens, runs[1].tokens));
@@ -176,12 +180,12 @@ int main(int argc, char** argv) {
 
       j.key("study").beginObject();
       j.key("attention").beginArray();
-      methodStudy(j, e, g, 768, 256, quick ? 2 : 3);
+      methodStudy(j, e, g, 768, 256, quick ? 2 : 3, "study.attention.0");
       j.endArray();
       j.key("kvCache").beginArray();
-      kvStudy(j, e, g, 128, 256, 3, quick ? 1 : 2);
-      kvStudy(j, e, g, 1024, 256, 3, 1);
-      kvStudy(j, e, g, 768, 256, 3, 1);  // the longest prompt that leaves GPT-2 room for 256 new tokens
+      kvStudy(j, e, g, 128, 256, 3, quick ? 1 : 2, "study.kvCache.0");
+      kvStudy(j, e, g, 1024, 256, 3, 1, "study.kvCache.1");
+      kvStudy(j, e, g, 768, 256, 3, 1, "study.kvCache.2");  // the longest prompt that leaves GPT-2 room for 256 new tokens
       j.endArray();
       j.endObject();
     }
@@ -209,7 +213,7 @@ int main(int argc, char** argv) {
       j.key("chatglm2Decode").beginObject();
       j.key("promptTokens").num(128), j.key("newTokens").num(128), j.key("attention").str("fa2");
       j.key("runs").beginArray();
-      for (auto& r : runs) runJson(j, r);
+      for (auto& r : runs) runJson(j, r, "chatglm2Decode.runs");
       j.endArray();
       j.key("weightBytesPerToken").num(bytes);
       j.key("boundTokPerSec").num(bound);
@@ -230,15 +234,15 @@ int main(int argc, char** argv) {
                   summarize(ttft[1].ttftMs).median, summarize(ttft[2].ttftMs).median);
       std::fflush(stdout);
       j.key("chatglm2Ttft2048").beginArray();
-      for (auto& r : ttft) runJson(j, r);
+      for (auto& r : ttft) runJson(j, r, "chatglm2Ttft2048");
       j.endArray();
       targets.push_back({"ChatGLM2-6B time to first token, 2,048-token prompt (fa2)", fa2Ttft, 45, "ms", false});
       writePartial(outPath, j, targets, false);
 
       j.key("chatglm2Study").beginObject();
       j.key("attention").beginArray();
-      methodStudy(j, e, c, 2048, 64, quick ? 2 : 3);
-      if (!quick) methodStudy(j, e, c, 8192, 16, 2);
+      methodStudy(j, e, c, 2048, 64, quick ? 2 : 3, "chatglm2Study.attention.0");
+      if (!quick) methodStudy(j, e, c, 8192, 16, 2, "chatglm2Study.attention.1");
       j.endArray();
       log("chatglm2 attention study done at %.0f s\n", nowSeconds() - t0);
       {
@@ -247,8 +251,8 @@ int main(int argc, char** argv) {
         writePartial(outPath, partial, targets, false);
       }
       j.key("kvCache").beginArray();
-      kvStudy(j, e, c, 128, 256, 2, 1);
-      kvStudy(j, e, c, 1024, 256, 2, 1);
+      kvStudy(j, e, c, 128, 256, 2, 1, "chatglm2Study.kvCache.0");
+      kvStudy(j, e, c, 1024, 256, 2, 1, "chatglm2Study.kvCache.1");
       j.endArray();
       j.endObject();
       log("chatglm2 done at %.0f s\n", nowSeconds() - t0);

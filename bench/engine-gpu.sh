@@ -7,6 +7,14 @@
 # Logs and a copy of every JSON go to $FLASHLAB_OUT (default bench/out/). Each part has its own time limit
 # (FLASHLAB_ENGINE_BENCH_TIMEOUT, FLASHLAB_TP_BENCH_TIMEOUT, FLASHLAB_HF_TIMEOUT seconds), so a hang in one
 # does not lose the others; the drivers write partial results as they go.
+# Every bundle carries "targets" (issues 5 and 6, met computed from the measurements) and "measurements" (every
+# timed configuration with its JobConfig and each repeat's figures): `./bin/flashlab import bench/results/X.json`
+# puts it into the dashboard's history (bench/README.md).
+# Build flags: the drivers are host C++ (g++ -std=c++17 -O2 -march=native -fopenmp -DFLASHLAB_WITH_CUDA, CUDA
+# include dirs) linked by nvcc against the engine objects, libflashlab_cuda.a, cuBLASLt and NCCL. Without a GPU or
+# those libraries they still syntax-check: g++ -std=c++17 -fsyntax-only -DFLASHLAB_WITH_CUDA \
+#   -I/usr/local/cuda/include bench/engine-gpu.cpp (and bench/tp-gpu.cpp); CI compiles their JSON writer
+# (test/bench/bundle-writer.cpp) and imports what it writes.
 # usage: bench/engine-gpu.sh [--single] [--tp] [--quick] [--skip-chatglm2]   (neither --single nor --tp: both)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,15 +61,37 @@ def q(fields, i=0):
     return [x.strip() for x in r.split(",")]
 names = subprocess.run(["nvidia-smi", "--query-gpu=name,uuid", "--format=csv,noheader"], capture_output=True,
                        text=True, timeout=30).stdout.strip().splitlines()
-name, uuid, driver, sm, mem, temp, total = q("name,uuid,driver_version,clocks.sm,clocks.mem,temperature.gpu,memory.total")
+def number(x):  # nvidia-smi prints "[N/A]" for a figure a card does not report
+    try:
+        return float(x)
+    except ValueError:
+        return None
+fields = "name,uuid,driver_version,clocks.sm,clocks.mem,temperature.gpu,memory.total"
+name, uuid, driver, sm, mem, temp, total = q(fields)
+details = []
+for i in range(len(names)):
+    n, u, d, s, m, t, tot = q(fields, i)
+    g = {"index": i, "name": n, "uuid": u, "memoryBytes": int(float(tot)) * 1024 * 1024, "driver": d,
+         "smClockMHz": number(s), "memClockMHz": number(m), "temperatureC": number(t)}
+    details.append({k: v for k, v in g.items() if v is not None})
 nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()
-env = {"gpu": name, "uuid": uuid, "driver": driver, "smClockMHz": float(sm), "memClockMHz": float(mem),
-       "temperatureC": float(temp), "memoryBytes": int(float(total)) * 1024 * 1024,
-       "gpus": [n.strip() for n in names], "cuda": nvcc[-1] if nvcc else "",
-       "host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-       "gitCommit": os.environ.get("FLASHLAB_GIT_COMMIT", ""),
+cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
+commit = os.environ.get("FLASHLAB_GIT_COMMIT", "")
+if not commit:
+    try:  # a copied work tree has no .git, and a bare host may have no git
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+commit = commit or None
+env = {"gpu": name, "uuid": uuid, "driver": driver, "smClockMHz": number(sm), "memClockMHz": number(mem),
+       "temperatureC": number(temp), "memoryBytes": int(float(total)) * 1024 * 1024,
+       "gpus": [n.strip() for n in names], "gpuDetails": details, "cuda": nvcc[-1] if nvcc else "",
+       "host": platform.node(), "cpu": cpu_model or platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+       "hostMemoryBytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+       "gitCommit": commit,
        "ncclNvlsEnable": os.environ.get("NCCL_NVLS_ENABLE", ""),
        "startedAt": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+env = {k: v for k, v in env.items() if v is not None}
 json.dump(env, open(sys.argv[1], "w"), indent=1)
 EOF
 status=0

@@ -8,6 +8,7 @@
 //     (compute = the step's time minus its all-reduces; an all-reduce's time includes waiting for the slowest
 //     shard), for the recorded step and for eager launches;
 //   - the greedy tokens of every degree against TP 1's.
+// Every configuration's repeats go into the bundle's "measurements" with its JobConfig (what `flashlab import` reads).
 // usage: tp-gpu --out FILE [--env FILE] [--max-tp N] [--quick]
 #include <cstdlib>
 
@@ -76,7 +77,9 @@ struct DegreeResult {
   std::vector<std::vector<int32_t>> tokens;
 };
 
-DegreeResult measureDegree(Json& j, const ModelConfig& c, int tp, int decodeNew, int ttftLen, bool quick) {
+// `section`: the JSON path of this degree's object in the bundle (e.g. "chatglm2.1").
+DegreeResult measureDegree(Json& j, const ModelConfig& c, int tp, int decodeNew, int ttftLen, bool quick,
+                           const std::string& section) {
   const double t0 = nowSeconds();
   EngineOptions o;
   o.config = c, o.seed = 1, o.device = "cuda", o.dtype = DType::F16, o.maxBatch = 1, o.tp = tp;
@@ -104,13 +107,13 @@ DegreeResult measureDegree(Json& j, const ModelConfig& c, int tp, int decodeNew,
   j.beginObject();
   j.key("model").str(c.name), j.key("tp").num(tp);
   j.key("decode").beginArray();
-  for (auto& r : dec) runJson(j, r);
+  for (auto& r : dec) runJson(j, r, section + ".decode");
   j.endArray();
   j.key("prefill").beginObject().key("promptTokens").num(ttftLen).key("run");
-  runJson(j, pre[0]);
+  runJson(j, pre[0], section + ".prefill.run");
   j.endObject();
   j.key("study").beginObject().key("promptTokens").num(128).key("newTokens").num(256).key("run");
-  runJson(j, study[0]);
+  runJson(j, study[0], section + ".study.run");
   j.endObject();
   if (!e.captureError().empty()) j.key("captureError").str(e.captureError());
   if (tp > 1) {
@@ -184,7 +187,7 @@ int main(int argc, char** argv) {
     std::vector<DegreeResult> res;
     j.key("chatglm2").beginArray();
     for (int tp : degrees) {
-      res.push_back(measureDegree(j, c, tp, 128, 2048, quick));
+      res.push_back(measureDegree(j, c, tp, 128, 2048, quick, "chatglm2." + std::to_string(res.size())));
       Json partial = j;
       partial.endArray();
       writePartial(outPath, partial, targets, false);
@@ -215,7 +218,7 @@ int main(int argc, char** argv) {
     std::vector<DegreeResult> gres;
     j.key("gpt2").beginArray();
     for (int tp : {1, 2})
-      if (tp <= gpus) gres.push_back(measureDegree(j, g, tp, 256, 1000, quick));
+      if (tp <= gpus) gres.push_back(measureDegree(j, g, tp, 256, 1000, quick, "gpt2." + std::to_string(gres.size())));
     j.endArray();
     if (gres.size() == 2) {
       j.key("gpt2Summary").beginObject();
