@@ -3,7 +3,7 @@
 // ChatGLM2-6B runs are imported from a results file (no GPU needed): TP=2 and TP=4 with breakdowns, and a TP=2 run at
 // another prompt length without one. The run details show the same figures per repeat.
 import { expect, test } from '@playwright/test';
-import { parseCsv, readDownload } from './helpers';
+import { parseCsv, readDownload, screenshot } from './helpers';
 
 const LAYERS = 28;
 
@@ -154,6 +154,7 @@ test('TP runs show compute vs all-reduce per token, per layer, and say so when t
   await chart.locator('.recharts-bar-rectangle').nth(1).hover();
   await expect(page.getByTestId('tp-breakdown-tooltip')).toContainText('All-reduce: 4.00 ms (50 % of the token)');
   await chart.screenshot({ path: test.info().outputPath('tp-breakdown.png') });
+  await screenshot(page, 'compare-tp-breakdown');
 
   // The stacked chart's CSV carries the same medians.
   const [csv] = await Promise.all([page.waitForEvent('download'), chart.getByRole('button', { name: 'CSV' }).click()]);
