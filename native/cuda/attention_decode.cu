@@ -5,12 +5,16 @@
 //      tensor-core tile) to its slice of the cache, and writes an unnormalised partial output with its row
 //      max and row sum;
 //   2. one CTA per (head, sequence) merges the splits' partials with the usual max-rescaling.
+// The fused variant (attentionDecodeFused, for recorded decode steps) does a whole step's attention in one
+// kernel: rotary of the new q/k at the device-resident position, the cache write there, the splits, and the
+// merge by the last split CTA of each (KV head, sequence) to finish (arrival counter, see decodeFusedKernel).
 // Variants (template parameters): dtype fp16 | bf16, head dim 64 | 128; 1-16 query heads per KV head.
 #include "attention_decode.h"
 
 #include <algorithm>
 
 #include "attention_tile.cuh"
+#include "rotary.h"
 
 namespace flashlab::cuda {
 namespace {
@@ -172,8 +176,270 @@ void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl
   FL_CHECK_LAUNCH();
 }
 
-void validateDecode(const DecodeParams& p) {
-  const char* kernel = "attention decode";
+
+// ---- fused decode step
+// One CTA of 2 warps per (split, KV head, sequence). Warp 0 attends exactly as decodeSplitKernel; the other
+// warp helps with the prologue (rotated q tile, the new k/v row) and with the merge, which would be slow on one
+// warp (it reads every split's partial of up to 16 heads). Warp 1 waits at a barrier while warp 0 attends
+// (waiting costs no issue slots). Two warps, not four: warp 0 needs 255 registers at head dim 128, and 3 CTAs
+// a multiprocessor (what shared memory allows) must fit the register file.
+constexpr int kFusedThreads = 64;
+
+template <int kHeadDim>
+struct FusedTraits {
+  using Cfg = DecodeTraits<kHeadDim>;
+  using Tr = typename Cfg::Tile;
+  static constexpr int kQBytes = Tr::kTileElemsQ * 2;
+  static constexpr int kKvBytes = Cfg::kStages * 2 * Tr::kTileElemsKV * 2;
+  static constexpr int kNewBytes = 2 * kHeadDim * 2;  // the new token's k and v rows
+  static constexpr int kCsBytes = kHeadDim / 2 * 8;    // cos/sin of each rotated pair (rotDim <= head dim)
+  static constexpr int kSmemBytes = kQBytes + kKvBytes + kNewBytes + kCsBytes;
+  // The merge keeps its weights (group x splits floats) in the K/V stages, free by then.
+  static_assert(kDecodeFusedMaxSplits * Cfg::kMaxGroup * 4 <= kKvBytes, "merge weights fit in the K/V stages");
+};
+
+template <class T> __device__ __forceinline__ float2 unpackPair(uint32_t w);
+template <>
+__device__ __forceinline__ float2 unpackPair<__half>(uint32_t w) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
+template <>
+__device__ __forceinline__ float2 unpackPair<__nv_bfloat16>(uint32_t w) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+}
+
+// Rotates the pairs of one 16-byte chunk (dims c*8 .. c*8+7) that lie in the first rotDim dims; the same
+// arithmetic as rotary.cu (rotatePair), so the cache receives the bits rotaryAt + kvCacheWriteAt would write.
+template <class T>
+__device__ __forceinline__ uint4 rotateChunk(uint4 v, int c, int rotDim, const float2* cs) {
+  uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int pair = c * 4 + j;
+    if (2 * pair < rotDim) {
+      const float2 x = unpackPair<T>(w[j]);
+      const float2 y = rotatePair(x.x, x.y, cs[pair]);
+      w[j] = packPair<T>(y.x, y.y);
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Grid (splits, KV heads, batch). Split s attends cache positions [s * chunk, min(len, (s + 1) * chunk)). The
+// split whose range holds *pos is the one writer of the new k/v row (even when it has no keys to attend), and
+// the only CTA that attends that position: it patches the row into its shared-memory tile from the values it
+// wrote, so no CTA reads a cache row this launch writes. Splits with keys write unnormalised partials, then
+// count themselves in counters[b, kvHead] (fence, then atomicInc wrapping at the number of such splits, which
+// leaves the counter at 0 for the next launch or graph replay); the one that completes the count merges. A
+// sequence whose keys fit one split skips partials and counter and writes its output directly.
+template <int kHeadDim, class T>
+__global__ void __launch_bounds__(kFusedThreads, 3)
+    decodeFusedKernel(const DecodeFusedParams fp, int chunk, float* __restrict__ partO, float* __restrict__ partMl) {
+  using Cfg = DecodeTraits<kHeadDim>;
+  using Tr = typename Cfg::Tile;
+  using F = FusedTraits<kHeadDim>;
+  constexpr int C = Tr::kChunks;
+  constexpr int kWarps = kFusedThreads / 32;
+  extern __shared__ __align__(128) unsigned char smemRaw[];
+  T* sQ = reinterpret_cast<T*>(smemRaw);
+  T* sKV = reinterpret_cast<T*>(smemRaw + F::kQBytes);
+  T* sNew = reinterpret_cast<T*>(smemRaw + F::kQBytes + F::kKvBytes);
+  float2* sCs = reinterpret_cast<float2*>(smemRaw + F::kQBytes + F::kKvBytes + F::kNewBytes);
+  __shared__ float sDen[Cfg::kMaxGroup];
+  __shared__ int sLast;
+
+  const DecodeParams& p = fp.attn;
+  const int split = blockIdx.x, kvHead = blockIdx.y, batch = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int group = p.numHeads / p.numKvHeads;
+  const int len = min(max(p.seqLens[batch], 0), p.maxSeqLen);
+  const int pos = *fp.pos;
+  const int start = split * chunk;
+  const int n = max(0, min(len, start + chunk) - start);  // keys of this split
+  const int nActive = (len + chunk - 1) / chunk;          // splits with keys (<= gridDim.x: len <= splits * chunk)
+  const bool writer = pos >= 0 && pos < p.maxSeqLen && pos / chunk == split;
+  const bool zeroOutput = len == 0 && split == 0;  // no keys at all: the output is 0, as attentionDecode gives
+  if (n == 0 && !writer && !zeroOutput) return;
+
+  T* oBase = static_cast<T*>(p.o.data) + batch * p.o.batchStride + static_cast<int64_t>(kvHead) * group * p.o.headStride;
+  const T* kBase = static_cast<const T*>(p.k.data) + batch * p.k.batchStride + kvHead * p.k.headStride +
+                   static_cast<int64_t>(start) * p.k.rowStride;
+  const T* vBase = static_cast<const T*>(p.v.data) + batch * p.v.batchStride + kvHead * p.v.headStride +
+                   static_cast<int64_t>(start) * p.v.rowStride;
+  auto loadKv = [&](int blk, int stage) {
+    const int key0 = blk * Tr::kBlockN;
+    T* sK = sKV + 2 * stage * Tr::kTileElemsKV;
+    loadTileAsync<Tr, Tr::kBlockN>(sK, kBase + static_cast<int64_t>(key0) * p.k.rowStride, p.k.rowStride, n - key0, lane);
+    loadTileAsync<Tr, Tr::kBlockN>(sK + Tr::kTileElemsKV, vBase + static_cast<int64_t>(key0) * p.v.rowStride,
+                                   p.v.rowStride, n - key0, lane);
+  };
+  // The first K/V block streams in while the prologue rotates.
+  if (warp == 0 && n > 0) {
+    loadKv(0, 0);
+    cpAsyncCommit();
+  }
+  const int rotDim = fp.rotDim;
+  if (tid < rotDim / 2) sCs[tid] = rotaryCosSin<T>(pos, tid, rotDim, fp.theta);
+  __syncthreads();
+  if (n > 0) {  // the group's query heads, rotated, as the rows of one m16 tile; rows past the group are zero
+    const T* qBase = static_cast<const T*>(p.q.data) + batch * p.q.batchStride +
+                     static_cast<int64_t>(kvHead) * group * p.q.headStride;
+    for (int e = tid; e < Tr::kBlockM * C; e += kFusedThreads) {
+      const int r = e / C, c = e % C;
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (r < group) v = rotateChunk<T>(*reinterpret_cast<const uint4*>(qBase + r * p.q.headStride + c * 8), c, rotDim, sCs);
+      *reinterpret_cast<uint4*>(sQ + swizzled<C>(r, c)) = v;
+    }
+  }
+  if (writer && tid < 2 * C) {  // the new token's k (rotated) and v: into the cache at *pos, and into sNew
+    const bool isV = tid >= C;
+    const int c = isV ? tid - C : tid;
+    const T* src = static_cast<const T*>(isV ? fp.newV.data : fp.newK.data) +
+                   batch * (isV ? fp.newV.batchStride : fp.newK.batchStride) +
+                   kvHead * (isV ? fp.newV.headStride : fp.newK.headStride) + c * 8;
+    uint4 v = *reinterpret_cast<const uint4*>(src);
+    if (!isV) v = rotateChunk<T>(v, c, rotDim, sCs);
+    *reinterpret_cast<uint4*>(sNew + (isV ? kHeadDim : 0) + c * 8) = v;
+    T* dst = static_cast<T*>(isV ? p.v.data : p.k.data) + batch * (isV ? p.v.batchStride : p.k.batchStride) +
+             kvHead * (isV ? p.v.headStride : p.k.headStride) +
+             static_cast<int64_t>(pos) * (isV ? p.v.rowStride : p.k.rowStride) + c * 8;
+    *reinterpret_cast<uint4*>(dst) = v;
+  }
+  if (n == 0) {
+    if (zeroOutput)
+      for (int e = tid; e < group * kHeadDim; e += kFusedThreads)
+        oBase[(e / kHeadDim) * p.o.headStride + e % kHeadDim] = fromFloat<T>(0.f);
+    return;
+  }
+  __syncthreads();
+
+  if (warp == 0) {
+    const int nBlocks = (n + Tr::kBlockN - 1) / Tr::kBlockN;
+    const int newKey = writer ? pos - start : -1;  // the new token's key index in this split
+    WarpRowState<Tr> st;
+    st.init();
+    const float scaleLog2 = p.scale * 1.4426950408889634f;
+    for (int blk = 0; blk < nBlocks; ++blk) {
+      if (blk + 1 < nBlocks) {
+        loadKv(blk + 1, (blk + 1) & 1);
+        cpAsyncCommit();
+        cpAsyncWait<1>();
+      } else {
+        cpAsyncWait<0>();
+      }
+      __syncwarp();
+      const int keyStart = blk * Tr::kBlockN;
+      T* sK = sKV + 2 * (blk & 1) * Tr::kTileElemsKV;
+      if (newKey >= keyStart && newKey < keyStart + Tr::kBlockN && newKey < n) {
+        // The tile holds whatever the cache had at *pos when it was read; the new row replaces it.
+        if (lane < 2 * C) {
+          const bool isV = lane >= C;
+          const int c = isV ? lane - C : lane;
+          *reinterpret_cast<uint4*>(sK + (isV ? Tr::kTileElemsKV : 0) + swizzled<C>(newKey - keyStart, c)) =
+              *reinterpret_cast<const uint4*>(sNew + (isV ? kHeadDim : 0) + c * 8);
+        }
+        __syncwarp();
+      }
+      attendBlock<Tr, T, false>(st, sQ, sK, sK + Tr::kTileElemsKV, 0, 0, keyStart, n, 0, keyStart + Tr::kBlockN > n,
+                                scaleLog2, lane);
+      __syncwarp();  // this stage is refilled by the next iteration's prefetch
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float l = st.l[0][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int g = (lane >> 2) + h * 8;
+      if (g >= group) continue;
+      if (nActive == 1) {
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        T* o = oBase + g * p.o.headStride + (lane & 3) * 2;
+#pragma unroll
+        for (int dt = 0; dt < Tr::kDTiles; ++dt)
+          *reinterpret_cast<uint32_t*>(o + dt * 8) = packPair<T>(st.o[0][dt][2 * h] * inv, st.o[0][dt][2 * h + 1] * inv);
+      } else {
+        const int64_t part = (static_cast<int64_t>(batch) * p.numHeads + kvHead * group + g) * gridDim.x + split;
+#pragma unroll
+        for (int dt = 0; dt < Tr::kDTiles; ++dt)
+          *reinterpret_cast<float2*>(partO + part * kHeadDim + dt * 8 + (lane & 3) * 2) =
+              make_float2(st.o[0][dt][2 * h], st.o[0][dt][2 * h + 1]);
+        if ((lane & 3) == 0) *reinterpret_cast<float2*>(partMl + part * 2) = make_float2(st.m[0][h], l);
+      }
+    }
+    if (nActive > 1) {
+      __threadfence();  // this split's partials are visible device-wide before it is counted
+      __syncwarp();
+      if (lane == 0) {
+        unsigned* counter = reinterpret_cast<unsigned*>(fp.counters) + batch * p.numKvHeads + kvHead;
+        sLast = atomicInc(counter, static_cast<unsigned>(nActive - 1)) == static_cast<unsigned>(nActive - 1);
+      }
+    }
+  }
+  __syncthreads();
+  if (nActive == 1 || !sLast) return;
+
+  // The last split to finish merges. Partials are read through L2 (ld.global.cg): this multiprocessor's L1 may
+  // still hold lines of the same addresses from an earlier launch.
+  __threadfence();
+  float* sW = reinterpret_cast<float*>(sKV);
+  const int splits = gridDim.x;
+  const int64_t head0 = static_cast<int64_t>(batch) * p.numHeads + kvHead * group;
+  for (int g = warp; g < group; g += kWarps) {
+    const int64_t base = (head0 + g) * splits;
+    float mx = -INFINITY;
+    for (int s = lane; s < nActive; s += 32) mx = fmaxf(mx, __ldcg(partMl + (base + s) * 2));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float den = 0.f;
+    for (int s = lane; s < nActive; s += 32) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(partMl + (base + s) * 2));
+      const float w = mx == -INFINITY ? 0.f : exp2f(ml.x - mx);
+      sW[g * nActive + s] = w;
+      den += w * ml.y;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
+    if (lane == 0) sDen[g] = den;
+  }
+  __syncthreads();
+  // Each thread owns 4 output dims of one head and sums the splits, four loads in flight.
+  constexpr int kVecs = kHeadDim / 4;
+  for (int e = tid; e < group * kVecs; e += kFusedThreads) {
+    const int g = e / kVecs, d = (e % kVecs) * 4;
+    const float* src = partO + (head0 + g) * splits * kHeadDim + d;
+    const float* w = sW + g * nActive;
+    float4 acc[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+    auto add = [&](float4& a, int s) {
+      const float4 x = __ldcg(reinterpret_cast<const float4*>(src + static_cast<int64_t>(s) * kHeadDim));
+      const float ws = w[s];
+      a.x = fmaf(ws, x.x, a.x), a.y = fmaf(ws, x.y, a.y), a.z = fmaf(ws, x.z, a.z), a.w = fmaf(ws, x.w, a.w);
+    };
+    int s = 0;
+    for (; s + 4 <= nActive; s += 4)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) add(acc[u], s + u);
+    for (; s < nActive; ++s) add(acc[0], s);
+    const float den = sDen[g];
+    auto fin = [&](float a, float b, float c, float e2) { return den > 0.f ? ((a + b) + (c + e2)) / den : 0.f; };
+    const float x = fin(acc[0].x, acc[1].x, acc[2].x, acc[3].x), y = fin(acc[0].y, acc[1].y, acc[2].y, acc[3].y);
+    const float z = fin(acc[0].z, acc[1].z, acc[2].z, acc[3].z), ww = fin(acc[0].w, acc[1].w, acc[2].w, acc[3].w);
+    *reinterpret_cast<uint2*>(oBase + g * p.o.headStride + d) = make_uint2(packPair<T>(x, y), packPair<T>(z, ww));
+  }
+}
+
+template <int kHeadDim, class T>
+void launchDecodeFused(const DecodeFusedParams& p, int splits, float* partO, float* partMl, cudaStream_t stream) {
+  using F = FusedTraits<kHeadDim>;
+  const int chunk = static_cast<int>(ceilDiv64(p.attn.maxSeqLen, splits));
+  ensureDynamicSmem<decodeFusedKernel<kHeadDim, T>>(F::kSmemBytes);
+  decodeFusedKernel<kHeadDim, T><<<dim3(splits, p.attn.numKvHeads, p.attn.batch), kFusedThreads, F::kSmemBytes, stream>>>(
+      p, chunk, partO, partMl);
+  FL_CHECK_LAUNCH();
+}
+
+void validateDecode(const DecodeParams& p, const char* kernel = "attention decode") {
   auto fail = [&](const std::string& why) { throw KernelError(std::string(kernel) + ": " + why); };
   if (p.batch < 1 || p.batch > 65535) fail("batch must be in 1..65535, got " + std::to_string(p.batch));
   if (p.maxSeqLen < 1) fail("maxSeqLen must be >= 1, got " + std::to_string(p.maxSeqLen));
@@ -192,6 +458,24 @@ void validateDecode(const DecodeParams& p) {
   checkView(p.k, "k", kernel);
   checkView(p.v, "v", kernel);
   checkView(p.o, "o", kernel);
+}
+
+void validateDecodeFused(const DecodeFusedParams& p) {
+  const char* kernel = "fused attention decode";
+  validateDecode(p.attn, kernel);
+  auto fail = [&](const std::string& why) { throw KernelError(std::string(kernel) + ": " + why); };
+  if (p.attn.seqLens == nullptr) fail("seqLens (device lengths) is required");
+  if (p.pos == nullptr) fail("pos (device position) is required");
+  if (p.counters == nullptr) fail("counters are required (attentionDecodeFusedCounterCount int32s, zeroed once)");
+  if (reinterpret_cast<uintptr_t>(p.counters) % 4 != 0) fail("counters are not 4-byte aligned");
+  if (p.attn.numKvHeads > 65535) fail("numKvHeads must be <= 65535, got " + std::to_string(p.attn.numKvHeads));
+  if (p.rotDim != 0) {
+    if (p.rotDim < 2 || p.rotDim % 2 != 0 || p.rotDim > p.attn.headDim)
+      fail("rotDim " + std::to_string(p.rotDim) + " must be 0 or even and <= head dim " + std::to_string(p.attn.headDim));
+    if (!(p.theta > 1.0f)) fail("theta must be > 1");
+  }
+  checkView(p.newK, "newK", kernel);
+  checkView(p.newV, "newV", kernel);
 }
 
 }  // namespace
@@ -225,6 +509,40 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
     using T = decltype(t);
     dispatchHeadDim(p.headDim, "attention decode",
                     [&](auto d) { launchDecode<decltype(d)::value, T>(p, splits, partO, partMl, stream); });
+  });
+}
+
+int attentionDecodeFusedSplits(const DecodeFusedParams& p) {
+  return std::min(attentionDecodeSplits(p.attn), kDecodeFusedMaxSplits);
+}
+
+size_t attentionDecodeFusedWorkspaceBytes(const DecodeFusedParams& p) {
+  const size_t parts = static_cast<size_t>(p.attn.batch) * p.attn.numHeads * attentionDecodeFusedSplits(p);
+  return parts * (p.attn.headDim + 2) * sizeof(float);
+}
+
+int attentionDecodeFusedCounterCount(const DecodeFusedParams& p) { return p.attn.batch * p.attn.numKvHeads; }
+
+void attentionDecodeFusedResetCounters(const DecodeFusedParams& p, cudaStream_t stream) {
+  FL_REQUIRE(p.counters != nullptr, "fused attention decode: counters are null");
+  FL_CUDA_CHECK(cudaMemsetAsync(p.counters, 0, static_cast<size_t>(attentionDecodeFusedCounterCount(p)) * sizeof(int32_t),
+                                stream));
+}
+
+void attentionDecodeFused(const DecodeFusedParams& p, void* workspace, size_t workspaceBytes, cudaStream_t stream) {
+  validateDecodeFused(p);
+  const int splits = attentionDecodeFusedSplits(p);
+  const size_t parts = static_cast<size_t>(p.attn.batch) * p.attn.numHeads * splits;
+  const size_t need = parts * (p.attn.headDim + 2) * sizeof(float);
+  FL_REQUIRE(workspace != nullptr && workspaceBytes >= need && reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
+             "fused attention decode: workspace of " + std::to_string(workspaceBytes) +
+                 " bytes is null, misaligned or smaller than the " + std::to_string(need) + " bytes it needs");
+  float* partO = static_cast<float*>(workspace);
+  float* partMl = partO + parts * p.attn.headDim;
+  dispatchHalfElem(p.attn.dtype, "fused attention decode", [&](auto t) {
+    using T = decltype(t);
+    dispatchHeadDim(p.attn.headDim, "fused attention decode",
+                    [&](auto d) { launchDecodeFused<decltype(d)::value, T>(p, splits, partO, partMl, stream); });
   });
 }
 

@@ -45,6 +45,24 @@ struct DecodeParams {
   float scale = 0.125f;
 };
 
+// A recorded decode step's whole attention in one kernel (attentionDecodeFused, attention_decode.h): rotary at
+// the device-resident position, cache write at that position, split attention and the merge of the splits.
+struct DecodeFusedParams {
+  // q: the new token's query heads in the fused QKV row (read unrotated; the kernel rotates a private copy and
+  // leaves qkv unchanged: nothing downstream reads q or k from qkv once attention has run).
+  // k, v: the caches [batch, numKvHeads, maxSeqLen, headDim] (maxSeqLen is the capacity: every position of
+  // the cache may be attended). o: output, one row per sequence. seqLens: required (device int32 [batch]).
+  DecodeParams attn;
+  TensorView4 newK, newV;    // the new token's key and value heads in the fused QKV row (rowStride unused)
+  const int32_t* pos = nullptr;  // device int32: the new token's position (rotary angle, cache row written)
+  int rotDim = 0;                // rotary on each q/k head's first rotDim dims (interleaved pairs); 0: none
+  float theta = 10000.0f;
+  // Device int32 [attentionDecodeFusedCounterCount]: arrival counters of the in-kernel merge. Zero them once
+  // (attentionDecodeFusedResetCounters or a memset at allocation); every completed launch leaves them zero.
+  // Launches that share counters must not run concurrently (stream order, or one graph node after another).
+  int32_t* counters = nullptr;
+};
+
 // Throws KernelError naming the first field that is out of range. The tile loaders move 16 bytes at a time,
 // so every pointer must be 16-byte aligned and every stride a multiple of 8 elements.
 inline void checkView(const TensorView4& t, const char* name, const char* kernel) {

@@ -2,7 +2,8 @@
 // of each q and k head; the rest of the head passes through. One thread per pair. cos/sin of pos *
 // theta^(-2i/rotDim) are computed in fp64 and rounded to fp32 (as the CPU backend does; at 32k positions an
 // fp32 angle would be off by ~1e-3 rad), then, for 16-bit tensors, rounded to the tensor's dtype as the
-// reference model's cache is; the rotation itself is done in fp32 and rounded once. Variants: fp32 | fp16 | bf16.
+// reference model's cache is; the rotation itself is done in fp32 (rotatePair in rotary.h: explicit fused
+// multiply-adds, the same bits as the fused decode kernel) and rounded once. Variants: fp32 | fp16 | bf16.
 #include "rotary.h"
 
 #include <algorithm>
@@ -23,16 +24,11 @@ __global__ void rotaryKernel(T* __restrict__ x, int64_t pairs, int64_t rowStride
     const int head = static_cast<int>(rest % numRotHeads);
     const int64_t row = rest / numRotHeads;
     const int pos = startPos + static_cast<int>(row % tokensPerSeq);
-    const double invFreq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / rotDim);
-    const double angle = static_cast<double>(pos) * invFreq;
-    double sd, cd;
-    sincos(angle, &sd, &cd);
-    const float c = toFloat(fromFloat<T>(static_cast<float>(cd)));
-    const float s = toFloat(fromFloat<T>(static_cast<float>(sd)));
+    const float2 cs = rotaryCosSin<T>(pos, i, rotDim, theta);
     T* p = x + row * rowStride + static_cast<int64_t>(head) * headDim + 2 * i;
-    const float x0 = toFloat(p[0]), x1 = toFloat(p[1]);
-    p[0] = fromFloat<T>(x0 * c - x1 * s);
-    p[1] = fromFloat<T>(x1 * c + x0 * s);
+    const float2 y = rotatePair(toFloat(p[0]), toFloat(p[1]), cs);
+    p[0] = fromFloat<T>(y.x);
+    p[1] = fromFloat<T>(y.y);
   }
 }
 

@@ -16,4 +16,25 @@ void rotaryInterleaved(ElemType dtype, void* x, int rows, int64_t rowStride, int
                        int numRotHeads, int headDim, int rotDim, float theta, cudaStream_t stream,
                        const int32_t* startPosDev = nullptr);
 
+#ifdef __CUDACC__
+// The rotation's arithmetic, shared by rotary.cu and the fused decode kernel (attention_decode.cu) so that both
+// produce the same bits. cos/sin of pos * theta^(-2i/rotDim): fp64, rounded to fp32, then to the tensor's dtype
+// (as the reference model's cached cos/sin are).
+template <class T>
+__device__ __forceinline__ float2 rotaryCosSin(int pos, int i, int rotDim, float theta) {
+  const double invFreq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / rotDim);
+  const double angle = static_cast<double>(pos) * invFreq;
+  double sd, cd;
+  sincos(angle, &sd, &cd);
+  return make_float2(toFloat(fromFloat<T>(static_cast<float>(cd))), toFloat(fromFloat<T>(static_cast<float>(sd))));
+}
+
+// (x0, x1) turned by the angle whose cosine and sine are cs, in fp32. The fused multiply-adds are spelled out so
+// that the compiler's contraction choices cannot change the result (a host reference reproduces it exactly
+// with std::fma).
+__device__ __forceinline__ float2 rotatePair(float x0, float x1, float2 cs) {
+  return make_float2(__fmaf_rn(x0, cs.x, -__fmul_rn(x1, cs.y)), __fmaf_rn(x1, cs.x, __fmul_rn(x0, cs.y)));
+}
+#endif
+
 }  // namespace flashlab::cuda
