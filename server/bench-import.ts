@@ -113,6 +113,13 @@ function targetLine(t: BenchTarget): string {
   return `${t.met ? 'met' : 'missed'}: ${t.name} = ${formatNumber(t.value)} ${t.unit} (target ${t.better === 'lower' ? '<=' : '>='} ${t.target} ${t.unit})`;
 }
 
+/** Names of the targets a driver could not compute in its run (bench/engine-gpu-common.h targetsNotMeasured). */
+function notMeasured(bundle: Record<string, unknown>): string[] {
+  const list = bundle.targetsNotMeasured;
+  if (!Array.isArray(list)) return [];
+  return list.flatMap((t) => (t && typeof t === 'object' && typeof t.name === 'string' ? [t.name] : []));
+}
+
 /** The GPUs a configuration of tensor-parallel degree `tp` ran on: GPUs 0..tp-1 of the host. */
 function gpusOf(env: EngineBenchEnvironment, tp: number): GpuInfo[] {
   const gpu0: EngineBenchGpu = {
@@ -307,6 +314,7 @@ export function benchBundleToImport(json: unknown, file: string): BenchImport {
     `Imported from ${file}: ${bundle.kind} benchmark on ${bundle.card}${gpus}, ${bundle.dtype}, ${bundle.weights} weights, batch ${bundle.batch}; engine ${bundle.engineBuild}${commit ? `; git ${commit}` : ''}.`,
     bundle.partial ? 'PARTIAL: the benchmark was cut short; only what it measured is here.' : '',
     `Targets: ${bundle.targets.map(targetLine).join('; ')}.`,
+    notMeasured(bundle).length ? `Not measured in this run: ${notMeasured(bundle).join('; ')}.` : '',
   ]
     .filter(Boolean)
     .join(' ')
