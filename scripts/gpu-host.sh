@@ -9,16 +9,18 @@
 # Hugging Face generate, the study's experiments); --tp-bench its tensor-parallel part on every GPU (TP 1/2/4).
 # --no-attention-bench leaves out bench/attention.py, --no-variants the fa2 tuning builds, --no-kernel-tests the
 # kernel and backend harnesses (the engine's end-to-end test still runs).
+# The fused decode GEMV kernels (native/cuda/gemv.cu) always get their tests and their timing against cuBLASLt
+# (steps gemv, gemv-bench; gemv-memcheck with the sanitizer); --no-gemv leaves them out.
 # Each step has its own time limit: FLASHLAB_STEP_TIMEOUT (seconds, default 1800), or FLASHLAB_TIMEOUT_<STEP>
 # for one step (e.g. FLASHLAB_TIMEOUT_ENGINE=120).
 # usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile] [--engine-bench] [--tp-bench]
-#                            [--no-attention-bench] [--no-variants] [--no-kernel-tests]
+#                            [--no-attention-bench] [--no-variants] [--no-kernel-tests] [--no-gemv]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${FLASHLAB_OUT:-bench/out}"
 mkdir -p "$out"
 quick="" bench=1 sanitizer=1 profile=0 engine_args="--chatglm2" engine_bench=0 tp_bench=0 variants=--variants
-kernel_tests=1
+kernel_tests=1 gemv=1
 for a in "$@"; do
   case "$a" in
     --quick) quick="--quick" engine_args="" ;;
@@ -30,9 +32,10 @@ for a in "$@"; do
     --tp-bench) tp_bench=1 ;;
     --no-variants) variants="" ;;
     --no-kernel-tests) kernel_tests=0 ;;
+    --no-gemv) gemv=0 ;;
     *)
       echo "usage: scripts/gpu-host.sh [--quick] [--no-bench] [--no-sanitizer] [--profile] [--engine-bench] [--tp-bench]" \
-        "[--no-attention-bench] [--no-variants] [--no-kernel-tests]" >&2
+        "[--no-attention-bench] [--no-variants] [--no-kernel-tests] [--no-gemv]" >&2
       exit 2
       ;;
   esac
@@ -74,6 +77,19 @@ if step build bash native/cuda/test/build.sh $variants --backend; then
     step tests "$lib/kernel_tests" || status=1
     step backend "$lib/backend_vs_cpu" || status=1
   fi
+  if [ $gemv = 1 ]; then
+    # Short steps: their own default limits, overridable like every step's.
+    : "${FLASHLAB_TIMEOUT_GEMV:=600}" "${FLASHLAB_TIMEOUT_GEMV_BENCH:=300}" "${FLASHLAB_TIMEOUT_GEMV_MEMCHECK:=900}"
+    step gemv "$lib/gemv_tests" || status=1
+    if [ -x "$lib/gemv_tests_lt" ]; then
+      step gemv-bench "$lib/gemv_tests_lt" --bench --compare-cublaslt || status=1
+    else
+      step gemv-bench "$lib/gemv_tests" --bench || status=1
+    fi
+    if [ $sanitizer = 1 ] && command -v compute-sanitizer >/dev/null; then
+      step gemv-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/gemv_tests" --quick || status=1
+    fi
+  fi
   if [ $sanitizer = 1 ]; then
     if command -v compute-sanitizer >/dev/null; then
       step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/kernel_tests" --quick || status=1
@@ -105,7 +121,9 @@ fi
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
-grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/engine.log "$out"/memcheck.log 2>/dev/null | head -20
+grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/engine.log "$out"/memcheck.log "$out"/gemv.log \
+  "$out"/gemv-memcheck.log 2>/dev/null | head -20
+grep -h "linear layers per token" "$out"/gemv-bench.log 2>/dev/null
 grep -h "^TIMING" "$out"/engine.log 2>/dev/null
 grep -h "^TARGET\|^SUMMARY" "$out"/engine-bench.log "$out"/tp-bench.log 2>/dev/null
 grep -h "ERROR SUMMARY" "$out"/memcheck.log 2>/dev/null

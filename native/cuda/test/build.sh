@@ -2,12 +2,14 @@
 # Builds the CUDA kernels (native/cuda/*.cu) for Hopper into native/build-cuda/ (its own folder: native/build/ belongs to the engine build):
 #   libflashlab_kernels.so   every kernel + the C ABI of capi.h (what bench/attention.py loads)
 #   kernel_tests             the correctness harness (test/kernel_tests.cu)
+#   gemv_tests               the fused decode GEMV kernels' tests and --bench timings (test/gemv_tests.cu)
 #   libflashlab_kernels_fa2_<label>.so   with --variants: the same library with fa2 built at another block
 #                                        shape (see attention_fa2.cu), timed beside the default by the benchmark
 #   with --backend (needs cuBLAS, NCCL and an OpenMP-capable g++):
 #   libflashlab_cuda.a       kernels + the CUDA backend (native/cuda/backend): what the engine links
 #   backend_vs_cpu           the CUDA backend against the CPU backend (native/src), op by op
 #   engine_cuda_vs_cpu       the engine end to end on both backends, and timings of GPT-2 / ChatGLM2-6B
+#   gemv_tests_lt            gemv_tests with --compare-cublaslt (times the backend's cuBLASLt path beside ours)
 # Usage: native/cuda/test/build.sh [--variants] [--backend]. Needs nvcc (CUDA 12.4+); NVCC, CXX and CUDA_ARCH override.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,6 +39,7 @@ for src in "$here"/*.cu; do
   compile "$src" "$obj" & pids+=($!)
 done
 compile "$here/test/kernel_tests.cu" "$out/obj/kernel_tests.o" & pids+=($!)
+compile "$here/test/gemv_tests.cu" "$out/obj/gemv_tests.o" & pids+=($!)
 want_variants=0 want_backend=0
 for a in "$@"; do
   case "$a" in
@@ -69,6 +72,7 @@ if [ $want_backend = 1 ]; then
     backend_objs+=("$obj")
     compile "$src" "$obj" & pids+=($!)
   done
+  compile "$here/test/gemv_tests.cu" "$out/obj/gemv_tests_lt.o" -DFLASHLAB_GEMV_CUBLASLT & pids+=($!)
   # The engine core (with its CUDA hook on) and the CPU backend, the reference the CUDA backend is held to.
   for src in "$src_root"/*.cpp "$src_root"/cpu/*.cpp "$here"/backend/test/*.cpp; do
     obj="$out/obj/cpp_$(basename "${src%.cpp}").o"
@@ -85,6 +89,7 @@ for p in "${pids[@]}"; do wait "$p" || status=1; done
 kernel_objs=()
 for o in "${objs[@]}"; do [ "$(basename "$o")" = capi.o ] || kernel_objs+=("$o"); done
 "$nvcc" $arch -o "$out/kernel_tests" "$out/obj/kernel_tests.o" "${kernel_objs[@]}"
+"$nvcc" $arch -o "$out/gemv_tests" "$out/obj/gemv_tests.o" "$out/obj/gemv.o"
 if [ $want_backend = 1 ]; then
   # What an engine build links for its CUDA backend: every kernel and the backend (define FLASHLAB_WITH_CUDA for
   # native/src, link this archive with -lcublasLt -lnccl -lcudart).
@@ -97,6 +102,7 @@ if [ $want_backend = 1 ]; then
   "$nvcc" $arch -o "$out/backend_vs_cpu" "$o/cpp_backend_vs_cpu.o" "${cpu_objs[@]}" "${libs[@]}"
   "$nvcc" $arch -o "$out/engine_cuda_vs_cpu" "$o/cpp_engine_cuda_vs_cpu.o" "$o/cpp_engine.o" "$o/cpp_model.o" \
     "$o/cpp_sampler.o" "${cpu_objs[@]}" "${libs[@]}"
+  "$nvcc" $arch -o "$out/gemv_tests_lt" "$o/gemv_tests_lt.o" "$o/backend_gemm_lt.o" "$o/gemv.o" -lcublasLt
 fi
 if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
