@@ -396,6 +396,7 @@ def main():
          "value": min(vs_fa1), "target": 1.7, "unit": "x"},
     ]
     for t in targets:
+        t["better"] = "higher"
         t["met"] = bool(t["value"] >= t["target"])
     mem = []
     for s in glm:
