@@ -2,6 +2,8 @@
 #include "backend.h"
 
 #include <algorithm>
+#include <chrono>
+#include <exception>
 #include <sstream>
 
 namespace flashlab {
@@ -134,6 +136,133 @@ void Backend::argmaxAndAdvance(const Tensor&, Tensor&, Tensor&, Tensor&) { noCap
 void Backend::beginCapture() { noCapture(*this, "beginCapture"); }
 std::unique_ptr<CapturedWork> Backend::endCapture() { noCapture(*this, "endCapture"); }
 void Backend::replay(CapturedWork&) { noCapture(*this, "replay"); }
+
+void Backend::allReduceSum(const std::vector<Tensor*>&) {
+  throw std::logic_error(name() + " reduces each shard's part on its own thread (allReduceSumShard), not all at once");
+}
+
+void Backend::allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) {
+  r.arriveAndWait(shard, &part, [this](const std::vector<Tensor*>& parts) { allReduceSum(parts); });
+}
+
+// ---- ShardRendezvous
+
+ShardRendezvous::ShardRendezvous(int shards, const std::atomic<bool>* cancel, int spinMicros)
+    : shards_(shards), cancel_(cancel), spinMicros_(std::max(0, spinMicros)), parts_(static_cast<size_t>(shards)) {
+  if (shards < 1) throw std::invalid_argument("a rendezvous needs at least one shard");
+}
+
+void ShardRendezvous::throwStoppedLocked(int shard) const {
+  if (cancelled_) throw Cancelled();
+  throw ShardPeerFailed("shard " + std::to_string(shard) + " stopped: shard " + std::to_string(failedShard_) +
+                        " failed (" + failure_ + ")");
+}
+
+void ShardRendezvous::arriveAndWait(int shard, Tensor* part,
+                                    const std::function<void(const std::vector<Tensor*>&)>& whenAll) {
+  if (shard < 0 || shard >= shards_) throw std::logic_error("rendezvous: shard " + std::to_string(shard) + " out of range");
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stoppedLocked()) throwStoppedLocked(shard);
+  parts_[shard] = part;
+  if (++arrived_ < shards_) {
+    // Not the last: wait for the meeting to complete (the generation moves) or the pass to stop.
+    const uint64_t gen = generation_.load(std::memory_order_relaxed);
+    if (spinMicros_ > 0) {
+      lock.unlock();
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spinMicros_);
+      for (int i = 1;; ++i) {
+        if (generation_.load(std::memory_order_acquire) != gen || stopped_.load(std::memory_order_acquire)) break;
+        if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+      lock.lock();
+    }
+    cv_.wait(lock, [&] { return generation_.load(std::memory_order_relaxed) != gen || stoppedLocked(); });
+    // A meeting that completed stands even if a shard failed right after it: every shard then goes on to its
+    // all-reduce, so the collectives still match.
+    if (generation_.load(std::memory_order_relaxed) != gen) return;
+    throwStoppedLocked(shard);
+  }
+  // The last to arrive decides for everyone, before anyone starts the all-reduce.
+  arrived_ = 0;
+  std::string problem;
+  if (cancel_ && cancel_->load(std::memory_order_relaxed)) {
+    cancelled_ = true;
+  } else {
+    const Tensor* first = parts_[0];
+    for (int s = 1; s < shards_ && first && problem.empty(); ++s) {
+      const Tensor* p = parts_[s];
+      if (!p || p->numel() != first->numel() || p->dtype != first->dtype)
+        problem = "all-reduce parts differ: shard 0 has " + first->shapeString() + ", shard " + std::to_string(s) +
+                  " has " + (p ? p->shapeString() : std::string("none"));
+    }
+    if (problem.empty() && whenAll) {
+      // A reduction that throws stops the pass like a shard's failure: the others must not wait for it.
+      std::exception_ptr error;
+      try {
+        whenAll(parts_);
+      } catch (const std::exception& e) {
+        problem = e.what(), error = std::current_exception();
+      } catch (...) {
+        problem = "the all-reduce failed with an unknown error", error = std::current_exception();
+      }
+      if (error) {
+        failedShard_ = shard, failure_ = problem;
+        stopped_.store(true, std::memory_order_release);
+        lock.unlock();
+        cv_.notify_all();
+        std::rethrow_exception(error);
+      }
+    }
+  }
+  if (cancelled_ || !problem.empty()) {
+    if (!problem.empty()) failedShard_ = shard, failure_ = problem;
+    stopped_.store(true, std::memory_order_release);
+    lock.unlock();
+    cv_.notify_all();
+    if (cancelled_) throw Cancelled();
+    throw std::logic_error(problem);
+  }
+  generation_.fetch_add(1, std::memory_order_release);
+  lock.unlock();
+  cv_.notify_all();
+}
+
+void ShardRendezvous::fail(int shard, const std::string& what) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stoppedLocked()) return;
+    failedShard_ = shard;
+    failure_ = what;
+    stopped_.store(true, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
+void ShardRendezvous::cancel() noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stoppedLocked()) return;
+    cancelled_ = true;
+    stopped_.store(true, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
+bool ShardRendezvous::cancelled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cancelled_;
+}
+int ShardRendezvous::failedShard() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failedShard_;
+}
+std::string ShardRendezvous::failure() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failure_;
+}
 
 Tensor Backend::zeros(const std::vector<int64_t>& shape, MemKind kind, DType dtype) {
   Tensor t = alloc(shape, kind, dtype);

@@ -15,8 +15,10 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -104,6 +106,63 @@ struct Cancelled : std::runtime_error {
   Cancelled() : std::runtime_error("generation was aborted") {}
 };
 
+// ---- tensor parallelism: one host thread per shard
+//
+// Every shard's thread runs its own forward pass and meets the others only at the all-reduces. Before each one
+// they meet at a ShardRendezvous, a host barrier whose last arrival decides for all: when a shard has failed
+// (thrown) or the pass was cancelled, every shard throws there, before any of them starts the all-reduce. So a
+// collective (an NCCL all-reduce that spins on the GPU until every rank joined) is never left waiting for a
+// shard that gave up, and a failure anywhere ends the pass on every thread without a hang.
+
+// Thrown by a shard that did not fail itself when another shard did; the caller reports the failing shard's
+// own error instead.
+struct ShardPeerFailed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class ShardRendezvous {
+ public:
+  // spinMicros: how long a waiting thread spins before it blocks (0 on the CPU: a spinning thread takes a
+  // core from the shard that computes).
+  ShardRendezvous(int shards, const std::atomic<bool>* cancel, int spinMicros = 0);
+  ShardRendezvous(const ShardRendezvous&) = delete;
+  ShardRendezvous& operator=(const ShardRendezvous&) = delete;
+
+  int shards() const { return shards_; }
+  // Blocks until every shard arrived with its part of the same all-reduce (equal size and dtype). The last to
+  // arrive checks the cancel flag and the parts, then runs whenAll (parts in shard order; may be empty) before
+  // anyone goes on. Throws Cancelled when the pass was cancelled, ShardPeerFailed when another shard failed,
+  // and whatever whenAll threw in the shard that ran it (the others then get ShardPeerFailed).
+  void arriveAndWait(int shard, Tensor* part,
+                     const std::function<void(const std::vector<Tensor*>&)>& whenAll = nullptr);
+  // A shard threw: every shard waiting now or arriving later throws. The first failure is the one kept.
+  void fail(int shard, const std::string& what) noexcept;
+  // The pass was cancelled outside a meeting (a shard saw the flag itself): every shard throws Cancelled.
+  void cancel() noexcept;
+  // After the pass: whether it ended cancelled, and the first failure (shard -1 when none).
+  bool cancelled() const;
+  int failedShard() const;
+  std::string failure() const;
+
+ private:
+  bool stoppedLocked() const { return cancelled_ || failedShard_ >= 0; }
+  [[noreturn]] void throwStoppedLocked(int shard) const;
+
+  const int shards_;
+  const std::atomic<bool>* cancel_;
+  const int spinMicros_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  // Bumped when a meeting completes; a waiter leaves when it moved (the meeting succeeded) or the pass stopped.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stopped_{false};
+  std::vector<Tensor*> parts_;
+  bool cancelled_ = false;
+  int failedShard_ = -1;
+  std::string failure_;
+};
+
 // A recorded sequence of one backend's launches (a CUDA graph), replayed as one launch; only its backend
 // looks inside. Destroy it before its backend.
 class CapturedWork {
@@ -174,9 +233,45 @@ class Backend {
   virtual void add(Tensor& x, const Tensor& y) = 0;
   // out[i,:] = x[rows[i],:]
   virtual void gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) = 0;
-  // Tensor parallelism: every part (one per shard, equal shapes, each on its shard's backend) becomes the
-  // sum of all parts, summed in shard order. Called on shard 0's backend with all shards' tensors.
-  virtual void allReduceSum(const std::vector<Tensor*>& parts) = 0;
+
+  // ---- tensor parallelism (see ShardRendezvous)
+  // Called by shard `shard`'s own thread with its own part: returns once the part holds the sum of every shard's
+  // part in shard order (on a device: once that sum is queued on the shard's stream, after the work that made
+  // the part). Every shard first meets the others at r, so none starts the reduction unless all will. The
+  // default meets at r and has the last to arrive sum all parts with allReduceSum.
+  virtual void allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r);
+  // Every part (one per shard, equal shapes) becomes the sum of all parts, summed in shard order, from one
+  // thread. Backends that serve every shard (the CPU) implement it; the default throws.
+  virtual void allReduceSum(const std::vector<Tensor*>& parts);
+  // Shards that share one backend (every CPU shard runs on the host) take turns on it, so that each shard
+  // still computes with all of the backend's threads and never competes with another shard for them: a shard's
+  // thread holds this mutex while it computes and lets go of it while it waits at an all-reduce. nullptr: the
+  // backend serves one shard and needs no turns.
+  virtual std::mutex* shardTurn() { return nullptr; }
+  // How long a shard's host thread may spin before it blocks when it waits for the other shards or for work
+  // (microseconds). 0 where waiting threads would take cores from the compute (the CPU); on a GPU the host is
+  // idle while the device works, and a thread that blocks wakes up late, which delays every shard's all-reduce.
+  virtual int hostSpinMicros() const { return 0; }
+  // Makes the calling thread ready to issue this backend's work (a GPU: its current device). The shard
+  // threads call it once when they start; operations still select their device themselves.
+  virtual void bindHostThread() {}
+
+  // ---- where a forward pass's time goes (the tensor-parallel breakdown)
+  // While on, a backend measures one shard's pass: from markStep(Begin) to markStep(End) and every
+  // allReduceSumShard in between, in order (two per layer). A backend that serves several shards measures
+  // shard 0's. Recorded decode steps (CUDA graphs) carry the measurement, so after a generate the figures are
+  // those of its last step. Off by default: it adds work to every all-reduce.
+  enum class StepMark { Begin, End };
+  struct StepTiming {
+    double stepMs = 0;
+    std::vector<double> allReduceMs;
+  };
+  // False when this backend cannot time steps.
+  virtual bool setStepTiming(bool) { return false; }
+  virtual bool stepTimingEnabled() const { return false; }
+  virtual void markStep(StepMark, int /*shard*/) {}
+  // The last measured pass (waits for the device); false when timing is off or no whole pass was measured.
+  virtual bool stepTiming(StepTiming&) { return false; }
 
   // ---- decode steps with device-resident inputs, recorded once and replayed (CUDA graphs)
   // A decode step whose token ids, position and attended lengths live in device memory (int32 values held in

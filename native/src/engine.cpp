@@ -40,6 +40,7 @@ struct Engine::DecodeGraph {
   DeviceDecodeState state;
   std::vector<std::unique_ptr<CapturedWork>> steps;  // one per shard; empty until the first decode step
   std::vector<Backend*> backends;
+  bool timed = false;  // recorded while shard 0 timed its steps: the recording holds the timing events
 
   ~DecodeGraph() {
     // The recordings point into the cache and state: drop them first, after the work that uses them is done.
@@ -168,6 +169,27 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   if (decodeGraph_ && (captureFailed_ || (useGraph && (decodeGraph_->batch != B || decodeGraph_->capacity != capacity))))
     decodeGraph_.reset();
 
+  // The step breakdown: shard 0 times its passes for this call only (a caller that switched timing on itself,
+  // as the benchmarks do, keeps it on).
+  const int tp = model_->plan().tp;
+  Backend* shard0 = shardBackends()[0];
+  const bool breakdown = req.stepBreakdown && tp > 1;
+  struct TimingScope {
+    Backend* b;
+    bool restore;
+    ~TimingScope() {
+      if (restore) b->setStepTiming(false);
+    }
+  } timingScope{shard0, breakdown && !shard0->stepTimingEnabled()};
+  if (breakdown && !shard0->setStepTiming(true))
+    throw std::invalid_argument("stepBreakdown: the " + shard0->name() + " backend cannot time its steps");
+  // A recording made with timing events keeps them (they cost time at every replay), and one made without has
+  // none to read: record again, on the same cache, when the timing changed.
+  if (decodeGraph_ && !decodeGraph_->steps.empty() && decodeGraph_->timed != shard0->stepTimingEnabled()) {
+    for (Backend* b : decodeGraph_->backends) b->synchronize();
+    decodeGraph_->steps.clear();
+  }
+
   tracker_->resetPeaks();
   const auto start = Clock::now();
   std::vector<ShardCache> ownCache;
@@ -238,7 +260,6 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   std::vector<float> stepLogits;
   auto graphStep = [&](int step) -> bool {
     DecodeGraph& g = *decodeGraph_;
-    const int tp = static_cast<int>(g.backends.size());
     if (step == 1) {  // the state of the first decode step: the token chosen after prefill, at position T0
       std::vector<int32_t> pos{T0}, lens(B, T0 + 1);
       for (int s = 0; s < tp; ++s) {
@@ -248,27 +269,39 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
       }
     }
     if (g.steps.empty()) {
+      // Each shard records its own step on its own thread (the all-reduces meet at the host while recording;
+      // the recordings then hold only the device work).
       ForwardArgs da;
       da.batch = B, da.seqLen = 1, da.decode = true, da.method = req.attention, da.cache = &g.cache;
       da.cancel = &cancel, da.device = &g.state;
-      int begun = 0;
+      std::vector<std::unique_ptr<CapturedWork>> steps(tp);
       try {
-        for (; begun < tp; ++begun) g.backends[begun]->beginCapture();
-        model_->forward(da);
-        for (int s = 0; s < tp; ++s) g.steps.push_back(g.backends[s]->endCapture());
+        model_->runOnShards(
+            [&](int s, ShardRendezvous& r) {
+              Backend& be = *g.backends[s];
+              be.beginCapture();
+              try {
+                model_->forwardShard(s, da, r);
+                steps[s] = be.endCapture();
+              } catch (...) {
+                be.abortCapture();
+                throw;
+              }
+            },
+            &cancel);
       } catch (const Cancelled&) {
-        for (int s = 0; s < begun; ++s) g.backends[s]->abortCapture();
-        g.steps.clear();
         throw;
       } catch (const std::exception& ex) {
-        for (int s = 0; s < begun; ++s) g.backends[s]->abortCapture();
-        g.steps.clear();
         captureFailed_ = true;
         captureError_ = ex.what();
         return false;
       }
+      g.steps = std::move(steps);
+      g.timed = shard0->stepTimingEnabled();
     }
-    for (int s = 0; s < tp; ++s) g.backends[s]->replay(*g.steps[s]);
+    // Every shard launches its recording from its own thread, so the launches (each ~0.1 ms for a step of a
+    // few hundred nodes) overlap instead of delaying the last shard's first all-reduce by all the others'.
+    model_->runOnShards([&](int s, ShardRendezvous&) { g.backends[s]->replay(*g.steps[s]); }, nullptr);
     g.backends[0]->download(g.state.ids[0], deviceIds.data(), B * sizeof(int32_t));
     if (req.dumpLogits) {
       stepLogits.resize(static_cast<size_t>(B) * V);
@@ -315,6 +348,10 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   // 'stop' when every row ended on a stop token, even on the last allowed step.
   r.stoppedByStopToken = std::all_of(finished.begin(), finished.end(), [](bool f) { return f; });
   r.decodeGraphs = useGraph && !r.decodeMs.empty();
+  if (breakdown) {
+    Backend::StepTiming t;
+    if (shard0->stepTiming(t)) r.stepBreakdown = std::move(t);
+  }
   double sum = 0;
   for (double d : r.decodeMs) sum += d;
   r.tpotMs = r.decodeMs.empty() ? 0 : sum / r.decodeMs.size();

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,10 @@ struct GenerateRequest {
   // backend in fp16/bf16, KV cache on, greedy choice without repetition penalty. Otherwise (or when capture
   // fails) decode steps are launched one kernel at a time. FLASHLAB_CUDA_GRAPHS=0 turns it off engine-wide.
   bool cudaGraphs = true;
+  // Tensor parallelism (tp > 1): time the last step of the generate on shard 0, its whole pass and each of its
+  // all-reduces (GenerateResult::stepBreakdown). The timing adds events (GPU) or clock reads (CPU) around every
+  // all-reduce, so leave it off where only the speed counts.
+  bool stepBreakdown = false;
 };
 
 struct MemoryFigures {
@@ -50,6 +55,10 @@ struct GenerateResult {
   MemoryFigures memory;
   bool stoppedByStopToken = false;
   bool decodeGraphs = false;  // decode steps were replays of a captured step
+  // When asked for (GenerateRequest::stepBreakdown) and tp > 1: where the last step's time went on shard 0 —
+  // the pass from embedding to logits and every all-reduce in order, two per layer (attention, then MLP). An
+  // all-reduce's time includes waiting for the slowest shard.
+  std::optional<Backend::StepTiming> stepBreakdown;
   std::vector<std::vector<float>> logitsLast;                // [row][vocab]
   std::vector<std::vector<std::vector<float>>> logitsSteps;  // [row][step][vocab]
 };

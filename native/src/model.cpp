@@ -6,9 +6,15 @@
 
 #include <omp.h>
 
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <sstream>
+#include <thread>
 
 namespace flashlab {
 namespace {
@@ -57,12 +63,150 @@ uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
+// Spins until done() or for about `micros` microseconds; returns done()'s last answer.
+template <class Done>
+bool spinFor(int micros, Done done) {
+  if (micros <= 0) return done();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+    if (i % 64 == 0 && std::chrono::steady_clock::now() >= until) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
+// FLASHLAB_SHARD_SPIN_US overrides the backends' spin time (to measure what spinning buys).
+int shardSpinMicros(const std::vector<Backend*>& backends) {
+  if (const char* v = std::getenv("FLASHLAB_SHARD_SPIN_US")) {
+    char* end = nullptr;
+    const long us = std::strtol(v, &end, 10);
+    if (end == v || *end || us < 0 || us > 1000000)
+      throw std::invalid_argument(std::string("FLASHLAB_SHARD_SPIN_US must be microseconds in [0, 1000000], got '") + v + "'");
+    return static_cast<int>(us);
+  }
+  int us = 0;
+  for (Backend* b : backends) us = std::max(us, b->hostSpinMicros());
+  return us;
+}
+
+// A test hook: FLASHLAB_FAULT_INJECT="<shard>:<layer>" makes that shard throw when it starts that layer, in
+// every forward pass while it is set (what a shard that runs out of memory there does), so the tests can
+// check that the other shards stop without a hang and the engine stays usable.
+struct FaultPoint {
+  int shard = -1, layer = -1;
+};
+FaultPoint faultPointFromEnv() {
+  const char* v = std::getenv("FLASHLAB_FAULT_INJECT");
+  if (!v || !*v) return {};
+  FaultPoint f;
+  char extra = 0;
+  if (std::sscanf(v, "%d:%d%c", &f.shard, &f.layer, &extra) != 2 || f.shard < 0 || f.layer < 0)
+    throw std::invalid_argument(std::string("FLASHLAB_FAULT_INJECT must be '<shard>:<layer>', got '") + v + "'");
+  return f;
+}
+
 // Rows [start, start+len) of a row-major [rows, cols] matrix, appended to out.
 void appendRows(const std::vector<float>& src, int64_t cols, int64_t start, int64_t len, std::vector<float>& out) {
   out.insert(out.end(), src.begin() + start * cols, src.begin() + (start + len) * cols);
 }
 
 }  // namespace
+
+// The host threads of the tensor-parallel shards: shard 0 runs on the caller's thread, every other shard on a
+// thread of its own, created once and woken for each call. A woken thread first spins for a while (a decode
+// step follows the previous one within milliseconds, and a thread woken from sleep starts tens of
+// microseconds late, which delays every shard at the first all-reduce), then blocks on a condition variable.
+class ShardThreads {
+ public:
+  ShardThreads(std::vector<Backend*> backends, int spinMicros)
+      : shards_(static_cast<int>(backends.size())), spinMicros_(spinMicros), backends_(std::move(backends)) {
+    threads_.reserve(shards_ - 1);
+    try {
+      for (int s = 1; s < shards_; ++s) threads_.emplace_back([this, s] { loop(s); });
+    } catch (...) {
+      stopAll();
+      throw;
+    }
+  }
+  ~ShardThreads() { stopAll(); }
+  ShardThreads(const ShardThreads&) = delete;
+  ShardThreads& operator=(const ShardThreads&) = delete;
+
+  // Runs task(s) for every shard s on its thread; returns when all returned. errors[s]: what shard s threw.
+  void run(const std::function<void(int)>& task, std::vector<std::exception_ptr>& errors) {
+    errors.assign(shards_, nullptr);
+    task_ = &task, errors_ = &errors;
+    pending_.store(shards_ - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      epoch_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    try {
+      task(0);
+    } catch (...) {
+      errors[0] = std::current_exception();
+    }
+    if (!spinFor(spinMicros_, [&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
+    task_ = nullptr, errors_ = nullptr;
+  }
+
+ private:
+  void loop(int shard) {
+    std::exception_ptr bindError;
+    try {
+      backends_[shard]->bindHostThread();
+    } catch (...) {
+      bindError = std::current_exception();  // reported by every call, as the shard's failure
+    }
+    uint64_t seen = 0;
+    for (;;) {
+      spinFor(spinMicros_, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return stop_ || epoch_.load(std::memory_order_relaxed) != seen; });
+        if (stop_) return;
+        seen = epoch_.load(std::memory_order_relaxed);
+      }
+      try {
+        if (bindError) std::rethrow_exception(bindError);
+        (*task_)(shard);
+      } catch (...) {
+        (*errors_)[shard] = std::current_exception();
+      }
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_.notify_one();
+      }
+    }
+  }
+
+  void stopAll() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+  const int shards_, spinMicros_;
+  std::vector<Backend*> backends_;
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable wake_, done_;
+  std::atomic<uint64_t> epoch_{0};  // one more per call
+  std::atomic<int> pending_{0};     // worker shards still running the current call
+  const std::function<void(int)>* task_ = nullptr;
+  std::vector<std::exception_ptr>* errors_ = nullptr;
+  bool stop_ = false;  // under mu_
+};
 
 std::string configProblem(const ModelConfig& c) {
   std::ostringstream os;
@@ -161,7 +305,11 @@ Model::Model(const ModelConfig& config, std::vector<Backend*> backends) : config
   }
   shards_.resize(tp);
   for (auto& s : shards_) s.layers.resize(config_.numLayers);
+  spinMicros_ = shardSpinMicros(backends_);
 }
+
+// The shard threads go first: they may still hold a backend's thread state.
+Model::~Model() { threads_.reset(); }
 
 double Model::fullWeightBytes() const {
   double n = 0;
@@ -399,13 +547,61 @@ std::vector<ShardCache> Model::makeCache(int batch, int capacity) {
   return caches;
 }
 
-void Model::checkCancel(const ForwardArgs& a) const {
-  if (a.cancel && a.cancel->load(std::memory_order_relaxed)) throw Cancelled();
+void Model::runOnShards(const std::function<void(int, ShardRendezvous&)>& task, const std::atomic<bool>* cancel) {
+  const int tp = plan_.tp;
+  ShardRendezvous r(tp, cancel, spinMicros_);
+  if (tp == 1) {
+    task(0, r);
+    return;
+  }
+  if (!threads_) threads_ = std::make_unique<ShardThreads>(backends_, spinMicros_);
+  std::vector<std::exception_ptr> errors;
+  threads_->run(
+      [&](int s) {
+        // A shard that stops for any reason stops the others at their next meeting (or wakes them there).
+        try {
+          task(s, r);
+        } catch (const Cancelled&) {
+          r.cancel();
+          throw;
+        } catch (const ShardPeerFailed&) {
+          throw;
+        } catch (const std::bad_alloc&) {
+          r.fail(s, "out of host memory (std::bad_alloc)");
+          throw;
+        } catch (const std::exception& e) {
+          r.fail(s, e.what());
+          throw;
+        } catch (...) {
+          r.fail(s, "unknown error");
+          throw;
+        }
+      },
+      errors);
+  const int failed = r.failedShard();
+  if (failed >= 0)
+    throw std::runtime_error("tensor-parallel shard " + std::to_string(failed) + " of " + std::to_string(tp) + " (" +
+                             backends_[failed]->name() + ") failed: " + r.failure());
+  if (r.cancelled()) throw Cancelled();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 std::vector<float> Model::forward(const ForwardArgs& a) {
   if (!ready_) throw std::runtime_error("weights are not loaded");
-  const int tp = plan_.tp, B = a.batch, T = a.seqLen;
+  std::vector<float> logits;
+  runOnShards(
+      [&](int s, ShardRendezvous& r) {
+        std::vector<float> out = forwardShard(s, a, r);
+        if (s == 0) logits = std::move(out);
+      },
+      a.cancel);
+  return logits;
+}
+
+std::vector<float> Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
+  if (!ready_) throw std::runtime_error("weights are not loaded");
+  const int B = a.batch, T = a.seqLen;
   const int64_t M = static_cast<int64_t>(B) * T, H = config_.hiddenSize, hd = config_.headDim;
   const bool gpt2 = config_.family == Family::GPT2;
   AttnShape as;
@@ -418,38 +614,46 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
   const int64_t qkvW = as.qkvRowStride(), attnW = static_cast<int64_t>(as.numHeads) * hd;
   const int64_t ffW = gpt2 ? plan_.ffnPerShard : 2 * plan_.ffnPerShard;
   const float eps = static_cast<float>(config_.normEps);
+  const FaultPoint fault = faultPointFromEnv();
 
   DeviceDecodeState* dev = a.device;
   if (dev && (!a.decode || !a.cache || T != 1))
     throw std::logic_error("a device-resident step is a decode step of one token per row with a KV cache");
-  std::vector<Tensor> x(tp), y(tp);
-  std::vector<Tensor*> yp(tp);
-  for (int s = 0; s < tp; ++s) {
-    Backend& be = *backends_[s];
-    x[s] = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
-    if (dev) be.embeddingAt(dev->ids[s], dev->pos[s], shards_[s].embed, gpt2 ? &shards_[s].pos : nullptr, x[s]);
-    else be.embedding(*a.ids, T, a.startPos, shards_[s].embed, gpt2 ? &shards_[s].pos : nullptr, x[s]);
-    y[s] = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
-    yp[s] = &y[s];
-  }
-  auto norm = [&](Backend& be, const Tensor& in, const Tensor& w, const Tensor& b, Tensor& out) {
+  Backend& be = *backends_[s];
+  const ShardWeights& sw = shards_[s];
+  const DType dt = be.computeDtype();
+  // Shards that share a backend compute one at a time (Backend::shardTurn); the all-reduce lets go of the turn.
+  std::unique_lock<std::mutex> turn;
+  if (std::mutex* m = be.shardTurn()) turn = std::unique_lock<std::mutex>(*m);
+  auto allReduce = [&](Tensor& part) {
+    if (turn.owns_lock()) turn.unlock();
+    be.allReduceSumShard(part, s, r);
+    if (turn.mutex()) turn.lock();
+  };
+  auto norm = [&](const Tensor& in, const Tensor& w, const Tensor& b, Tensor& out) {
     if (gpt2) be.layerNorm(in, w, b, eps, out);
     else be.rmsNorm(in, w, eps, out);
   };
+
+  be.markStep(Backend::StepMark::Begin, s);
+  Tensor x = be.alloc({M, H}, MemKind::Activations, dt);
+  if (dev) be.embeddingAt(dev->ids[s], dev->pos[s], sw.embed, gpt2 ? &sw.pos : nullptr, x);
+  else be.embedding(*a.ids, T, a.startPos, sw.embed, gpt2 ? &sw.pos : nullptr, x);
+  Tensor y = be.alloc({M, H}, MemKind::Activations, dt);
   for (int l = 0; l < config_.numLayers; ++l) {
-    checkCancel(a);
-    for (int s = 0; s < tp; ++s) {  // attention block, each shard on its own heads
-      Backend& be = *backends_[s];
-      const LayerWeights& w = shards_[s].layers[l];
-      Tensor h = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
-      norm(be, x[s], w.ln1w, w.ln1b, h);
-      Tensor qkv = be.alloc({M, qkvW}, MemKind::Activations, be.computeDtype());
+    if (fault.shard == s && fault.layer == l)
+      throw std::runtime_error("injected fault at layer " + std::to_string(l) + " (FLASHLAB_FAULT_INJECT)");
+    const LayerWeights& w = sw.layers[l];
+    {  // attention block on this shard's heads; its temporaries are freed before the all-reduce
+      Tensor h = be.alloc({M, H}, MemKind::Activations, dt);
+      norm(x, w.ln1w, w.ln1b, h);
+      Tensor qkv = be.alloc({M, qkvW}, MemKind::Activations, dt);
       be.matmul(h, w.qkvW, &w.qkvB, qkv);
       if (!gpt2) {
         if (dev) be.rotaryAt(qkv, as, dev->pos[s], static_cast<int>(hd / 2), 10000.0f);
         else be.rotary(qkv, as, a.startPos, static_cast<int>(hd / 2), 10000.0f);
       }
-      Tensor att = be.alloc({M, attnW}, MemKind::Activations, be.computeDtype());
+      Tensor att = be.alloc({M, attnW}, MemKind::Activations, dt);
       if (dev) {
         ShardCache& c = (*a.cache)[s];
         be.kvCacheWriteAt(qkv, as, dev->pos[s], c.k[l], c.v[l]);
@@ -462,49 +666,46 @@ std::vector<float> Model::forward(const ForwardArgs& a) {
       } else {
         be.attentionPrefill(a.method, qkv, as, att);
       }
-      be.matmul(att, w.outW, w.outB.empty() ? nullptr : &w.outB, y[s]);
+      be.matmul(att, w.outW, w.outB.empty() ? nullptr : &w.outB, y);
     }
-    backends_[0]->allReduceSum(yp);
-    for (int s = 0; s < tp; ++s) backends_[s]->add(x[s], y[s]);
-    for (int s = 0; s < tp; ++s) {  // MLP block, each shard on its slice of the width
-      Backend& be = *backends_[s];
-      const LayerWeights& w = shards_[s].layers[l];
-      Tensor h = be.alloc({M, H}, MemKind::Activations, be.computeDtype());
-      norm(be, x[s], w.ln2w, w.ln2b, h);
-      Tensor u = be.alloc({M, ffW}, MemKind::Activations, be.computeDtype());
+    allReduce(y);
+    be.add(x, y);
+    {  // MLP block on this shard's slice of the width
+      Tensor h = be.alloc({M, H}, MemKind::Activations, dt);
+      norm(x, w.ln2w, w.ln2b, h);
+      Tensor u = be.alloc({M, ffW}, MemKind::Activations, dt);
       be.matmul(h, w.fcW, w.fcB.empty() ? nullptr : &w.fcB, u);
       if (gpt2) {
         be.geluNew(u);
-        be.matmul(u, w.projW, w.projB.empty() ? nullptr : &w.projB, y[s]);
+        be.matmul(u, w.projW, w.projB.empty() ? nullptr : &w.projB, y);
       } else {
-        Tensor g = be.alloc({M, plan_.ffnPerShard}, MemKind::Activations, be.computeDtype());
+        Tensor g = be.alloc({M, plan_.ffnPerShard}, MemKind::Activations, dt);
         be.swiglu(u, g);
-        be.matmul(g, w.projW, nullptr, y[s]);
+        be.matmul(g, w.projW, nullptr, y);
       }
     }
-    backends_[0]->allReduceSum(yp);
-    for (int s = 0; s < tp; ++s) backends_[s]->add(x[s], y[s]);
+    allReduce(y);
+    be.add(x, y);
   }
   if (dev) {
     // One token per row: x is already the last positions. Every shard chooses, so every shard has the next ids.
-    for (int s = 0; s < tp; ++s) {
-      Backend& be = *backends_[s];
-      Tensor h = be.alloc({B, H}, MemKind::Activations, be.computeDtype());
-      norm(be, x[s], shards_[s].lnfW, shards_[s].lnfB, h);
-      be.matmul(h, shards_[s].lmHead, nullptr, dev->logits[s]);
-      be.argmaxAndAdvance(dev->logits[s], dev->ids[s], dev->pos[s], dev->lens[s]);
-    }
+    Tensor h = be.alloc({B, H}, MemKind::Activations, dt);
+    norm(x, sw.lnfW, sw.lnfB, h);
+    be.matmul(h, sw.lmHead, nullptr, dev->logits[s]);
+    be.argmaxAndAdvance(dev->logits[s], dev->ids[s], dev->pos[s], dev->lens[s]);
+    be.markStep(Backend::StepMark::End, s);
     return {};
   }
   // The output head runs on shard 0 for the last position of each row only.
-  Backend& be = *backends_[0];
+  if (s != 0) return {};
   std::vector<int32_t> last(B);
   for (int b = 0; b < B; ++b) last[b] = b * T + T - 1;
-  Tensor xl = be.alloc({B, H}, MemKind::Activations, be.computeDtype()), hl = be.alloc({B, H}, MemKind::Activations, be.computeDtype());
-  be.gatherRows(x[0], last, xl);
-  norm(be, xl, shards_[0].lnfW, shards_[0].lnfB, hl);
-  Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations, be.computeDtype());
-  be.matmul(hl, shards_[0].lmHead, nullptr, logits);
+  Tensor xl = be.alloc({B, H}, MemKind::Activations, dt), hl = be.alloc({B, H}, MemKind::Activations, dt);
+  be.gatherRows(x, last, xl);
+  norm(xl, sw.lnfW, sw.lnfB, hl);
+  Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations, dt);
+  be.matmul(hl, sw.lmHead, nullptr, logits);
+  be.markStep(Backend::StepMark::End, s);
   std::vector<float> out(static_cast<size_t>(B) * config_.vocabSize);
   be.downloadF32(logits, out.data(), out.size());
   return out;

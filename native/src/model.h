@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -93,10 +94,13 @@ struct ForwardArgs {
   DeviceDecodeState* device = nullptr;
 };
 
+class ShardThreads;
+
 class Model {
  public:
   // backends: one per shard (shards may share one backend, as on the CPU).
   Model(const ModelConfig& config, std::vector<Backend*> backends);
+  ~Model();
 
   const ModelConfig& config() const { return config_; }
   const ShardPlan& plan() const { return plan_; }
@@ -110,8 +114,18 @@ class Model {
   // Bytes the full (unsharded) weights take in fp32: what loading them needs at least.
   double fullWeightBytes() const;
 
-  // Runs the model and returns the logits of the last position of each row, [B * vocab] on the host.
+  // Runs the model and returns the logits of the last position of each row, [B * vocab] on the host: every
+  // shard's forwardShard on that shard's own thread (runOnShards).
   std::vector<float> forward(const ForwardArgs& args);
+  // One shard's part of a forward pass, on the calling thread: embedding, every layer (meeting the other shards
+  // at r before each all-reduce) and the output head (shard 0; every shard on the device-resident path).
+  // Returns the logits on shard 0 ({} on the others and on the device-resident path).
+  std::vector<float> forwardShard(int shard, const ForwardArgs& args, ShardRendezvous& r);
+  // Runs task(s, r) for every shard s, each on its shard's own host thread (shard 0 on the caller's), all
+  // meeting at one rendezvous r, and returns when every shard is done. Rethrows Cancelled when the call was
+  // cancelled; when a shard failed, an error naming the shard and its message (with one shard, its error as
+  // it was). The shard threads are created by the first call with more than one shard and live with the model.
+  void runOnShards(const std::function<void(int, ShardRendezvous&)>& task, const std::atomic<bool>* cancel);
   std::vector<ShardCache> makeCache(int batch, int capacity);
 
  private:
@@ -119,7 +133,6 @@ class Model {
   std::string canonicalName(const std::string& name) const;
   void placeWeight(const WeightSpec& spec, std::vector<float>&& full);
   Tensor* slotFor(int shard, const std::string& canonical);
-  void checkCancel(const ForwardArgs& a) const;
 
   ModelConfig config_;
   ShardPlan plan_;
@@ -129,6 +142,8 @@ class Model {
   std::set<std::string> loaded_;
   std::vector<ShardWeights> shards_;
   bool ready_ = false;
+  int spinMicros_ = 0;  // how long the shard threads spin before they block (Backend::hostSpinMicros)
+  std::unique_ptr<ShardThreads> threads_;
 };
 
 }  // namespace flashlab

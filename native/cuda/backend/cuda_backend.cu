@@ -3,7 +3,8 @@
 // the GPU). Memory comes from a caching allocator (device_allocator.h) and is counted by the engine's
 // MemoryTracker through Backend::alloc. Attention on fp32 tensors: naive runs in fp32; fa1/fa2 (tensor-core
 // kernels) run on fp16 copies of q/k/v; decode runs the naive kernel (one query row). Tensor parallelism:
-// one backend per GPU, and allReduceSum is one NCCL all-reduce over the shards' communicator.
+// one backend per GPU driven by its own host thread, and allReduceSumShard is one NCCL all-reduce on the shard's
+// own communicator and stream.
 #include "cuda_backend.h"
 
 #include <nccl.h>
@@ -113,8 +114,6 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return name_; }
   const cuda::DeviceAllocator& allocator() const { return alloc_; }
-  cudaStream_t stream() const { return stream_; }
-  ncclComm_t comm() const { return comm_; }
   void setComm(ncclComm_t c) { comm_ = c; }
 
   DType computeDtype() const override { return dtype_; }
@@ -149,7 +148,6 @@ class CudaBackend final : public Backend {
       FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
       return;
     }
-    timePassEnd();
     void* staging = alloc_.allocate(count * sizeof(float));
     cuda::convertElements(elemOf(src.dtype), src.data(), ElemType::F32, staging, static_cast<int64_t>(count), stream_);
     const cudaError_t err = cudaMemcpyAsync(host, staging, count * sizeof(float), cudaMemcpyDeviceToHost, stream_);
@@ -198,7 +196,6 @@ class CudaBackend final : public Backend {
     }
     activate();
     int32_t* dev = stageIds(ids);
-    timePassBegin();
     cuda::embedding(elemOf(out.dtype), out.data(), dev, table.data(), posTable ? posTable->data() : nullptr, n, T,
                     startPos, static_cast<int>(V), posTable ? static_cast<int>(posTable->dim(0)) : 0,
                     static_cast<int>(H), nullptr, stream_);
@@ -351,7 +348,6 @@ class CudaBackend final : public Backend {
     sameDtype("embeddingAt", table, out);
     if (posTable) sameDtype("embeddingAt", *posTable, out);
     activate();
-    timePassBegin();
     // Ids and positions are checked when the host writes them; the kernel zeroes a row it cannot look up.
     cuda::embedding(elemOf(out.dtype), out.data(), static_cast<const int32_t*>(ids.data()), table.data(),
                     posTable ? posTable->data() : nullptr, static_cast<int>(rows), 1, 0, static_cast<int>(V),
@@ -412,7 +408,6 @@ class CudaBackend final : public Backend {
                      static_cast<int32_t*>(ids.data()), stream_);
     cuda::decodeAdvance(static_cast<int32_t*>(pos.data()), static_cast<int32_t*>(lens.data()), static_cast<int>(rows),
                         stream_);
-    timePassEnd();
   }
 
   void beginCapture() override {
@@ -472,35 +467,39 @@ class CudaBackend final : public Backend {
     tracker().remove(MemKind::Activations, w.poolBytes);
   }
 
-  void allReduceSum(const std::vector<Tensor*>& parts) override {
-    if (parts.size() < 2) return;
-    const int64_t n = parts[0]->numel();
-    std::vector<CudaBackend*> owners;
-    for (Tensor* t : parts) {
-      auto* be = t->storage ? dynamic_cast<CudaBackend*>(t->storage->owner) : nullptr;
-      require(be && be->comm(), "allReduceSum", "every part must live on a CUDA shard of one communicator");
-      require(t->numel() == n && t->dtype == parts[0]->dtype, "allReduceSum", "parts differ in size or dtype");
-      owners.push_back(be);
-    }
-    // One group call: each shard reduces in place on its own stream, ordered after the work that made its part.
-    const bool timed = owners[0]->timing();
-    if (timed) {  // events belong to shard 0's device
-      FL_CUDA_CHECK(cudaSetDevice(owners[0]->deviceIndex()));
-      CudaBackend::recordEvent(owners[0]->allReduceEvent(false), owners[0]->stream());
-    }
-    FL_NCCL_CHECK(ncclGroupStart());
-    for (size_t i = 0; i < parts.size(); ++i) {
-      FL_CUDA_CHECK(cudaSetDevice(owners[i]->deviceIndex()));
-      FL_NCCL_CHECK(ncclAllReduce(parts[i]->data(), parts[i]->data(), static_cast<size_t>(n), ncclTypeOf(parts[i]->dtype),
-                                  ncclSum, owners[i]->comm(), owners[i]->stream()));
-    }
-    FL_NCCL_CHECK(ncclGroupEnd());
-    if (timed) {
-      FL_CUDA_CHECK(cudaSetDevice(owners[0]->deviceIndex()));
-      CudaBackend::recordEvent(owners[0]->allReduceEvent(true), owners[0]->stream());
-    }
+  // One NCCL all-reduce on this shard's communicator and stream, issued by this shard's own thread (no group
+  // call: each rank's thread enqueues its own), in place, ordered after the work that made the part. The host
+  // meeting comes first, so no rank enqueues a collective that another rank will never join; inside a
+  // recording only the all-reduce is captured, so a replay meets nowhere on the host.
+  void allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) override {
+    require(r.shards() == 1 || comm_, "allReduceSumShard", name_ + " has no communicator for " + std::to_string(r.shards()) + " shards");
+    r.arriveAndWait(shard, &part);
+    if (r.shards() < 2) return;
     activate();
+    const bool timed = timing();
+    if (timed) recordEvent(allReduceEvent(false), stream_);
+    FL_NCCL_CHECK(ncclAllReduce(part.data(), part.data(), static_cast<size_t>(part.numel()), ncclTypeOf(part.dtype),
+                                ncclSum, comm_, stream_));
+    if (timed) recordEvent(allReduceEvent(true), stream_);
   }
+
+  // A shard's host thread issues most of the GPU's work; spinning keeps its wake-up (and so the launch skew
+  // between shards) at a few microseconds while the device computes a step of a few milliseconds.
+  int hostSpinMicros() const override { return 2000; }
+  void bindHostThread() override { activate(); }
+
+  // ---- step timing (Backend::setStepTiming; cuda_backend.h: setCudaStepTiming)
+  bool setStepTiming(bool on) override {
+    setTiming(on);
+    return true;
+  }
+  bool stepTimingEnabled() const override { return timing_; }
+  void markStep(StepMark m, int) override {
+    activate();
+    if (m == StepMark::Begin) timePassBegin();
+    else timePassEnd();
+  }
+  bool stepTiming(StepTiming& out) override { return readTiming(out); }
 
  protected:
   void* rawAlloc(size_t bytes) override {
@@ -582,8 +581,12 @@ class CudaBackend final : public Backend {
 
  public:
   // ---- step timing (cuda_backend.h: CudaStepTiming)
-  void setTiming(bool on) { timing_ = on; }
-  bool readTiming(CudaStepTiming& out) {
+  void setTiming(bool on) {
+    if (on == timing_) return;  // a recording made while on keeps its events: what was measured stays readable
+    timing_ = on;
+    passBegun_ = passEnded_ = false;
+  }
+  bool readTiming(StepTiming& out) {
     if (!timing_ || !passBegun_ || !passEnded_) return false;
     activate();
     FL_CUDA_CHECK(cudaStreamSynchronize(stream_));

@@ -20,14 +20,12 @@ struct CudaMemoryFigures {
 // False when `backend` is not a CUDA backend.
 bool cudaMemoryFigures(const Backend& backend, CudaMemoryFigures& out);
 
-// Where a forward pass's time goes on one shard (tensor-parallel breakdown): device events at the start of the
-// pass (the embedding), around every all-reduce issued from this backend, and at its end (the logits' argmax or
-// download). Events recorded inside a captured decode step are re-recorded by every replay, so after a
-// generate the figures are those of its last step. Timing adds a few events per layer: off by default.
-struct CudaStepTiming {
-  double stepMs = 0;                  // first event to last, on this shard's stream
-  std::vector<double> allReduceMs;    // each all-reduce of the pass, in order (two per layer)
-};
+// Where a forward pass's time goes on one shard (tensor-parallel breakdown; Backend::setStepTiming, which the
+// engine switches on for GenerateRequest::stepBreakdown): device events at the start of the pass (before the
+// embedding), around every all-reduce issued by this backend, and at its end (after the logits or their argmax).
+// Events recorded inside a captured decode step are re-recorded by every replay, so after a generate the figures
+// are those of its last step. Timing adds a few events per layer: off by default.
+using CudaStepTiming = Backend::StepTiming;
 // False when `backend` is not a CUDA backend.
 bool setCudaStepTiming(Backend& backend, bool on);
 // Synchronises the backend; false when it is not a CUDA backend or no timed pass has run.

@@ -304,4 +304,38 @@ void CpuBackend::allReduceSum(const std::vector<Tensor*>& parts) {
   for (size_t s = 1; s < parts.size(); ++s) std::memcpy(parts[s]->f32(), dst, n * sizeof(float));
 }
 
+void CpuBackend::allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) {
+  const bool timed = shard == 0 && timing_ && passBegun_;  // only shard 0's thread reads the pass state
+  const auto t0 = std::chrono::steady_clock::now();
+  Backend::allReduceSumShard(part, shard, r);
+  if (timed)
+    lastPass_.allReduceMs.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+}
+
+bool CpuBackend::setStepTiming(bool on) {
+  timing_ = on;
+  passBegun_ = passEnded_ = false;
+  return true;
+}
+
+void CpuBackend::markStep(StepMark m, int shard) {
+  if (!timing_ || shard != 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (m == StepMark::Begin) {
+    passStart_ = now;
+    lastPass_ = StepTiming{};
+    passBegun_ = true, passEnded_ = false;
+  } else if (passBegun_) {
+    lastPass_.stepMs = std::chrono::duration<double, std::milli>(now - passStart_).count();
+    passEnded_ = true;
+  }
+}
+
+bool CpuBackend::stepTiming(StepTiming& out) {
+  if (!timing_ || !passEnded_) return false;
+  out = lastPass_;
+  return true;
+}
+
 }  // namespace flashlab

@@ -2,6 +2,7 @@
 // reference every other backend is checked against, and what CI runs.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <mutex>
 
@@ -40,6 +41,16 @@ class CpuBackend final : public Backend {
   void add(Tensor& x, const Tensor& y) override;
   void gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) override;
   void allReduceSum(const std::vector<Tensor*>& parts) override;
+  // Shards take turns on the host: each still computes with every thread, one after another, as before
+  // threads per shard existed; the last to reach an all-reduce sums the parts in shard order (bit for bit
+  // what one thread summing them did).
+  void allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) override;
+  std::mutex* shardTurn() override { return &turn_; }
+  // Shard 0's pass on the host clock.
+  bool setStepTiming(bool on) override;
+  bool stepTimingEnabled() const override { return timing_; }
+  void markStep(StepMark m, int shard) override;
+  bool stepTiming(StepTiming& out) override;
 
  protected:
   void* rawAlloc(size_t bytes) override;
@@ -50,6 +61,11 @@ class CpuBackend final : public Backend {
   void attentionFa1(const Tensor& qkv, const AttnShape& s, Tensor& out);
   void attentionFa2(const Tensor& qkv, const AttnShape& s, Tensor& out);
   int threads_;
+  std::mutex turn_;
+  // Step timing, written by shard 0's thread during a pass and read after it.
+  bool timing_ = false, passBegun_ = false, passEnded_ = false;
+  std::chrono::steady_clock::time_point passStart_;
+  StepTiming lastPass_;
   // Freed blocks of 1 MiB and more, by size, kept for the next allocation of that size (not counted by the
   // tracker: they hold no tensor).
   std::mutex cacheMu_;
