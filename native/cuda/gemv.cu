@@ -67,13 +67,23 @@ struct KernelArgs {
 
 // ---- device helpers
 
-// W is read exactly once per call: keep it out of L1 and ask L2 for whole 256-byte lines.
-__device__ __forceinline__ uint4 ldgStream(const void* p) {
+// W is read exactly once per call: keep it out of L1 and ask L2 for whole 256-byte lines. Predicated in the
+// instruction (zeros when off), so a guarded load is no branch; volatile keeps the next step's loads ahead of
+// the current step's mma in program order.
+__device__ __forceinline__ uint4 ldgStream(const void* p, bool pred) {
   uint4 v;
-  // volatile keeps the next step's loads ahead of the current step's mma in program order.
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
+      : "l"(p), "r"(static_cast<int>(pred)));
   return v;
 }
 
@@ -180,8 +190,8 @@ __device__ __forceinline__ void loadStage(Stage& s, const KernelArgs<T>& a, int 
     const int unit = slice + a.kSplit * (it * Tr::kUnitsPerStep + u);
     const int kk = unit * Tr::kUnitK + 8 * t;
     const bool in = unit < a.units && kk < a.k;
-    s.a[u] = in && ok0 ? ldgStream(p0 + kk) : make_uint4(0, 0, 0, 0);
-    s.b[u] = in && ok1 ? ldgStream(p1 + kk) : make_uint4(0, 0, 0, 0);
+    s.a[u] = ldgStream(p0 + kk, in && ok0);  // the address is formed but not read when off
+    s.b[u] = ldgStream(p1 + kk, in && ok1);
   }
 }
 
@@ -259,6 +269,7 @@ __device__ __forceinline__ void prologue(const KernelArgs<T>& a, T* xs, float2* 
   if (warp < a.m) {
     const T* row = xs + warp * a.xStride;
     float sum = 0.f;
+#pragma unroll 4
     for (int c = lane * 8; c < a.k; c += 32 * 8) {
       float v[8];
       unpack8<T>(*reinterpret_cast<const uint4*>(row + c), v);
@@ -270,6 +281,7 @@ __device__ __forceinline__ void prologue(const KernelArgs<T>& a, T* xs, float2* 
     if (kLayerNorm) {
       mean = sum / a.k;
       float var = 0.f;
+#pragma unroll 4
       for (int c = lane * 8; c < a.k; c += 32 * 8) {
         float v[8];
         unpack8<T>(*reinterpret_cast<const uint4*>(row + c), v);
