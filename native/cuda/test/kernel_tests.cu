@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "../attention_fa2.h"
 #include "../attention_naive.h"
 #include "../convert.h"
+#include "../decode_state.h"
 #include "../kv_cache.h"
 #include "../embedding.h"
 #include "../norm.h"
@@ -82,7 +84,32 @@ struct Buf {
     return v;
   }
   void poison() { FL_CUDA_CHECK(cudaMemset(dev, 0xFF, n * elemSize(t))); }  // all-ones bits: NaN in every dtype
+  // The stored bits, for bit-exact comparisons.
+  std::vector<unsigned char> bits() const {
+    std::vector<unsigned char> raw(n * elemSize(t));
+    FL_CUDA_CHECK(cudaMemcpy(raw.data(), dev, raw.size(), cudaMemcpyDeviceToHost));
+    return raw;
+  }
 };
+
+// Host values (already representable in t) as the bits a device buffer of dtype t holds.
+std::vector<unsigned char> encodeBits(ElemType t, const std::vector<double>& v) {
+  std::vector<unsigned char> raw(v.size() * elemSize(t));
+  for (size_t i = 0; i < v.size(); ++i) {
+    const float f = static_cast<float>(v[i]);
+    if (t == ElemType::F32) std::memcpy(&raw[i * 4], &f, 4);
+    else if (t == ElemType::F16) { __half h = __float2half_rn(f); std::memcpy(&raw[i * 2], &h, 2); }
+    else { __nv_bfloat16 h = __float2bfloat16_rn(f); std::memcpy(&raw[i * 2], &h, 2); }
+  }
+  return raw;
+}
+
+size_t bitsDiffer(const std::vector<unsigned char>& a, const std::vector<unsigned char>& b) {
+  if (a.size() != b.size()) return std::max(a.size(), b.size());
+  size_t n = 0;
+  for (size_t i = 0; i < a.size(); ++i) n += a[i] != b[i];
+  return n;
+}
 
 struct RawBuf {
   void* dev = nullptr;
@@ -338,6 +365,267 @@ void testDecode(const char* label, ElemType t, int batch, int heads, int kvHeads
   std::snprintf(buf, sizeof buf, "err %.3e, naive %.3e (%.2fx), %d splits%s", e.rel, ne.rel, ne.rel > 0 ? e.rel / ne.rel : 0.0,
                 attentionDecodeSplits(p), e.nonFinite ? " NON-FINITE" : "");
   report(e.nonFinite == 0 && ne.nonFinite == 0 && e.rel <= 2 * ne.rel, std::string("decode ") + elemTypeName(t) + " " + label, buf);
+}
+
+// ---- fused decode step: rotary at *pos + cache write at *pos + split attention + in-kernel merge
+// Host model of one decode step, float64 except where the kernels' own rounding is the specification: the
+// rotary's cos/sin (fp64 -> fp32 -> dtype) and its fp32 fused multiply-adds, rounded to the dtype, exactly as
+// rotary.cu (rotatePair) does; so the appended cache can be compared bit for bit.
+struct FusedShape {
+  int batch, heads, kvHeads, D, rotDim, cap;
+  int64_t row() const { return static_cast<int64_t>(heads + 2 * kvHeads) * D; }
+  size_t cacheElems() const { return static_cast<size_t>(batch) * kvHeads * cap * D; }
+  size_t cacheAt(int b, int g, int pos) const { return ((static_cast<size_t>(b) * kvHeads + g) * cap + pos) * D; }
+};
+
+// Rotates the first rotDim dims of a head (host copy) in place, at position pos, in dtype t.
+void hostRotateHead(ElemType t, double* x, int rotDim, int pos) {
+  for (int i = 0; i < rotDim / 2; ++i) {
+    const double invFreq = 1.0 / std::pow(static_cast<double>(10000.0f), (2.0 * i) / rotDim);
+    const double angle = static_cast<double>(pos) * invFreq;
+    const float c = static_cast<float>(roundTo(t, static_cast<float>(std::cos(angle))));
+    const float sn = static_cast<float>(roundTo(t, static_cast<float>(std::sin(angle))));
+    const float x0 = static_cast<float>(x[2 * i]), x1 = static_cast<float>(x[2 * i + 1]);
+    const float p1 = x1 * sn, p0 = x0 * sn;
+    x[2 * i] = roundTo(t, std::fma(x0, c, -p1));
+    x[2 * i + 1] = roundTo(t, std::fma(x1, c, p0));
+  }
+}
+
+// One step on the host: rotates q and k of qkv at pos, appends k/v to the caches (pos < cap), attends each
+// sequence's q to cache positions [0, lens[b]). Returns the output [batch, heads, D].
+std::vector<double> hostDecodeStep(ElemType t, const FusedShape& f, std::vector<double> qkv, std::vector<double>& kc,
+                                   std::vector<double>& vc, int pos, const std::vector<int>& lens) {
+  const int D = f.D, group = f.heads / f.kvHeads;
+  for (int b = 0; b < f.batch; ++b) {
+    double* r = &qkv[static_cast<size_t>(b) * f.row()];
+    for (int h = 0; h < f.heads + f.kvHeads; ++h) hostRotateHead(t, r + static_cast<size_t>(h) * D, f.rotDim, pos);
+    if (pos >= 0 && pos < f.cap)
+      for (int g = 0; g < f.kvHeads; ++g)
+        for (int d = 0; d < D; ++d) {
+          kc[f.cacheAt(b, g, pos) + d] = r[static_cast<size_t>(f.heads + g) * D + d];
+          vc[f.cacheAt(b, g, pos) + d] = r[static_cast<size_t>(f.heads + f.kvHeads + g) * D + d];
+        }
+  }
+  std::vector<double> out(static_cast<size_t>(f.batch) * f.heads * D);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  parallelFor(f.batch * f.heads, [&](int bh) {
+    const int b = bh / f.heads, h = bh % f.heads, g = h / group, n = lens[b];
+    const double* q = &qkv[static_cast<size_t>(b) * f.row() + static_cast<size_t>(h) * D];
+    std::vector<double> s(n);
+    double mx = -INFINITY, sum = 0;
+    for (int j = 0; j < n; ++j) {
+      double dot = 0;
+      for (int d = 0; d < D; ++d) dot += q[d] * kc[f.cacheAt(b, g, j) + d];
+      mx = std::max(mx, s[j] = dot * scale);
+    }
+    for (int j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    for (int d = 0; d < D; ++d) {
+      double acc = 0;
+      for (int j = 0; j < n; ++j) acc += s[j] * vc[f.cacheAt(b, g, j) + d];
+      out[static_cast<size_t>(bh) * D + d] = acc / sum;
+    }
+  });
+  return out;
+}
+
+// Device state of one decode path (fused or unfused): its own qkv, caches, output, position and lengths.
+struct DecodePath {
+  FusedShape f;
+  ElemType t;
+  Buf qkv, kc, vc, out;
+  int32_t* pos = nullptr;
+  int32_t* lens = nullptr;
+  DecodePath(ElemType t, const FusedShape& f)
+      : f(f), t(t), qkv(t, static_cast<size_t>(f.batch) * f.row()), kc(t, f.cacheElems()), vc(t, f.cacheElems()),
+        out(t, static_cast<size_t>(f.batch) * f.heads * f.D) {
+    FL_CUDA_CHECK(cudaMalloc(&pos, sizeof(int32_t)));
+    FL_CUDA_CHECK(cudaMalloc(&lens, f.batch * sizeof(int32_t)));
+  }
+  ~DecodePath() { cudaFree(pos), cudaFree(lens); }
+  void setState(int p, const std::vector<int>& l) {
+    FL_CUDA_CHECK(cudaMemcpy(pos, &p, sizeof p, cudaMemcpyHostToDevice));
+    FL_CUDA_CHECK(cudaMemcpy(lens, l.data(), l.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  }
+  // Views as the CUDA backend builds them for a recorded step (attentionDecodeAt).
+  DecodeParams attnParams() const {
+    const int D = f.D;
+    const int64_t cacheBatch = static_cast<int64_t>(f.kvHeads) * f.cap * D;
+    DecodeParams p;
+    p.dtype = t;
+    p.q = {qkv.dev, f.row(), 0, D};
+    p.k = {kc.dev, cacheBatch, D, static_cast<int64_t>(f.cap) * D};
+    p.v = {vc.dev, cacheBatch, D, static_cast<int64_t>(f.cap) * D};
+    p.o = {out.dev, static_cast<int64_t>(f.heads) * D, 0, D};
+    p.seqLens = lens, p.maxSeqLen = f.cap, p.batch = f.batch, p.numHeads = f.heads, p.numKvHeads = f.kvHeads;
+    p.headDim = D, p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+    return p;
+  }
+  DecodeFusedParams fusedParams(int32_t* counters) const {
+    DecodeFusedParams p;
+    p.attn = attnParams();
+    const size_t kOff = static_cast<size_t>(f.heads) * f.D, vOff = kOff + static_cast<size_t>(f.kvHeads) * f.D;
+    p.newK = {static_cast<char*>(qkv.dev) + kOff * elemSize(t), f.row(), 0, f.D};
+    p.newV = {static_cast<char*>(qkv.dev) + vOff * elemSize(t), f.row(), 0, f.D};
+    p.pos = pos, p.rotDim = f.rotDim, p.theta = 10000.0f, p.counters = counters;
+    return p;
+  }
+  // The unfused recorded step: rotaryAt, kvCacheWriteAt, attentionDecodeAt (what the fused kernel replaces).
+  void unfusedStep(void* ws, size_t wsBytes, cudaStream_t stream) {
+    if (f.rotDim > 0)
+      rotaryInterleaved(t, qkv.dev, f.batch, f.row(), 1, 0, f.heads + f.kvHeads, f.D, f.rotDim, 10000.0f, stream, pos);
+    kvCacheAppend(t, qkv.dev, f.batch, 1, f.heads, f.kvHeads, f.D, 0, f.cap, kc.dev, vc.dev, stream, pos);
+    attentionDecode(attnParams(), ws, wsBytes, stream);
+  }
+};
+
+struct DeviceInts {
+  int32_t* dev = nullptr;
+  int n;
+  explicit DeviceInts(int n) : n(n) { FL_CUDA_CHECK(cudaMalloc(&dev, std::max(1, n) * sizeof(int32_t))); }
+  ~DeviceInts() { cudaFree(dev); }
+  std::vector<int32_t> get() const {
+    std::vector<int32_t> v(n);
+    FL_CUDA_CHECK(cudaMemcpy(v.data(), dev, n * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    return v;
+  }
+};
+
+// Compares one step of both device paths with the host step; one PASS/FAIL line.
+void checkFusedStep(const std::string& name, ElemType t, DecodePath& fused, DecodePath& unfused,
+                    const std::vector<double>& ref, const std::vector<double>& kRef, const std::vector<double>& vRef,
+                    const DeviceInts* counters, int splits, int chunk, const std::vector<int>& lens) {
+  const Err e = relError(fused.out.download(), ref), ue = relError(unfused.out.download(), ref);
+  const auto fk = fused.kc.bits(), fv = fused.vc.bits();
+  const size_t vsRef = bitsDiffer(fk, encodeBits(t, kRef)) + bitsDiffer(fv, encodeBits(t, vRef));
+  const size_t vsUnfused = bitsDiffer(fk, unfused.kc.bits()) + bitsDiffer(fv, unfused.vc.bits());
+  size_t dirty = 0;
+  if (counters)
+    for (int32_t c : counters->get()) dirty += c != 0;
+  // Both paths round the same way; the floor only matters when the exact result is representable (1 key).
+  const double tol = std::max(2 * ue.rel, 1e-6);
+  int most = 0;
+  for (int l : lens) most = std::max(most, (l + chunk - 1) / chunk);
+  char buf[240];
+  std::snprintf(buf, sizeof buf,
+                "err %.3e, unfused %.3e (%.2fx); cache bytes differing: %zu vs host, %zu vs unfused; counters left "
+                "non-zero %zu; %d splits, up to %d active%s",
+                e.rel, ue.rel, ue.rel > 0 ? e.rel / ue.rel : 0.0, vsRef, vsUnfused, dirty, splits, most,
+                e.nonFinite ? " NON-FINITE" : "");
+  report(e.nonFinite == 0 && ue.nonFinite == 0 && e.rel <= tol && vsRef == 0 && vsUnfused == 0 && dirty == 0, name, buf);
+}
+
+// One fused call against the host step and the unfused device path, on fresh random inputs and caches.
+void testDecodeFused(ElemType t, int heads, int kvHeads, int D, int rotDim, std::vector<int> lens, int pos) {
+  const int batch = static_cast<int>(lens.size());
+  const FusedShape f{batch, heads, kvHeads, D, rotDim, *std::max_element(lens.begin(), lens.end()) + 3};
+  DecodePath fused(t, f), unfused(t, f);
+  const auto qkvH = randomValues(t, fused.qkv.n);
+  auto kH = randomValues(t, f.cacheElems()), vH = randomValues(t, f.cacheElems());
+  for (DecodePath* d : {&fused, &unfused}) {
+    d->qkv.upload(qkvH), d->kc.upload(kH), d->vc.upload(vH), d->out.poison();
+    d->setState(pos, lens);
+  }
+  DeviceInts counters(attentionDecodeFusedCounterCount(fused.fusedParams(nullptr)));
+  const DecodeFusedParams fp = fused.fusedParams(counters.dev);
+  attentionDecodeFusedResetCounters(fp, nullptr);
+  RawBuf ws(attentionDecodeFusedWorkspaceBytes(fp)), uws(attentionDecodeWorkspaceBytes(unfused.attnParams()));
+  ws.poison(), uws.poison();
+  attentionDecodeFused(fp, ws.dev, ws.bytes, nullptr);
+  unfused.unfusedStep(uws.dev, uws.bytes, nullptr);
+  FL_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto ref = hostDecodeStep(t, f, qkvH, kH, vH, pos, lens);
+  const int splits = attentionDecodeFusedSplits(fp);
+  std::string lensStr;
+  for (int l : lens) lensStr += (lensStr.empty() ? "" : ",") + std::to_string(l);
+  char name[160];
+  std::snprintf(name, sizeof name, "fused decode %s H%d/%d d%d rot%d lens {%s} pos %d", elemTypeName(t), heads, kvHeads,
+                D, rotDim, lensStr.c_str(), pos);
+  checkFusedStep(name, t, fused, unfused, ref, kH, vH, &counters, splits,
+                 static_cast<int>(ceilDiv64(f.cap, splits)), lens);
+}
+
+// Five decode steps in a row, the position and lengths advancing on the device between them (decodeAdvance, as a
+// recorded step ends), either as eager launches or as ONE captured CUDA graph replayed five times: each step
+// must be right, which needs the merge counters back at zero after every launch. The steps cross a split
+// boundary, so the number of splits taking part changes between launches on the same counters.
+void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim, int batch, int cap, bool graph) {
+  const FusedShape f{batch, heads, kvHeads, D, rotDim, cap};
+  DecodePath fused(t, f), unfused(t, f);
+  DeviceInts counters(attentionDecodeFusedCounterCount(fused.fusedParams(nullptr)));
+  const DecodeFusedParams fp = fused.fusedParams(counters.dev);
+  const int splits = attentionDecodeFusedSplits(fp), chunk = static_cast<int>(ceilDiv64(cap, splits));
+  // Lengths run 2 * chunk - 2 .. 2 * chunk + 2 over the steps (2, then 3 splits with keys) where the cache allows.
+  const int steps = 5;
+  int pos = std::max(0, std::min(2 * chunk - 3, cap - steps - 1));
+  std::vector<int> lens(batch, pos + 1);
+  for (int b = 1; b < batch; ++b) lens[b] = std::min(cap, pos + 1 + 37 * b);  // first step: different lengths
+  auto kH = randomValues(t, f.cacheElems()), vH = randomValues(t, f.cacheElems());
+  for (DecodePath* d : {&fused, &unfused}) d->kc.upload(kH), d->vc.upload(vH), d->setState(pos, lens);
+  cudaStream_t stream;
+  FL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  attentionDecodeFusedResetCounters(fp, stream);
+  RawBuf ws(attentionDecodeFusedWorkspaceBytes(fp)), uws(attentionDecodeWorkspaceBytes(unfused.attnParams()));
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    cudaGraph_t g;
+    FL_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    attentionDecodeFused(fp, ws.dev, ws.bytes, stream);
+    decodeAdvance(fused.pos, fused.lens, batch, stream);
+    FL_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+    FL_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+    FL_CUDA_CHECK(cudaGraphDestroy(g));
+  }
+  for (int step = 0; step < steps; ++step) {
+    const auto qkvH = randomValues(t, fused.qkv.n);  // the step's new token (what the QKV GEMM would write)
+    for (DecodePath* d : {&fused, &unfused}) d->qkv.upload(qkvH), d->out.poison();
+    ws.poison(), uws.poison();
+    if (graph) {
+      FL_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    } else {
+      attentionDecodeFused(fp, ws.dev, ws.bytes, stream);
+      decodeAdvance(fused.pos, fused.lens, batch, stream);
+    }
+    unfused.unfusedStep(uws.dev, uws.bytes, stream);
+    decodeAdvance(unfused.pos, unfused.lens, batch, stream);
+    FL_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const auto ref = hostDecodeStep(t, f, qkvH, kH, vH, pos, lens);
+    char name[160];
+    std::snprintf(name, sizeof name, "fused decode %s %s H%d/%d d%d rot%d B%d step %d pos %d", elemTypeName(t),
+                  graph ? "graph replay" : "eager", heads, kvHeads, D, rotDim, batch, step, pos);
+    checkFusedStep(name, t, fused, unfused, ref, kH, vH, &counters, splits, chunk, lens);
+    int32_t devPos = -1;
+    FL_CUDA_CHECK(cudaMemcpy(&devPos, fused.pos, sizeof devPos, cudaMemcpyDeviceToHost));
+    if (devPos != pos + 1) report(false, name, "device position not advanced: " + std::to_string(devPos));
+    ++pos;
+    std::fill(lens.begin(), lens.end(), pos + 1);
+  }
+  if (exec) FL_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  FL_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+void testDecodeFusedErrors() {
+  DecodeFusedParams p;
+  alignas(16) static char dummy[64];
+  p.attn.q = p.attn.k = p.attn.v = p.attn.o = p.newK = p.newV = {dummy, 0, 0, 0};
+  p.attn.seqLens = reinterpret_cast<const int32_t*>(dummy);
+  p.pos = reinterpret_cast<const int32_t*>(dummy);
+  auto refuses = [&](const char* what, const char* needle) {
+    bool threw = false;
+    try {
+      attentionDecodeFused(p, dummy, sizeof dummy, nullptr);
+    } catch (const KernelError& e) {
+      threw = std::string(e.what()).find(needle) != std::string::npos;
+    }
+    report(threw, std::string("fused decode refuses ") + what + " with a message naming it", "");
+  };
+  refuses("missing counters", "counters");
+  p.counters = reinterpret_cast<int32_t*>(dummy);
+  p.rotDim = 3;
+  refuses("odd rotDim", "rotDim 3");
+  p.rotDim = 0;
+  p.attn.numHeads = 34, p.attn.numKvHeads = 2;
+  refuses("17 query heads per KV head", "17 query heads");
 }
 
 // ---- norms, rotary, activations, embedding, residual, sampling
@@ -622,6 +910,26 @@ int main(int argc, char** argv) {
         testDecode("H32/2 d128 len 9000", t, 1, 32, 2, 128, {9000});
       }
     }
+    // Fused decode step: group sizes 1 (GPT-2: no rotary), 2 (rotary on the whole head) and 16 (ChatGLM2's
+    // 32 query heads on 2 KV heads, rotary on the first half), odd lengths at one sequence (the new token last),
+    // and three sequences of different lengths sharing one position (first: the new token last; second: it sits
+    // mid-sequence; third: shorter, so it does not see it).
+    const std::vector<int> fusedLens = quick ? std::vector<int>{1, 65, 1000} : std::vector<int>{1, 2, 63, 64, 65, 1000, 4097};
+    const std::vector<int> fusedBatchLens = quick ? std::vector<int>{65, 300, 2} : std::vector<int>{65, 4097, 2};
+    for (ElemType t : {ElemType::F16, ElemType::BF16})
+      for (int D : {64, 128})
+        for (int group : {1, 2, 16}) {
+          const int kvHeads = group == 16 ? 2 : group == 2 ? 2 : 4, heads = kvHeads * group;
+          const int rotDim = group == 1 ? 0 : group == 2 ? D : D / 2;
+          for (int len : fusedLens) testDecodeFused(t, heads, kvHeads, D, rotDim, {len}, len - 1);
+          testDecodeFused(t, heads, kvHeads, D, rotDim, fusedBatchLens, fusedBatchLens[0] - 1);
+        }
+    for (ElemType t : {ElemType::F16, ElemType::BF16}) {
+      testDecodeFusedReplay(t, 32, 2, 128, 64, 3, 300, false);
+      testDecodeFusedReplay(t, 32, 2, 128, 64, 3, 300, true);
+      testDecodeFusedReplay(t, 12, 12, 64, 0, 1, 1024, true);
+    }
+    testDecodeFusedErrors();
     for (ElemType t : {ElemType::F32, ElemType::F16, ElemType::BF16}) {
       testNorms(t, 7, 768);
       testNorms(t, 3, quick ? 97 : 4096);
