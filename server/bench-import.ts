@@ -201,6 +201,48 @@ function checkMeasurement(m: BenchMeasurement, i: number, b: AnyEngineBundle, fi
   if (problems.length) throw new BenchImportError(`${where}: ${problems.join('; ')}`);
 }
 
+/** The summary object a measurement's `section` and index point at in a GPU driver's bundle, or a reason why not. */
+function summaryAt(bundle: Record<string, unknown>, section: string, index: number): Record<string, unknown> | string {
+  let node: unknown = bundle;
+  for (const part of section.split('.')) {
+    if (node === null || typeof node !== 'object') return `section '${section}' does not exist in the bundle`;
+    node = (node as Record<string, unknown>)[part];
+  }
+  if (node === undefined) return `section '${section}' does not exist in the bundle`;
+  const candidates = Array.isArray(node) ? node : [node];
+  const found = candidates.find(
+    (x): x is Record<string, unknown> =>
+      !!x && typeof x === 'object' && (x as Record<string, unknown>).measurement === index,
+  );
+  return found ?? `section '${section}' has no summary with "measurement": ${index}`;
+}
+
+/** A GPU bundle's summaries are written from the same repeats as its measurements: they must agree (the drivers
+ *  print 6 significant digits), so a hand-edited or spliced bundle is caught. */
+function checkSummary(bundle: Record<string, unknown>, m: BenchMeasurement, i: number, file: string) {
+  const where = `${file}: measurements.${i} (${m.section} · ${m.label})`;
+  const summary = summaryAt(bundle, m.section, i);
+  if (typeof summary === 'string') throw new BenchImportError(`${where}: ${summary}`);
+  if (summary.label !== m.label)
+    throw new BenchImportError(`${where}: its summary in ${m.section} is labelled '${String(summary.label)}'`);
+  if (summary.reps !== m.repeats.length)
+    throw new BenchImportError(
+      `${where}: its summary counts ${String(summary.reps)} repeats, the measurement ${m.repeats.length}`,
+    );
+  const checks: [string, (r: RepeatFigures) => number][] = [
+    ['ttftMs', (r) => r.prefillMs],
+    ['totalMs', (r) => r.totalMs],
+  ];
+  for (const [key, figure] of checks) {
+    const given = (summary[key] as { median?: unknown } | undefined)?.median;
+    const expected = summarize(m.repeats.map(figure)).median;
+    if (typeof given !== 'number' || Math.abs(given - expected) > 1e-5 * Math.abs(expected) + 1e-9)
+      throw new BenchImportError(
+        `${where}: ${m.section} says ${key} median ${String(given)} but its repeats give ${expected}`,
+      );
+  }
+}
+
 function environmentOf(b: AnyEngineBundle, m: BenchMeasurement): EnvironmentRecord {
   if (b.kind === 'cpu') {
     const e = b.bundle.environment;
@@ -325,6 +367,7 @@ export function benchBundleToImport(json: unknown, file: string): BenchImport {
   const groups = new Map<string, BenchImportRun[]>();
   bundle.measurements.forEach((m, i) => {
     checkMeasurement(m, i, b, file);
+    if (b.kind === 'cuda') checkSummary(b.bundle, m, i, file);
     if (!m.cudaGraphs) {
       skipped.push(
         `measurements.${i} (${m.section} · ${m.label}): CUDA-graph decode was turned off; a run of the history has ` +

@@ -335,6 +335,13 @@ describe('engine bench bundles import into the history', () => {
       assert.match(r.stderr, new RegExp(name.replace('.', '\\.')), `${name}: the message names the file`);
       assert.match(r.stderr, message, name);
     }
+    const summary = variant('summary.json', engineFile, (b) => (b.gpt2Decode.runs[0].ttftMs.median *= 2));
+    assert.match(
+      (await importInto(summary, dbFile)).stderr,
+      /summary\.json: measurements\.0 \(gpt2Decode\.runs · cuda-graphs\): gpt2Decode\.runs says ttftMs median 4\.04 but its repeats give 2\.02/,
+    );
+    const section = variant('section.json', engineFile, (b) => (b.measurements[2].section = 'chatglm2Ttft4096'));
+    assert.match((await importInto(section, dbFile)).stderr, /section 'chatglm2Ttft4096' does not exist in the bundle/);
     const gpu = variant('gpu-env.json', engineFile, (b) => (b.environment.gpuDetails[1].memoryBytes = -1));
     assert.match((await importInto(gpu, dbFile)).stderr, /environment\.gpuDetails\.1\.memoryBytes/);
     assert.equal(rows(dbFile, 'SELECT id FROM "Experiment"').length, 0);
