@@ -332,15 +332,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
   const int steps = myTiles * a.itersPerTile;
 
   // W does not depend on the previous kernel: its first loads go out before waiting for that kernel.
-  Stage cur, nxt;
+  // Two stages in registers, used in turn (no copies between them): while one is multiplied the other's loads
+  // are in flight, and the step after next is issued before the next one is waited for.
+  Stage stageA, stageB;
   int ldTile = firstTile, ldIt = 0;
-  auto advanceLoad = [&] {
+  auto loadNext = [&](Stage& dst) {
+    loadStage<T, kSwiGlu>(dst, a, ldTile, ldIt, slice, g, t);
     if (++ldIt == a.itersPerTile) ldIt = 0, ldTile += tileStride;
   };
-  if (steps > 0) {
-    loadStage<T, kSwiGlu>(cur, a, ldTile, ldIt, slice, g, t);
-    advanceLoad();
-  }
+  if (steps > 0) loadNext(stageA);
   gridDependencyWait();
   prologue<T, kPrologue>(a, xs, stats);
   __syncthreads();
@@ -348,32 +348,31 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   int tile = firstTile, it = 0, parity = 0;
-  for (int s = 0; s < steps; ++s) {
-    if (s + 1 < steps) {
-      loadStage<T, kSwiGlu>(nxt, a, ldTile, ldIt, slice, g, t);
-      advanceLoad();
-    }
-    computeStage<T>(acc, cur, a, xs, it, slice, g, t);
-    if (++it == a.itersPerTile) {
-      if (kSplit > 1) {
-        // Double-buffered by tile parity: the slices may write the next tile's partials while slice 0 is
-        // still reading these, and cannot get two tiles ahead because each tile's barrier waits for slice 0.
-        float4* buf = red + parity * Tr::kWarps * 32;
-        if (slice != 0) buf[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-        namedBarrier(1 + group, kSplit * 32);
-        if (slice == 0) {
-          for (int q = 1; q < kSplit; ++q) {
-            const float4 p = buf[(warp + q) * 32 + lane];
-            acc[0] += p.x, acc[1] += p.y, acc[2] += p.z, acc[3] += p.w;
-          }
+  auto step = [&](const Stage& use, Stage& fill, int s) {
+    if (s + 1 < steps) loadNext(fill);
+    computeStage<T>(acc, use, a, xs, it, slice, g, t);
+    if (++it < a.itersPerTile) return;
+    if (kSplit > 1) {
+      // Double-buffered by tile parity: the slices may write the next tile's partials while slice 0 is still
+      // reading these, and cannot get two tiles ahead because each tile's barrier waits for slice 0.
+      float4* buf = red + parity * Tr::kWarps * 32;
+      if (slice != 0) buf[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      namedBarrier(1 + group, kSplit * 32);
+      if (slice == 0) {
+        for (int q = 1; q < kSplit; ++q) {
+          const float4 p = buf[(warp + q) * 32 + lane];
+          acc[0] += p.x, acc[1] += p.y, acc[2] += p.z, acc[3] += p.w;
         }
-        parity ^= 1;
       }
-      if (slice == 0) epilogue<T, kAct>(acc, a, tile, g, t);
-      acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
-      it = 0, tile += tileStride;
+      parity ^= 1;
     }
-    cur = nxt;
+    if (slice == 0) epilogue<T, kAct>(acc, a, tile, g, t);
+    acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+    it = 0, tile += tileStride;
+  };
+  for (int s = 0; s < steps; s += 2) {
+    step(stageA, stageB, s);
+    if (s + 1 < steps) step(stageB, stageA, s + 1);
   }
 }
 
