@@ -32,6 +32,8 @@ export interface NativeGenerateRequest {
   };
   dumpLogits: boolean;
   cudaGraphs?: boolean;
+  /** tp > 1: time the last step's pass and each of its all-reduces on shard 0 (result.stepTiming) */
+  stepBreakdown?: boolean;
 }
 
 export interface NativeGenerateResult {
@@ -42,6 +44,9 @@ export interface NativeGenerateResult {
   peakMemBytes: number;
   stoppedBy: 'maxTokens' | 'stop';
   decodeGraphs: boolean;
+  /** present when stepBreakdown was asked for and tp > 1: the last step on shard 0, its all-reduces in order
+   *  (two per layer: after attention, after the MLP) */
+  stepTiming?: { stepMs: number; allReduceMs: number[] };
   logitsLast?: Float32Array[];
   logitsSteps?: Float32Array[][];
 }

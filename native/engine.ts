@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { AttentionMethod, DeviceKind, Dtype, GenerateTimings, MemoryFigures } from '../contracts/engine';
 import { Sampling } from '../contracts/engine';
+import type { TpBreakdown } from '../contracts/experiment';
 import { KNOWN_MODELS, ModelConfig, tpProblem } from '../contracts/models';
 import type { NativeBinding, NativeEngine } from './binding';
 
@@ -35,13 +36,17 @@ export interface GenerateRequest {
   /** CUDA backend: replay one captured decode step per token (default true; greedy fp16/bf16 with KV cache).
    *  Off measures the same work with a kernel launch per op. */
   cudaGraphs?: boolean;
+  /** tp > 1: measure where the last step's time goes on shard 0 (compute vs each all-reduce) and return it as
+   *  `timings.tpBreakdown`. Adds timing events around every all-reduce: leave it off where only speed counts. */
+  tpBreakdown?: boolean;
 }
 
 export interface GenerateResult {
   /** prompt + new, per row */
   tokens: number[][];
   newTokens: number[][];
-  timings: GenerateTimings;
+  /** `tpBreakdown` only when asked for and tp > 1 */
+  timings: GenerateTimings & { tpBreakdown?: TpBreakdown };
   memory: MemoryFigures;
   peakMemBytes: number;
   stoppedBy: 'maxTokens' | 'stop';
@@ -51,6 +56,23 @@ export interface GenerateResult {
   logitsLast?: Float32Array[];
   /** per row, per generated step after the first */
   logitsSteps?: Float32Array[][];
+}
+
+/** The last step's breakdown on shard 0 as the dashboard reads it: compute is the step minus its all-reduces, and
+ *  layer l's figure is its two all-reduces (after attention, after the MLP) summed. */
+export function tpBreakdownOf(t: { stepMs: number; allReduceMs: number[] }): TpBreakdown {
+  const allReduceMs = t.allReduceMs.reduce((a, b) => a + b, 0);
+  const allReducePerLayerMs: number[] = [];
+  for (let i = 0; i < t.allReduceMs.length; i += 2)
+    allReducePerLayerMs.push(t.allReduceMs[i] + (t.allReduceMs[i + 1] ?? 0));
+  return {
+    stepMs: t.stepMs,
+    // Clock granularity can make the parts sum past the whole by a hair: compute is never negative.
+    computeMs: Math.max(0, t.stepMs - allReduceMs),
+    allReduceMs,
+    allReduceCount: t.allReduceMs.length,
+    allReducePerLayerMs,
+  };
 }
 
 export type ResolvedEngineOptions = Required<Omit<EngineOptions, 'model'>> & { model: ModelConfig };
@@ -259,6 +281,7 @@ export class Engine {
           sampling: parsed.data,
           dumpLogits: r.dumpLogits ?? false,
           cudaGraphs: r.cudaGraphs ?? true,
+          stepBreakdown: r.tpBreakdown ?? false,
         },
         (step, tokens) => {
           if (!r.onTokens || callbackError !== undefined) return;
@@ -272,7 +295,9 @@ export class Engine {
         },
       );
       if (callbackError !== undefined) throw callbackError;
-      return out;
+      const { stepTiming, ...result } = out;
+      if (!stepTiming) return result;
+      return { ...result, timings: { ...result.timings, tpBreakdown: tpBreakdownOf(stepTiming) } };
     } catch (err) {
       if (callbackError !== undefined) throw callbackError;
       throw this.options.device === 'cuda' ? explainCudaError(err, this.options) : err;

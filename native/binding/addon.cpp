@@ -323,6 +323,15 @@ Napi::Value resultObject(Napi::Env env, const flashlab::GenerateResult& r, bool 
   o.Set("peakMemBytes", r.memory.peakBytes);
   o.Set("stoppedBy", r.stoppedByStopToken ? "stop" : "maxTokens");
   o.Set("decodeGraphs", r.decodeGraphs);
+  if (r.stepBreakdown) {
+    Napi::Object st = Napi::Object::New(env);
+    st.Set("stepMs", r.stepBreakdown->stepMs);
+    Napi::Array ar = Napi::Array::New(env, r.stepBreakdown->allReduceMs.size());
+    for (size_t i = 0; i < r.stepBreakdown->allReduceMs.size(); ++i)
+      ar.Set(static_cast<uint32_t>(i), r.stepBreakdown->allReduceMs[i]);
+    st.Set("allReduceMs", ar);
+    o.Set("stepTiming", st);
+  }
   if (dumpLogits) {
     Napi::Array last = Napi::Array::New(env, r.logitsLast.size());
     for (size_t b = 0; b < r.logitsLast.size(); ++b) last.Set(static_cast<uint32_t>(b), f32(r.logitsLast[b]));
@@ -420,6 +429,7 @@ flashlab::GenerateRequest parseRequest(Napi::Env env, const Napi::Object& o, int
   r.kvCache = readBool(o, "kvCache", true);
   r.dumpLogits = readBool(o, "dumpLogits", false);
   r.cudaGraphs = readBool(o, "cudaGraphs", true);
+  r.stepBreakdown = readBool(o, "stepBreakdown", false);
   Napi::Value sv = o.Get("sampling");
   if (sv.IsObject()) {
     Napi::Object s = sv.As<Napi::Object>();
