@@ -12,6 +12,7 @@
 #include "attention_decode.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "attention_tile.cuh"
 #include "rotary.h"
@@ -28,6 +29,9 @@ namespace {
 #define FLASHLAB_DECODE_BLOCK_N 64
 #endif
 constexpr int kDecodeCtasPerSmTarget = FLASHLAB_DECODE_CTAS_PER_SM;
+#ifndef FLASHLAB_DECODE_FUSED_BALANCE
+#define FLASHLAB_DECODE_FUSED_BALANCE 1.0
+#endif
 
 // One warp per CTA owns the (up to 16) query heads of one KV head as the 16 rows of an m16 tile, so the
 // group's scores and P V run on the tensor cores with the same per-warp code as fa2 (attention_tile.cuh);
@@ -194,8 +198,8 @@ struct FusedTraits {
   static constexpr int kNewBytes = 2 * kHeadDim * 2;  // the new token's k and v rows
   static constexpr int kCsBytes = kHeadDim / 2 * 8;    // cos/sin of each rotated pair (rotDim <= head dim)
   static constexpr int kSmemBytes = kQBytes + kKvBytes + kNewBytes + kCsBytes;
-  // The merge keeps its weights (group x splits floats) in the K/V stages, free by then.
-  static_assert(kDecodeFusedMaxSplits * Cfg::kMaxGroup * 4 <= kKvBytes, "merge weights fit in the K/V stages");
+  // The merge keeps every split's m and l (2 x group x splits floats) in the K/V stages, free by then.
+  static_assert(2 * kDecodeFusedMaxSplits * Cfg::kMaxGroup * 4 <= kKvBytes, "merge state fits in the K/V stages");
 };
 
 template <class T> __device__ __forceinline__ float2 unpackPair(uint32_t w);
@@ -379,53 +383,76 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
   if (nActive == 1 || !sLast) return;
 
   // The last split to finish merges. Partials are read through L2 (ld.global.cg): this multiprocessor's L1 may
-  // still hold lines of the same addresses from an earlier launch.
+  // still hold lines of the same addresses from an earlier launch. Latency, not bandwidth, bounds one CTA's
+  // reads, so every phase issues its loads together: first all (m, l) pairs into shared memory, then the
+  // weights from there, then each thread sums 4 output vectors over 4 splits at a time (16 loads in flight).
   __threadfence();
-  float* sW = reinterpret_cast<float*>(sKV);
+  float* sM = reinterpret_cast<float*>(sKV);  // K/V stages are free now: m (then the weight), l
+  float* sL = sM + group * nActive;
   const int splits = gridDim.x;
   const int64_t head0 = static_cast<int64_t>(batch) * p.numHeads + kvHead * group;
+#pragma unroll 4
+  for (int i = tid; i < group * nActive; i += kFusedThreads) {
+    const int g = i / nActive, s = i - g * nActive;
+    const float2 ml = __ldcg(reinterpret_cast<const float2*>(partMl + ((head0 + g) * splits + s) * 2));
+    sM[i] = ml.x;
+    sL[i] = ml.y;
+  }
+  __syncthreads();
   for (int g = warp; g < group; g += kWarps) {
-    const int64_t base = (head0 + g) * splits;
     float mx = -INFINITY;
-    for (int s = lane; s < nActive; s += 32) mx = fmaxf(mx, __ldcg(partMl + (base + s) * 2));
+    for (int s = lane; s < nActive; s += 32) mx = fmaxf(mx, sM[g * nActive + s]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     float den = 0.f;
     for (int s = lane; s < nActive; s += 32) {
-      const float2 ml = __ldcg(reinterpret_cast<const float2*>(partMl + (base + s) * 2));
-      const float w = mx == -INFINITY ? 0.f : exp2f(ml.x - mx);
-      sW[g * nActive + s] = w;
-      den += w * ml.y;
+      const float w = mx == -INFINITY ? 0.f : exp2f(sM[g * nActive + s] - mx);
+      sM[g * nActive + s] = w;
+      den += w * sL[g * nActive + s];
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
     if (lane == 0) sDen[g] = den;
   }
   __syncthreads();
-  // Each thread owns 4 output dims of one head and sums the splits, four loads in flight.
-  constexpr int kVecs = kHeadDim / 4;
-  for (int e = tid; e < group * kVecs; e += kFusedThreads) {
-    const int g = e / kVecs, d = (e % kVecs) * 4;
-    const float* src = partO + (head0 + g) * splits * kHeadDim + d;
-    const float* w = sW + g * nActive;
-    float4 acc[4];
+  constexpr int kVecs = kHeadDim / 4;  // float4 vectors of one head's output
+  constexpr int kOuts = 4, kSplitsAtOnce = 4;
+  const int total = group * kVecs;
+  for (int e0 = tid; e0 < total; e0 += kOuts * kFusedThreads) {
+    float4 acc[kOuts];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-    auto add = [&](float4& a, int s) {
-      const float4 x = __ldcg(reinterpret_cast<const float4*>(src + static_cast<int64_t>(s) * kHeadDim));
-      const float ws = w[s];
-      a.x = fmaf(ws, x.x, a.x), a.y = fmaf(ws, x.y, a.y), a.z = fmaf(ws, x.z, a.z), a.w = fmaf(ws, x.w, a.w);
-    };
-    int s = 0;
-    for (; s + 4 <= nActive; s += 4)
+    for (int k = 0; k < kOuts; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s0 = 0; s0 < nActive; s0 += kSplitsAtOnce) {
+      float4 x[kOuts][kSplitsAtOnce];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) add(acc[u], s + u);
-    for (; s < nActive; ++s) add(acc[0], s);
-    const float den = sDen[g];
-    auto fin = [&](float a, float b, float c, float e2) { return den > 0.f ? ((a + b) + (c + e2)) / den : 0.f; };
-    const float x = fin(acc[0].x, acc[1].x, acc[2].x, acc[3].x), y = fin(acc[0].y, acc[1].y, acc[2].y, acc[3].y);
-    const float z = fin(acc[0].z, acc[1].z, acc[2].z, acc[3].z), ww = fin(acc[0].w, acc[1].w, acc[2].w, acc[3].w);
-    *reinterpret_cast<uint2*>(oBase + g * p.o.headStride + d) = make_uint2(packPair<T>(x, y), packPair<T>(z, ww));
+      for (int k = 0; k < kOuts; ++k) {
+        const int e = e0 + k * kFusedThreads, g = e / kVecs, d = (e - g * kVecs) * 4;
+#pragma unroll
+        for (int u = 0; u < kSplitsAtOnce; ++u)
+          x[k][u] = e < total && s0 + u < nActive
+                        ? __ldcg(reinterpret_cast<const float4*>(partO + ((head0 + g) * splits + s0 + u) * kHeadDim + d))
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int k = 0; k < kOuts; ++k) {
+        const int g = min((e0 + k * kFusedThreads) / kVecs, group - 1);
+#pragma unroll
+        for (int u = 0; u < kSplitsAtOnce; ++u) {
+          const float w = s0 + u < nActive ? sM[g * nActive + s0 + u] : 0.f;
+          acc[k].x = fmaf(w, x[k][u].x, acc[k].x), acc[k].y = fmaf(w, x[k][u].y, acc[k].y);
+          acc[k].z = fmaf(w, x[k][u].z, acc[k].z), acc[k].w = fmaf(w, x[k][u].w, acc[k].w);
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kOuts; ++k) {
+      const int e = e0 + k * kFusedThreads;
+      if (e >= total) continue;
+      const int g = e / kVecs, d = (e - g * kVecs) * 4;
+      const float den = sDen[g], inv = den > 0.f ? 1.f / den : 0.f;
+      *reinterpret_cast<uint2*>(oBase + g * p.o.headStride + d) =
+          make_uint2(packPair<T>(acc[k].x * inv, acc[k].y * inv), packPair<T>(acc[k].z * inv, acc[k].w * inv));
+    }
   }
 }
 
@@ -513,7 +540,13 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
 }
 
 int attentionDecodeFusedSplits(const DecodeFusedParams& p) {
-  return std::min(attentionDecodeSplits(p.attn), kDecodeFusedMaxSplits);
+  // A split reads n keys of K and V (4 * headDim bytes each); the merging CTA reads one partial of group *
+  // headDim floats per split: n = L / splits keys against splits partials is cheapest at splits =
+  // sqrt(L / group) (times FLASHLAB_DECODE_FUSED_BALANCE, 1 unless a build tunes it).
+  const int group = std::max(1, p.attn.numHeads / std::max(1, p.attn.numKvHeads));
+  const int balanced = static_cast<int>(
+      std::ceil(FLASHLAB_DECODE_FUSED_BALANCE * std::sqrt(static_cast<double>(std::max(1, p.attn.maxSeqLen)) / group)));
+  return std::max(1, std::min({attentionDecodeSplits(p.attn), kDecodeFusedMaxSplits, balanced}));
 }
 
 size_t attentionDecodeFusedWorkspaceBytes(const DecodeFusedParams& p) {

@@ -23,8 +23,10 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
 // [0, maxSeqLen)), and attends q to cache positions [0, seqLens[b]) (the new token's k/v at *p.pos) into p.attn.o.
 // Limits: fp16/bf16, head dim 64 or 128, 1-16 query heads per KV head, rotDim even and <= head dim (or 0),
 // seqLens[b] in 1..maxSeqLen (a row of length 0 gets a zero output), one token per sequence.
-// Splits: attentionDecodeFusedSplits(p) (the rule of attentionDecode, at most kDecodeFusedMaxSplits).
-constexpr int kDecodeFusedMaxSplits = 512;
+// Splits: attentionDecodeFusedSplits(p): attentionDecode's rule, but at most kDecodeFusedMaxSplits and about
+// sqrt(maxSeqLen / group), which balances one split's K/V reads (4 * headDim bytes a key) against the merging
+// CTA's reads (4 * group * headDim bytes a split): the merge runs on one CTA per (KV head, sequence).
+constexpr int kDecodeFusedMaxSplits = 256;
 int attentionDecodeFusedSplits(const DecodeFusedParams& p);
 // Bytes of the workspace (partial outputs and softmax state of every split; no need to clear it), 16-byte aligned.
 size_t attentionDecodeFusedWorkspaceBytes(const DecodeFusedParams& p);

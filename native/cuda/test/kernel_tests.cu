@@ -566,6 +566,7 @@ void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim
   FL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   attentionDecodeFusedResetCounters(fp, stream);
   RawBuf ws(attentionDecodeFusedWorkspaceBytes(fp)), uws(attentionDecodeWorkspaceBytes(unfused.attnParams()));
+  FL_CUDA_CHECK(cudaDeviceSynchronize());
   cudaGraphExec_t exec = nullptr;
   if (graph) {
     cudaGraph_t g;
@@ -580,6 +581,8 @@ void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim
     const auto qkvH = randomValues(t, fused.qkv.n);  // the step's new token (what the QKV GEMM would write)
     for (DecodePath* d : {&fused, &unfused}) d->qkv.upload(qkvH), d->out.poison();
     ws.poison(), uws.poison();
+    // The uploads and poisons went to the legacy default stream, which a non-blocking stream does not wait for.
+    FL_CUDA_CHECK(cudaDeviceSynchronize());
     if (graph) {
       FL_CUDA_CHECK(cudaGraphLaunch(exec, stream));
     } else {
@@ -602,6 +605,61 @@ void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim
   }
   if (exec) FL_CUDA_CHECK(cudaGraphExecDestroy(exec));
   FL_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// Not a check: the time of one recorded decode step's attention for a layer, fused (one kernel) against the
+// unfused path (rotary, cache write, split, merge), each as a CUDA graph of 50 layers' launches, best of 5
+// replays. Printed as INFO lines for the decode-speed work (issue 5).
+void timeDecodeFused(const char* label, ElemType t, int heads, int kvHeads, int D, int rotDim, int cap, int len) {
+  const FusedShape f{1, heads, kvHeads, D, rotDim, cap};
+  DecodePath path(t, f);
+  path.qkv.upload(randomValues(t, path.qkv.n));
+  path.kc.upload(randomValues(t, f.cacheElems()));
+  path.vc.upload(randomValues(t, f.cacheElems()));
+  path.setState(len - 1, {len});
+  DeviceInts counters(attentionDecodeFusedCounterCount(path.fusedParams(nullptr)));
+  const DecodeFusedParams fp = path.fusedParams(counters.dev);
+  attentionDecodeFusedResetCounters(fp, nullptr);
+  RawBuf ws(attentionDecodeFusedWorkspaceBytes(fp)), uws(attentionDecodeWorkspaceBytes(path.attnParams()));
+  FL_CUDA_CHECK(cudaDeviceSynchronize());
+  cudaStream_t stream;
+  FL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  constexpr int kLayers = 50;
+  double us[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    cudaGraph_t g;
+    cudaGraphExec_t exec;
+    FL_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < kLayers; ++l) {
+      if (fused) attentionDecodeFused(fp, ws.dev, ws.bytes, stream);
+      else path.unfusedStep(uws.dev, uws.bytes, stream);
+    }
+    FL_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+    FL_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+    cudaEvent_t a, b;
+    FL_CUDA_CHECK(cudaEventCreate(&a));
+    FL_CUDA_CHECK(cudaEventCreate(&b));
+    FL_CUDA_CHECK(cudaGraphLaunch(exec, stream));  // warm-up
+    float best = 1e30f;
+    for (int r = 0; r < 5; ++r) {
+      FL_CUDA_CHECK(cudaEventRecord(a, stream));
+      FL_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      FL_CUDA_CHECK(cudaEventRecord(b, stream));
+      FL_CUDA_CHECK(cudaEventSynchronize(b));
+      float ms = 0;
+      FL_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      best = std::min(best, ms);
+    }
+    us[fused] = 1000.0 * best / kLayers;
+    FL_CUDA_CHECK(cudaEventDestroy(a));
+    FL_CUDA_CHECK(cudaEventDestroy(b));
+    FL_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    FL_CUDA_CHECK(cudaGraphDestroy(g));
+  }
+  FL_CUDA_CHECK(cudaStreamDestroy(stream));
+  std::printf("INFO  decode attention a layer, CUDA graph, %s %s, context %d of %d: fused %.2f us, unfused %.2f us "
+              "(%.2fx)\n", label, elemTypeName(t), len, cap, us[1], us[0], us[1] > 0 ? us[0] / us[1] : 0.0);
+  std::fflush(stdout);
 }
 
 void testDecodeFusedErrors() {
@@ -930,6 +988,12 @@ int main(int argc, char** argv) {
       testDecodeFusedReplay(t, 12, 12, 64, 0, 1, 1024, true);
     }
     testDecodeFusedErrors();
+    if (!quick) {
+      timeDecodeFused("GPT-2 H12/12 d64", ElemType::F16, 12, 12, 64, 0, 1024, 384);
+      timeDecodeFused("ChatGLM2 H32/2 d128 rot64", ElemType::F16, 32, 2, 128, 64, 2048, 256);
+      timeDecodeFused("ChatGLM2 H32/2 d128 rot64", ElemType::F16, 32, 2, 128, 64, 8192, 4096);
+      timeDecodeFused("ChatGLM2 H32/2 d128 rot64", ElemType::F16, 32, 2, 128, 64, 32768, 32000);
+    }
     for (ElemType t : {ElemType::F32, ElemType::F16, ElemType::BF16}) {
       testNorms(t, 7, 768);
       testNorms(t, 3, quick ? 97 : 4096);
