@@ -408,13 +408,16 @@ export function benchBundleToImport(json: unknown, file: string): BenchImport {
       if (fits) fits.push(run);
       else {
         const alone = specOf('check', tags, '', [run]);
-        if (!alone.success)
-          throw new BenchImportError(
-            `${file}: configuration ${run.notes} cannot be an experiment of the dashboard:\n${issues(alone.error)}`,
+        if (alone.success) parts.push([run]);
+        // E.g. GPT-2 prefill of 1,024 tokens and 1 new token: the engine needs prompt + new - 1 positions, the
+        // experiment spec asks for prompt + new; such a run has no experiment the dashboard would accept.
+        else
+          skipped.push(
+            `${run.notes.replace(/^bench /, '')}: no dashboard experiment can hold it (${alone.error.issues.map((x) => x.message).join('; ')}). It stays in the bundle.`,
           );
-        parts.push([run]);
       }
     }
+    if (parts.length === 0) continue;
     parts.forEach((part, k) => {
       const name = `${baseName} · ${model}${parts.length > 1 ? ` (part ${k + 1} of ${parts.length})` : ''}`;
       const spec = specOf(name, tags, notes, part);
@@ -422,6 +425,8 @@ export function benchBundleToImport(json: unknown, file: string): BenchImport {
       experiments.push({ spec: spec.data, runs: part });
     });
   }
+  if (experiments.length === 0)
+    throw new BenchImportError(`${file}: no configuration can be imported:\n  ${skipped.join('\n  ')}`);
   return {
     kind: bundle.kind,
     card: bundle.card,

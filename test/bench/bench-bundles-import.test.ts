@@ -179,6 +179,23 @@ describe('engine bench bundles import into the history', () => {
     }
   });
 
+  it('leaves out, and says so, a configuration no dashboard experiment can hold', async () => {
+    // gpt2-tiny has 512 positions: a 512-token prefill with 1 new token runs (the engine needs prompt + new - 1
+    // positions), but an experiment spec asks for prompt + new.
+    const file = variant('long-prefill.json', cpuFile, (b) => {
+      for (const m of b.measurements.slice(2)) m.config.promptLength = 512;
+    });
+    const dbFile = freshDb();
+    const r = await importInto(file, dbFile);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /imported 2 runs/);
+    assert.match(
+      r.stderr,
+      /skipped prefill64 · naive: no dashboard experiment can hold it \(prompt of 512 tokens \+ 1 new tokens exceeds gpt2-tiny's 512 positions\)/,
+    );
+    assert.equal(rows(dbFile, 'SELECT id FROM "Run"').length, 2);
+  });
+
   it("imports what the GPU drivers' writer produces: graphs-off runs stay in the bundle, TP runs name their GPUs", async () => {
     const engine = EngineBenchBundle.parse(readJson(engineFile));
     assert.equal(engine.measurements?.length, 4);
