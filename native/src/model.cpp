@@ -86,6 +86,9 @@ int shardSpinMicros(const std::vector<Backend*>& backends) {
       throw std::invalid_argument(std::string("FLASHLAB_SHARD_SPIN_US must be microseconds in [0, 1000000], got '") + v + "'");
     return static_cast<int>(us);
   }
+  // Spinning threads that outnumber the cores preempt each other (and the thread that has work): a wake-up
+  // then costs a scheduler time slice instead of microseconds. Spin only with a core for each and to spare.
+  if (std::thread::hardware_concurrency() < 2 * backends.size()) return 0;
   int us = 0;
   for (Backend* b : backends) us = std::max(us, b->hostSpinMicros());
   return us;

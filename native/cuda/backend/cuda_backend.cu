@@ -483,9 +483,11 @@ class CudaBackend final : public Backend {
     if (timed) recordEvent(allReduceEvent(true), stream_);
   }
 
-  // A shard's host thread issues most of the GPU's work; spinning keeps its wake-up (and so the launch skew
-  // between shards) at a few microseconds while the device computes a step of a few milliseconds.
-  int hostSpinMicros() const override { return 2000; }
+  // The host is idle while the GPUs run a step (a few milliseconds for ChatGLM2-6B); a shard thread that went
+  // to sleep meanwhile wakes up tens of microseconds late for the next step, and every shard's first all-reduce
+  // waits for the latest one. Spinning through a step keeps that skew at a few microseconds, for a core per
+  // shard while a generate runs.
+  int hostSpinMicros() const override { return 5000; }
   void bindHostThread() override { activate(); }
 
   // ---- step timing (Backend::setStepTiming; cuda_backend.h: setCudaStepTiming)
@@ -495,6 +497,7 @@ class CudaBackend final : public Backend {
   }
   bool stepTimingEnabled() const override { return timing_; }
   void markStep(StepMark m, int) override {
+    if (!timing_) return;
     activate();
     if (m == StepMark::Begin) timePassBegin();
     else timePassEnd();

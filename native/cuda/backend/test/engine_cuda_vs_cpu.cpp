@@ -2,14 +2,22 @@
 // the CUDA backend must agree: identical greedy tokens in fp32 with naive attention (both exact fp32), and
 // first-token logits within the precision of each configuration for every method x KV cache setting.
 // Then it times the study's shapes on this GPU: GPT-2 124M and (when --chatglm2) ChatGLM2-6B, fp16, FA2 + KV
-// cache: time to first token and decode tokens/s. Exit status 1 on a failure.
+// cache: time to first token and decode tokens/s. Tensor parallelism (2 and 4 GPUs when visible): shard threads
+// with NCCL against the CPU engine, graphs against eager, a cancelled prefill, a failing shard (no hang: every
+// check runs under a watchdog that fails the run instead of waiting forever), the step breakdown.
+// Exit status 1 on a failure.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -27,6 +35,38 @@ void report(bool ok, const std::string& name, const std::string& detail) {
   std::fflush(stdout);
   if (!ok) ++failures;
 }
+
+// A check that does not finish within its limit fails the whole run at once: a collective waiting for a shard
+// that gave up would otherwise hang the GPU host until the outer time limit.
+class Watchdog {
+ public:
+  Watchdog(std::string what, int seconds) : what_(std::move(what)) {
+    thread_ = std::thread([this, seconds] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_for(lock, std::chrono::seconds(seconds), [this] { return done_; })) {
+        std::printf("FAIL  %-70s no answer after %d s (hang)\n", what_.c_str(), seconds);
+        std::printf("FAILED: hang\n");
+        std::fflush(stdout);
+        std::_Exit(1);
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
 
 ModelConfig tinyGpt2() {
   ModelConfig c;
@@ -227,6 +267,126 @@ void tensorParallel(const ModelConfig& cfg, int tp) {
   }
 }
 
+// Cancellation and a failing shard over NCCL: every shard stops before any enqueues the all-reduce the others
+// would wait for, the error says which shard failed, and the engine then generates as before (graphs included).
+void tpFailures(const ModelConfig& cfg, int tp) {
+  const std::string tag = cfg.name + " cuda fp16 tp=" + std::to_string(tp);
+  EngineOptions o;
+  o.config = cfg, o.seed = 11, o.maxBatch = 2, o.device = "cuda", o.dtype = DType::F16, o.tp = tp;
+  Engine gpu(o);
+  GenerateRequest req;
+  req.inputIds = prompt(2, 29, cfg.vocabSize, 3), req.maxNewTokens = 8, req.attention = AttentionMethod::FA2;
+  req.kvCache = true, req.dumpLogits = true;
+  std::atomic<bool> go{false};
+  const GenerateResult reference = gpu.generate(req, nullptr, go);
+
+  {  // a cancel that is already set is seen at the prefill's first all-reduce, by every shard
+    Watchdog wd(tag + " cancelled prefill", 60);
+    std::atomic<bool> cancel{true};
+    std::string outcome = "returned normally";
+    try {
+      gpu.generate(req, nullptr, cancel);
+    } catch (const Cancelled&) {
+      outcome = "Cancelled";
+    } catch (const std::exception& ex) {
+      outcome = std::string("other error: ") + ex.what();
+    }
+    report(outcome == "Cancelled", tag + " cancelled prefill stops every shard", outcome);
+  }
+  for (int shard : {tp - 1, 0}) {
+    const int layer = cfg.numLayers - 1;
+    const std::string fault = std::to_string(shard) + ":" + std::to_string(layer);
+    Watchdog wd(tag + " shard " + fault + " fails", 60);
+    setenv("FLASHLAB_FAULT_INJECT", fault.c_str(), 1);
+    std::string message = "no error";
+    try {
+      gpu.generate(req, nullptr, go);
+    } catch (const std::exception& ex) {
+      message = ex.what();
+    }
+    unsetenv("FLASHLAB_FAULT_INJECT");
+    const std::string want = "tensor-parallel shard " + std::to_string(shard) + " of " + std::to_string(tp) + " (";
+    const bool named = message.rfind(want, 0) == 0 && message.find("injected fault at layer " + std::to_string(layer)) != std::string::npos;
+    report(named, tag + " shard " + std::to_string(shard) + " failing at layer " + std::to_string(layer) + " stops all, named",
+           message);
+    const GenerateResult after = gpu.generate(req, nullptr, go);
+    const double err = worstStepErr(after, reference);
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "tokens %s, graphs %s, step logits err %.2e%s%s",
+                  after.newTokens == reference.newTokens ? "same" : "differ", after.decodeGraphs ? "used" : "NOT used", err,
+                  gpu.captureError().empty() ? "" : ", capture error: ", gpu.captureError().c_str());
+    report(after.newTokens == reference.newTokens && after.decodeGraphs && err <= 2e-2,
+           tag + " generates as before after shard " + std::to_string(shard) + " failed", buf);
+  }
+}
+
+// The step breakdown on shard 0 (device events): present when asked for, two all-reduces per layer inside the
+// step, the same tokens as without it; graphs and eager.
+void tpBreakdown(const ModelConfig& cfg, int tp) {
+  const std::string tag = cfg.name + " cuda fp16 tp=" + std::to_string(tp);
+  EngineOptions o;
+  o.config = cfg, o.seed = 11, o.maxBatch = 1, o.device = "cuda", o.dtype = DType::F16, o.tp = tp;
+  Engine gpu(o);
+  for (bool graphs : {true, false}) {
+    Watchdog wd(tag + " breakdown", 120);
+    GenerateRequest req;
+    req.inputIds = prompt(1, 40, cfg.vocabSize, 4), req.maxNewTokens = 12, req.attention = AttentionMethod::FA2;
+    req.kvCache = true, req.cudaGraphs = graphs;
+    std::atomic<bool> cancel{false};
+    const GenerateResult plain = gpu.generate(req, nullptr, cancel);
+    req.stepBreakdown = true;
+    const GenerateResult timed = gpu.generate(req, nullptr, cancel);
+    req.stepBreakdown = false;
+    const GenerateResult after = gpu.generate(req, nullptr, cancel);
+    double ar = 0;
+    size_t n = 0;
+    double step = 0;
+    if (timed.stepBreakdown) {
+      for (double v : timed.stepBreakdown->allReduceMs) ar += v;
+      n = timed.stepBreakdown->allReduceMs.size();
+      step = timed.stepBreakdown->stepMs;
+    }
+    char buf[240];
+    std::snprintf(buf, sizeof buf, "step %.3f ms, %zu all-reduces %.3f ms (first %.3f), compute %.3f ms, last step wall %.3f ms",
+                  step, n, ar, n ? timed.stepBreakdown->allReduceMs[0] : 0.0, step - ar,
+                  timed.decodeMs.empty() ? 0.0 : timed.decodeMs.back());
+    const bool ok = timed.stepBreakdown && !plain.stepBreakdown && !after.stepBreakdown &&
+                    n == static_cast<size_t>(2 * cfg.numLayers) && step > 0 && ar > 0 && ar <= step &&
+                    timed.newTokens == plain.newTokens && timed.decodeGraphs == graphs && after.decodeGraphs == graphs;
+    report(ok, tag + " step breakdown (" + (graphs ? "graphs" : "eager") + ")", buf);
+  }
+}
+
+// Decode speed of TP against TP 1 on this host, and what the shard threads' spinning buys (FLASHLAB_SHARD_SPIN_US=0:
+// they block at once and are woken for every step).
+void tpTiming(const ModelConfig& cfg, int maxTp, int reps) {
+  auto decodeTps = [&](int tp) {
+    EngineOptions o;
+    o.config = cfg, o.seed = 1, o.device = "cuda", o.dtype = DType::F16, o.maxBatch = 1, o.tp = tp;
+    o.maxSeqLen = std::min(cfg.maxPositions, 128 + 128);
+    Engine e(o);
+    GenerateRequest req;
+    req.inputIds = prompt(1, 128, cfg.vocabSize, 9), req.maxNewTokens = 128, req.attention = AttentionMethod::FA2;
+    std::atomic<bool> cancel{false};
+    e.generate(req, nullptr, cancel);
+    std::vector<double> tps;
+    for (int i = 0; i < reps; ++i) tps.push_back(1000.0 / e.generate(req, nullptr, cancel).tpotMs);
+    std::sort(tps.begin(), tps.end());
+    return tps[reps / 2];
+  };
+  Watchdog wd(cfg.name + " tp timing", 600);
+  const double base = decodeTps(1);
+  for (int tp = 2; tp <= maxTp; tp *= 2) {
+    const double spin = decodeTps(tp);
+    setenv("FLASHLAB_SHARD_SPIN_US", "0", 1);
+    const double block = decodeTps(tp);
+    unsetenv("FLASHLAB_SHARD_SPIN_US");
+    std::printf("TIMING %s fp16 decode (graphs) tp=%d: %.0f tok/s = %.2fx tp=1 (%.0f tok/s); threads that block at once: %.0f tok/s\n",
+                cfg.name.c_str(), tp, spin, spin / base, base, block);
+    std::fflush(stdout);
+  }
+}
+
 void timing(const ModelConfig& cfg, int promptLen, int newTokens, int reps) {
   EngineOptions o;
   o.config = cfg, o.seed = 1, o.device = "cuda", o.dtype = DType::F16, o.maxBatch = 1;
@@ -264,6 +424,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  int gpus = 0;
   try {
     agreement(tinyGpt2());
     agreement(tinyChatglm2());
@@ -272,19 +433,31 @@ int main(int argc, char** argv) {
       graphsVsEager(tinyChatglm2(), dt, 1);
     }
     fp32StaysEager(tinyGpt2());
-    int gpus = 0;
     if (cudaGetDeviceCount(&gpus) == cudaSuccess && gpus >= 2) {
+      Watchdog wd("tensor-parallel checks", 900);
       tensorParallel(tinyGpt2(), 2);
       tensorParallel(tinyChatglm2(), 2);
       graphsVsEager(tinyGpt2(), DType::F16, 2);
       graphsVsEager(tinyChatglm2(), DType::F16, 2);
-      if (gpus >= 4) graphsVsEager(tinyChatglm2(), DType::F16, 4);
+      tpFailures(tinyChatglm2(), 2);
+      tpBreakdown(tinyChatglm2(), 2);
+      if (gpus >= 4) {
+        tensorParallel(tinyChatglm2(), 4);
+        graphsVsEager(tinyGpt2(), DType::F16, 4);
+        graphsVsEager(tinyChatglm2(), DType::F16, 4);
+        tpFailures(tinyGpt2(), 4);
+        tpBreakdown(tinyChatglm2(), 4);
+      }
     } else {
       std::printf("one GPU visible: tensor-parallel checks need two\n");
     }
     if (!quickTimings) {
       timing(gpt2Small(), 128, 256, 5);
       if (big) timing(chatglm2_6b(), 2048, 64, 3);
+      if (gpus >= 2) {
+        tpTiming(gpt2Small(), std::min(gpus, 4), 5);
+        if (big) tpTiming(chatglm2_6b(), std::min(gpus, 4), 3);
+      }
     }
   } catch (const std::exception& ex) {
     std::printf("FAIL  exception: %s\n", ex.what());
