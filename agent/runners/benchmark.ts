@@ -97,7 +97,7 @@ export class Measurement {
       // step 0 is the token after prefill.
       onTokens: onStep ? (step) => onStep((step + 1) / c.newTokens) : undefined,
       // Warm-ups skip it: timing every all-reduce is extra work the figures of a warm-up would not use.
-      ...(askBreakdown ? { tpBreakdown: true } : {}),
+      tpBreakdown: askBreakdown,
     });
     if (!measured) {
       log?.('info', `${label}: ${out.timings.totalMs.toFixed(1)} ms`);

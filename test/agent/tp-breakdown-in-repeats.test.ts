@@ -106,7 +106,10 @@ describe('the agent and the breakdown', () => {
     const missing = tpBreakdownOf({}, true);
     assert.ok(!missing.breakdown && /did not report/.test(missing.problem ?? ''));
     const bad = tpBreakdownOf({ tpBreakdown: { ...good, allReduceMs: -1 } }, true);
-    assert.ok(!bad.breakdown && /not valid: allReduceMs/.test(bad.problem ?? ''), bad.breakdown ? '' : bad.problem);
+    assert.ok(
+      !bad.breakdown && /not valid: allReduceMs/.test(bad.problem ?? ''),
+      bad.breakdown ? '' : (bad.problem ?? ''),
+    );
     const extra = tpBreakdownOf({ tpBreakdown: { ...good, futureField: 1 } }, true);
     assert.deepEqual(extra.breakdown, good, 'fields outside the contract stay out of the history');
   });
@@ -118,7 +121,7 @@ describe('the agent and the breakdown', () => {
       config: { vocabSize: 100 },
       async generate(r: GenerateRequest): Promise<GenerateResult> {
         requests.push(r);
-        const asked = (r as GenerateRequest & { tpBreakdown?: boolean }).tpBreakdown === true;
+        const asked = r.tpBreakdown === true;
         const b = asked ? breakdown(requests.length - 1) : undefined;
         return {
           tokens: [[...r.inputIds[0], 1, 2]],
@@ -149,8 +152,8 @@ describe('the agent and the breakdown', () => {
     await m.once(engine, true, signal);
     await m.once(engine, true, signal);
     assert.deepEqual(
-      requests.map((r) => (r as { tpBreakdown?: boolean }).tpBreakdown),
-      [undefined, true, true],
+      requests.map((r) => r.tpBreakdown),
+      [false, true, true],
       'the warm-up does not ask',
     );
     const result = m.result(fakeEnvironment());
@@ -183,7 +186,7 @@ describe('the agent and the breakdown', () => {
     const { engine, requests } = standInEngine(() => good);
     const m = new Measurement(tinyConfig({ tp: 1 }));
     await m.once(engine, true, new AbortController().signal);
-    assert.equal((requests[0] as { tpBreakdown?: boolean }).tpBreakdown, undefined);
+    assert.equal(requests[0].tpBreakdown, false);
     assert.equal(m.result(fakeEnvironment()).repeats[0].tpBreakdown, undefined);
   });
 });
