@@ -58,8 +58,10 @@ struct DecodeFusedParams {
   int rotDim = 0;                // rotary on each q/k head's first rotDim dims (interleaved pairs); 0: none
   float theta = 10000.0f;
   // Device int32 [attentionDecodeFusedCounterCount]: arrival counters of the in-kernel merge. Zero them once
-  // (attentionDecodeFusedResetCounters or a memset at allocation); every completed launch leaves them zero.
-  // Launches that share counters must not run concurrently (stream order, or one graph node after another).
+  // (attentionDecodeFusedResetCounters or a memset at allocation); every completed launch leaves them zero, so
+  // they must be memory of their own (not a scratch block other kernels reuse), and one buffer serves every
+  // layer of a step. Launches that share counters must not run concurrently (stream order, or graph nodes one
+  // after another); each device / tensor-parallel shard needs its own.
   int32_t* counters = nullptr;
 };
 
