@@ -244,6 +244,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
   using F = FusedTraits<kHeadDim>;
   constexpr int C = Tr::kChunks;
   constexpr int kWarps = kFusedThreads / 32;
+  static_assert(kHeadDim / 2 <= kFusedThreads && 2 * C <= kFusedThreads, "one thread per cos/sin pair and per row chunk");
   extern __shared__ __align__(128) unsigned char smemRaw[];
   T* sQ = reinterpret_cast<T*>(smemRaw);
   T* sKV = reinterpret_cast<T*>(smemRaw + F::kQBytes);
