@@ -5,9 +5,10 @@
 //      tensor-core tile) to its slice of the cache, and writes an unnormalised partial output with its row
 //      max and row sum;
 //   2. one CTA per (head, sequence) merges the splits' partials with the usual max-rescaling.
-// The fused variant (attentionDecodeFused, for recorded decode steps) does a whole step's attention in one
-// kernel: rotary of the new q/k at the device-resident position, the cache write there, the splits, and the
-// merge by the last split CTA of each (KV head, sequence) to finish (arrival counter, see decodeFusedKernel).
+// The fused variant (attentionDecodeFused, for recorded decode steps) does a whole step's attention in one or two
+// kernels: rotary of the new q/k at the device-resident position, the cache write there, the splits, and either
+// the merge by the last split CTA of each (KV head, sequence) to finish (arrival counter, see decodeFusedKernel)
+// or, for large query groups, the separate merge kernel of step 2.
 // Variants (template parameters): dtype fp16 | bf16, head dim 64 | 128; 1-16 query heads per KV head.
 #include "attention_decode.h"
 
@@ -29,9 +30,6 @@ namespace {
 #define FLASHLAB_DECODE_BLOCK_N 64
 #endif
 constexpr int kDecodeCtasPerSmTarget = FLASHLAB_DECODE_CTAS_PER_SM;
-#ifndef FLASHLAB_DECODE_FUSED_BALANCE
-#define FLASHLAB_DECODE_FUSED_BALANCE 1.0
-#endif
 
 // One warp per CTA owns the (up to 16) query heads of one KV head as the 16 rows of an m16 tile, so the
 // group's scores and P V run on the tensor cores with the same per-warp code as fa2 (attention_tile.cuh);
@@ -120,16 +118,25 @@ __global__ void __launch_bounds__(32)
 // Merge: the splits' maxima, weights and the weighted row sum go through shared memory once per (head,
 // sequence); then every thread owns one output dim and sums the splits' partials for it, four at a time
 // (independent loads in flight: with hundreds of splits a serial loop would be latency-bound).
+// activeChunk 0: every one of the `splits` partials was written (decodeSplitKernel writes empty splits too).
+// activeChunk > 0 (the fused kernel's split-then-merge mode, whose empty splits write nothing): only the splits
+// holding keys, [0, ceil(len / activeChunk)), are read; a row of length 0 gets a zero output.
 constexpr int kMergeThreads = 128;
 constexpr int kMaxSplitsInSmem = 2048;
 
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kMergeThreads)
-    decodeMergeKernel(const DecodeParams p, int splits, const float* __restrict__ partO, const float* __restrict__ partMl) {
+    decodeMergeKernel(const DecodeParams p, int stride, int activeChunk, const float* __restrict__ partO,
+                      const float* __restrict__ partMl) {
   __shared__ float weight[kMaxSplitsInSmem];
   __shared__ float red[kMergeThreads / 32];
   const int head = blockIdx.x, batch = blockIdx.y, tid = threadIdx.x;
-  const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * splits;
+  const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * stride;  // partials [b, head, split]
+  int splits = stride;
+  if (activeChunk > 0) {
+    const int len = min(max(p.seqLens[batch], 0), p.maxSeqLen);
+    splits = min(stride, (len + activeChunk - 1) / activeChunk);
+  }
   auto blockReduce = [&](float v, bool isMax) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -176,12 +183,21 @@ void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl
   ensureDynamicSmem<decodeSplitKernel<kHeadDim, T>>(Cfg::kSmemBytes);
   kernel<<<dim3(splits, p.numKvHeads, p.batch), 32, Cfg::kSmemBytes, stream>>>(p, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
-  decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kMergeThreads, 0, stream>>>(p, splits, partO, partMl);
+  decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kMergeThreads, 0, stream>>>(p, splits, 0, partO, partMl);
   FL_CHECK_LAUNCH();
 }
 
 
 // ---- fused decode step
+// Two modes (attentionDecodeFusedMergesInKernel picks one from the shape; both split the cache as attentionDecode
+// does, so the grid fills the GPU):
+//   in-kernel merge (kMergeInKernel): one kernel; the last split CTA of each (KV head, sequence) merges. Best when
+//     a KV head's partials are few (GPT-2: one query head per KV head, 16 splits): no second node, no launch gap.
+//   split then merge: the same kernel without the merge (rotary + cache append + split attention, every split with
+//     keys writes its partials), then decodeMergeKernel, one CTA per (query head, sequence). Two graph nodes
+//     instead of four. For large groups (ChatGLM2: 16 query heads per KV head), where one CTA merging every
+//     split's 16 partials would be serial and, with fewer splits to keep it short, the split CTAs would starve
+//     the GPU (measured 0.56-0.71x of the unfused path at 256-32000 keys on an H100).
 // One CTA of 2 warps per (split, KV head, sequence). Warp 0 attends exactly as decodeSplitKernel; the other
 // warp helps with the prologue (rotated q tile, the new k/v row) and with the merge, which would be slow on one
 // warp (it reads every split's partial of up to 16 heads). Warp 1 waits at a barrier while warp 0 attends
@@ -200,6 +216,8 @@ struct FusedTraits {
   static constexpr int kSmemBytes = kQBytes + kKvBytes + kNewBytes + kCsBytes;
   // The merge keeps every split's m and l (2 x group x splits floats) in the K/V stages, free by then.
   static_assert(2 * kDecodeFusedMaxSplits * Cfg::kMaxGroup * 4 <= kKvBytes, "merge state fits in the K/V stages");
+  // The in-kernel mode's bound on a KV head's partials keeps its split count within kDecodeFusedMaxSplits.
+  static_assert(kDecodeFusedInKernelMergeMaxFloats / 64 <= kDecodeFusedMaxSplits, "in-kernel merge splits bounded");
 };
 
 template <class T> __device__ __forceinline__ float2 unpackPair(uint32_t w);
@@ -232,11 +250,12 @@ __device__ __forceinline__ uint4 rotateChunk(uint4 v, int c, int rotDim, const f
 // Grid (splits, KV heads, batch). Split s attends cache positions [s * chunk, min(len, (s + 1) * chunk)). The
 // split whose range holds *pos is the one writer of the new k/v row (even when it has no keys to attend), and
 // the only CTA that attends that position: it patches the row into its shared-memory tile from the values it
-// wrote, so no CTA reads a cache row this launch writes. Splits with keys write unnormalised partials, then
-// count themselves in counters[b, kvHead] (fence, then atomicInc wrapping at the number of such splits, which
-// leaves the counter at 0 for the next launch or graph replay); the one that completes the count merges. A
-// sequence whose keys fit one split skips partials and counter and writes its output directly.
-template <int kHeadDim, class T>
+// wrote, so no CTA reads a cache row this launch writes. Splits with keys write unnormalised partials. With
+// kMergeInKernel they then count themselves in counters[b, kvHead] (fence, then atomicInc wrapping at the
+// number of such splits, which leaves the counter at 0 for the next launch or graph replay); the one that
+// completes the count merges, and a sequence whose keys fit one split skips partials and counter and writes its
+// output directly. Without it the kernel ends there (decodeMergeKernel follows; counters are not touched).
+template <int kHeadDim, class T, bool kMergeInKernel>
 __global__ void __launch_bounds__(kFusedThreads, 3)
     decodeFusedKernel(const DecodeFusedParams fp, int chunk, float* __restrict__ partO, float* __restrict__ partMl) {
   using Cfg = DecodeTraits<kHeadDim>;
@@ -263,7 +282,8 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
   const int n = max(0, min(len, start + chunk) - start);  // keys of this split
   const int nActive = (len + chunk - 1) / chunk;          // splits with keys (<= gridDim.x: len <= splits * chunk)
   const bool writer = pos >= 0 && pos < p.maxSeqLen && pos / chunk == split;
-  const bool zeroOutput = len == 0 && split == 0;  // no keys at all: the output is 0, as attentionDecode gives
+  // No keys at all: the output is 0, as attentionDecode gives (the separate merge writes it in the other mode).
+  const bool zeroOutput = kMergeInKernel && len == 0 && split == 0;
   if (n == 0 && !writer && !zeroOutput) return;
 
   T* oBase = static_cast<T*>(p.o.data) + batch * p.o.batchStride + static_cast<int64_t>(kvHead) * group * p.o.headStride;
@@ -356,7 +376,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int g = (lane >> 2) + h * 8;
       if (g >= group) continue;
-      if (nActive == 1) {
+      if (kMergeInKernel && nActive == 1) {
         const float inv = l > 0.f ? 1.f / l : 0.f;
         T* o = oBase + g * p.o.headStride + (lane & 3) * 2;
 #pragma unroll
@@ -371,7 +391,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
         if ((lane & 3) == 0) *reinterpret_cast<float2*>(partMl + part * 2) = make_float2(st.m[0][h], l);
       }
     }
-    if (nActive > 1) {
+    if (kMergeInKernel && nActive > 1) {
       __threadfence();  // this split's partials are visible device-wide before it is counted
       __syncwarp();
       if (lane == 0) {
@@ -380,6 +400,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
       }
     }
   }
+  if constexpr (!kMergeInKernel) return;  // decodeMergeKernel reads the partials in the next launch
   __syncthreads();
   if (nActive == 1 || !sLast) return;
 
@@ -458,12 +479,22 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
 }
 
 template <int kHeadDim, class T>
-void launchDecodeFused(const DecodeFusedParams& p, int splits, float* partO, float* partMl, cudaStream_t stream) {
+void launchDecodeFused(const DecodeFusedParams& p, int splits, bool mergeInKernel, float* partO, float* partMl,
+                       cudaStream_t stream) {
   using F = FusedTraits<kHeadDim>;
   const int chunk = static_cast<int>(ceilDiv64(p.attn.maxSeqLen, splits));
-  ensureDynamicSmem<decodeFusedKernel<kHeadDim, T>>(F::kSmemBytes);
-  decodeFusedKernel<kHeadDim, T><<<dim3(splits, p.attn.numKvHeads, p.attn.batch), kFusedThreads, F::kSmemBytes, stream>>>(
-      p, chunk, partO, partMl);
+  const dim3 grid(splits, p.attn.numKvHeads, p.attn.batch);
+  if (mergeInKernel) {
+    ensureDynamicSmem<decodeFusedKernel<kHeadDim, T, true>>(F::kSmemBytes);
+    decodeFusedKernel<kHeadDim, T, true><<<grid, kFusedThreads, F::kSmemBytes, stream>>>(p, chunk, partO, partMl);
+    FL_CHECK_LAUNCH();
+    return;
+  }
+  ensureDynamicSmem<decodeFusedKernel<kHeadDim, T, false>>(F::kSmemBytes);
+  decodeFusedKernel<kHeadDim, T, false><<<grid, kFusedThreads, F::kSmemBytes, stream>>>(p, chunk, partO, partMl);
+  FL_CHECK_LAUNCH();
+  decodeMergeKernel<kHeadDim, T><<<dim3(p.attn.numHeads, p.attn.batch), kMergeThreads, 0, stream>>>(
+      p.attn, splits, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
 }
 
@@ -541,13 +572,15 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
 }
 
 int attentionDecodeFusedSplits(const DecodeFusedParams& p) {
-  // A split reads n keys of K and V (4 * headDim bytes each); the merging CTA reads one partial of group *
-  // headDim floats per split: n = L / splits keys against splits partials is cheapest at splits =
-  // sqrt(L / group) (times FLASHLAB_DECODE_FUSED_BALANCE, 1 unless a build tunes it).
+  // attentionDecode's count in both modes: fewer splits (an earlier rule, ~sqrt(len / group) to shorten the
+  // in-kernel merge) left ChatGLM2's 2 KV heads on ~24 CTAs of a 132-multiprocessor GPU.
+  return attentionDecodeSplits(p.attn);
+}
+
+bool attentionDecodeFusedMergesInKernel(const DecodeFusedParams& p) {
   const int group = std::max(1, p.attn.numHeads / std::max(1, p.attn.numKvHeads));
-  const int balanced = static_cast<int>(
-      std::ceil(FLASHLAB_DECODE_FUSED_BALANCE * std::sqrt(static_cast<double>(std::max(1, p.attn.maxSeqLen)) / group)));
-  return std::max(1, std::min({attentionDecodeSplits(p.attn), kDecodeFusedMaxSplits, balanced}));
+  const int64_t floats = static_cast<int64_t>(attentionDecodeFusedSplits(p)) * group * p.attn.headDim;
+  return floats <= kDecodeFusedInKernelMergeMaxFloats;
 }
 
 size_t attentionDecodeFusedWorkspaceBytes(const DecodeFusedParams& p) {
@@ -566,6 +599,7 @@ void attentionDecodeFusedResetCounters(const DecodeFusedParams& p, cudaStream_t 
 void attentionDecodeFused(const DecodeFusedParams& p, void* workspace, size_t workspaceBytes, cudaStream_t stream) {
   validateDecodeFused(p);
   const int splits = attentionDecodeFusedSplits(p);
+  const bool mergeInKernel = attentionDecodeFusedMergesInKernel(p);
   const size_t parts = static_cast<size_t>(p.attn.batch) * p.attn.numHeads * splits;
   const size_t need = parts * (p.attn.headDim + 2) * sizeof(float);
   FL_REQUIRE(workspace != nullptr && workspaceBytes >= need && reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
@@ -575,8 +609,9 @@ void attentionDecodeFused(const DecodeFusedParams& p, void* workspace, size_t wo
   float* partMl = partO + parts * p.attn.headDim;
   dispatchHalfElem(p.attn.dtype, "fused attention decode", [&](auto t) {
     using T = decltype(t);
-    dispatchHeadDim(p.attn.headDim, "fused attention decode",
-                    [&](auto d) { launchDecodeFused<decltype(d)::value, T>(p, splits, partO, partMl, stream); });
+    dispatchHeadDim(p.attn.headDim, "fused attention decode", [&](auto d) {
+      launchDecodeFused<decltype(d)::value, T>(p, splits, mergeInKernel, partO, partMl, stream);
+    });
   });
 }
 

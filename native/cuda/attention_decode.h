@@ -17,17 +17,26 @@ size_t attentionDecodeWorkspaceBytes(const DecodeParams& p);
 // `workspace` holds at least attentionDecodeWorkspaceBytes(p) bytes, 16-byte aligned.
 void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceBytes, cudaStream_t stream);
 
-// ---- fused decode step (CUDA-graph decode): rotary + cache append + split attention + merge, one kernel.
+// ---- fused decode step (CUDA-graph decode): rotary + cache append + split attention + merge.
 // For each sequence b: rotates the new token's q and k (p.rotDim > 0: as rotaryInterleaved at position *p.pos),
 // writes the rotated k and v into the caches at row *p.pos (as kvCacheAppend; not when *p.pos is outside
 // [0, maxSeqLen)), and attends q to cache positions [0, seqLens[b]) (the new token's k/v at *p.pos) into p.attn.o.
 // Limits: fp16/bf16, head dim 64 or 128, 1-16 query heads per KV head, rotDim even and <= head dim (or 0),
 // seqLens[b] in 1..maxSeqLen (a row of length 0 gets a zero output), one token per sequence.
-// Splits: attentionDecodeFusedSplits(p): attentionDecode's rule, but at most kDecodeFusedMaxSplits and about
-// sqrt(maxSeqLen / group), which balances one split's K/V reads (4 * headDim bytes a key) against the merging
-// CTA's reads (4 * group * headDim bytes a split): the merge runs on one CTA per (KV head, sequence).
-constexpr int kDecodeFusedMaxSplits = 256;
+// Splits: attentionDecodeFusedSplits(p) == attentionDecodeSplits(p.attn) (enough CTAs to fill the GPU).
+// Mode, chosen by the launcher from the shape (attentionDecodeFusedMergesInKernel):
+//   - in-kernel merge, ONE kernel launch: the last split CTA of each (KV head, sequence) merges the splits, via
+//     the arrival counters. Chosen when a KV head's partials (splits * group * headDim floats) are at most
+//     kDecodeFusedInKernelMergeMaxFloats, i.e. one round of 16 float4 loads per thread of the merging CTA (GPT-2:
+//     16 splits x 1 head x 64 dims).
+//   - split then merge, TWO kernel launches: rotary + append + split attention in one kernel, then attentionDecode's
+//     merge kernel (one CTA per query head). Chosen otherwise (ChatGLM2's 16 query heads per KV head), where one
+//     CTA merging would be serial. The counters are not touched (still required, so callers need not care).
+// Either way the whole step is stream-ordered work on `stream` (records into a CUDA graph as one or two nodes).
+constexpr int kDecodeFusedMaxSplits = 256;  // the most splits the in-kernel merge handles
+constexpr int kDecodeFusedInKernelMergeMaxFloats = 4096;
 int attentionDecodeFusedSplits(const DecodeFusedParams& p);
+bool attentionDecodeFusedMergesInKernel(const DecodeFusedParams& p);
 // Bytes of the workspace (partial outputs and softmax state of every split; no need to clear it), 16-byte aligned.
 size_t attentionDecodeFusedWorkspaceBytes(const DecodeFusedParams& p);
 // int32 counters p.counters must hold: batch * numKvHeads.

@@ -45,8 +45,9 @@ struct DecodeParams {
   float scale = 0.125f;
 };
 
-// A recorded decode step's whole attention in one kernel (attentionDecodeFused, attention_decode.h): rotary at
-// the device-resident position, cache write at that position, split attention and the merge of the splits.
+// A recorded decode step's whole attention in one or two kernels (attentionDecodeFused, attention_decode.h, which
+// picks the mode from the shape): rotary at the device-resident position, cache write at that position, split
+// attention and the merge of the splits (in the split kernel, or in a separate merge kernel for large groups).
 struct DecodeFusedParams {
   // q: the new token's query heads in the fused QKV row (read unrotated; the kernel rotates a private copy and
   // leaves qkv unchanged: nothing downstream reads q or k from qkv once attention has run).
@@ -57,11 +58,12 @@ struct DecodeFusedParams {
   const int32_t* pos = nullptr;  // device int32: the new token's position (rotary angle, cache row written)
   int rotDim = 0;                // rotary on each q/k head's first rotDim dims (interleaved pairs); 0: none
   float theta = 10000.0f;
-  // Device int32 [attentionDecodeFusedCounterCount]: arrival counters of the in-kernel merge. Zero them once
-  // (attentionDecodeFusedResetCounters or a memset at allocation); every completed launch leaves them zero, so
-  // they must be memory of their own (not a scratch block other kernels reuse), and one buffer serves every
-  // layer of a step. Launches that share counters must not run concurrently (stream order, or graph nodes one
-  // after another); each device / tensor-parallel shard needs its own.
+  // Device int32 [attentionDecodeFusedCounterCount]: arrival counters of the in-kernel merge mode (required in
+  // both modes, so that a caller's set-up does not depend on the shape; the other mode does not touch them).
+  // Zero them once (attentionDecodeFusedResetCounters or a memset at allocation); every completed launch leaves
+  // them zero, so they must be memory of their own (not a scratch block other kernels reuse), and one buffer
+  // serves every layer of a step. Launches that share counters must not run concurrently (stream order, or graph
+  // nodes one after another); each device / tensor-parallel shard needs its own.
   int32_t* counters = nullptr;
 };
 
