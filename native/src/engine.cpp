@@ -40,7 +40,9 @@ struct Engine::DecodeGraph {
   DeviceDecodeState state;
   std::vector<std::unique_ptr<CapturedWork>> steps;  // one per shard; empty until the first decode step
   std::vector<Backend*> backends;
-  bool timed = false;  // recorded while shard 0 timed its steps: the recording holds the timing events
+  bool timed = false;  // steps were recorded while shard 0 timed every pass: they hold the timing events
+  // The same step recorded with shard 0's timing events, for the one step a breakdown times (stepBreakdown).
+  std::vector<std::unique_ptr<CapturedWork>> timedSteps;
 
   ~DecodeGraph() {
     // The recordings point into the cache and state: drop them first, after the work that uses them is done.
@@ -51,6 +53,7 @@ struct Engine::DecodeGraph {
       }
     }
     steps.clear();
+    timedSteps.clear();
   }
 };
 
@@ -169,23 +172,35 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   if (decodeGraph_ && (captureFailed_ || (useGraph && (decodeGraph_->batch != B || decodeGraph_->capacity != capacity))))
     decodeGraph_.reset();
 
-  // The step breakdown: shard 0 times its passes for this call only (a caller that switched timing on itself,
-  // as the benchmarks do, keeps it on).
+  // The step breakdown times one pass on shard 0: the generate's last. Timing every pass would slow every step
+  // (device events around each all-reduce, ~0.6 ms a ChatGLM2-6B step), and only the last pass's figures are
+  // read. With stop tokens the last step is not known in advance: every step is timed. A caller that switched
+  // timing on itself (the benchmarks) times every pass, and its recordings carry the events.
   const int tp = model_->plan().tp;
   Backend* shard0 = shardBackends()[0];
   const bool breakdown = req.stepBreakdown && tp > 1;
+  const bool externalTiming = shard0->stepTimingEnabled();
+  const bool timeEveryStep = !req.sampling.stopTokens.empty();
+  const int lastStep = req.maxNewTokens - 1;  // step 0 is the prefill
+  bool timedPass = externalTiming;            // a pass of this generate was timed
   struct TimingScope {
     Backend* b;
     bool restore;
     ~TimingScope() {
       if (restore) b->setStepTiming(false);
     }
-  } timingScope{shard0, breakdown && !shard0->stepTimingEnabled()};
-  if (breakdown && !shard0->setStepTiming(true))
-    throw std::invalid_argument("stepBreakdown: the " + shard0->name() + " backend cannot time its steps");
-  // A recording made with timing events keeps them (they cost time at every replay), and one made without has
-  // none to read: record again, on the same cache, when the timing changed.
-  if (decodeGraph_ && !decodeGraph_->steps.empty() && decodeGraph_->timed != shard0->stepTimingEnabled()) {
+  } timingScope{shard0, breakdown && !externalTiming};
+  auto timeStep = [&](int step) {
+    if (!breakdown || externalTiming) return;
+    const bool on = timeEveryStep || step == lastStep;
+    if (!shard0->setStepTiming(on) && on)
+      throw std::invalid_argument("stepBreakdown: the " + shard0->name() + " backend cannot time its steps");
+    timedPass = timedPass || on;
+  };
+  // Decode recordings without timing events serve the untimed steps (and every step of a call that asks for no
+  // breakdown); the timed last step replays a recording of its own (DecodeGraph::timedSteps). A recording whose
+  // events no longer match the caller's own timing is made again, on the same cache.
+  if (decodeGraph_ && !decodeGraph_->steps.empty() && decodeGraph_->timed != externalTiming) {
     for (Backend* b : decodeGraph_->backends) b->synchronize();
     decodeGraph_->steps.clear();
   }
@@ -250,6 +265,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   fa.seqLen = T0;
   fa.startPos = 0;
   fa.cache = req.kvCache ? cachePtr : nullptr;
+  timeStep(0);
   std::vector<float> logits = model_->forward(fa);
   sampleStep(logits, 0);
   r.prefillMs = msSince(start);
@@ -268,7 +284,9 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
         g.backends[s]->upload(g.state.lens[s], lens.data(), B * sizeof(int32_t));
       }
     }
-    if (g.steps.empty()) {
+    // Timed by its own recording unless every recording carries the caller's events (see timeStep).
+    auto& rec = shard0->stepTimingEnabled() && !externalTiming ? g.timedSteps : g.steps;
+    if (rec.empty()) {
       // Each shard records its own step on its own thread (the all-reduces meet at the host while recording;
       // the recordings then hold only the device work).
       ForwardArgs da;
@@ -296,12 +314,12 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
         captureError_ = ex.what();
         return false;
       }
-      g.steps = std::move(steps);
-      g.timed = shard0->stepTimingEnabled();
+      rec = std::move(steps);
+      if (&rec == &g.steps) g.timed = externalTiming;
     }
     // Every shard launches its recording from its own thread, so the launches (each ~0.1 ms for a step of a
     // few hundred nodes) overlap instead of delaying the last shard's first all-reduce by all the others'.
-    model_->runOnShards([&](int s, ShardRendezvous&) { g.backends[s]->replay(*g.steps[s]); }, nullptr);
+    model_->runOnShards([&](int s, ShardRendezvous&) { g.backends[s]->replay(*rec[s]); }, nullptr);
     g.backends[0]->download(g.state.ids[0], deviceIds.data(), B * sizeof(int32_t));
     if (req.dumpLogits) {
       stepLogits.resize(static_cast<size_t>(B) * V);
@@ -318,6 +336,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
     if (std::all_of(finished.begin(), finished.end(), [](bool f) { return f; })) break;
     if (cancel.load()) throw Cancelled();
     const auto t0 = Clock::now();
+    timeStep(step);
     if (useGraph) {
       if (graphStep(step)) {
         r.decodeMs.push_back(msSince(t0));
@@ -348,7 +367,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   // 'stop' when every row ended on a stop token, even on the last allowed step.
   r.stoppedByStopToken = std::all_of(finished.begin(), finished.end(), [](bool f) { return f; });
   r.decodeGraphs = useGraph && !r.decodeMs.empty();
-  if (breakdown) {
+  if (breakdown && timedPass) {
     Backend::StepTiming t;
     if (shard0->stepTiming(t)) r.stepBreakdown = std::move(t);
   }

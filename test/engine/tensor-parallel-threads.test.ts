@@ -230,6 +230,40 @@ describe('the tensor-parallel step breakdown', () => {
     }
   }
 
+  it('of a generate that a stop token ends early is that of its last step', NO_HANG, async () => {
+    const config = KNOWN_MODELS['gpt2-tiny'];
+    const engine = await Engine.create({ model: 'gpt2-tiny', seed: 6, tp: 2, threads: 2 });
+    try {
+      const req: GenerateRequest = {
+        inputIds: [randomIds(12, config.vocabSize, 9)],
+        maxNewTokens: 8,
+        attention: 'fa2',
+        kvCache: true,
+        // Seeded sampling: varied tokens (a random-weight model's greedy choice tends to repeat one), the same
+        // ones in both runs.
+        sampling: { greedy: false, temperature: 1, seed: 3 },
+      };
+      const free = (await engine.generate(req)).newTokens[0];
+      // A token first generated at a decode step, so that the stop comes after at least one of them.
+      const at = free.findIndex((t, i) => i >= 2 && !free.slice(0, i).includes(t));
+      assert.ok(at > 0, `a token that first appears at step 2 or later in ${free}`);
+      const stop = free[at];
+      const out = await engine.generate({
+        ...req,
+        sampling: { ...req.sampling, stopTokens: [stop] },
+        tpBreakdown: true,
+      });
+      assert.equal(out.stoppedBy, 'stop');
+      assert.equal(out.newTokens[0].length, at + 1, 'ended at the stop token');
+      const b = out.timings.tpBreakdown;
+      assert.ok(b && b.allReduceCount === 2 * config.numLayers, JSON.stringify(b));
+      const lastStep = out.timings.decodeMs.at(-1) ?? Number.NaN;
+      assert.ok(b.stepMs <= lastStep, `pass ${b.stepMs} ms within the last step's ${lastStep} ms`);
+    } finally {
+      engine.dispose();
+    }
+  });
+
   it('is absent at tp 1 even when asked for (there is no all-reduce to time)', async () => {
     const engine = await Engine.create({ model: 'gpt2-tiny', seed: 6, tp: 1 });
     try {
