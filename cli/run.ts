@@ -7,7 +7,9 @@ import { OfflineResults } from '../contracts/experiment';
 const HELP = `usage: flashlab run PLAN.json --out RESULTS.json [--name NAME]
 
 Runs every configuration of the plan's experiment here, with the same runner as an agent, and writes the
-measurements to RESULTS.json ('flashlab import RESULTS.json' puts them into a dashboard's history).
+measurements to RESULTS.json ('flashlab import RESULTS.json' puts them into a dashboard's history). Each measured
+repeat of a tensor-parallel configuration (tp > 1) also carries where its last decode token's time went: compute,
+all-reduce, and all-reduce per layer ("tpBreakdown").
 
 PLAN.json: {"experiment": {"name": "...", "model": "gpt2", "attention": ["naive", "fa2"], "kvCache": [true],
             "tp": [1], "dtype": ["fp32"], "device": "cpu", "batchSizes": [1], "promptLengths": [128],
