@@ -298,37 +298,52 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
     loadTileAsync<Tr, Tr::kBlockN>(sK + Tr::kTileElemsKV, vBase + static_cast<int64_t>(key0) * p.v.rowStride,
                                    p.v.rowStride, n - key0, lane);
   };
-  // The first K/V block streams in while the prologue rotates.
+  // The first K/V block streams in while the prologue rotates. The prologue's own global reads (the group's q
+  // rows, the new k/v row) are issued before the fp64 cos/sin too, so that their latency hides behind it rather
+  // than following it (the separate split kernel reads q with the first K/V block).
+  constexpr int kQPerThread = Tr::kBlockM * C / kFusedThreads;  // 16-byte chunks of the q tile per thread
+  static_assert(Tr::kBlockM * C % kFusedThreads == 0, "the q tile divides over the threads");
   if (warp == 0 && n > 0) {
     loadKv(0, 0);
     cpAsyncCommit();
   }
+  uint4 qChunk[kQPerThread];
+  if (n > 0) {  // the group's query heads as the rows of one m16 tile; rows past the group are zero
+    const T* qBase = static_cast<const T*>(p.q.data) + batch * p.q.batchStride +
+                     static_cast<int64_t>(kvHead) * group * p.q.headStride;
+#pragma unroll
+    for (int i = 0; i < kQPerThread; ++i) {
+      const int e = tid + i * kFusedThreads, r = e / C, c = e % C;
+      qChunk[i] = make_uint4(0u, 0u, 0u, 0u);
+      if (r < group) qChunk[i] = *reinterpret_cast<const uint4*>(qBase + r * p.q.headStride + c * 8);
+    }
+  }
+  const bool newRow = writer && tid < 2 * C;  // this thread moves one chunk of the new token's k (rotated) or v
+  const bool isV = tid >= C;
+  const int newC = isV ? tid - C : tid;
+  uint4 newChunk = make_uint4(0u, 0u, 0u, 0u);
+  if (newRow)
+    newChunk = *reinterpret_cast<const uint4*>(static_cast<const T*>(isV ? fp.newV.data : fp.newK.data) +
+                                               batch * (isV ? fp.newV.batchStride : fp.newK.batchStride) +
+                                               kvHead * (isV ? fp.newV.headStride : fp.newK.headStride) + newC * 8);
   const int rotDim = fp.rotDim;
   if (tid < rotDim / 2) sCs[tid] = rotaryCosSin<T>(pos, tid, rotDim, fp.theta);
   __syncthreads();
-  if (n > 0) {  // the group's query heads, rotated, as the rows of one m16 tile; rows past the group are zero
-    const T* qBase = static_cast<const T*>(p.q.data) + batch * p.q.batchStride +
-                     static_cast<int64_t>(kvHead) * group * p.q.headStride;
-    for (int e = tid; e < Tr::kBlockM * C; e += kFusedThreads) {
-      const int r = e / C, c = e % C;
-      uint4 v = make_uint4(0u, 0u, 0u, 0u);
-      if (r < group) v = rotateChunk<T>(*reinterpret_cast<const uint4*>(qBase + r * p.q.headStride + c * 8), c, rotDim, sCs);
-      *reinterpret_cast<uint4*>(sQ + swizzled<C>(r, c)) = v;
+  if (n > 0) {
+#pragma unroll
+    for (int i = 0; i < kQPerThread; ++i) {
+      const int e = tid + i * kFusedThreads, r = e / C, c = e % C;
+      if (r < group) qChunk[i] = rotateChunk<T>(qChunk[i], c, rotDim, sCs);
+      *reinterpret_cast<uint4*>(sQ + swizzled<C>(r, c)) = qChunk[i];
     }
   }
-  if (writer && tid < 2 * C) {  // the new token's k (rotated) and v: into the cache at *pos, and into sNew
-    const bool isV = tid >= C;
-    const int c = isV ? tid - C : tid;
-    const T* src = static_cast<const T*>(isV ? fp.newV.data : fp.newK.data) +
-                   batch * (isV ? fp.newV.batchStride : fp.newK.batchStride) +
-                   kvHead * (isV ? fp.newV.headStride : fp.newK.headStride) + c * 8;
-    uint4 v = *reinterpret_cast<const uint4*>(src);
-    if (!isV) v = rotateChunk<T>(v, c, rotDim, sCs);
-    *reinterpret_cast<uint4*>(sNew + (isV ? kHeadDim : 0) + c * 8) = v;
+  if (newRow) {  // into the cache at *pos, and into sNew (the attending split patches its tile from there)
+    if (!isV) newChunk = rotateChunk<T>(newChunk, newC, rotDim, sCs);
+    *reinterpret_cast<uint4*>(sNew + (isV ? kHeadDim : 0) + newC * 8) = newChunk;
     T* dst = static_cast<T*>(isV ? p.v.data : p.k.data) + batch * (isV ? p.v.batchStride : p.k.batchStride) +
              kvHead * (isV ? p.v.headStride : p.k.headStride) +
-             static_cast<int64_t>(pos) * (isV ? p.v.rowStride : p.k.rowStride) + c * 8;
-    *reinterpret_cast<uint4*>(dst) = v;
+             static_cast<int64_t>(pos) * (isV ? p.v.rowStride : p.k.rowStride) + newC * 8;
+    *reinterpret_cast<uint4*>(dst) = newChunk;
   }
   if (n == 0) {
     if (zeroOutput)

@@ -491,10 +491,23 @@ struct DeviceInts {
   }
 };
 
+// attentionDecodeFused's two modes (attention_decode.h). A test written for one of them fails when the launcher
+// picks the other for its shape, so that the coverage cannot quietly move.
+enum class FusedMode { Any, InKernelMerge, SplitThenMerge };
+const char* fusedModeName(const DecodeFusedParams& p) {
+  return attentionDecodeFusedMergesInKernel(p) ? "in-kernel merge" : "split then merge";
+}
+bool fusedModeIs(FusedMode want, const DecodeFusedParams& p) {
+  return want == FusedMode::Any || (want == FusedMode::InKernelMerge) == attentionDecodeFusedMergesInKernel(p);
+}
+
 // Compares one step of both device paths with the host step; one PASS/FAIL line.
 void checkFusedStep(const std::string& name, ElemType t, DecodePath& fused, DecodePath& unfused,
                     const std::vector<double>& ref, const std::vector<double>& kRef, const std::vector<double>& vRef,
-                    const DeviceInts* counters, int splits, int chunk, const std::vector<int>& lens) {
+                    const DeviceInts* counters, const DecodeFusedParams& fp, FusedMode want,
+                    const std::vector<int>& lens) {
+  const int splits = attentionDecodeFusedSplits(fp), chunk = static_cast<int>(ceilDiv64(fp.attn.maxSeqLen, splits));
+  const bool modeOk = fusedModeIs(want, fp);
   const Err e = relError(fused.out.download(), ref), ue = relError(unfused.out.download(), ref);
   const auto fk = fused.kc.bits(), fv = fused.vc.bits();
   const size_t vsRef = bitsDiffer(fk, encodeBits(t, kRef)) + bitsDiffer(fv, encodeBits(t, vRef));
@@ -506,19 +519,22 @@ void checkFusedStep(const std::string& name, ElemType t, DecodePath& fused, Deco
   const double tol = std::max(2 * ue.rel, 1e-6);
   int most = 0;
   for (int l : lens) most = std::max(most, (l + chunk - 1) / chunk);
-  char buf[240];
+  char buf[320];
   std::snprintf(buf, sizeof buf,
                 "err %.3e, unfused %.3e (%.2fx); cache bytes differing: %zu vs host, %zu vs unfused; counters left "
-                "non-zero %zu; %d splits, up to %d active%s",
-                e.rel, ue.rel, ue.rel > 0 ? e.rel / ue.rel : 0.0, vsRef, vsUnfused, dirty, splits, most,
-                e.nonFinite ? " NON-FINITE" : "");
-  report(e.nonFinite == 0 && ue.nonFinite == 0 && e.rel <= tol && vsRef == 0 && vsUnfused == 0 && dirty == 0, name, buf);
+                "non-zero %zu; %s%s, %d splits, up to %d active%s",
+                e.rel, ue.rel, ue.rel > 0 ? e.rel / ue.rel : 0.0, vsRef, vsUnfused, dirty, fusedModeName(fp),
+                modeOk ? "" : " (NOT THE MODE THIS TEST COVERS)", splits, most, e.nonFinite ? " NON-FINITE" : "");
+  report(modeOk && e.nonFinite == 0 && ue.nonFinite == 0 && e.rel <= tol && vsRef == 0 && vsUnfused == 0 && dirty == 0,
+         name, buf);
 }
 
-// One fused call against the host step and the unfused device path, on fresh random inputs and caches.
-void testDecodeFused(ElemType t, int heads, int kvHeads, int D, int rotDim, std::vector<int> lens, int pos) {
+// One fused call against the host step and the unfused device path, on fresh random inputs and caches. The cache
+// capacity (which sets the split count, and so the mode) is cap, or 3 more than the longest sequence when 0.
+void testDecodeFused(ElemType t, int heads, int kvHeads, int D, int rotDim, std::vector<int> lens, int pos, int cap = 0,
+                     FusedMode want = FusedMode::Any) {
   const int batch = static_cast<int>(lens.size());
-  const FusedShape f{batch, heads, kvHeads, D, rotDim, *std::max_element(lens.begin(), lens.end()) + 3};
+  const FusedShape f{batch, heads, kvHeads, D, rotDim, cap > 0 ? cap : *std::max_element(lens.begin(), lens.end()) + 3};
   DecodePath fused(t, f), unfused(t, f);
   const auto qkvH = randomValues(t, fused.qkv.n);
   auto kH = randomValues(t, f.cacheElems()), vH = randomValues(t, f.cacheElems());
@@ -535,21 +551,20 @@ void testDecodeFused(ElemType t, int heads, int kvHeads, int D, int rotDim, std:
   unfused.unfusedStep(uws.dev, uws.bytes, nullptr);
   FL_CUDA_CHECK(cudaDeviceSynchronize());
   const auto ref = hostDecodeStep(t, f, qkvH, kH, vH, pos, lens);
-  const int splits = attentionDecodeFusedSplits(fp);
   std::string lensStr;
   for (int l : lens) lensStr += (lensStr.empty() ? "" : ",") + std::to_string(l);
-  char name[160];
-  std::snprintf(name, sizeof name, "fused decode %s H%d/%d d%d rot%d lens {%s} pos %d", elemTypeName(t), heads, kvHeads,
-                D, rotDim, lensStr.c_str(), pos);
-  checkFusedStep(name, t, fused, unfused, ref, kH, vH, &counters, splits,
-                 static_cast<int>(ceilDiv64(f.cap, splits)), lens);
+  char name[200];
+  std::snprintf(name, sizeof name, "fused decode %s H%d/%d d%d rot%d lens {%s} of %d pos %d", elemTypeName(t), heads,
+                kvHeads, D, rotDim, lensStr.c_str(), f.cap, pos);
+  checkFusedStep(name, t, fused, unfused, ref, kH, vH, &counters, fp, want, lens);
 }
 
 // Five decode steps in a row, the position and lengths advancing on the device between them (decodeAdvance, as a
 // recorded step ends), either as eager launches or as ONE captured CUDA graph replayed five times: each step
 // must be right, which needs the merge counters back at zero after every launch. The steps cross a split
 // boundary, so the number of splits taking part changes between launches on the same counters.
-void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim, int batch, int cap, bool graph) {
+void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim, int batch, int cap, bool graph,
+                           FusedMode want) {
   const FusedShape f{batch, heads, kvHeads, D, rotDim, cap};
   DecodePath fused(t, f), unfused(t, f);
   DeviceInts counters(attentionDecodeFusedCounterCount(fused.fusedParams(nullptr)));
@@ -594,9 +609,9 @@ void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim
     FL_CUDA_CHECK(cudaStreamSynchronize(stream));
     const auto ref = hostDecodeStep(t, f, qkvH, kH, vH, pos, lens);
     char name[160];
-    std::snprintf(name, sizeof name, "fused decode %s %s H%d/%d d%d rot%d B%d step %d pos %d", elemTypeName(t),
-                  graph ? "graph replay" : "eager", heads, kvHeads, D, rotDim, batch, step, pos);
-    checkFusedStep(name, t, fused, unfused, ref, kH, vH, &counters, splits, chunk, lens);
+    std::snprintf(name, sizeof name, "fused decode %s %s H%d/%d d%d rot%d B%d cap %d step %d pos %d", elemTypeName(t),
+                  graph ? "graph replay" : "eager", heads, kvHeads, D, rotDim, batch, cap, step, pos);
+    checkFusedStep(name, t, fused, unfused, ref, kH, vH, &counters, fp, want, lens);
     int32_t devPos = -1;
     FL_CUDA_CHECK(cudaMemcpy(&devPos, fused.pos, sizeof devPos, cudaMemcpyDeviceToHost));
     if (devPos != pos + 1) report(false, name, "device position not advanced: " + std::to_string(devPos));
@@ -607,9 +622,9 @@ void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim
   FL_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
-// Not a check: the time of one recorded decode step's attention for a layer, fused (one kernel) against the
-// unfused path (rotary, cache write, split, merge), each as a CUDA graph of 50 layers' launches, best of 5
-// replays. Printed as INFO lines for the decode-speed work (issue 5).
+// Not a check: the time of one recorded decode step's attention for a layer, fused (one kernel, or two in the
+// split-then-merge mode) against the unfused path (rotary, cache write, split, merge), each as a CUDA graph of 50
+// layers' launches, best of 5 replays. Printed as INFO lines for the decode-speed work (issue 5).
 void timeDecodeFused(const char* label, ElemType t, int heads, int kvHeads, int D, int rotDim, int cap, int len) {
   const FusedShape f{1, heads, kvHeads, D, rotDim, cap};
   DecodePath path(t, f);
@@ -657,8 +672,9 @@ void timeDecodeFused(const char* label, ElemType t, int heads, int kvHeads, int 
     FL_CUDA_CHECK(cudaGraphDestroy(g));
   }
   FL_CUDA_CHECK(cudaStreamDestroy(stream));
-  std::printf("INFO  decode attention a layer, CUDA graph, %s %s, context %d of %d: fused %.2f us, unfused %.2f us "
-              "(%.2fx)\n", label, elemTypeName(t), len, cap, us[1], us[0], us[1] > 0 ? us[0] / us[1] : 0.0);
+  std::printf("INFO  decode attention a layer, CUDA graph, %s %s, context %d of %d: fused %.2f us (%s, %d splits), "
+              "unfused %.2f us (%.2fx)\n", label, elemTypeName(t), len, cap, us[1], fusedModeName(fp),
+              attentionDecodeFusedSplits(fp), us[0], us[1] > 0 ? us[0] / us[1] : 0.0);
   std::fflush(stdout);
 }
 
@@ -982,15 +998,29 @@ int main(int argc, char** argv) {
           for (int len : fusedLens) testDecodeFused(t, heads, kvHeads, D, rotDim, {len}, len - 1);
           testDecodeFused(t, heads, kvHeads, D, rotDim, fusedBatchLens, fusedBatchLens[0] - 1);
         }
+    // Each mode on purpose (a shape that stops picking it fails): split then merge on ChatGLM2's shape (group 16,
+    // rotary on half the head) in a cache of 4100 (65 splits on an H100), contexts 1, 65, 4097 and three
+    // sequences; the in-kernel merge on GPT-2's (12 KV heads of one query head, 16 splits).
     for (ElemType t : {ElemType::F16, ElemType::BF16}) {
-      testDecodeFusedReplay(t, 32, 2, 128, 64, 3, 300, false);
-      testDecodeFusedReplay(t, 32, 2, 128, 64, 3, 300, true);
-      testDecodeFusedReplay(t, 12, 12, 64, 0, 1, 1024, true);
+      for (int len : {1, 65, 4097}) testDecodeFused(t, 32, 2, 128, 64, {len}, len - 1, 4100, FusedMode::SplitThenMerge);
+      testDecodeFused(t, 32, 2, 128, 64, {65, 4097, 2}, 64, 4100, FusedMode::SplitThenMerge);
+      testDecodeFused(t, 12, 12, 64, 0, {384}, 383, 1024, FusedMode::InKernelMerge);
+      testDecodeFused(t, 12, 12, 64, 0, {1024, 7, 300}, 1023, 1024, FusedMode::InKernelMerge);
+    }
+    for (ElemType t : {ElemType::F16, ElemType::BF16}) {
+      for (bool graph : {false, true}) {
+        testDecodeFusedReplay(t, 32, 2, 128, 64, 3, 300, graph, FusedMode::SplitThenMerge);
+        testDecodeFusedReplay(t, 32, 2, 128, 64, 3, 4100, graph, FusedMode::SplitThenMerge);
+        testDecodeFusedReplay(t, 4, 2, 64, 64, 3, 600, graph, FusedMode::InKernelMerge);  // group 2, whole-head rotary
+      }
+      testDecodeFusedReplay(t, 12, 12, 64, 0, 1, 1024, true, FusedMode::InKernelMerge);
     }
     testDecodeFusedErrors();
     if (!quick) {
       timeDecodeFused("GPT-2 H12/12 d64", ElemType::F16, 12, 12, 64, 0, 1024, 384);
+      timeDecodeFused("GPT-2 H12/12 d64", ElemType::F16, 12, 12, 64, 0, 1024, 1024);
       timeDecodeFused("ChatGLM2 H32/2 d128 rot64", ElemType::F16, 32, 2, 128, 64, 2048, 256);
+      timeDecodeFused("ChatGLM2 H32/2 d128 rot64", ElemType::F16, 32, 2, 128, 64, 2048, 1024);
       timeDecodeFused("ChatGLM2 H32/2 d128 rot64", ElemType::F16, 32, 2, 128, 64, 8192, 4096);
       timeDecodeFused("ChatGLM2 H32/2 d128 rot64", ElemType::F16, 32, 2, 128, 64, 32768, 32000);
     }
