@@ -592,17 +592,22 @@ void Model::runOnShards(const std::function<void(int, ShardRendezvous&)>& task, 
 
 std::vector<float> Model::forward(const ForwardArgs& a) {
   if (!ready_) throw std::runtime_error("weights are not loaded");
-  std::vector<float> logits;
+  Tensor logits;
   runOnShards(
       [&](int s, ShardRendezvous& r) {
-        std::vector<float> out = forwardShard(s, a, r);
+        Tensor out = forwardShard(s, a, r);
         if (s == 0) logits = std::move(out);
       },
       a.cancel);
-  return logits;
+  if (logits.empty()) return {};
+  // Read only after every shard returned, so every shard has enqueued all its all-reduces: a copy to pageable
+  // memory synchronises implicitly, and must not wait while a peer's NCCL call is still being issued.
+  std::vector<float> out(static_cast<size_t>(logits.numel()));
+  backends_[0]->downloadF32(logits, out.data(), out.size());
+  return out;
 }
 
-std::vector<float> Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
+Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
   if (!ready_) throw std::runtime_error("weights are not loaded");
   const int B = a.batch, T = a.seqLen;
   const int64_t M = static_cast<int64_t>(B) * T, H = config_.hiddenSize, hd = config_.headDim;
@@ -709,9 +714,7 @@ std::vector<float> Model::forwardShard(int s, const ForwardArgs& a, ShardRendezv
   Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations, dt);
   be.matmul(hl, sw.lmHead, nullptr, logits);
   be.markStep(Backend::StepMark::End, s);
-  std::vector<float> out(static_cast<size_t>(B) * config_.vocabSize);
-  be.downloadF32(logits, out.data(), out.size());
-  return out;
+  return logits;
 }
 
 }  // namespace flashlab

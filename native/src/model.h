@@ -119,8 +119,8 @@ class Model {
   std::vector<float> forward(const ForwardArgs& args);
   // One shard's part of a forward pass, on the calling thread: embedding, every layer (meeting the other shards
   // at r before each all-reduce) and the output head (shard 0; every shard on the device-resident path).
-  // Returns the logits on shard 0 ({} on the others and on the device-resident path).
-  std::vector<float> forwardShard(int shard, const ForwardArgs& args, ShardRendezvous& r);
+  // Returns the logits [B, vocab] on shard 0's device (empty on the other shards and on the device-resident path).
+  Tensor forwardShard(int shard, const ForwardArgs& args, ShardRendezvous& r);
   // Runs task(s, r) for every shard s, each on its shard's own host thread (shard 0 on the caller's), all
   // meeting at one rendezvous r, and returns when every shard is done. Rethrows Cancelled when the call was
   // cancelled; when a shard failed, an error naming the shard and its message (with one shard, its error as

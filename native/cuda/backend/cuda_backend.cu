@@ -483,6 +483,49 @@ class CudaBackend final : public Backend {
     if (timed) recordEvent(allReduceEvent(true), stream_);
   }
 
+  // The shard threads enqueue their all-reduces independently, so a peer may still be inside its NCCL call
+  // while this rank's thread waits in a CUDA call that synchronises implicitly (a free, a copy to pageable
+  // memory); if that NCCL call still had to allocate or load something (connections and kernels are set up on
+  // first use), the two would wait for each other. So NCCL sets up everything it needs here, once, from one
+  // thread: connections at init (NCCL_RUNTIME_CONNECT=0), then one grouped all-reduce in each protocol's size
+  // range (a decode step's 8 KB, a prefill's megabytes) in the engine's dtype.
+  static void warmUpCollectives(const std::vector<CudaBackend*>& shards, DType dtype) {
+    const size_t counts[] = {size_t{4} << 10, size_t{256} << 10, size_t{8} << 20};  // elements
+    const size_t maxBytes = counts[2] * dtypeSize(dtype);
+    std::vector<void*> bufs(shards.size(), nullptr);
+    auto freeAll = [&]() noexcept {
+      for (size_t i = 0; i < shards.size(); ++i) {
+        cudaSetDevice(shards[i]->deviceIndex());
+        if (bufs[i]) cudaFree(bufs[i]);
+      }
+    };
+    try {
+      for (size_t i = 0; i < shards.size(); ++i) {
+        shards[i]->activate();
+        FL_CUDA_CHECK(cudaMalloc(&bufs[i], maxBytes));
+        FL_CUDA_CHECK(cudaMemsetAsync(bufs[i], 0, maxBytes, shards[i]->stream_));
+      }
+      for (size_t count : counts) {
+        FL_NCCL_CHECK(ncclGroupStart());
+        ncclResult_t first = ncclSuccess;  // the group must be closed even when a call in it fails
+        for (size_t i = 0; i < shards.size(); ++i) {
+          cudaSetDevice(shards[i]->deviceIndex());
+          const ncclResult_t r = ncclAllReduce(bufs[i], bufs[i], count, ncclTypeOf(dtype), ncclSum, shards[i]->comm_,
+                                               shards[i]->stream_);
+          if (first == ncclSuccess) first = r;
+        }
+        const ncclResult_t end = ncclGroupEnd();
+        FL_NCCL_CHECK(first);
+        FL_NCCL_CHECK(end);
+      }
+      for (CudaBackend* b : shards) b->synchronize();
+    } catch (...) {
+      freeAll();
+      throw;
+    }
+    freeAll();
+  }
+
   // The host is idle while the GPUs run a step (a few milliseconds for ChatGLM2-6B); a shard thread that went
   // to sleep meanwhile wakes up tens of microseconds late for the next step, and every shard's first all-reduce
   // waits for the latest one. Spinning through a step keeps that skew at a few microseconds, for a core per
@@ -682,11 +725,17 @@ std::vector<std::unique_ptr<Backend>> createCudaBackends(std::shared_ptr<MemoryT
     // NVLink SHARP (multicast) stays off unless the host asks for it: on shared machines it can take the GPUs
     // down, and the all-reduces of one layer are small.
     setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
+    setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);  // see CudaBackend::warmUpCollectives
     std::vector<ncclComm_t> comms(tp);
     std::vector<int> devs(tp);
     for (int d = 0; d < tp; ++d) devs[d] = d;
     FL_NCCL_CHECK(ncclCommInitAll(comms.data(), tp, devs.data()));
-    for (int d = 0; d < tp; ++d) static_cast<CudaBackend*>(shards[d].get())->setComm(comms[d]);
+    std::vector<CudaBackend*> cuda;
+    for (int d = 0; d < tp; ++d) {
+      cuda.push_back(static_cast<CudaBackend*>(shards[d].get()));
+      cuda.back()->setComm(comms[d]);  // each backend destroys its communicator
+    }
+    CudaBackend::warmUpCollectives(cuda, dtype);
   }
   return shards;
 }
