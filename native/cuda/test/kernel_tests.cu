@@ -561,8 +561,9 @@ void testDecodeFused(ElemType t, int heads, int kvHeads, int D, int rotDim, std:
 
 // Five decode steps in a row, the position and lengths advancing on the device between them (decodeAdvance, as a
 // recorded step ends), either as eager launches or as ONE captured CUDA graph replayed five times: each step
-// must be right, which needs the merge counters back at zero after every launch. The steps cross a split
-// boundary, so the number of splits taking part changes between launches on the same counters.
+// must be right, which needs the merge counters back at zero after every launch (in-kernel merge) or the merge
+// kernel reading only the splits that hold keys (split then merge: the workspace is NaN-poisoned before every
+// step). The steps cross a split boundary, so the number of splits taking part changes between launches.
 void testDecodeFusedReplay(ElemType t, int heads, int kvHeads, int D, int rotDim, int batch, int cap, bool graph,
                            FusedMode want) {
   const FusedShape f{batch, heads, kvHeads, D, rotDim, cap};
