@@ -8,7 +8,7 @@
 // The fused variant (attentionDecodeFused, for recorded decode steps) does a whole step's attention in one or two
 // kernels: rotary of the new q/k at the device-resident position, the cache write there, the splits, and either
 // the merge by the last split CTA of each (KV head, sequence) to finish (arrival counter, see decodeFusedKernel)
-// or, for large query groups, the separate merge kernel of step 2.
+// or, for large query groups, a separate merge kernel like step 2's.
 // Variants (template parameters): dtype fp16 | bf16, head dim 64 | 128; 1-16 query heads per KV head.
 #include "attention_decode.h"
 
@@ -118,25 +118,16 @@ __global__ void __launch_bounds__(32)
 // Merge: the splits' maxima, weights and the weighted row sum go through shared memory once per (head,
 // sequence); then every thread owns one output dim and sums the splits' partials for it, four at a time
 // (independent loads in flight: with hundreds of splits a serial loop would be latency-bound).
-// activeChunk 0: every one of the `splits` partials was written (decodeSplitKernel writes empty splits too).
-// activeChunk > 0 (the fused kernel's split-then-merge mode, whose empty splits write nothing): only the splits
-// holding keys, [0, ceil(len / activeChunk)), are read; a row of length 0 gets a zero output.
 constexpr int kMergeThreads = 128;
 constexpr int kMaxSplitsInSmem = 2048;
 
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kMergeThreads)
-    decodeMergeKernel(const DecodeParams p, int stride, int activeChunk, const float* __restrict__ partO,
-                      const float* __restrict__ partMl) {
+    decodeMergeKernel(const DecodeParams p, int splits, const float* __restrict__ partO, const float* __restrict__ partMl) {
   __shared__ float weight[kMaxSplitsInSmem];
   __shared__ float red[kMergeThreads / 32];
   const int head = blockIdx.x, batch = blockIdx.y, tid = threadIdx.x;
-  const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * stride;  // partials [b, head, split]
-  int splits = stride;
-  if (activeChunk > 0) {
-    const int len = min(max(p.seqLens[batch], 0), p.maxSeqLen);
-    splits = min(stride, (len + activeChunk - 1) / activeChunk);
-  }
+  const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * splits;
   auto blockReduce = [&](float v, bool isMax) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -183,7 +174,7 @@ void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl
   ensureDynamicSmem<decodeSplitKernel<kHeadDim, T>>(Cfg::kSmemBytes);
   kernel<<<dim3(splits, p.numKvHeads, p.batch), 32, Cfg::kSmemBytes, stream>>>(p, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
-  decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kMergeThreads, 0, stream>>>(p, splits, 0, partO, partMl);
+  decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kMergeThreads, 0, stream>>>(p, splits, partO, partMl);
   FL_CHECK_LAUNCH();
 }
 
@@ -194,7 +185,7 @@ void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl
 //   in-kernel merge (kMergeInKernel): one kernel; the last split CTA of each (KV head, sequence) merges. Best when
 //     a KV head's partials are few (GPT-2: one query head per KV head, 16 splits): no second node, no launch gap.
 //   split then merge: the same kernel without the merge (rotary + cache append + split attention, every split with
-//     keys writes its partials), then decodeMergeKernel, one CTA per (query head, sequence). Two graph nodes
+//     keys writes its partials), then decodeFusedMergeKernel, one CTA per (query head, sequence). Two graph nodes
 //     instead of four. For large groups (ChatGLM2: 16 query heads per KV head), where one CTA merging every
 //     split's 16 partials would be serial and, with fewer splits to keep it short, the split CTAs would starve
 //     the GPU (measured 0.56-0.71x of the unfused path at 256-32000 keys on an H100).
@@ -254,7 +245,7 @@ __device__ __forceinline__ uint4 rotateChunk(uint4 v, int c, int rotDim, const f
 // kMergeInKernel they then count themselves in counters[b, kvHead] (fence, then atomicInc wrapping at the
 // number of such splits, which leaves the counter at 0 for the next launch or graph replay); the one that
 // completes the count merges, and a sequence whose keys fit one split skips partials and counter and writes its
-// output directly. Without it the kernel ends there (decodeMergeKernel follows; counters are not touched).
+// output directly. Without it the kernel ends there (decodeFusedMergeKernel follows; counters are not touched).
 template <int kHeadDim, class T, bool kMergeInKernel>
 __global__ void __launch_bounds__(kFusedThreads, 3)
     decodeFusedKernel(const DecodeFusedParams fp, int chunk, float* __restrict__ partO, float* __restrict__ partMl) {
@@ -415,7 +406,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
       }
     }
   }
-  if constexpr (!kMergeInKernel) return;  // decodeMergeKernel reads the partials in the next launch
+  if constexpr (!kMergeInKernel) return;  // decodeFusedMergeKernel reads the partials in the next launch
   __syncthreads();
   if (nActive == 1 || !sLast) return;
 
@@ -493,6 +484,89 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
   }
 }
 
+// The split-then-merge mode's merge: one CTA per (query head, sequence), as decodeMergeKernel, but
+//   - it reads only the splits that hold keys, [0, ceil(len / chunk)) (the fused kernel's empty splits write
+//     nothing; a row of length 0 gets a zero output), and
+//   - its threads split the splits as well as the output: each owns one float4 of the head's output for every
+//     kGroups-th split and keeps kInFlight loads in flight, so that hundreds of splits take a few L2 round trips
+//     rather than one round trip per 4 splits; the groups' sums meet in shared memory at the end.
+template <int kHeadDim, class T>
+__global__ void __launch_bounds__(kMergeThreads)
+    decodeFusedMergeKernel(const DecodeParams p, int stride, int chunk, const float* __restrict__ partO,
+                           const float* __restrict__ partMl) {
+  constexpr int kVecs = kHeadDim / 4;              // float4s of one head's output
+  constexpr int kGroups = kMergeThreads / kVecs;   // threads sharing one float4, each over its own splits
+  constexpr int kInFlight = 8;
+  static_assert(kMergeThreads % kVecs == 0 && kGroups >= 1, "whole float4 columns per thread group");
+  __shared__ float sM[kMaxSplitsInSmem];  // each split's max, then its weight
+  __shared__ float sL[kMaxSplitsInSmem];
+  __shared__ float red[kMergeThreads / 32];
+  __shared__ float4 sPart[kGroups][kVecs];
+  const int head = blockIdx.x, batch = blockIdx.y, tid = threadIdx.x;
+  const int len = min(max(p.seqLens[batch], 0), p.maxSeqLen);
+  const int splits = min(stride, (len + chunk - 1) / chunk);
+  const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * stride;  // partials [b, head, split]
+  auto blockReduce = [&](float v, bool isMax) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float w = __shfl_xor_sync(0xffffffffu, v, o);
+      v = isMax ? fmaxf(v, w) : v + w;
+    }
+    __syncthreads();
+    if ((tid & 31) == 0) red[tid >> 5] = v;
+    __syncthreads();
+    v = red[0];
+#pragma unroll
+    for (int w = 1; w < kMergeThreads / 32; ++w) v = isMax ? fmaxf(v, red[w]) : v + red[w];
+    return v;
+  };
+  float mx = -INFINITY;
+  for (int s = tid; s < splits; s += kMergeThreads) {
+    const float2 ml = *reinterpret_cast<const float2*>(partMl + (base + s) * 2);
+    sM[s] = ml.x;
+    sL[s] = ml.y;
+    mx = fmaxf(mx, ml.x);
+  }
+  mx = blockReduce(mx, true);  // its barriers also publish sM[] and sL[]
+  float den = 0.f;
+  for (int s = tid; s < splits; s += kMergeThreads) {
+    const float w = exp2f(sM[s] - mx);  // every split read here holds keys: finite m, so mx is finite
+    sM[s] = w;
+    den += w * sL[s];
+  }
+  den = blockReduce(den, false);  // its barriers also publish the weights
+  const int v = tid % kVecs, grp = tid / kVecs;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int s0 = grp; s0 < splits; s0 += kGroups * kInFlight) {
+    float4 x[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int s = s0 + u * kGroups;
+      x[u] = s < splits ? *reinterpret_cast<const float4*>(partO + (base + s) * kHeadDim + v * 4)
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int s = s0 + u * kGroups;
+      const float w = s < splits ? sM[s] : 0.f;
+      acc.x = fmaf(w, x[u].x, acc.x), acc.y = fmaf(w, x[u].y, acc.y);
+      acc.z = fmaf(w, x[u].z, acc.z), acc.w = fmaf(w, x[u].w, acc.w);
+    }
+  }
+  sPart[grp][v] = acc;
+  __syncthreads();
+  if (grp != 0) return;
+#pragma unroll
+  for (int g = 1; g < kGroups; ++g) {
+    const float4 o = sPart[g][v];
+    acc.x += o.x, acc.y += o.y, acc.z += o.z, acc.w += o.w;
+  }
+  const float inv = den > 0.f ? 1.f / den : 0.f;
+  T* o = static_cast<T*>(p.o.data) + batch * p.o.batchStride + head * p.o.headStride + v * 4;
+  *reinterpret_cast<uint2*>(o) =
+      make_uint2(packPair<T>(acc.x * inv, acc.y * inv), packPair<T>(acc.z * inv, acc.w * inv));
+}
+
 template <int kHeadDim, class T>
 void launchDecodeFused(const DecodeFusedParams& p, int splits, bool mergeInKernel, float* partO, float* partMl,
                        cudaStream_t stream) {
@@ -508,7 +582,7 @@ void launchDecodeFused(const DecodeFusedParams& p, int splits, bool mergeInKerne
   ensureDynamicSmem<decodeFusedKernel<kHeadDim, T, false>>(F::kSmemBytes);
   decodeFusedKernel<kHeadDim, T, false><<<grid, kFusedThreads, F::kSmemBytes, stream>>>(p, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
-  decodeMergeKernel<kHeadDim, T><<<dim3(p.attn.numHeads, p.attn.batch), kMergeThreads, 0, stream>>>(
+  decodeFusedMergeKernel<kHeadDim, T><<<dim3(p.attn.numHeads, p.attn.batch), kMergeThreads, 0, stream>>>(
       p.attn, splits, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
 }

@@ -29,9 +29,10 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
 //     the arrival counters. Chosen when a KV head's partials (splits * group * headDim floats) are at most
 //     kDecodeFusedInKernelMergeMaxFloats, i.e. one round of 16 float4 loads per thread of the merging CTA (GPT-2:
 //     16 splits x 1 head x 64 dims).
-//   - split then merge, TWO kernel launches: rotary + append + split attention in one kernel, then attentionDecode's
-//     merge kernel (one CTA per query head). Chosen otherwise (ChatGLM2's 16 query heads per KV head), where one
-//     CTA merging would be serial. The counters are not touched (still required, so callers need not care).
+//   - split then merge, TWO kernel launches: rotary + append + split attention in one kernel, then a merge kernel
+//     (one CTA per query head, reading only the splits that hold keys). Chosen otherwise (ChatGLM2's 16 query
+//     heads per KV head), where one CTA merging would be serial. The counters are not touched (still required,
+//     so callers need not care which mode a shape gets).
 // Either way the whole step is stream-ordered work on `stream` (records into a CUDA graph as one or two nodes).
 constexpr int kDecodeFusedMaxSplits = 256;  // the most splits the in-kernel merge handles
 constexpr int kDecodeFusedInKernelMergeMaxFloats = 4096;
