@@ -205,9 +205,10 @@ struct FusedTraits {
   static constexpr int kNewBytes = 2 * kHeadDim * 2;  // the new token's k and v rows
   static constexpr int kCsBytes = kHeadDim / 2 * 8;    // cos/sin of each rotated pair (rotDim <= head dim)
   static constexpr int kSmemBytes = kQBytes + kKvBytes + kNewBytes + kCsBytes;
-  // The merge keeps every split's m and l (2 x group x splits floats) in the K/V stages, free by then.
-  static_assert(2 * kDecodeFusedMaxSplits * Cfg::kMaxGroup * 4 <= kKvBytes, "merge state fits in the K/V stages");
-  // The in-kernel mode's bound on a KV head's partials keeps its split count within kDecodeFusedMaxSplits.
+  // The in-kernel merge keeps every split's m and l (2 x group x splits floats) in the K/V stages, free by then;
+  // the mode's rule (group x splits x headDim <= kDecodeFusedInKernelMergeMaxFloats) bounds them, also with the
+  // dec32 variant's smaller stages.
+  static_assert(2 * (kDecodeFusedInKernelMergeMaxFloats / kHeadDim) * 4 <= kKvBytes, "merge state fits in the K/V stages");
   static_assert(kDecodeFusedInKernelMergeMaxFloats / 64 <= kDecodeFusedMaxSplits, "in-kernel merge splits bounded");
 };
 
