@@ -10,8 +10,21 @@ import { KNOWN_MODELS, type ModelConfig, tpProblem } from '../../contracts/model
 import { Engine, type GenerateRequest, type GenerateResult } from '../../native/engine';
 import { randomIds } from './helpers';
 
-// A hang is a failure, not a stuck CI job.
+// A hang is a failure, not a stuck CI job. A test timeout alone would leave the process alive (a native call
+// that never returns keeps the event loop busy), and so would process.exit (the addon's clean-up waits for the
+// stuck shard threads): a check that can hang kills the test process instead, which fails this file.
 const NO_HANG = { timeout: 60_000 };
+async function noHang<T>(what: string, work: () => Promise<T>, ms = 45_000): Promise<T> {
+  const watchdog = setTimeout(() => {
+    console.error(`${what}: no answer after ${ms} ms (a hang); killing the test process`);
+    process.kill(process.pid, 'SIGKILL');
+  }, ms);
+  try {
+    return await work();
+  } finally {
+    clearTimeout(watchdog);
+  }
+}
 
 function sameBits(a: GenerateResult, b: GenerateResult, what: string) {
   assert.deepEqual(a.tokens, b.tokens, `tokens, ${what}`);
@@ -101,9 +114,11 @@ describe('cancelling a tensor-parallel prefill', () => {
           let tokens = 0;
           setTimeout(() => controller.abort(), fullMs * 0.15);
           t0 = performance.now();
-          await assert.rejects(
-            engine.generate({ ...prefill, signal: controller.signal, onTokens: () => tokens++ }),
-            (err: Error) => err.name === 'AbortError',
+          await noHang(`tp ${tp} cancelled prefill`, () =>
+            assert.rejects(
+              engine.generate({ ...prefill, signal: controller.signal, onTokens: () => tokens++ }),
+              (err: Error) => err.name === 'AbortError',
+            ),
           );
           const cancelledMs = performance.now() - t0;
           assert.equal(tokens, 0, 'no token came out of a cancelled prefill');
@@ -156,16 +171,18 @@ describe('a shard that fails', () => {
           };
           const reference = await engine.generate(req);
           process.env.FLASHLAB_FAULT_INJECT = fault;
-          await assert.rejects(engine.generate(req), (err: Error) => {
-            assert.notEqual(err.name, 'AbortError');
-            assert.match(
-              err.message,
-              new RegExp(
-                `^tensor-parallel shard ${shard} of ${tp} \\(cpu\\) failed: injected fault at layer ${layer}\\b`,
-              ),
-            );
-            return true;
-          });
+          await noHang(`tp ${tp}, shard ${shard} failing`, () =>
+            assert.rejects(engine.generate(req), (err: Error) => {
+              assert.notEqual(err.name, 'AbortError');
+              assert.match(
+                err.message,
+                new RegExp(
+                  `^tensor-parallel shard ${shard} of ${tp} \\(cpu\\) failed: injected fault at layer ${layer}\\b`,
+                ),
+              );
+              return true;
+            }),
+          );
           delete process.env.FLASHLAB_FAULT_INJECT;
           sameBits(await engine.generate(req), reference, `tp ${tp}, after shard ${shard} failed`);
         } finally {
