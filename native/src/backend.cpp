@@ -118,6 +118,51 @@ void Backend::downloadF32(const Tensor& src, float* host, size_t count) {
   download(src, host, count * sizeof(float));
 }
 
+void Backend::linear(const Tensor& x, const Tensor& w, const LinearFusion& f, Tensor& out) {
+  auto fail = [&](const std::string& why) { throw std::invalid_argument(name() + ": linear: " + why); };
+  if (x.shape.empty() || w.shape.size() != 2) fail("x " + x.shapeString() + " and weight " + w.shapeString());
+  if (x.data() == out.data()) fail("out must not be x");
+  const int64_t K = x.shape.back(), M = K > 0 ? x.numel() / K : 0, N = w.dim(0);
+  const bool gated = f.activation == LinearActivation::SwiGlu;
+  if (gated && N % 2 != 0) fail("SwiGLU needs an even number of weight rows, got " + w.shapeString());
+  const int64_t outN = gated ? N / 2 : N;
+  if (out.numel() != M * outN)
+    fail("output " + out.shapeString() + " is not [" + std::to_string(M) + ", " + std::to_string(outN) + "]");
+  if (f.norm != LinearNorm::None &&
+      (!f.normWeight || (f.norm == LinearNorm::LayerNorm && !f.normBias)))
+    fail(f.norm == LinearNorm::LayerNorm ? "LayerNorm needs a weight and a bias" : "RMSNorm needs a weight");
+
+  const Tensor* in = &x;
+  Tensor normed;
+  if (f.norm != LinearNorm::None) {
+    normed = alloc(x.shape, MemKind::Activations, x.dtype);
+    if (f.norm == LinearNorm::LayerNorm) layerNorm(x, *f.normWeight, *f.normBias, f.eps, normed);
+    else rmsNorm(x, *f.normWeight, f.eps, normed);
+    in = &normed;
+  }
+  // The product goes straight into out unless something follows it that needs out's old values or width.
+  if (!gated && !f.accumulate) {
+    matmul(*in, w, f.bias, out);
+    if (f.activation == LinearActivation::GeluNew) geluNew(out);
+    return;
+  }
+  Tensor product = alloc({M, N}, MemKind::Activations, out.dtype);
+  matmul(*in, w, f.bias, product);
+  normed = Tensor();  // no longer read: its memory may serve what follows
+  if (f.activation == LinearActivation::GeluNew) geluNew(product);
+  if (!gated) {
+    add(out, product);
+    return;
+  }
+  if (!f.accumulate) {
+    swiglu(product, out);
+    return;
+  }
+  Tensor g = alloc({M, outN}, MemKind::Activations, out.dtype);
+  swiglu(product, g);
+  add(out, g);
+}
+
 namespace {
 [[noreturn]] void noCapture(const Backend& b, const char* op) {
   throw std::logic_error(b.name() + " has no device-resident decode steps (" + op + ")");
@@ -132,6 +177,13 @@ void Backend::kvCacheWriteAt(const Tensor&, const AttnShape&, const Tensor&, Ten
 void Backend::attentionDecodeAt(const Tensor&, const AttnShape&, const Tensor&, const Tensor&, const Tensor&, Tensor&) {
   noCapture(*this, "attentionDecodeAt");
 }
+void Backend::attentionDecodeStepAt(Tensor& qkv, const AttnShape& s, const Tensor& pos, int rotDim, float theta,
+                                    Tensor& kCache, Tensor& vCache, const Tensor& lens, Tensor& out) {
+  if (rotDim > 0) rotaryAt(qkv, s, pos, rotDim, theta);
+  kvCacheWriteAt(qkv, s, pos, kCache, vCache);
+  attentionDecodeAt(qkv, s, kCache, vCache, lens, out);
+}
+
 void Backend::argmaxAndAdvance(const Tensor&, Tensor&, Tensor&, Tensor&) { noCapture(*this, "argmaxAndAdvance"); }
 void Backend::beginCapture() { noCapture(*this, "beginCapture"); }
 std::unique_ptr<CapturedWork> Backend::endCapture() { noCapture(*this, "endCapture"); }

@@ -101,6 +101,28 @@ struct AttnShape {
   int qkvRowStride() const { return (numHeads + 2 * numKvHeads) * headDim; }
 };
 
+// What a fused linear layer (Backend::linear) does around its product out = x · Wᵀ:
+//   out (+)= act(norm(x) · Wᵀ + bias)
+// The pieces are those of the separate ops (layerNorm / rmsNorm, matmul, geluNew / swiglu, add), applied in that
+// order; a backend may run them as one kernel (the CUDA backend does for decode-shaped x).
+enum class LinearNorm { None, LayerNorm, RmsNorm };
+enum class LinearActivation {
+  None,
+  GeluNew,
+  // w holds 2F rows [gate | up] (bias, when given, 2F values): out [M, F] = silu(gate) * up
+  SwiGlu,
+};
+struct LinearFusion {
+  LinearNorm norm = LinearNorm::None;
+  const Tensor* normWeight = nullptr;  // [K] (norm != None)
+  const Tensor* normBias = nullptr;    // [K] (LayerNorm only)
+  float eps = 1e-5f;
+  const Tensor* bias = nullptr;  // [N] or null
+  LinearActivation activation = LinearActivation::None;
+  // out += result (the residual stream) instead of out = result.
+  bool accumulate = false;
+};
+
 // Thrown when the caller's cancellation flag is seen: the binding turns it into an AbortError.
 struct Cancelled : std::runtime_error {
   Cancelled() : std::runtime_error("generation was aborted") {}
@@ -211,6 +233,11 @@ class Backend {
   virtual void rmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
   // out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]); w comes from uploadLinear
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
+  // out[M, N] (+)= act(norm(x)[M, K] · w[N', K]ᵀ + bias), N' = N (2N with SwiGlu); see LinearFusion. out must
+  // not be x. The default composes the separate ops in that order (norm into a temporary, matmul with the bias,
+  // geluNew in place or swiglu, then add into out when accumulating), so a backend that does not override it
+  // computes exactly what those ops compute.
+  virtual void linear(const Tensor& x, const Tensor& w, const LinearFusion& f, Tensor& out);
   // GPT-2's gelu_new (tanh approximation), in place.
   virtual void geluNew(Tensor& x) = 0;
   // gateUp [M, 2F] = [gate | up] -> out [M, F] = silu(gate) * up
@@ -289,6 +316,11 @@ class Backend {
   // attentionDecode against cache positions [0, lens[b]) of each row.
   virtual void attentionDecodeAt(const Tensor& qkv, const AttnShape& s, const Tensor& kCache, const Tensor& vCache,
                                  const Tensor& lens, Tensor& out);
+  // The attention of one decode step: rotaryAt (when rotDim > 0), kvCacheWriteAt, then attentionDecodeAt into
+  // out. The default calls those three in that order; a backend may fuse them (the q and k heads of qkv are then
+  // left as they are or rotated: nothing reads them after this call).
+  virtual void attentionDecodeStepAt(Tensor& qkv, const AttnShape& s, const Tensor& pos, int rotDim, float theta,
+                                     Tensor& kCache, Tensor& vCache, const Tensor& lens, Tensor& out);
   // ids[b] = argmax of logits row b (lowest index among equal maxima, as the host sampler), then *pos += 1 and
   // lens[b] = *pos + 1: the state of the next step.
   virtual void argmaxAndAdvance(const Tensor& logits, Tensor& ids, Tensor& pos, Tensor& lens);

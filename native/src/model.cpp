@@ -620,7 +620,6 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
   as.headDim = config_.headDim;
   as.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const int64_t qkvW = as.qkvRowStride(), attnW = static_cast<int64_t>(as.numHeads) * hd;
-  const int64_t ffW = gpt2 ? plan_.ffnPerShard : 2 * plan_.ffnPerShard;
   const float eps = static_cast<float>(config_.normEps);
   const FaultPoint fault = faultPointFromEnv();
 
@@ -638,68 +637,82 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
     be.allReduceSumShard(part, s, r);
     if (turn.mutex()) turn.lock();
   };
-  auto norm = [&](const Tensor& in, const Tensor& w, const Tensor& b, Tensor& out) {
-    if (gpt2) be.layerNorm(in, w, b, eps, out);
-    else be.rmsNorm(in, w, eps, out);
+  // A linear layer whose input is the normalised residual stream: the norm runs as the layer's prologue.
+  auto normed = [&](const Tensor& w, const Tensor& b) {
+    LinearFusion f;
+    f.norm = gpt2 ? LinearNorm::LayerNorm : LinearNorm::RmsNorm;
+    f.normWeight = &w;
+    f.normBias = gpt2 ? &b : nullptr;
+    f.eps = eps;
+    return f;
+  };
+  auto biasOf = [](const Tensor& b) { return b.empty() ? nullptr : &b; };
+  // A row-parallel layer (attention output, MLP output) adds into the residual stream: in one step when this is
+  // the only shard; with several, each shard's partial sum goes through `part` and the all-reduce first (its
+  // bias, on shard 0 only, is added once). `in` is freed before the all-reduce.
+  auto intoResidual = [&](Tensor& in, const Tensor& wt, const Tensor* bias, Tensor& resid, Tensor& part) {
+    LinearFusion f;
+    f.bias = bias;
+    if (plan_.tp == 1) {
+      f.accumulate = true;
+      be.linear(in, wt, f, resid);
+      in = Tensor();
+      // Where the all-reduce would meet the other shards, a lone shard still sees a cancellation.
+      r.arriveAndWait(s, nullptr);
+      return;
+    }
+    be.linear(in, wt, f, part);
+    in = Tensor();
+    allReduce(part);
+    be.add(resid, part);
   };
 
   be.markStep(Backend::StepMark::Begin, s);
   Tensor x = be.alloc({M, H}, MemKind::Activations, dt);
   if (dev) be.embeddingAt(dev->ids[s], dev->pos[s], sw.embed, gpt2 ? &sw.pos : nullptr, x);
   else be.embedding(*a.ids, T, a.startPos, sw.embed, gpt2 ? &sw.pos : nullptr, x);
-  Tensor y = be.alloc({M, H}, MemKind::Activations, dt);
+  // The partial sums of the row-parallel layers (only with several shards; one shard adds into x directly).
+  Tensor y = plan_.tp > 1 ? be.alloc({M, H}, MemKind::Activations, dt) : Tensor();
   for (int l = 0; l < config_.numLayers; ++l) {
     if (fault.shard == s && fault.layer == l)
       throw std::runtime_error("injected fault at layer " + std::to_string(l) + " (FLASHLAB_FAULT_INJECT)");
     const LayerWeights& w = sw.layers[l];
-    {  // attention block on this shard's heads; its temporaries are freed before the all-reduce
-      Tensor h = be.alloc({M, H}, MemKind::Activations, dt);
-      norm(x, w.ln1w, w.ln1b, h);
+    {  // attention block on this shard's heads; its temporaries are freed before the all-reduce (intoResidual)
       Tensor qkv = be.alloc({M, qkvW}, MemKind::Activations, dt);
-      be.matmul(h, w.qkvW, &w.qkvB, qkv);
-      if (!gpt2) {
-        if (dev) be.rotaryAt(qkv, as, dev->pos[s], static_cast<int>(hd / 2), 10000.0f);
-        else be.rotary(qkv, as, a.startPos, static_cast<int>(hd / 2), 10000.0f);
-      }
+      LinearFusion fq = normed(w.ln1w, w.ln1b);
+      fq.bias = &w.qkvB;
+      be.linear(x, w.qkvW, fq, qkv);
+      const int rotDim = gpt2 ? 0 : static_cast<int>(hd / 2);
       Tensor att = be.alloc({M, attnW}, MemKind::Activations, dt);
       if (dev) {
         ShardCache& c = (*a.cache)[s];
-        be.kvCacheWriteAt(qkv, as, dev->pos[s], c.k[l], c.v[l]);
-        be.attentionDecodeAt(qkv, as, c.k[l], c.v[l], dev->lens[s], att);
-      } else if (a.cache) {
-        ShardCache& c = (*a.cache)[s];
-        be.kvCacheWrite(qkv, as, a.startPos, c.k[l], c.v[l]);
-        if (a.decode) be.attentionDecode(qkv, as, c.k[l], c.v[l], a.startPos, att);
-        else be.attentionPrefill(a.method, qkv, as, att);
+        be.attentionDecodeStepAt(qkv, as, dev->pos[s], rotDim, 10000.0f, c.k[l], c.v[l], dev->lens[s], att);
       } else {
-        be.attentionPrefill(a.method, qkv, as, att);
+        if (rotDim > 0) be.rotary(qkv, as, a.startPos, rotDim, 10000.0f);
+        if (a.cache) {
+          ShardCache& c = (*a.cache)[s];
+          be.kvCacheWrite(qkv, as, a.startPos, c.k[l], c.v[l]);
+          if (a.decode) be.attentionDecode(qkv, as, c.k[l], c.v[l], a.startPos, att);
+          else be.attentionPrefill(a.method, qkv, as, att);
+        } else {
+          be.attentionPrefill(a.method, qkv, as, att);
+        }
       }
-      be.matmul(att, w.outW, w.outB.empty() ? nullptr : &w.outB, y);
+      qkv = Tensor();
+      intoResidual(att, w.outW, biasOf(w.outB), x, y);
     }
-    allReduce(y);
-    be.add(x, y);
     {  // MLP block on this shard's slice of the width
-      Tensor h = be.alloc({M, H}, MemKind::Activations, dt);
-      norm(x, w.ln2w, w.ln2b, h);
-      Tensor u = be.alloc({M, ffW}, MemKind::Activations, dt);
-      be.matmul(h, w.fcW, w.fcB.empty() ? nullptr : &w.fcB, u);
-      if (gpt2) {
-        be.geluNew(u);
-        be.matmul(u, w.projW, w.projB.empty() ? nullptr : &w.projB, y);
-      } else {
-        Tensor g = be.alloc({M, plan_.ffnPerShard}, MemKind::Activations, dt);
-        be.swiglu(u, g);
-        be.matmul(g, w.projW, nullptr, y);
-      }
+      Tensor u = be.alloc({M, plan_.ffnPerShard}, MemKind::Activations, dt);
+      LinearFusion fu = normed(w.ln2w, w.ln2b);
+      fu.bias = biasOf(w.fcB);
+      fu.activation = gpt2 ? LinearActivation::GeluNew : LinearActivation::SwiGlu;
+      be.linear(x, w.fcW, fu, u);
+      intoResidual(u, w.projW, biasOf(w.projB), x, y);
     }
-    allReduce(y);
-    be.add(x, y);
   }
   if (dev) {
     // One token per row: x is already the last positions. Every shard chooses, so every shard has the next ids.
-    Tensor h = be.alloc({B, H}, MemKind::Activations, dt);
-    norm(x, sw.lnfW, sw.lnfB, h);
-    be.matmul(h, sw.lmHead, nullptr, dev->logits[s]);
+    be.linear(x, sw.lmHead, normed(sw.lnfW, sw.lnfB), dev->logits[s]);
     be.argmaxAndAdvance(dev->logits[s], dev->ids[s], dev->pos[s], dev->lens[s]);
     be.markStep(Backend::StepMark::End, s);
     return {};
@@ -708,11 +721,10 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
   if (s != 0) return {};
   std::vector<int32_t> last(B);
   for (int b = 0; b < B; ++b) last[b] = b * T + T - 1;
-  Tensor xl = be.alloc({B, H}, MemKind::Activations, dt), hl = be.alloc({B, H}, MemKind::Activations, dt);
+  Tensor xl = be.alloc({B, H}, MemKind::Activations, dt);
   be.gatherRows(x, last, xl);
-  norm(xl, sw.lnfW, sw.lnfB, hl);
   Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations, dt);
-  be.matmul(hl, sw.lmHead, nullptr, logits);
+  be.linear(xl, sw.lmHead, normed(sw.lnfW, sw.lnfB), logits);
   be.markStep(Backend::StepMark::End, s);
   return logits;
 }
