@@ -9,6 +9,7 @@
 
 #include <nccl.h>
 
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -22,6 +23,7 @@
 #include "../convert.h"
 #include "../decode_state.h"
 #include "../embedding.h"
+#include "../gemv.h"
 #include "../kv_cache.h"
 #include "../norm.h"
 #include "../residual.h"
@@ -65,6 +67,12 @@ void ncclCheck(ncclResult_t r, const char* what, const char* file, int line) {
 }
 #define FL_NCCL_CHECK(expr) ncclCheck((expr), #expr, __FILE__, __LINE__)
 
+// A switch read once per backend: unset or anything but "0" means on.
+bool envOn(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
 ncclDataType_t ncclTypeOf(DType d) {
   switch (d) {
     case DType::F32: return ncclFloat32;
@@ -95,6 +103,11 @@ class CudaBackend final : public Backend {
     FL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemmWorkspace_ = alloc_.allocate(kGemmWorkspace);
     gemm_ = std::make_unique<cuda::GemmLt>(gemmWorkspace_, kGemmWorkspace);
+    // The fused decode attention's arrival counters: memory of their own (never scratch that other kernels
+    // reuse), zeroed once here; every completed launch leaves them zero.
+    decodeCounters_ = static_cast<int32_t*>(alloc_.allocate(kDecodeCounters * sizeof(int32_t)));
+    FL_CUDA_CHECK(cudaMemsetAsync(decodeCounters_, 0, kDecodeCounters * sizeof(int32_t), stream_));
+    FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudaDeviceProp prop{};
     FL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     name_ = "cuda:" + std::to_string(device) + " (" + prop.name + ")";
@@ -106,6 +119,7 @@ class CudaBackend final : public Backend {
     if (comm_) ncclCommDestroy(comm_);
     gemm_.reset();
     alloc_.release(gemmWorkspace_);
+    if (decodeCounters_) alloc_.release(decodeCounters_);
     if (idsDev_) alloc_.release(idsDev_);
     if (idsHost_) cudaFreeHost(idsHost_);
     destroyTimingEvents();
@@ -228,6 +242,13 @@ class CudaBackend final : public Backend {
     if (bias) sameDtype("matmul", x, *bias);
     activate();
     gemm_->linear(elemOf(x.dtype), x.data(), w.data(), bias ? bias->data() : nullptr, out.data(), M, N, K, stream_);
+  }
+
+  // Decode-shaped x (at most kGemvMaxRows rows): one fused kernel (gemv.h) does the norm, the product, the bias,
+  // the activation and the residual add. Anything it does not take (fp32, more rows, shapes or sizes outside its
+  // limits, FLASHLAB_GEMV=0) composes the separate ops (cuBLASLt for the product), as prefill always does.
+  void linear(const Tensor& x, const Tensor& w, const LinearFusion& f, Tensor& out) override {
+    if (!linearFused(x, w, f, out)) Backend::linear(x, w, f, out);
   }
 
   void geluNew(Tensor& x) override {
@@ -382,22 +403,44 @@ class CudaBackend final : public Backend {
     sameDtype("attentionDecodeAt", qkv, out), sameDtype("attentionDecodeAt", qkv, kCache);
     require(lens.numel() == s.batch, "attentionDecodeAt", "lengths do not match the batch");
     activate();
-    // The split covers the whole cache: a row's keys past lens[b] leave their splits empty, so one recording
-    // serves every length.
-    const int64_t cap = kCache.dim(2);
-    const int stride = s.qkvRowStride(), hd = s.headDim;
-    const int64_t cacheBatch = static_cast<int64_t>(s.numKvHeads) * cap * hd;
-    cuda::DecodeParams p;
-    p.dtype = elemOf(qkv.dtype);
-    p.q = {qkv.data(), stride, 0, hd};
-    p.k = {kCache.data(), cacheBatch, hd, cap * hd};
-    p.v = {vCache.data(), cacheBatch, hd, cap * hd};
-    p.o = {out.data(), static_cast<int64_t>(s.numHeads) * hd, 0, hd};
-    p.seqLens = static_cast<const int32_t*>(lens.data());
-    p.maxSeqLen = static_cast<int>(cap), p.batch = s.batch, p.numHeads = s.numHeads, p.numKvHeads = s.numKvHeads;
-    p.headDim = hd, p.scale = s.scale;
+    const cuda::DecodeParams p = decodeParamsAt(qkv, s, kCache, vCache, lens, out);
     Tensor ws = scratch(cuda::attentionDecodeWorkspaceBytes(p));
     cuda::attentionDecode(p, ws.data(), ws.bytes(), stream_);
+  }
+
+  // rotaryAt + kvCacheWriteAt + attentionDecodeAt in one or two kernels (attention_decode.h:
+  // attentionDecodeFused); the three separate ops where the fused kernel does not apply (fp32, more KV groups
+  // than the counters cover, FLASHLAB_FUSED_DECODE_ATTENTION=0).
+  void attentionDecodeStepAt(Tensor& qkv, const AttnShape& s, const Tensor& pos, int rotDim, float theta,
+                             Tensor& kCache, Tensor& vCache, const Tensor& lens, Tensor& out) override {
+    const int64_t groups = static_cast<int64_t>(s.batch) * s.numKvHeads;
+    if (!fusedDecodeOn_ || qkv.dtype == DType::F32 || s.seqLen != 1 || groups > kDecodeCounters) {
+      Backend::attentionDecodeStepAt(qkv, s, pos, rotDim, theta, kCache, vCache, lens, out);
+      return;
+    }
+    sameDtype("attentionDecodeStepAt", qkv, out), sameDtype("attentionDecodeStepAt", qkv, kCache);
+    sameDtype("attentionDecodeStepAt", qkv, vCache);
+    require(kCache.shape.size() == 4 && kCache.dim(0) == s.batch && kCache.dim(1) == s.numKvHeads &&
+                kCache.dim(3) == s.headDim && vCache.shape == kCache.shape,
+            "attentionDecodeStepAt", "cache " + kCache.shapeString() + " does not match the attention shape");
+    require(qkv.numel() == static_cast<int64_t>(s.batch) * s.qkvRowStride(), "attentionDecodeStepAt",
+            "qkv " + qkv.shapeString() + " does not match the attention shape");
+    require(lens.numel() == s.batch, "attentionDecodeStepAt", "lengths do not match the batch");
+    require(pos.numel() >= 1, "attentionDecodeStepAt", "no position");
+    activate();
+    cuda::DecodeFusedParams p;
+    p.attn = decodeParamsAt(qkv, s, kCache, vCache, lens, out);
+    // The new token's k and v heads follow its q heads in the fused row.
+    char* row = static_cast<char*>(qkv.data());
+    const size_t esz = dtypeSize(qkv.dtype);
+    const int stride = s.qkvRowStride(), hd = s.headDim;
+    p.newK = {row + static_cast<size_t>(s.numHeads) * hd * esz, stride, 0, hd};
+    p.newV = {row + static_cast<size_t>(s.numHeads + s.numKvHeads) * hd * esz, stride, 0, hd};
+    p.pos = static_cast<const int32_t*>(pos.data());
+    p.rotDim = rotDim, p.theta = theta;
+    p.counters = decodeCounters_;
+    Tensor ws = scratch(cuda::attentionDecodeFusedWorkspaceBytes(p));
+    cuda::attentionDecodeFused(p, ws.data(), ws.bytes(), stream_);
   }
 
   void argmaxAndAdvance(const Tensor& logits, Tensor& ids, Tensor& pos, Tensor& lens) override {
@@ -557,7 +600,72 @@ class CudaBackend final : public Backend {
  private:
   static constexpr size_t kGemmWorkspace = size_t{32} << 20;
 
+  // The fused decode attention's counters: one per (sequence, KV head) of a step, shared by every layer.
+  static constexpr int64_t kDecodeCounters = int64_t{1} << 16;
+
   void activate() { FL_CUDA_CHECK(cudaSetDevice(deviceIndex())); }
+
+  // What attentionDecode(At) reads: q of every row against the whole cache. The split covers the whole cache: a
+  // row's keys past lens[b] leave their splits empty, so one recording serves every length.
+  static cuda::DecodeParams decodeParamsAt(const Tensor& qkv, const AttnShape& s, const Tensor& kCache,
+                                           const Tensor& vCache, const Tensor& lens, Tensor& out) {
+    const int64_t cap = kCache.dim(2);
+    const int stride = s.qkvRowStride(), hd = s.headDim;
+    const int64_t cacheBatch = static_cast<int64_t>(s.numKvHeads) * cap * hd;
+    cuda::DecodeParams p;
+    p.dtype = elemOf(qkv.dtype);
+    p.q = {qkv.data(), stride, 0, hd};
+    p.k = {kCache.data(), cacheBatch, hd, cap * hd};
+    p.v = {vCache.data(), cacheBatch, hd, cap * hd};
+    p.o = {out.data(), static_cast<int64_t>(s.numHeads) * hd, 0, hd};
+    p.seqLens = static_cast<const int32_t*>(lens.data());
+    p.maxSeqLen = static_cast<int>(cap), p.batch = s.batch, p.numHeads = s.numHeads, p.numKvHeads = s.numKvHeads;
+    p.headDim = hd, p.scale = s.scale;
+    return p;
+  }
+
+  // Backend::linear through the fused kernel; false (nothing launched) when it does not take these arguments.
+  bool linearFused(const Tensor& x, const Tensor& w, const LinearFusion& f, Tensor& out) {
+    if (!gemvOn_ || x.dtype == DType::F32 || x.shape.empty() || w.shape.size() != 2 || w.layout != 0) return false;
+    const int64_t K = x.shape.back(), M = K > 0 ? x.numel() / K : 0, N = w.dim(0);
+    const bool swiglu = f.activation == LinearActivation::SwiGlu;
+    if (M < 1 || M > cuda::kGemvMaxRows || w.dim(1) != K || K > INT_MAX || N > INT_MAX || (swiglu && N % 2 != 0))
+      return false;
+    const int64_t n = swiglu ? N / 2 : N;
+    if (out.numel() != M * n) return false;
+    auto sameAsX = [&](const Tensor* t, int64_t count) { return !t || (t->dtype == x.dtype && t->numel() == count); };
+    if (w.dtype != x.dtype || out.dtype != x.dtype || !sameAsX(f.bias, N)) return false;
+    cuda::GemvArgs a;
+    switch (f.norm) {
+      case LinearNorm::None: a.prologue = cuda::GemvPrologue::None; break;
+      case LinearNorm::LayerNorm:
+        if (!f.normWeight || !f.normBias || !sameAsX(f.normWeight, K) || !sameAsX(f.normBias, K)) return false;
+        a.prologue = cuda::GemvPrologue::LayerNorm;
+        a.normWeight = f.normWeight->data(), a.normBias = f.normBias->data();
+        break;
+      case LinearNorm::RmsNorm:
+        if (!f.normWeight || !sameAsX(f.normWeight, K)) return false;
+        a.prologue = cuda::GemvPrologue::RmsNorm;
+        a.normWeight = f.normWeight->data();
+        break;
+    }
+    switch (f.activation) {
+      case LinearActivation::None: a.activation = cuda::GemvActivation::None; break;
+      case LinearActivation::GeluNew: a.activation = cuda::GemvActivation::GeluNew; break;
+      case LinearActivation::SwiGlu: a.activation = cuda::GemvActivation::SwiGlu; break;
+    }
+    a.dtype = elemOf(x.dtype);
+    a.m = static_cast<int>(M), a.n = static_cast<int>(n), a.k = static_cast<int>(K);
+    a.x = x.data(), a.w = w.data(), a.bias = f.bias ? f.bias->data() : nullptr;
+    a.eps = f.eps;
+    a.residual = f.accumulate ? out.data() : nullptr;  // in place: out += ...
+    a.out = out.data();
+    a.pdl = gemvPdl_;
+    activate();  // gemvSupported asks the current device for its shared-memory limit
+    if (!cuda::gemvSupported(a)) return false;
+    cuda::gemv(a, stream_);
+    return true;
+  }
 
   // Kernel workspace, counted as activations (freed when the returned tensor goes, after the launch is queued:
   // the stream keeps the order, so the block is not reused before the kernel ran).
@@ -620,6 +728,14 @@ class CudaBackend final : public Backend {
   ncclComm_t comm_ = nullptr;
   void* gemmWorkspace_ = nullptr;
   std::unique_ptr<cuda::GemmLt> gemm_;
+  int32_t* decodeCounters_ = nullptr;
+  // FLASHLAB_GEMV=0: every linear through cuBLASLt and the separate ops (to compare against the fused kernel).
+  const bool gemvOn_ = envOn("FLASHLAB_GEMV");
+  // Programmatic dependent launch for the fused linear only: its kernel waits for its predecessor itself before
+  // reading anything, so it may start (and fetch weights) while that one finishes; FLASHLAB_GEMV_PDL=0 turns it off.
+  const bool gemvPdl_ = envOn("FLASHLAB_GEMV_PDL");
+  // FLASHLAB_FUSED_DECODE_ATTENTION=0: a recorded decode step runs rotary, cache write and attention separately.
+  const bool fusedDecodeOn_ = envOn("FLASHLAB_FUSED_DECODE_ATTENTION");
   std::string name_;
   void* idsDev_ = nullptr;
   int32_t* idsHost_ = nullptr;
