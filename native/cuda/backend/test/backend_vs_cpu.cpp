@@ -2,7 +2,9 @@
 // random inputs at odd sizes: every Backend operation in fp32 (must agree to fp32 rounding, except fa1/fa2,
 // which run on fp16 copies) and in fp16 / bf16 (within their rounding). Also: a missing device and an
 // impossible allocation are clear errors and leave the backend usable, and naive attention's N^2 workspace
-// shows in the memory tracker while fa2's does not. Exit status 1 on a failure.
+// shows in the memory tracker while fa2's does not. The fused decode ops: Backend::linear in every fusion mode
+// (the fused kernel at 1 and 3 rows, the composed ops beyond 8) and attentionDecodeStepAt against the three ops
+// it fuses. Exit status 1 on a failure.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -220,6 +222,130 @@ void testOps(CpuBackend& cpu, Backend& gpu, DType t) {
   }
 }
 
+// Backend::linear in every fusion mode against the CPU backend (which composes the separate ops). Rows 1 and 3
+// take the CUDA backend's fused decode kernel in fp16/bf16 (proved by its allocating no temporaries where the
+// composed ops need some), 11 rows the composed path (cuBLASLt); fp32 always composes.
+void testLinear(std::shared_ptr<MemoryTracker> tracker, CpuBackend& cpu, Backend& gpu, DType t) {
+  const int K = 776, N = 203;  // K a multiple of 8 (the kernel's 16-byte loads), N odd
+  const LinearNorm norms[] = {LinearNorm::None, LinearNorm::LayerNorm, LinearNorm::RmsNorm};
+  const LinearActivation acts[] = {LinearActivation::None, LinearActivation::GeluNew, LinearActivation::SwiGlu};
+  const char* normNames[] = {"none", "layernorm", "rmsnorm"};
+  const char* actNames[] = {"none", "gelu_new", "swiglu"};
+  auto nw = roundedThrough(t, randomHost(K, 1.f)), nb = roundedThrough(t, randomHost(K, 0.5f));
+  Tensor cnw = onCpu(cpu, {K}, nw), cnb = onCpu(cpu, {K}, nb);
+  Tensor gnw = gpu.uploadParam(nw.data(), {K}), gnb = gpu.uploadParam(nb.data(), {K});
+  for (int M : {1, 3, 11}) {
+    auto x = roundedThrough(t, randomHost(static_cast<size_t>(M) * K, 2.f));
+    Tensor cx = onCpu(cpu, {M, K}, x), gx = onGpu(gpu, t, {M, K}, x);
+    for (int ai = 0; ai < 3; ++ai) {
+      const int rows = acts[ai] == LinearActivation::SwiGlu ? 2 * N : N;
+      auto w = roundedThrough(t, randomHost(static_cast<size_t>(rows) * K, 0.05f));
+      auto bias = roundedThrough(t, randomHost(rows, 0.5f));
+      Tensor cw = cpu.uploadLinear(w.data(), rows, K), cb = onCpu(cpu, {rows}, bias);
+      Tensor gw = gpu.uploadLinear(w.data(), rows, K), gb = gpu.uploadParam(bias.data(), {rows});
+      for (int ni = 0; ni < 3; ++ni)
+        for (bool withBias : {true, false})
+          for (bool accumulate : {false, true}) {
+            if (!withBias && (accumulate || ni != 0)) continue;  // without bias: once per activation
+            LinearFusion cf, gf;
+            cf.norm = gf.norm = norms[ni];
+            cf.normWeight = &cnw, gf.normWeight = &gnw;
+            if (norms[ni] == LinearNorm::LayerNorm) cf.normBias = &cnb, gf.normBias = &gnb;
+            cf.eps = gf.eps = 1e-5f;
+            if (withBias) cf.bias = &cb, gf.bias = &gb;
+            cf.activation = gf.activation = acts[ai];
+            cf.accumulate = gf.accumulate = accumulate;
+            auto residual = roundedThrough(t, randomHost(static_cast<size_t>(M) * N));
+            Tensor co = onCpu(cpu, {M, N}, residual), go = onGpu(gpu, t, {M, N}, residual);
+            cpu.linear(cx, cw, cf, co);
+            gpu.synchronize();
+            tracker->resetPeaks();
+            const size_t before = tracker->current(MemKind::Activations);
+            gpu.linear(gx, gw, gf, go);
+            const size_t temporaries = tracker->peak(MemKind::Activations) - before;
+            const std::string name = "linear M" + std::to_string(M) + " norm " + normNames[ni] + " act " + actNames[ai] +
+                                     (withBias ? " +bias" : "") + (accumulate ? " +=" : "");
+            compare(name, t, toHost(gpu, go), toHost(cpu, co));
+            // Where the composed ops need a temporary (a norm, SwiGLU's [M, 2N] product, an accumulated product),
+            // the fused kernel needs none: this checks which path ran.
+            const bool composedNeedsTemp = ni != 0 || accumulate || acts[ai] == LinearActivation::SwiGlu;
+            if (composedNeedsTemp) {
+              const bool shouldFuse = t != DType::F32 && M <= 8;
+              report((temporaries == 0) == shouldFuse, name + " " + dtypeName(t) + " path",
+                     std::string(shouldFuse ? "fused kernel expected" : "composed ops expected") + ", temporaries " +
+                         std::to_string(temporaries) + " B");
+            }
+          }
+    }
+  }
+  // Bad shapes are clear errors on both paths.
+  for (int M : {1, 11}) {
+    Tensor gx = gpu.alloc({M, K}, MemKind::Activations, t), go = gpu.alloc({M, N + 1}, MemKind::Activations, t);
+    std::vector<float> w(static_cast<size_t>(N) * K, 0.f);
+    Tensor gw = gpu.uploadLinear(w.data(), N, K);
+    std::string msg;
+    try {
+      gpu.linear(gx, gw, LinearFusion{}, go);
+    } catch (const std::exception& e) {
+      msg = e.what();
+    }
+    report(msg.find("output") != std::string::npos, "linear M" + std::to_string(M) + " with a wrong output shape throws " + dtypeName(t),
+           msg.substr(0, 120));
+  }
+}
+
+// Device-resident int32 values (positions, lengths) in a 4-byte tensor, as the engine's decode state holds them.
+Tensor int32OnGpu(Backend& be, const std::vector<int32_t>& v) {
+  Tensor x = be.alloc({static_cast<int64_t>(v.size())}, MemKind::Activations, DType::F32);
+  be.upload(x, v.data(), x.bytes());
+  return x;
+}
+
+// attentionDecodeStepAt (the fused decode step on the CUDA backend) against the three ops it replaces
+// (Backend's default: rotaryAt, kvCacheWriteAt, attentionDecodeAt) on the same GPU: outputs and caches. GPT-2's
+// heads take the in-kernel merge, ChatGLM2-6B's 16 query heads per KV head the split-then-merge mode. Three
+// launches in a row must agree (the arrival counters are left zero by each).
+void testDecodeStep(Backend& gpu, DType t) {
+  struct Case {
+    int batch, H, Hkv, hd, rot, cap, pos;
+  };
+  for (const Case& c : {Case{1, 12, 12, 64, 0, 300, 250}, Case{3, 12, 12, 64, 0, 1024, 77},
+                        Case{1, 32, 2, 128, 64, 2100, 2047}, Case{2, 32, 2, 128, 64, 600, 5}, Case{2, 8, 2, 128, 64, 90, 89}}) {
+    AttnShape s;
+    s.batch = c.batch, s.seqLen = 1, s.numHeads = c.H, s.numKvHeads = c.Hkv, s.headDim = c.hd;
+    s.scale = 1.f / std::sqrt(static_cast<float>(c.hd));
+    const int64_t W = s.qkvRowStride();
+    const std::string tag = " B" + std::to_string(c.batch) + " H" + std::to_string(c.H) + "/" + std::to_string(c.Hkv) +
+                            " d" + std::to_string(c.hd) + " rot" + std::to_string(c.rot) + " pos" + std::to_string(c.pos) +
+                            "/" + std::to_string(c.cap) + " " + dtypeName(t);
+    const std::vector<int64_t> cacheShape{c.batch, c.Hkv, c.cap, c.hd};
+    const size_t cacheN = static_cast<size_t>(c.batch) * c.Hkv * c.cap * c.hd;
+    auto qkv = randomHost(static_cast<size_t>(c.batch) * W), k = randomHost(cacheN), v = randomHost(cacheN);
+    Tensor pos = int32OnGpu(gpu, {c.pos}), lens = int32OnGpu(gpu, std::vector<int32_t>(c.batch, c.pos + 1));
+    // Reference: the three separate ops.
+    Tensor rq = onGpu(gpu, t, {c.batch, W}, qkv), rk = onGpu(gpu, t, cacheShape, k), rv = onGpu(gpu, t, cacheShape, v);
+    Tensor ro = gpu.alloc({c.batch, c.H * c.hd}, MemKind::Activations, t);
+    gpu.Backend::attentionDecodeStepAt(rq, s, pos, c.rot, 10000.f, rk, rv, lens, ro);
+    const auto refO = toHost(gpu, ro), refK = toHost(gpu, rk), refV = toHost(gpu, rv);
+    std::vector<float> first;
+    for (int run = 0; run < 3; ++run) {
+      Tensor fq = onGpu(gpu, t, {c.batch, W}, qkv), fk = onGpu(gpu, t, cacheShape, k), fv = onGpu(gpu, t, cacheShape, v);
+      Tensor fo = gpu.alloc({c.batch, c.H * c.hd}, MemKind::Activations, t);
+      gpu.attentionDecodeStepAt(fq, s, pos, c.rot, 10000.f, fk, fv, lens, fo);
+      const auto o = toHost(gpu, fo);
+      if (run == 0) {
+        first = o;
+        compare("attentionDecodeStepAt vs rotary+write+decode" + tag, t, o, refO);
+        // The rotated k (rounded to the dtype either way) and v land in the same cache row.
+        compare("attentionDecodeStepAt k cache" + tag, t, toHost(gpu, fk), refK);
+        report(toHost(gpu, fv) == refV, "attentionDecodeStepAt v cache" + tag, "identical");
+      } else {
+        report(o == first, "attentionDecodeStepAt launch " + std::to_string(run + 1) + " repeats launch 1" + tag, "");
+      }
+    }
+  }
+}
+
 void testErrorsAndMemory(std::shared_ptr<MemoryTracker> tracker, Backend& gpu) {
   bool threw = false;
   try {
@@ -284,6 +410,8 @@ int main() {
       if (t == DType::F32) std::printf("backend %s\n", gpu->name().c_str());
       report(gpu->computeDtype() == t, std::string("backend computes in ") + dtypeName(t), "");
       testOps(cpu, *gpu, t);
+      testLinear(tracker, cpu, *gpu, t);
+      if (t != DType::F32) testDecodeStep(*gpu, t);
     }
     auto gpu = makeCudaBackend(tracker, 0, DType::F16);
     testErrorsAndMemory(tracker, *gpu);
