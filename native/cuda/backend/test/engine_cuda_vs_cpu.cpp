@@ -5,6 +5,7 @@
 // cache: time to first token and decode tokens/s. Tensor parallelism (2 and 4 GPUs when visible): shard threads
 // with NCCL against the CPU engine, graphs against eager, a cancelled prefill, a failing shard (no hang: every
 // check runs under a watchdog that fails the run instead of waiting forever), the step breakdown.
+// The fused decode ops (gemv linear layers, fused decode attention) against the separate ops they replace.
 // Exit status 1 on a failure.
 #include <algorithm>
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -81,6 +83,16 @@ ModelConfig tinyChatglm2() {
   c.family = Family::ChatGLM2, c.name = "chatglm2-tiny";
   c.vocabSize = 1031, c.hiddenSize = 512, c.numLayers = 2, c.numHeads = 4, c.numKvHeads = 2, c.headDim = 128;
   c.ffnHiddenSize = 688, c.maxPositions = 256;
+  return c;
+}
+
+// ChatGLM2-6B's attention geometry (32 query heads on 2 KV heads: the fused decode attention's split-then-merge
+// mode) at a tiny width.
+ModelConfig groupedChatglm2() {
+  ModelConfig c;
+  c.family = Family::ChatGLM2, c.name = "chatglm2-g16";
+  c.vocabSize = 1031, c.hiddenSize = 512, c.numLayers = 2, c.numHeads = 32, c.numKvHeads = 2, c.headDim = 128;
+  c.ffnHiddenSize = 688, c.maxPositions = 512;
   return c;
 }
 
@@ -229,6 +241,47 @@ void graphsVsEager(const ModelConfig& cfg, DType dt, int tp) {
                 tol, agreeing(go.newTokens, ge.newTokens), ge.newTokens[0].size());
   report(go.decodeGraphs && otherErr <= tol,
          cfg.name + " cuda " + dtypeName(dt) + " tp=" + std::to_string(tp) + " decode graphs re-recorded for a new shape", buf);
+}
+
+// The fused decode paths (linear layers through the gemv kernel, the recorded step's fused attention) against the
+// separate ops they replace (FLASHLAB_GEMV=0 and FLASHLAB_FUSED_DECODE_ATTENTION=0: cuBLASLt, norms, activations,
+// residual adds, rotary / cache write / attention as separate kernels), both engines with graphs and eagerly:
+// every step's logits within the dtype's tolerance and the same greedy tokens while they agree.
+void fusedVsSeparate(const ModelConfig& cfg, DType dt, int promptLen) {
+  EngineOptions o;
+  o.config = cfg, o.seed = 11, o.maxBatch = 2, o.threads = 8, o.device = "cuda", o.dtype = dt;
+  // The switches are read when a backend is made.
+  setenv("FLASHLAB_GEMV", "0", 1);
+  setenv("FLASHLAB_FUSED_DECODE_ATTENTION", "0", 1);
+  std::unique_ptr<Engine> separate;
+  try {
+    separate = std::make_unique<Engine>(o);
+  } catch (...) {
+    unsetenv("FLASHLAB_GEMV"), unsetenv("FLASHLAB_FUSED_DECODE_ATTENTION");
+    throw;
+  }
+  unsetenv("FLASHLAB_GEMV"), unsetenv("FLASHLAB_FUSED_DECODE_ATTENTION");
+  Engine fused(o);
+  const auto ids = prompt(2, promptLen, cfg.vocabSize, 13);
+  for (bool graphs : {true, false}) {
+    GenerateRequest req;
+    req.inputIds = ids, req.maxNewTokens = 16, req.attention = AttentionMethod::FA2, req.kvCache = true;
+    req.dumpLogits = true, req.cudaGraphs = graphs;
+    std::atomic<bool> cancel{false};
+    const GenerateResult ref = separate->generate(req, nullptr, cancel), got = fused.generate(req, nullptr, cancel);
+    int compared = 0;
+    const double err = worstStepErr(got, ref, &compared);
+    double first = 0;
+    for (size_t r = 0; r < ref.logitsLast.size(); ++r) first = std::max(first, relErr(got.logitsLast[r], ref.logitsLast[r]));
+    const double tol = dt == DType::F16 ? 2e-2 : 8e-2;
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "prefill logits err %.2e, step logits err %.2e over %d steps (tol %.0e), tokens agree %d/%zu%s",
+                  first, err, compared, tol, agreeing(got.newTokens, ref.newTokens),
+                  ref.newTokens.size() * ref.newTokens[0].size(),
+                  graphs && !(got.decodeGraphs && ref.decodeGraphs) ? ", graphs NOT used" : "");
+    report(first <= tol && err <= tol && (!graphs || (got.decodeGraphs && ref.decodeGraphs)),
+           cfg.name + " cuda " + dtypeName(dt) + " fused decode ops vs separate ops, " + (graphs ? "graphs" : "eager"), buf);
+  }
 }
 
 void fp32StaysEager(const ModelConfig& cfg) {
@@ -440,6 +493,11 @@ int main(int argc, char** argv) {
     for (DType dt : {DType::F16, DType::BF16}) {
       graphsVsEager(tinyGpt2(), dt, 1);
       graphsVsEager(tinyChatglm2(), dt, 1);
+    }
+    for (DType dt : {DType::F16, DType::BF16}) {
+      fusedVsSeparate(tinyGpt2(), dt, 37);
+      fusedVsSeparate(tinyChatglm2(), dt, 37);
+      fusedVsSeparate(groupedChatglm2(), dt, 300);
     }
     fp32StaysEager(tinyGpt2());
     if (cudaGetDeviceCount(&gpus) == cudaSuccess && gpus >= 2) {
