@@ -449,6 +449,53 @@ void tpTiming(const ModelConfig& cfg, int maxTp, int reps) {
   }
 }
 
+// Decode speed (fp16, FA2 + KV cache, graphs) with the separate ops the fused decode ops replace
+// (FLASHLAB_GEMV=0 FLASHLAB_FUSED_DECODE_ATTENTION=0), with the fused ops but without programmatic dependent
+// launch (FLASHLAB_GEMV_PDL=0), and with everything on: one engine at a time, medians of `reps`.
+void fusedTiming(const ModelConfig& cfg, int promptLen, int newTokens, int reps) {
+  struct Variant {
+    const char* label;
+    std::vector<const char*> off;
+  };
+  const Variant variants[] = {{"separate ops", {"FLASHLAB_GEMV", "FLASHLAB_FUSED_DECODE_ATTENTION"}},
+                              {"fused, no PDL", {"FLASHLAB_GEMV_PDL"}},
+                              {"fused + PDL", {}}};
+  std::string line;
+  for (const Variant& v : variants) {
+    for (const char* name : v.off) setenv(name, "0", 1);
+    EngineOptions o;
+    o.config = cfg, o.seed = 1, o.device = "cuda", o.dtype = DType::F16, o.maxBatch = 1;
+    o.maxSeqLen = std::min(cfg.maxPositions, promptLen + newTokens);
+    std::unique_ptr<Engine> e;
+    try {
+      e = std::make_unique<Engine>(o);
+    } catch (...) {
+      for (const char* name : v.off) unsetenv(name);
+      throw;
+    }
+    for (const char* name : v.off) unsetenv(name);
+    GenerateRequest req;
+    req.inputIds = prompt(1, promptLen, cfg.vocabSize, 9), req.maxNewTokens = newTokens;
+    req.attention = AttentionMethod::FA2, req.kvCache = true;
+    std::atomic<bool> cancel{false};
+    e->generate(req, nullptr, cancel);  // warm-up: recordings, allocator pools, cuBLASLt plans
+    std::vector<double> tpot;
+    bool graphs = true;
+    for (int i = 0; i < reps; ++i) {
+      const GenerateResult r = e->generate(req, nullptr, cancel);
+      tpot.push_back(r.tpotMs), graphs = graphs && r.decodeGraphs;
+    }
+    std::sort(tpot.begin(), tpot.end());
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s%s %.3f ms = %.0f tok/s%s", line.empty() ? "" : ", ", v.label, tpot[reps / 2],
+                  1000.0 / tpot[reps / 2], graphs ? "" : " (NO graphs)");
+    line += buf;
+  }
+  std::printf("TIMING %s fp16 fa2+kv decode, prompt %d new %d, TPOT median of %d: %s\n", cfg.name.c_str(), promptLen,
+              newTokens, reps, line.c_str());
+  std::fflush(stdout);
+}
+
 void timing(const ModelConfig& cfg, int promptLen, int newTokens, int reps) {
   EngineOptions o;
   o.config = cfg, o.seed = 1, o.device = "cuda", o.dtype = DType::F16, o.maxBatch = 1;
@@ -520,7 +567,11 @@ int main(int argc, char** argv) {
     }
     if (!quickTimings) {
       timing(gpt2Small(), 128, 256, 5);
-      if (big) timing(chatglm2_6b(), 2048, 64, 3);
+      fusedTiming(gpt2Small(), 128, 256, 5);
+      if (big) {
+        timing(chatglm2_6b(), 2048, 64, 3);
+        fusedTiming(chatglm2_6b(), 128, 128, 3);
+      }
       if (gpus >= 2) {
         tpTiming(gpt2Small(), std::min(gpus, 4), 5);
         if (big) tpTiming(chatglm2_6b(), std::min(gpus, 4), 3);
