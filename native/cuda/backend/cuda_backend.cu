@@ -5,6 +5,9 @@
 // kernels) run on fp16 copies of q/k/v; decode runs the naive kernel (one query row). Tensor parallelism:
 // one backend per GPU driven by its own host thread, and allReduceSumShard is one NCCL all-reduce on the shard's
 // own communicator and stream.
+// Decode: linear layers of at most 8 rows run as one fused kernel each (gemv.h: norm prologue, bias, activation,
+// residual add), and a recorded step's attention as one or two (attentionDecodeFused: rotary, cache write, split
+// attention, merge). FLASHLAB_GEMV=0, FLASHLAB_GEMV_PDL=0 and FLASHLAB_FUSED_DECODE_ATTENTION=0 switch them off.
 #include "cuda_backend.h"
 
 #include <nccl.h>
