@@ -4,7 +4,8 @@
 // MemoryTracker through Backend::alloc. Attention on fp32 tensors: naive runs in fp32; fa1/fa2 (tensor-core
 // kernels) run on fp16 copies of q/k/v; decode runs the naive kernel (one query row). Tensor parallelism:
 // one backend per GPU driven by its own host thread, and allReduceSumShard is one NCCL all-reduce on the shard's
-// own communicator and stream.
+// own communicator and stream, or for messages up to 256 KB (decode) the one-shot peer-to-peer kernel of
+// allreduce_p2p.h when every pair of the shards' GPUs can access each other (FLASHLAB_P2P_ALLREDUCE=0: NCCL only).
 // Decode: linear layers of at most 8 rows run as one fused kernel each (gemv.h: norm prologue, bias, activation,
 // residual add), and a recorded step's attention as one or two (attentionDecodeFused: rotary, cache write, split
 // attention, merge). FLASHLAB_GEMV=0, FLASHLAB_GEMV_PDL=0 and FLASHLAB_FUSED_DECODE_ATTENTION=0 switch them off.
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "../activation.h"
+#include "../allreduce_p2p.h"
 #include "../attention_decode.h"
 #include "../attention_fa1.h"
 #include "../attention_fa2.h"
@@ -132,6 +134,9 @@ class CudaBackend final : public Backend {
   std::string name() const override { return name_; }
   const cuda::DeviceAllocator& allocator() const { return alloc_; }
   void setComm(ncclComm_t c) { comm_ = c; }
+  // The shards' peer-to-peer all-reduce group (shared by all of them) and this shard's rank in it.
+  void setP2P(std::shared_ptr<cuda::P2PAllReduce> group, int rank) { p2p_ = std::move(group), p2pRank_ = rank; }
+  bool p2pOn() const { return p2p_ != nullptr; }
 
   DType computeDtype() const override { return dtype_; }
 
@@ -163,6 +168,7 @@ class CudaBackend final : public Backend {
     if (src.dtype == DType::F32) {
       FL_CUDA_CHECK(cudaMemcpyAsync(host, src.data(), count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
       FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      checkP2P();
       return;
     }
     void* staging = alloc_.allocate(count * sizeof(float));
@@ -172,6 +178,7 @@ class CudaBackend final : public Backend {
     alloc_.release(staging);
     FL_CUDA_CHECK(err);
     FL_CUDA_CHECK(sync);
+    checkP2P();
   }
 
   void upload(Tensor& dst, const void* host, size_t bytes) override {
@@ -185,6 +192,7 @@ class CudaBackend final : public Backend {
     activate();
     FL_CUDA_CHECK(cudaMemcpyAsync(host, src.data(), bytes, cudaMemcpyDeviceToHost, stream_));
     FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    checkP2P();
   }
   void fillZero(Tensor& t) override {
     activate();
@@ -193,6 +201,7 @@ class CudaBackend final : public Backend {
   void synchronize() override {
     activate();
     FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    checkP2P();
   }
   void setThreads(int) override {}
 
@@ -513,10 +522,12 @@ class CudaBackend final : public Backend {
     tracker().remove(MemKind::Activations, w.poolBytes);
   }
 
-  // One NCCL all-reduce on this shard's communicator and stream, issued by this shard's own thread (no group
-  // call: each rank's thread enqueues its own), in place, ordered after the work that made the part. The host
-  // meeting comes first, so no rank enqueues a collective that another rank will never join; inside a
-  // recording only the all-reduce is captured, so a replay meets nowhere on the host.
+  // One all-reduce on this shard's stream, issued by this shard's own thread (no group call: each rank's thread
+  // enqueues its own), in place, ordered after the work that made the part: the peer-to-peer kernel for
+  // messages up to its maximum (a decode step's, one kernel of a few microseconds), else NCCL on the shard's
+  // communicator. Both decide by the message alone, which every shard has the same, so all ranks take the same
+  // path. The host meeting comes first, so no rank enqueues a collective that another rank will never join;
+  // inside a recording only the all-reduce is captured, so a replay meets nowhere on the host.
   void allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) override {
     require(r.shards() == 1 || comm_, "allReduceSumShard", name_ + " has no communicator for " + std::to_string(r.shards()) + " shards");
     r.arriveAndWait(shard, &part);
@@ -524,8 +535,12 @@ class CudaBackend final : public Backend {
     activate();
     const bool timed = timing();
     if (timed) recordEvent(allReduceEvent(false), stream_);
-    FL_NCCL_CHECK(ncclAllReduce(part.data(), part.data(), static_cast<size_t>(part.numel()), ncclTypeOf(part.dtype),
-                                ncclSum, comm_, stream_));
+    if (p2p_ && p2p_->ranks() == r.shards() && p2p_->fits(elemOf(part.dtype), part.numel())) {
+      p2p_->allReduce(p2pRank_, elemOf(part.dtype), part.data(), part.numel(), stream_);
+    } else {
+      FL_NCCL_CHECK(ncclAllReduce(part.data(), part.data(), static_cast<size_t>(part.numel()),
+                                  ncclTypeOf(part.dtype), ncclSum, comm_, stream_));
+    }
     if (timed) recordEvent(allReduceEvent(true), stream_);
   }
 
@@ -607,6 +622,12 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kDecodeCounters = int64_t{1} << 16;
 
   void activate() { FL_CUDA_CHECK(cudaSetDevice(deviceIndex())); }
+
+  // After a synchronisation: a peer-to-peer all-reduce of this shard that gave up waiting for a peer (a bounded
+  // wait on the GPU instead of a hang) becomes an error naming that peer.
+  void checkP2P() const {
+    if (p2p_) p2p_->checkError(p2pRank_);
+  }
 
   // What attentionDecode(At) reads: q of every row against the whole cache. The split covers the whole cache: a
   // row's keys past lens[b] leave their splits empty, so one recording serves every length.
@@ -729,6 +750,8 @@ class CudaBackend final : public Backend {
   cuda::DeviceAllocator alloc_;
   cudaStream_t stream_ = nullptr;
   ncclComm_t comm_ = nullptr;
+  std::shared_ptr<cuda::P2PAllReduce> p2p_;
+  int p2pRank_ = -1;
   void* gemmWorkspace_ = nullptr;
   std::unique_ptr<cuda::GemmLt> gemm_;
   int32_t* decodeCounters_ = nullptr;
@@ -855,8 +878,28 @@ std::vector<std::unique_ptr<Backend>> createCudaBackends(std::shared_ptr<MemoryT
       cuda.back()->setComm(comms[d]);  // each backend destroys its communicator
     }
     CudaBackend::warmUpCollectives(cuda, dtype);
+    // The small all-reduces of a decode step go peer to peer when every pair of GPUs can reach each other (one
+    // group per engine: its own buffers, flags and epochs). Set up here, outside any recording.
+    if (envOn("FLASHLAB_P2P_ALLREDUCE") && cuda::p2pAllReducePossible(devs, nullptr)) {
+      int timeoutMs = 2000;
+      if (const char* v = std::getenv("FLASHLAB_P2P_ALLREDUCE_TIMEOUT_MS")) {
+        char* end = nullptr;
+        const long ms = std::strtol(v, &end, 10);
+        if (!*v || *end || ms < 1 || ms > 3600000)
+          throw std::invalid_argument(std::string("FLASHLAB_P2P_ALLREDUCE_TIMEOUT_MS=") + v +
+                                      " is not a whole number of milliseconds between 1 and 3600000");
+        timeoutMs = static_cast<int>(ms);
+      }
+      auto group = std::make_shared<cuda::P2PAllReduce>(devs, cuda::kP2PAllReduceMaxBytes, timeoutMs);
+      for (int d = 0; d < tp; ++d) cuda[d]->setP2P(group, d);
+    }
   }
   return shards;
+}
+
+bool cudaP2PAllReduceOn(const Backend& backend) {
+  const auto* cb = dynamic_cast<const CudaBackend*>(&backend);
+  return cb && cb->p2pOn();
 }
 
 bool setCudaStepTiming(Backend& backend, bool on) {

@@ -13,6 +13,13 @@ namespace flashlab {
 // usable GPU is visible or `device` is out of range. (The engine calls createCudaBackends, device_backends.h.)
 std::unique_ptr<Backend> makeCudaBackend(std::shared_ptr<MemoryTracker> tracker, int device, DType dtype);
 
+// Whether a tensor-parallel CUDA shard sends its all-reduces of up to 256 KB through the one-shot peer-to-peer
+// kernel (allreduce_p2p.h) instead of NCCL: on when every pair of the shards' GPUs can access each other and
+// FLASHLAB_P2P_ALLREDUCE is not 0. FLASHLAB_P2P_ALLREDUCE_TIMEOUT_MS (default 2000) bounds how long a shard's
+// kernel waits for a peer; past it the shard's next synchronisation throws "peer-to-peer all-reduce timed out
+// waiting for shard k". False for anything else (one GPU, another backend).
+bool cudaP2PAllReduceOn(const Backend& backend);
+
 // Device-side allocator figures of a CUDA backend (bytes), for peak-memory reports.
 struct CudaMemoryFigures {
   size_t inUse = 0, reserved = 0, peakInUse = 0, peakReserved = 0;
