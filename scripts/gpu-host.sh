@@ -76,6 +76,10 @@ if step build bash native/cuda/test/build.sh $variants --backend; then
   if [ $kernel_tests = 1 ]; then
     step tests "$lib/kernel_tests" || status=1
     step backend "$lib/backend_vs_cpu" || status=1
+    # The peer-to-peer all-reduce on 2 and 4 GPUs (SKIP lines where fewer are visible) and its latency against
+    # NCCL (TIME lines). A broken handshake gives up after 2 s per call instead of hanging: a short limit.
+    : "${FLASHLAB_TIMEOUT_ALLREDUCE:=600}"
+    step allreduce "$lib/allreduce_tests" || status=1
   fi
   if [ $gemv = 1 ]; then
     # Short steps: their own default limits, overridable like every step's.
@@ -121,10 +125,11 @@ fi
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
-grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/engine.log "$out"/memcheck.log "$out"/gemv.log \
+grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/allreduce.log "$out"/engine.log "$out"/memcheck.log "$out"/gemv.log \
   "$out"/gemv-memcheck.log 2>/dev/null | head -20
 grep -h "linear layers per token" "$out"/gemv-bench.log 2>/dev/null
 grep -h "^TIMING" "$out"/engine.log 2>/dev/null
+grep -h "^TIME\|^SKIP" "$out"/allreduce.log 2>/dev/null
 grep -h "^TARGET\|^SUMMARY" "$out"/engine-bench.log "$out"/tp-bench.log 2>/dev/null
 grep -h "ERROR SUMMARY" "$out"/memcheck.log 2>/dev/null
 exit $status

@@ -9,6 +9,8 @@
 #   libflashlab_cuda.a       kernels + the CUDA backend (native/cuda/backend): what the engine links
 #   backend_vs_cpu           the CUDA backend against the CPU backend (native/src), op by op
 #   engine_cuda_vs_cpu       the engine end to end on both backends, and timings of GPT-2 / ChatGLM2-6B
+#   allreduce_tests          the peer-to-peer all-reduce (allreduce_p2p.cu) on 2 and 4 GPUs, exact, in graphs;
+#                            its latency against NCCL (backend/test/allreduce_tests.cu)
 #   gemv_tests_lt            gemv_tests with --compare-cublaslt (times the backend's cuBLASLt path beside ours)
 # Usage: native/cuda/test/build.sh [--variants] [--backend]. Needs nvcc (CUDA 12.4+); NVCC, CXX and CUDA_ARCH override.
 set -euo pipefail
@@ -73,6 +75,7 @@ if [ $want_backend = 1 ]; then
     compile "$src" "$obj" & pids+=($!)
   done
   compile "$here/test/gemv_tests.cu" "$out/obj/gemv_tests_lt.o" -DFLASHLAB_GEMV_CUBLASLT & pids+=($!)
+  compile "$here/backend/test/allreduce_tests.cu" "$out/obj/allreduce_tests.o" & pids+=($!)
   # The engine core (with its CUDA hook on) and the CPU backend, the reference the CUDA backend is held to.
   for src in "$src_root"/*.cpp "$src_root"/cpu/*.cpp "$here"/backend/test/*.cpp; do
     obj="$out/obj/cpp_$(basename "${src%.cpp}").o"
@@ -103,6 +106,7 @@ if [ $want_backend = 1 ]; then
   "$nvcc" $arch -o "$out/engine_cuda_vs_cpu" "$o/cpp_engine_cuda_vs_cpu.o" "$o/cpp_engine.o" "$o/cpp_model.o" \
     "$o/cpp_sampler.o" "${cpu_objs[@]}" "${libs[@]}"
   "$nvcc" $arch -o "$out/gemv_tests_lt" "$o/gemv_tests_lt.o" "$o/backend_gemm_lt.o" "$o/gemv.o" -lcublasLt
+  "$nvcc" $arch -o "$out/allreduce_tests" "$o/allreduce_tests.o" "$o/allreduce_p2p.o" -lnccl
 fi
 if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
