@@ -4,16 +4,24 @@
 // impossible allocation are clear errors and leave the backend usable, and naive attention's N^2 workspace
 // shows in the memory tracker while fa2's does not. The fused decode ops: Backend::linear in every fusion mode
 // (the fused kernel at 1 and 3 rows, the composed ops beyond 8) and attentionDecodeStepAt against the three ops
-// it fuses. Exit status 1 on a failure.
+// it fuses. Tensor-parallel all-reduce through the backends createCudaBackends makes (TP 2 and 4 where that many
+// GPUs are visible): a decode-sized message through the peer-to-peer kernel (bit-equal to the rank-order fp32
+// sum), a prefill-sized one through NCCL, and FLASHLAB_P2P_ALLREDUCE=0. Exit status 1 on a failure.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
+#include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../../../src/cpu/cpu_backend.h"
@@ -396,6 +404,93 @@ void testErrorsAndMemory(std::shared_ptr<MemoryTracker> tracker, Backend& gpu) {
          "peak in use " + std::to_string(f.peakInUse >> 20) + " MiB, reserved " + std::to_string(f.reserved >> 20) + " MiB");
 }
 
+// One all-reduce through every shard's allReduceSumShard, each shard on its own thread as the engine runs them;
+// returns every shard's result (read back through the backend, which also reports a timed-out peer-to-peer wait).
+std::vector<std::vector<float>> shardAllReduce(std::vector<std::unique_ptr<Backend>>& shards, DType t,
+                                               const std::vector<std::vector<float>>& parts) {
+  const int tp = static_cast<int>(shards.size());
+  std::atomic<bool> cancel{false};
+  ShardRendezvous rz(tp, &cancel);
+  std::vector<std::vector<float>> out(tp);
+  std::exception_ptr first;
+  std::mutex m;
+  std::vector<std::thread> threads;
+  for (int s = 0; s < tp; ++s)
+    threads.emplace_back([&, s] {
+      try {
+        shards[s]->bindHostThread();
+        Tensor part = onGpu(*shards[s], t, {static_cast<int64_t>(parts[s].size())}, parts[s]);
+        shards[s]->allReduceSumShard(part, s, rz);
+        out[s] = toHost(*shards[s], part);
+      } catch (...) {
+        rz.fail(s, "shard threw");
+        std::lock_guard<std::mutex> lock(m);
+        if (!first) first = std::current_exception();
+      }
+    });
+  for (auto& th : threads) th.join();
+  if (first) std::rethrow_exception(first);
+  return out;
+}
+
+void testShardAllReduce(const std::shared_ptr<MemoryTracker>& tracker) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+  for (int tp : {2, 4}) {
+    if (count < tp) {
+      std::printf("SKIP  tensor-parallel all-reduce at tp=%d: %d GPU(s) visible\n", tp, count);
+      continue;
+    }
+    bool peers = true;
+    for (int a = 0; a < tp; ++a)
+      for (int b = 0; b < tp; ++b) {
+        int ok = 1;
+        if (a != b && (cudaDeviceCanAccessPeer(&ok, a, b) != cudaSuccess || !ok)) peers = false;
+      }
+    for (bool envOff : {false, true}) {
+      if (envOff) setenv("FLASHLAB_P2P_ALLREDUCE", "0", 1);
+      else unsetenv("FLASHLAB_P2P_ALLREDUCE");
+      const std::string mode = std::string("tp=") + std::to_string(tp) + (envOff ? " FLASHLAB_P2P_ALLREDUCE=0" : "");
+      try {
+        auto shards = createCudaBackends(tracker, tp, DType::F16);
+        const bool on = cudaP2PAllReduceOn(*shards[0]);
+        report(on == (peers && !envOff), mode + ": peer-to-peer all-reduce " + (on ? "on" : "off"),
+               peers ? "every GPU pair has peer access" : "some GPU pair has no peer access");
+        // 4096 fp16 = 8 KB (a ChatGLM2 decode step's message: peer to peer when on); 300,000 = 600 KB (NCCL).
+        for (int64_t n : {int64_t{4096}, int64_t{4097}, int64_t{300000}}) {
+          std::vector<std::vector<float>> parts(tp);
+          for (auto& p : parts) p = roundedThrough(DType::F16, randomHost(static_cast<size_t>(n)));
+          std::vector<float> want(static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) {
+            float acc = 0.f;  // rank order in fp32, rounded once: what the peer-to-peer kernel computes
+            for (int s = 0; s < tp; ++s) acc += parts[s][i];
+            want[i] = __half2float(__float2half_rn(acc));
+          }
+          // Twice in a row: the second call reuses the group's other staging slot.
+          for (int rep = 0; rep < 2; ++rep) {
+            const auto got = shardAllReduce(shards, DType::F16, parts);
+            const bool p2p = on && n * 2 <= (256 << 10);
+            bool ok = true;
+            double worst = 0;
+            for (int s = 0; s < tp; ++s) {
+              if (p2p) ok = ok && std::memcmp(got[s].data(), want.data(), want.size() * sizeof(float)) == 0;
+              worst = std::max(worst, relErr(got[s], want));
+            }
+            ok = ok && worst <= tolFor(DType::F16);
+            char detail[96];
+            std::snprintf(detail, sizeof detail, "rel err %.2e%s", worst, p2p ? " (bit-exact required)" : "");
+            report(ok, mode + " allReduceSumShard of " + std::to_string(n) + " fp16 through " + (p2p ? "p2p" : "NCCL") +
+                       " (call " + std::to_string(rep + 1) + ")", detail);
+          }
+        }
+      } catch (const std::exception& e) {
+        report(false, mode + " tensor-parallel all-reduce", e.what());
+      }
+    }
+    unsetenv("FLASHLAB_P2P_ALLREDUCE");
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -422,6 +517,7 @@ int main() {
       threw = std::string(e.what()).find("needs 64 GPUs") != std::string::npos;
     }
     report(threw, "tensor parallelism beyond the visible GPUs is a clear error", "");
+    testShardAllReduce(tracker);
   } catch (const std::exception& e) {
     std::printf("FAIL  exception: %s\n", e.what());
     ++failures;
