@@ -89,7 +89,14 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   const size_t off = (e & 1u) * a.slotBytes + static_cast<size_t>(c) * a.regionBytes;
 
   T* mine = reinterpret_cast<T*>(const_cast<char*>(a.bufs[a.rank]) + off);
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) mine[i] = data[i];
+  const int64_t nvec = n / V;
+  if (a.aligned) {
+    for (int64_t v = threadIdx.x; v < nvec; v += kThreads)
+      reinterpret_cast<uint4*>(mine)[v] = reinterpret_cast<const uint4*>(data)[v];
+    for (int64_t i = nvec * V + threadIdx.x; i < n; i += kThreads) mine[i] = data[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) mine[i] = data[i];
+  }
   __syncthreads();  // every thread's copy happens before the announcements below (release is cumulative)
 
   const int peer = threadIdx.x;
@@ -109,14 +116,19 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   __syncthreads();
   if (sFailed) return;  // the peers' data is not there: leave the part untouched, the host reports the error
 
-  const int64_t nvec = n / V;
   for (int64_t v = threadIdx.x; v < nvec; v += kThreads) {
+    // Every rank's vector is requested before any is summed: the NVLink round trips overlap.
+    uint4 u[kP2PMaxRanks];
+#pragma unroll
+    for (int j = 0; j < kP2PMaxRanks; ++j)
+      if (j < a.ranks) u[j] = __ldcg(reinterpret_cast<const uint4*>(a.bufs[j] + off) + v);
     float acc[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) acc[k] = 0.f;
-    for (int j = 0; j < a.ranks; ++j) {  // rank order: every rank rounds the same sum
-      const uint4 u = __ldcg(reinterpret_cast<const uint4*>(a.bufs[j] + off) + v);
-      const T* x = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int j = 0; j < kP2PMaxRanks; ++j) {  // rank order: every rank rounds the same sum
+      if (j >= a.ranks) break;
+      const T* x = reinterpret_cast<const T*>(&u[j]);
 #pragma unroll
       for (int k = 0; k < V; ++k) acc[k] += toF(x[k]);
     }
