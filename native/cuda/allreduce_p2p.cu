@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
     }
   }
   __syncthreads();
-  if (sFailed) return;  // the peers' data is not there: leave the part untouched, the host reports the error
+  if (sFailed) return;  // a peer's data is not there: this chunk stays as it was, the host reports the error
 
   for (int64_t v = threadIdx.x; v < nvec; v += kThreads) {
     // Every rank's vector is requested before any is summed: the NVLink round trips overlap.
