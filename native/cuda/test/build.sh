@@ -106,7 +106,7 @@ if [ $want_backend = 1 ]; then
   "$nvcc" $arch -o "$out/engine_cuda_vs_cpu" "$o/cpp_engine_cuda_vs_cpu.o" "$o/cpp_engine.o" "$o/cpp_model.o" \
     "$o/cpp_sampler.o" "${cpu_objs[@]}" "${libs[@]}"
   "$nvcc" $arch -o "$out/gemv_tests_lt" "$o/gemv_tests_lt.o" "$o/backend_gemm_lt.o" "$o/gemv.o" -lcublasLt
-  "$nvcc" $arch -o "$out/allreduce_tests" "$o/allreduce_tests.o" "$o/allreduce_p2p.o" -lnccl
+  "$nvcc" $arch -o "$out/allreduce_tests" "$o/allreduce_tests.o" "$o/allreduce_p2p.o" -lnccl -lpthread
 fi
 if [ $want_variants = 1 ]; then
   for label in "${!variants[@]}"; do
