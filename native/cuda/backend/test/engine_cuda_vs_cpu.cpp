@@ -443,8 +443,13 @@ void tpTiming(const ModelConfig& cfg, int maxTp, int reps) {
     setenv("FLASHLAB_SHARD_SPIN_US", "0", 1);
     const double block = decodeTps(tp);
     unsetenv("FLASHLAB_SHARD_SPIN_US");
-    std::printf("TIMING %s fp16 decode (graphs) tp=%d: %.0f tok/s = %.2fx tp=1 (%.0f tok/s); threads that block at once: %.0f tok/s\n",
-                cfg.name.c_str(), tp, spin, spin / base, base, block);
+    // The same with every all-reduce through NCCL: what the peer-to-peer kernel for small messages gains.
+    setenv("FLASHLAB_P2P_ALLREDUCE", "0", 1);
+    const double nccl = decodeTps(tp);
+    unsetenv("FLASHLAB_P2P_ALLREDUCE");
+    std::printf("TIMING %s fp16 decode (graphs) tp=%d: %.0f tok/s = %.2fx tp=1 (%.0f tok/s); threads that block at once: %.0f tok/s; "
+                "NCCL only (FLASHLAB_P2P_ALLREDUCE=0): %.0f tok/s = %.2fx tp=1\n",
+                cfg.name.c_str(), tp, spin, spin / base, base, block, nccl, nccl / base);
     std::fflush(stdout);
   }
 }
