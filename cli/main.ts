@@ -3,7 +3,7 @@ const commands: Record<string, { summary: string; load: () => Promise<{ main: (a
   generate: { summary: 'run the engine once: prompt in, tokens and figures out', load: () => import('./generate') },
   agent: { summary: 'connect to a dashboard and run its jobs and chats', load: () => import('./agent') },
   run: { summary: 'run an experiment plan offline: flashlab run plan.json --out results.json', load: () => import('./run') },
-  import: { summary: 'put an offline results file into the history', load: () => import('./import') },
+  import: { summary: 'put an offline results file or an engine bench bundle into the history', load: () => import('./import') },
 };
 
 function usage(): string {
