@@ -12,6 +12,7 @@ import { breakdownsOf, summarizeTpBreakdowns } from '@/lib/tp-breakdown';
 import { downloadText } from '../_components/download';
 import { TpLayersCard } from '../_components/TpBreakdown';
 import { type RouterInputs, useTRPC } from '../_trpc/client';
+import { type BundleImport, bundleSummary, ImportReport, isBundleImport } from './ImportReport';
 
 type Filter = RouterInputs['runs']['list']['filter'];
 type SortField = NonNullable<NonNullable<RouterInputs['runs']['list']['sort']>['field']>;
@@ -74,6 +75,8 @@ export function RunHistory() {
   const [selected, setSelected] = useState<Set<string>>(new Set());
   const [openRun, setOpenRun] = useState<string | null>(null);
   const [notice, setNotice] = useState<{ kind: 'ok' | 'bad'; text: string } | null>(null);
+  // What the last bench bundle import did; it stays while the history follows its links, until dismissed.
+  const [bundleReport, setBundleReport] = useState<{ report: BundleImport; fileName?: string } | null>(null);
   const fileRef = useRef<HTMLInputElement>(null);
 
   const setParams = (patch: Record<string, string | null>, resetPage = true) => {
@@ -110,12 +113,23 @@ export function RunHistory() {
   );
   const importFile = useMutation(
     trpc.runs.import.mutationOptions({
-      onSuccess: (r) => {
+      onMutate: () => {
+        setNotice(null);
+        setBundleReport(null);
+      },
+      onSuccess: (r, vars) => {
+        queryClient.invalidateQueries({ queryKey: trpc.runs.pathKey() });
+        if (isBundleImport(r)) {
+          setNotice({ kind: 'ok', text: bundleSummary(r, vars.fileName) });
+          setBundleReport({ report: r, fileName: vars.fileName });
+          // Several experiments: the report links each; one: shown at once, as for a results file.
+          if (r.experimentIds.length === 1) setParams({ experiment: r.experimentId });
+          return;
+        }
         setNotice({
           kind: 'ok',
           text: `Imported ${r.runs} run${r.runs === 1 ? '' : 's'}${r.failures ? ` (${r.failures} failed configurations were in the file)` : ''}.`,
         });
-        queryClient.invalidateQueries({ queryKey: trpc.runs.pathKey() });
         setParams({ experiment: r.experimentId });
       },
       onError: (e) => setNotice({ kind: 'bad', text: e.message }),
@@ -235,14 +249,14 @@ export function RunHistory() {
               Export JSON
             </button>
             <button type="button" onClick={() => fileRef.current?.click()} disabled={importFile.isPending}>
-              {importFile.isPending ? 'Importing…' : 'Import results file'}
+              {importFile.isPending ? 'Importing…' : 'Import results or bench bundle'}
             </button>
             <input
               ref={fileRef}
               type="file"
               accept="application/json,.json"
               className="sr-only"
-              aria-label="Results file to import"
+              aria-label="Results file or engine bench bundle to import"
               data-testid="import-file"
               onChange={async (e) => {
                 const f = e.target.files?.[0];
@@ -255,9 +269,17 @@ export function RunHistory() {
       </section>
 
       {notice && (
-        <div className={`notice ${notice.kind}`} role={notice.kind === 'bad' ? 'alert' : 'status'}>
+        <div className={`notice multiline ${notice.kind}`} role={notice.kind === 'bad' ? 'alert' : 'status'}>
           {notice.text}
         </div>
+      )}
+      {bundleReport && (
+        <ImportReport
+          report={bundleReport.report}
+          fileName={bundleReport.fileName}
+          currentExperiment={filter.experimentId}
+          onDismiss={() => setBundleReport(null)}
+        />
       )}
 
       {!grouped && (
