@@ -1,6 +1,13 @@
 // Statistics the dashboard shows: summaries of repeats, grouping repeats of one configuration, and a seeded
 // bootstrap confidence interval for the speedup of one method over a baseline. Pure functions, client-safe.
-import { configKey, type FigureSummary, type JobConfig } from '../contracts/experiment';
+import {
+  configKey,
+  type FigureSummary,
+  type JobConfig,
+  type RepeatFigures,
+  type RunSummary,
+  type TpBreakdown,
+} from '../contracts/experiment';
 
 function finiteValues(values: readonly number[], what: string): number[] {
   for (const v of values) {
@@ -58,6 +65,39 @@ export function summarize(values: readonly number[]): FigureSummary {
     min: sorted[0],
     max: sorted[sorted.length - 1],
   };
+}
+
+/** Scalar figures of a repeat that get a summary when every repeat has them. */
+const SCALAR_FIGURES = [
+  'prefillMs',
+  'tpotMs',
+  'totalMs',
+  'tokensPerSec',
+  'peakMemBytes',
+  'kvCacheBytes',
+  'weightsBytes',
+] as const;
+
+/** The tensor-parallel breakdown's per-token figures, under the summary keys they are known by. */
+const TP_FIGURES = [
+  ['tpStepMs', 'stepMs'],
+  ['tpComputeMs', 'computeMs'],
+  ['tpAllReduceMs', 'allReduceMs'],
+] as const;
+
+/** A run's summary from its repeats: one per scalar figure, the TP breakdown's among them; an optional figure is
+ *  summarised only when every repeat has it. The agent, the bench import and the dashboard all read this one. */
+export function summarizeRepeats(repeats: readonly RepeatFigures[]): RunSummary {
+  if (repeats.length === 0) throw new Error('a run needs at least one repeat to summarise');
+  const summary: RunSummary = {};
+  for (const key of SCALAR_FIGURES) {
+    const values = repeats.map((r) => r[key]);
+    if (values.every((v): v is number => typeof v === 'number')) summary[key] = summarize(values);
+  }
+  const breakdowns = repeats.map((r) => r.tpBreakdown);
+  if (breakdowns.every((b): b is TpBreakdown => b !== undefined))
+    for (const [key, field] of TP_FIGURES) summary[key] = summarize(breakdowns.map((b) => b[field]));
+  return summary;
 }
 
 /** A small, fast, seeded PRNG (mulberry32): the same seed gives the same interval on every machine,

@@ -17,9 +17,8 @@ import {
   type GpuInfo,
   type RepeatFigures,
   RunResult,
-  type RunSummary,
 } from '../contracts/experiment';
-import { summarize } from '../lib/stats';
+import { summarize, summarizeRepeats } from '../lib/stats';
 
 /** A bundle the history cannot take, with a message that says which file, what is wrong and what to do. */
 export class BenchImportError extends Error {}
@@ -33,17 +32,6 @@ const REGENERATE: Record<string, string> = {
   'cpu-engine':
     "'node --import ./node_modules/tsx/dist/loader.mjs bench/cpu-engine.ts', which rewrites bench/results/cpu-engine.json",
 };
-
-/** Scalar figures of a repeat that get a summary (the agent summarises the same ones, agent/stats.ts). */
-const SUMMARY_FIGURES = [
-  'prefillMs',
-  'tpotMs',
-  'totalMs',
-  'tokensPerSec',
-  'peakMemBytes',
-  'kvCacheBytes',
-  'weightsBytes',
-] as const;
 
 /** True when a parsed JSON document is a benchmark bundle (of any edition) rather than a `flashlab run` results file. */
 export function isBenchBundle(json: unknown): boolean {
@@ -88,15 +76,6 @@ function slug(name: string): string {
     .replace(/^nvidia\s+/, '')
     .replace(/[^a-z0-9]+/g, '-')
     .replace(/^-|-$/g, '');
-}
-
-function summarizeRepeats(repeats: readonly RepeatFigures[]): RunSummary {
-  const summary: RunSummary = {};
-  for (const key of SUMMARY_FIGURES) {
-    const values = repeats.map((r) => r[key]);
-    if (values.every((v): v is number => typeof v === 'number')) summary[key] = summarize(values);
-  }
-  return summary;
 }
 
 /** "Build cuda_13.0.r13.0/compiler.…" or "Cuda compilation tools, release 13.0, V13.0.88" -> "13.0". */
