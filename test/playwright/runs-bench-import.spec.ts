@@ -1,0 +1,112 @@
+// Importing the committed engine bench bundles from the runs page: the report names the experiments a bundle became
+// (their runs counted, each a link), what was left out and why, and the bundle's targets; a bundle that cannot
+// become runs is refused with the server's reason. Expectations come from the committed bundle itself where they
+// can. Its name sorts it after dashboard.spec.ts, which reads the first row of the whole history right after an
+// import: H100 runs imported before it would race that read.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { expect, test } from '@playwright/test';
+
+const results = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bench/results');
+const TP_BUNDLE = path.join(results, 'tp-gpu-h100-80gb-hbm3x4.json');
+const KERNEL_BUNDLE = path.join(results, 'cuda-attention-h200.json');
+
+interface Bundle {
+  kind: string;
+  card: string;
+  gpus: number;
+  environment: { startedAt: string };
+  targets: { name: string; value: number; target: number; unit: string; met: boolean }[];
+  measurements: { section: string; label: string; cudaGraphs: boolean; config: { model: string } }[];
+}
+const bundle = JSON.parse(readFileSync(TP_BUNDLE, 'utf8')) as Bundle;
+const graphsOn = (model: string) => bundle.measurements.filter((m) => m.cudaGraphs && m.config.model === model);
+const eager = bundle.measurements.filter((m) => !m.cudaGraphs);
+const prefix = `${bundle.kind} · ${bundle.card} x${bundle.gpus} · ${bundle.environment.startedAt.slice(0, 10)}`;
+
+test('a TP bench bundle imports into experiments, with what was skipped and its targets', async ({ page }) => {
+  await page.goto('/runs');
+  await page.getByTestId('import-file').setInputFiles(TP_BUNDLE);
+
+  const imported = graphsOn('chatglm2-6b').length + graphsOn('gpt2').length;
+  await expect(page.locator('.notice[role="status"]')).toHaveText(
+    `Imported ${imported} runs from tp-gpu-h100-80gb-hbm3x4.json into 3 experiments; ${eager.length} measurements skipped; targets: 0 of 2 met.`,
+  );
+  const report = page.getByRole('region', { name: 'Import of tp-gpu-h100-80gb-hbm3x4.json' });
+  await expect(report).toBeVisible();
+
+  // Every graphs-on configuration is a run: ChatGLM2-6B in one experiment; GPT-2 in two, because its 1,024-token
+  // prompts and 128-token prompts with 256 new tokens share no experiment spec within its 1,024 positions.
+  const experiments = report.getByTestId('import-experiments').locator('tbody tr');
+  await expect(experiments).toHaveCount(3);
+  const expected = [
+    [`${prefix} · chatglm2-6b`, String(graphsOn('chatglm2-6b').length)],
+    [`${prefix} · gpt2 (part 1 of 2)`, '4'],
+    [`${prefix} · gpt2 (part 2 of 2)`, String(graphsOn('gpt2').length - 4)],
+  ];
+  for (const [i, cells] of expected.entries()) await expect(experiments.nth(i).locator('td')).toHaveText(cells);
+
+  // Eager decode runs have no place in the history: listed by what they were, the reason said once.
+  const skipped = report.getByTestId('import-skipped');
+  await expect(skipped.getByRole('heading')).toHaveText(`Skipped: ${eager.length} measurements`);
+  await expect(skipped.locator('code')).toHaveText(
+    eager.map((m) => `measurements.${bundle.measurements.indexOf(m)} (${m.section} · ${m.label})`),
+  );
+  await expect(skipped.getByText(/CUDA-graph decode was turned off/)).toHaveCount(1);
+
+  // The bundle's targets, as measured on the 4×H100 host.
+  const targets = report.getByRole('table', { name: 'Targets' });
+  await expect(targets.locator('tbody tr')).toHaveCount(bundle.targets.length);
+  await expect(targets.locator('tbody tr').filter({ hasText: 'at TP=2' }).locator('td')).toHaveText([
+    'ChatGLM2-6B decode batch 1 speedup at TP=2 over our TP=1',
+    '1.45',
+    '≥ 1.6',
+    'missed',
+    'x',
+  ]);
+  await expect(targets.locator('tbody tr').filter({ hasText: 'at TP=4' }).locator('td')).toHaveText([
+    'ChatGLM2-6B decode batch 1 speedup at TP=4 over our TP=1',
+    '2.01',
+    '≥ 2.4',
+    'missed',
+    'x',
+  ]);
+
+  // Several experiments: the history stays as it was until one is picked. Its link shows its runs, and the report
+  // stays to pick the next.
+  await expect(page).not.toHaveURL(/experiment=/);
+  const link = report.getByRole('link', { name: `Show the runs of ${prefix} · chatglm2-6b` });
+  await link.click();
+  await expect(page).toHaveURL(/\/runs\?experiment=/);
+  const runs = page.getByTestId('runs-table').locator('tbody tr[data-run-id]');
+  await expect(runs).toHaveCount(graphsOn('chatglm2-6b').length);
+  await expect(page.getByTestId('runs-total')).toHaveText(`${graphsOn('chatglm2-6b').length} runs`);
+  await expect(runs.filter({ hasText: 'NVIDIA H100 80GB HBM3' })).toHaveCount(graphsOn('chatglm2-6b').length);
+  await expect(runs.filter({ hasText: 'TP=4' })).not.toHaveCount(0);
+  await expect(link).toHaveAttribute('aria-current', 'page');
+
+  await report.getByRole('button', { name: 'Dismiss' }).click();
+  await expect(report).toHaveCount(0);
+});
+
+test('a kernel bundle or a corrupted file is refused with the server’s reason', async ({ page }) => {
+  await page.goto('/runs');
+  await page.getByTestId('import-file').setInputFiles(TP_BUNDLE);
+  await expect(page.getByTestId('import-report')).toBeVisible();
+
+  // A new import replaces the last one's report: a refusal leaves nothing of it on screen.
+  await page.getByTestId('import-file').setInputFiles(KERNEL_BUNDLE);
+  const alert = page.locator('.notice[role="alert"]');
+  await expect(alert).toContainText('cuda-attention-h200.json is an attention kernel benchmark');
+  await expect(alert).toContainText('Import the engine bundles');
+  await expect(page.getByTestId('import-report')).toHaveCount(0);
+  await expect(page.locator('.notice[role="status"]')).toHaveCount(0);
+
+  await page.getByTestId('import-file').setInputFiles({
+    name: 'cut.json',
+    mimeType: 'application/json',
+    buffer: readFileSync(TP_BUNDLE).subarray(0, 4096),
+  });
+  await expect(alert).toContainText('cut.json is not JSON');
+});
