@@ -144,6 +144,29 @@ export const EngineBenchRun = z
   .passthrough();
 export type EngineBenchRun = z.infer<typeof EngineBenchRun>;
 
+/** What an engine bundle of either backend records after its header: how it ran, its targets and its timings. */
+const engineBundleRun = {
+  dtype: z.string(),
+  weights: z.string(),
+  batch: z.number().int().positive(),
+  quick: z.boolean().optional(),
+  partial: z.boolean(),
+  targets: z.array(BenchTarget).min(1),
+  /** Every timed configuration with its repeats (drivers from this format's second edition on). */
+  measurements: z.array(BenchMeasurement).optional(),
+};
+
+/** When a bench run started: any string Date.parse reads. */
+const startedAt = z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'not a date');
+
+/** What the environment probe reads of a GPU besides its name, identity and memory. */
+const gpuReadings = {
+  driver: z.string().optional(),
+  smClockMHz: z.number().optional(),
+  memClockMHz: z.number().optional(),
+  temperatureC: z.number().optional(),
+};
+
 /**
  * Engine benchmark bundles from a GPU host (bench/results/engine-gpu-<card>.json and tp-gpu-<card>x<N>.json):
  * whole-model generate runs with random weights, each section with its runs, and the targets of issues 5 and 6.
@@ -155,14 +178,7 @@ export const EngineBenchBundle = z
     card: z.string().min(1),
     environment: z.object({ gpu: z.string().min(1), startedAt: z.string() }).passthrough(),
     engineBuild: z.string(),
-    dtype: z.string(),
-    weights: z.string(),
-    batch: z.number().int().positive(),
-    quick: z.boolean().optional(),
-    partial: z.boolean(),
-    targets: z.array(BenchTarget).min(1),
-    /** Every timed configuration with its repeats (drivers from this format's second edition on). */
-    measurements: z.array(BenchMeasurement).optional(),
+    ...engineBundleRun,
   })
   .passthrough();
 export type EngineBenchBundle = z.infer<typeof EngineBenchBundle>;
@@ -173,10 +189,7 @@ export const EngineBenchGpu = z.object({
   name: z.string().min(1),
   uuid: z.string().optional(),
   memoryBytes: z.number().nonnegative(),
-  driver: z.string().optional(),
-  smClockMHz: z.number().optional(),
-  memClockMHz: z.number().optional(),
-  temperatureC: z.number().optional(),
+  ...gpuReadings,
 });
 export type EngineBenchGpu = z.infer<typeof EngineBenchGpu>;
 
@@ -185,10 +198,7 @@ export const EngineBenchEnvironment = z
   .object({
     gpu: z.string().min(1),
     uuid: z.string().optional(),
-    driver: z.string().optional(),
-    smClockMHz: z.number().optional(),
-    memClockMHz: z.number().optional(),
-    temperatureC: z.number().optional(),
+    ...gpuReadings,
     /** GPU 0's memory. */
     memoryBytes: z.number().nonnegative().optional(),
     /** Names of every GPU of the host. */
@@ -200,7 +210,7 @@ export const EngineBenchEnvironment = z
     cpus: z.number().int().positive().optional(),
     hostMemoryBytes: z.number().nonnegative().optional(),
     gitCommit: z.string().optional(),
-    startedAt: z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'not a date'),
+    startedAt,
   })
   .passthrough();
 export type EngineBenchEnvironment = z.infer<typeof EngineBenchEnvironment>;
@@ -224,17 +234,11 @@ export const CpuEngineBenchBundle = z
         hostname: z.string().min(1),
         nodeVersion: z.string().min(1),
         gitCommit: z.string().optional(),
-        startedAt: z.string().refine((s) => !Number.isNaN(Date.parse(s)), 'not a date'),
+        startedAt,
       })
       .passthrough(),
     engineBuild: z.string().min(1),
-    dtype: z.string(),
-    weights: z.string(),
-    batch: z.number().int().positive(),
-    quick: z.boolean().optional(),
-    partial: z.boolean(),
-    targets: z.array(BenchTarget).min(1),
-    measurements: z.array(BenchMeasurement).optional(),
+    ...engineBundleRun,
   })
   .passthrough();
 export type CpuEngineBenchBundle = z.infer<typeof CpuEngineBenchBundle>;
