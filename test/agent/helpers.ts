@@ -1,4 +1,4 @@
-// Shared by the agent tests: a small CPU configuration, a stand-in environment record and a one-repeat result.
+// Shared by the agent and server tests: a small CPU configuration, a stand-in environment and a one-repeat result.
 import type { EnvironmentRecord, JobConfig, RunResult } from '../../contracts';
 
 /** gpt2-tiny with random weights on the CPU, one repeat, no warm-up; each test overrides what it measures. */

@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 import type { RunResult, TpBreakdown } from '../../contracts';
 import { runRow } from '../../server/queue/run-row';
 import { storedRepeats } from '../../server/routers/selects';
+import { fakeEnvironment, tinyConfig } from '../agent/helpers';
 
 const breakdown: TpBreakdown = {
   stepMs: 3,
@@ -18,34 +19,10 @@ const timings = { prefillMs: 1, tpotMs: 3, totalMs: 7, tokensPerSec: 2, peakMemB
 describe('stored repeats and the TP breakdown', () => {
   it('runRow stores the repeats, breakdown included, and reading them back returns it', () => {
     const result: RunResult = {
-      config: {
-        model: 'gpt2-tiny',
-        weights: { kind: 'random', seed: 0 },
-        attention: 'fa2',
-        kvCache: true,
-        tp: 2,
-        dtype: 'fp32',
-        device: 'cpu',
-        batchSize: 1,
-        promptLength: 4,
-        newTokens: 3,
-        warmup: 0,
-        repeats: 1,
-      },
+      config: tinyConfig({ tp: 2, newTokens: 3 }),
       repeats: [{ ...timings, tpBreakdown: breakdown }],
       summary: {},
-      environment: {
-        agentName: 'a',
-        hostname: 'h',
-        backend: 'cpu',
-        cpuModel: 'c',
-        cpuCores: 1,
-        memoryBytes: 1,
-        gpus: [],
-        engineBuild: 'b',
-        nodeVersion: 'v',
-        startedAt: 't',
-      },
+      environment: fakeEnvironment(),
     };
     const row = runRow(result, { experimentId: 'e', tags: [], notes: '', source: 'online' });
     const read = storedRepeats(JSON.parse(JSON.stringify(row.repeats)));
