@@ -66,7 +66,11 @@ if (!skipCompile) {
       );
     });
 
-    const sources = [...kernelFiles.map((f) => path.join(cudaDir, f)), path.join(cudaDir, 'test/kernel_tests.cu')];
+    const sources = [
+      ...kernelFiles.map((f) => path.join(cudaDir, f)),
+      path.join(cudaDir, 'test/kernel_tests.cu'),
+      path.join(cudaDir, 'test/gemv_tests.cu'),
+    ];
     // Two at a time: CI has two cores.
     const queue = [...sources];
     const results = new Map<string, Promise<void>>();
