@@ -1,5 +1,6 @@
-// Shared by the agent and server tests: a small CPU configuration, a stand-in environment and a one-repeat result.
-import type { EnvironmentRecord, JobConfig, RunResult } from '../../contracts';
+// Shared by the agent and server tests: a small CPU configuration and experiment, a stand-in environment and a
+// one-repeat result.
+import type { EnvironmentRecord, ExperimentSpecInput, JobConfig, RunResult } from '../../contracts';
 
 /** gpt2-tiny with random weights on the CPU, one repeat, no warm-up; each test overrides what it measures. */
 export function tinyConfig(overrides: Partial<JobConfig> = {}): JobConfig {
@@ -14,6 +15,26 @@ export function tinyConfig(overrides: Partial<JobConfig> = {}): JobConfig {
     batchSize: 1,
     promptLength: 4,
     newTokens: 2,
+    warmup: 0,
+    repeats: 1,
+    ...overrides,
+  };
+}
+
+/** An experiment of gpt2-tiny on the CPU, one repeat of each configuration, no warm-up; the weights are the spec's
+ *  default. Each test overrides what it measures. */
+export function tinySpec(overrides: Partial<ExperimentSpecInput> = {}): ExperimentSpecInput {
+  return {
+    name: 'tiny',
+    model: 'gpt2-tiny',
+    attention: ['fa2'],
+    kvCache: [true],
+    tp: [1],
+    dtype: ['fp32'],
+    device: 'cpu',
+    batchSizes: [1],
+    promptLengths: [4],
+    newTokens: [2],
     warmup: 0,
     repeats: 1,
     ...overrides,

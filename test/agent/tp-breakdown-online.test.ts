@@ -3,8 +3,9 @@
 // the queue's checks, the repeats JSON column and the compare and run queries the pages read.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { ExperimentSpecInput, TpBreakdown } from '../../contracts';
+import type { TpBreakdown } from '../../contracts';
 import { Dashboard, type Proc, startAgent, tempDatabase, waitFor } from '../e2e/harness';
+import { tinySpec } from './helpers';
 
 interface CompareRunOut {
   id: string;
@@ -31,21 +32,16 @@ describe('TP breakdown through the queue into the history', { timeout: 240_000 }
     const { token } = (await trpc.mutation('agents.createToken', { name: 'tpb-agent' })) as { token: string };
     agent = startAgent(dash.baseUrl, token, 'tpb-agent', ['--poll-ms', '500']);
     await agent.waitForOutput(/connected to ws:\/\/127\.0\.0\.1:\d+\/api\/agent-ws as agent/, 60_000);
-    const spec: ExperimentSpecInput = {
+    const spec = tinySpec({
       name: 'tp breakdown online',
       model: 'chatglm2-tiny',
       weights: { kind: 'random', seed: 3 },
-      attention: ['fa2'],
-      kvCache: [true],
       tp: [1, 2],
-      dtype: ['fp32'],
-      device: 'cpu',
-      batchSizes: [1],
       promptLengths: [6],
       newTokens: [4],
       warmup: 1,
       repeats: 3,
-    };
+    });
     const { id: experimentId } = (await trpc.mutation('experiments.create', spec)) as { id: string };
     const { runs } = await waitFor(
       'both runs of the experiment in the history',

@@ -10,7 +10,7 @@ import { runBenchmark } from '../../agent/runners/benchmark';
 import { main as runCli } from '../../cli/run';
 import { OfflineResults } from '../../contracts';
 import { KNOWN_MODELS } from '../../contracts/models';
-import { fakeEnvironment, tinyConfig } from './helpers';
+import { fakeEnvironment, tinyConfig, tinySpec } from './helpers';
 
 const close = (a: number, b: number, what: string) =>
   assert.ok(Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b)), `${what}: ${a} vs ${b}`);
@@ -58,20 +58,7 @@ describe('TP breakdown from the real CPU engine', () => {
       await writeFile(
         plan,
         JSON.stringify({
-          experiment: {
-            name: 'tp breakdown',
-            model: 'gpt2-tiny',
-            attention: ['fa2'],
-            kvCache: [true],
-            tp: [1, 2],
-            dtype: ['fp32'],
-            device: 'cpu',
-            batchSizes: [1],
-            promptLengths: [5],
-            newTokens: [3],
-            warmup: 0,
-            repeats: 2,
-          },
+          experiment: tinySpec({ name: 'tp breakdown', tp: [1, 2], promptLengths: [5], newTokens: [3], repeats: 2 }),
         }),
       );
       assert.equal(await runCli([plan, '--out', out]), 0);
