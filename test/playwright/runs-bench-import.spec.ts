@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect, test } from '@playwright/test';
+import { screenshot } from './helpers';
 
 const results = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bench/results');
 const TP_BUNDLE = path.join(results, 'tp-gpu-h100-80gb-hbm3x4.json');
@@ -85,12 +86,13 @@ test('a TP bench bundle imports into experiments, with what was skipped and its 
   await expect(runs.filter({ hasText: 'NVIDIA H100 80GB HBM3' })).toHaveCount(graphsOn('chatglm2-6b').length);
   await expect(runs.filter({ hasText: 'TP=4' })).not.toHaveCount(0);
   await expect(link).toHaveAttribute('aria-current', 'page');
+  await screenshot(page, 'runs-bench-import');
 
   await report.getByRole('button', { name: 'Dismiss' }).click();
   await expect(report).toHaveCount(0);
 });
 
-test('a kernel bundle or a corrupted file is refused with the server’s reason', async ({ page }) => {
+test('a kernel bundle, a cut file or a bundle without repeats is refused with the server’s reason', async ({ page }) => {
   await page.goto('/runs');
   await page.getByTestId('import-file').setInputFiles(TP_BUNDLE);
   await expect(page.getByTestId('import-report')).toBeVisible();
@@ -109,4 +111,14 @@ test('a kernel bundle or a corrupted file is refused with the server’s reason'
     buffer: readFileSync(TP_BUNDLE).subarray(0, 4096),
   });
   await expect(alert).toContainText('cut.json is not JSON');
+
+  // A bundle written before drivers kept every repeat: said so, with how to regenerate it.
+  const { measurements: _, ...summariesOnly } = bundle;
+  await page.getByTestId('import-file').setInputFiles({
+    name: 'old-tp.json',
+    mimeType: 'application/json',
+    buffer: Buffer.from(JSON.stringify(summariesOnly)),
+  });
+  await expect(alert).toContainText('old-tp.json has no per-repeat data');
+  await expect(page.getByTestId('import-report')).toHaveCount(0);
 });
