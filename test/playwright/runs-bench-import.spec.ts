@@ -92,7 +92,7 @@ test('a TP bench bundle imports into experiments, with what was skipped and its 
   await expect(report).toHaveCount(0);
 });
 
-test('a kernel bundle, a cut file or a bundle without repeats is refused with the server’s reason', async ({ page }) => {
+test('a kernel bundle, a cut file or a bundle without repeats is refused with its reason', async ({ page }) => {
   await page.goto('/runs');
   await page.getByTestId('import-file').setInputFiles(TP_BUNDLE);
   await expect(page.getByTestId('import-report')).toBeVisible();
