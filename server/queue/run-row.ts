@@ -1,20 +1,8 @@
 // Turns a measured RunResult (online or imported) into the Run row: the configuration and the headline figures
 // as columns, so that the dashboard filters, sorts and groups in the database.
 import type { FigureSummary, RepeatFigures, RunResult } from '../../contracts/experiment';
+import { summarize } from '../../lib/stats';
 import { configKey } from './config-key';
-
-function summarise(values: number[]): FigureSummary {
-  const sorted = [...values].sort((a, b) => a - b);
-  const n = sorted.length;
-  const q = (p: number) => {
-    const pos = (n - 1) * p;
-    const lo = Math.floor(pos);
-    return sorted[lo] + (sorted[Math.ceil(pos)] - sorted[lo]) * (pos - lo);
-  };
-  const mean = sorted.reduce((s, v) => s + v, 0) / n;
-  const std = n > 1 ? Math.sqrt(sorted.reduce((s, v) => s + (v - mean) ** 2, 0) / (n - 1)) : 0;
-  return { median: q(0.5), mean, std, p90: q(0.9), min: sorted[0], max: sorted[n - 1] };
-}
 
 /** The agent's summary of a figure when it sent one, else ours from the repeats (same definitions). */
 function figure(result: RunResult, key: keyof RepeatFigures & string): FigureSummary {
@@ -22,7 +10,7 @@ function figure(result: RunResult, key: keyof RepeatFigures & string): FigureSum
   if (given) return given;
   const values = result.repeats.map((r) => r[key]).filter((v): v is number => typeof v === 'number');
   if (values.length === 0) throw new Error(`run result has no '${key}' figures`);
-  return summarise(values);
+  return summarize(values);
 }
 
 function finiteOrThrow(result: RunResult) {
