@@ -3,7 +3,7 @@
 # against the CUDA engine build (native/cuda/test/build.sh --backend, built first when missing), then
 #   single GPU (GPU 0): Hugging Face generate (bench/engine-gpu-hf.py) and bench/engine-gpu
 #                       -> bench/results/engine-gpu-<card>.json
-#   several GPUs:       bench/tp-gpu at TP 1/2/4 -> bench/results/tp-gpu-<card>x<N>.json
+#   several GPUs:       bench/tp-gpu at TP 1/2/4(/8 on 8 GPUs) -> bench/results/tp-gpu-<card>x<N>.json
 # Logs and a copy of every JSON go to $FLASHLAB_OUT (default bench/out/). Each part has its own time limit
 # (FLASHLAB_ENGINE_BENCH_TIMEOUT, FLASHLAB_TP_BENCH_TIMEOUT, FLASHLAB_HF_TIMEOUT seconds), so a hang in one
 # does not lose the others; the drivers write partial results as they go.

@@ -1,7 +1,7 @@
 // Tensor-parallel benchmarks of issue 6 on one host (GPUs 0..N-1, NCCL, NVLink multicast off), random
 // weights, fp16, batch 1:
-//   - ChatGLM2-6B decode tokens/s at TP 1, 2, 4 (CUDA-graph decode; eager beside it) and the speedup over our
-//     own TP 1 on this host; prefill of 2,048 tokens (time to first token) at each degree;
+//   - ChatGLM2-6B decode tokens/s at TP 1, 2, 4 and 8 as far as the GPUs go (CUDA-graph decode; eager beside it)
+//     and the speedup over our own TP 1 on this host; prefill of 2,048 tokens (time to first token) at each degree;
 //   - GPT-2 124M at TP 1 and 2 (too small to gain: the all-reduces cost more than the split saves);
 //   - the study's TP experiment (it reported -16 % time): one whole generate, 128 prompt + 256 new tokens;
 //   - where a token's time goes: device events around every all-reduce of one decode step on shard 0
@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
     BENCH_CUDA(cudaGetDeviceCount(&gpus));
     if (gpus < 2) throw std::runtime_error("tensor parallelism needs at least 2 GPUs; " + std::to_string(gpus) + " visible");
     std::vector<int> degrees;
-    for (int tp : {1, 2, 4})
+    for (int tp : {1, 2, 4, 8})  // as far as the host's GPUs and --max-tp go
       if (tp <= gpus && tp <= maxTp) degrees.push_back(tp);
     const std::string card = cardName(0);
     std::vector<Target> targets;
