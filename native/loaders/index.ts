@@ -11,22 +11,15 @@ import { CheckpointError } from './errors';
 import { tensorPlan } from './families';
 import { CheckedFile } from './file';
 import { isLoadableDtype, readSafetensorsHeader } from './safetensors';
-import type { TensorDtype, TensorLocation } from './tensor';
+import type { TensorLocation } from './tensor';
 import { readTorchZipCheckpoint } from './torch';
 
 export { CheckpointError } from './errors';
 export type { TensorDtype } from './tensor';
 
-export interface CheckpointTensor {
-  /** canonical name (GPT-2 always with the 'transformer.' prefix) */
-  name: string;
-  dtype: TensorDtype;
-  shape: number[];
-  /** absolute path of the file holding it */
-  file: string;
-  /** where its bytes start in that file, and how many there are (row-major, contiguous, little-endian) */
-  offset: number;
-  byteLength: number;
+/** One tensor of a checkpoint: where its bytes lie (its name canonical: GPT-2's always with the 'transformer.' prefix;
+ *  its file an absolute path) and how to read them. */
+export interface CheckpointTensor extends Omit<TensorLocation, 'crc32'> {
   /** reads the tensor's bytes (into `into` when given, which must hold byteLength bytes); for .bin tensors that
    *  span their whole storage the zip's CRC-32 is checked */
   data(into?: Uint8Array): Promise<Buffer>;
