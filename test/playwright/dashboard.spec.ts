@@ -295,8 +295,13 @@ test('a results file is imported into the history', async ({ page }) => {
     .getByTestId('import-file')
     .setInputFiles({ name: 'results.json', mimeType: 'application/json', buffer: Buffer.from(JSON.stringify(file)) });
   await expect(page.locator('.notice[role="status"]')).toContainText('Imported 1 run');
-  await expect(page.getByTestId('runs-table')).toContainText('NVIDIA H100 80GB HBM3');
-  const importedId = await page.getByTestId('runs-table').locator('tbody tr').first().getAttribute('data-run-id');
+  // The history then shows the imported experiment alone: wait for that before reading its run, as other specs
+  // leave H100 runs in the unfiltered history.
+  await expect(page).toHaveURL(/[?&]experiment=/);
+  const importedRows = page.getByTestId('runs-table').locator('tbody tr[data-run-id]');
+  await expect(importedRows).toHaveCount(1);
+  await expect(importedRows.first()).toContainText('NVIDIA H100 80GB HBM3');
+  const importedId = await importedRows.first().getAttribute('data-run-id');
 
   // Compared with a run of the embedded CPU agent, the page warns that the machines differ.
   await page.goto(`/runs?experiment=${experimentId}`);
