@@ -17,11 +17,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <stdexcept>
 #include <tuple>
+
+#include <cooperative_groups.h>
 
 namespace flashlab::cuda {
 namespace {
@@ -60,6 +63,8 @@ struct KernelArgs {
   int tiles;         // warp tiles over n (16 rows, or 8 output features with SwiGLU)
   int units;         // ceil(k / 32)
   int kSplit;        // warps sharing one tile (1, 2, 4 or 8); a CTA has kWarps / kSplit groups
+  int cSplit;        // CTAs of a thread-block cluster sharing one tile (1, 2, 4 or 8; > 1 only with kSplit = 8)
+  int unitStride;    // kSplit * cSplit: the warps that walk one tile's k together
   int itersPerTile;  // steps a warp takes through its k slice of one tile
   int xStride;       // elements between rows of x in shared memory
   float eps;
@@ -187,7 +192,7 @@ __device__ __forceinline__ void loadStage(Stage& s, const KernelArgs<T>& a, int 
   const T* p1 = a.w + row1 * a.k;
 #pragma unroll
   for (int u = 0; u < Tr::kUnitsPerStep; ++u) {
-    const int unit = slice + a.kSplit * (it * Tr::kUnitsPerStep + u);
+    const int unit = slice + a.unitStride * (it * Tr::kUnitsPerStep + u);
     const int kk = unit * Tr::kUnitK + 8 * t;
     const bool in = unit < a.units && kk < a.k;
     s.a[u] = ldgStream(p0 + kk, in && ok0);  // the address is formed but not read when off
@@ -205,7 +210,7 @@ __device__ __forceinline__ void computeStage(float (&acc)[4], const Stage& s, co
                                              int it, int slice, int g, int t) {
 #pragma unroll
   for (int u = 0; u < Tr::kUnitsPerStep; ++u) {
-    const int unit = slice + a.kSplit * (it * Tr::kUnitsPerStep + u);
+    const int unit = slice + a.unitStride * (it * Tr::kUnitsPerStep + u);
     if (unit >= a.units) break;  // warp-uniform
     const int kk = unit * Tr::kUnitK + 8 * t;
     uint4 xv = make_uint4(0, 0, 0, 0);
@@ -325,9 +330,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
   const int kSplit = a.kSplit, groups = Tr::kWarps / kSplit;
-  const int group = warp / kSplit, slice = warp - group * kSplit;
-  const int tileStride = gridDim.x * groups;
-  const int firstTile = blockIdx.x * groups + group;
+  const int group = warp / kSplit, warpSlice = warp - group * kSplit;
+  // With clusters, the CTAs of one cluster take the same tiles and split their k further (rank r's warps take
+  // slices 8r .. 8r + 7); a 1-D grid's clusters are runs of cSplit consecutive CTAs.
+  const int cSplit = a.cSplit;
+  const int crank = cSplit > 1 ? static_cast<int>(cooperative_groups::this_cluster().block_rank()) : 0;
+  const int slice = crank * kSplit + warpSlice;
+  const int tileStride = gridDim.x / cSplit * groups;
+  const int firstTile = blockIdx.x / cSplit * groups + group;
   const int myTiles = firstTile < a.tiles ? (a.tiles - 1 - firstTile) / tileStride + 1 : 0;
   const int steps = myTiles * a.itersPerTile;
 
@@ -352,20 +362,34 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
     if (s + 1 < steps) loadNext(fill);
     computeStage<T>(acc, use, a, xs, it, slice, g, t);
     if (++it < a.itersPerTile) return;
+    // Double-buffered by tile parity: the slices may write the next tile's partials while slice 0 is still
+    // reading these, and cannot get two tiles ahead because each tile's barrier waits for slice 0.
+    float4* buf = red + parity * Tr::kWarps * 32;
     if (kSplit > 1) {
-      // Double-buffered by tile parity: the slices may write the next tile's partials while slice 0 is still
-      // reading these, and cannot get two tiles ahead because each tile's barrier waits for slice 0.
-      float4* buf = red + parity * Tr::kWarps * 32;
-      if (slice != 0) buf[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      if (warpSlice != 0) buf[warp * 32 + lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
       namedBarrier(1 + group, kSplit * 32);
-      if (slice == 0) {
+      if (warpSlice == 0) {
         for (int q = 1; q < kSplit; ++q) {
           const float4 p = buf[(warp + q) * 32 + lane];
           acc[0] += p.x, acc[1] += p.y, acc[2] += p.z, acc[3] += p.w;
         }
       }
-      parity ^= 1;
     }
+    if (cSplit > 1) {
+      // kSplit = 8 here, so warp 0 holds the CTA's sum and its own slot of buf is free: the other ranks leave
+      // their sums there, and rank 0 adds them in rank order through distributed shared memory. The same
+      // parity argument covers the cluster: a rank writes this slot again two tiles later, after the next
+      // cluster barrier, which rank 0 reaches only when it has read this one.
+      if (warp == 0 && crank != 0) buf[lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      cooperative_groups::this_cluster().sync();
+      if (warp == 0 && crank == 0) {
+        for (int r = 1; r < cSplit; ++r) {
+          const float4 p = cooperative_groups::this_cluster().map_shared_rank(buf, r)[lane];
+          acc[0] += p.x, acc[1] += p.y, acc[2] += p.z, acc[3] += p.w;
+        }
+      }
+    }
+    parity ^= 1;
     if (slice == 0) epilogue<T, kAct>(acc, a, tile, g, t);
     acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
     it = 0, tile += tileStride;
@@ -374,12 +398,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
     step(stageA, stageB, s);
     if (s + 1 < steps) step(stageB, stageA, s + 1);
   }
+  // Rank 0 may still be reading the other ranks' shared memory: none of them exits before it is done.
+  if (cSplit > 1) cooperative_groups::this_cluster().sync();
 }
 
 // ---- host side
 
 struct Plan {
-  int kSplit, grid, tiles, units, itersPerTile;
+  int kSplit, cSplit, grid, tiles, units, itersPerTile;
 };
 
 // CTAs of one kernel that fit on an SM at this shared-memory size, asked once per (kernel, device, bytes).
@@ -400,26 +426,79 @@ int residentCtasPerSm(const void* kernel, int smemBytes) {
   return n;
 }
 
-// How many warps share a tile (split k) and how many CTAs run: the choice that keeps the largest fraction of
-// the resident warp slots busy over the rounds the persistent CTAs take (ties: the smaller split, which adds
-// fewer partial-tile reductions).
-Plan makePlan(int tiles, int units, int residentCtas) {
-  Plan best{1, 1, tiles, units, 1};
+// Clusters of `size` CTAs the device holds at once (a cluster lives on one GPC, so this can be less than the
+// resident CTAs over size); 0 when such clusters cannot run. Asked once per (kernel, device, bytes, size).
+template <class Kernel>
+int residentClusters(Kernel kernel, int smemBytes, int size) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int, int>, int> cache;
+  int dev = 0;
+  FL_CUDA_CHECK(cudaGetDevice(&dev));
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, smemBytes, size);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(size * 64);
+  cfg.blockDim = dim3(Tr::kThreads);
+  cfg.dynamicSmemBytes = smemBytes;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = size, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+    cudaGetLastError();  // no clusters on this device or at this size: plan without them
+    n = 0;
+  }
+  cache.emplace(key, n);
+  return n;
+}
+
+// How the warps share the work. A warp tile is 16 rows of W; kSplit warps of a CTA may split its k, and with
+// few tiles (N = 768, or a tensor-parallel shard's slice) cSplit CTAs of a cluster split it further and add
+// their partial tiles through distributed shared memory. The choice keeps the largest fraction of the resident
+// warp slots streaming W over the rounds the persistent CTAs take (a warp with no k left counts as idle); ties
+// go to the smaller split, which adds fewer partial-tile reductions. clustersOf(size) is how many clusters of
+// that size fit at once (0: none).
+template <class ClustersOf>
+Plan makePlan(int tiles, int units, int residentCtas, int maxClusterSplit, ClustersOf clustersOf) {
+  Plan best{1, 1, 1, tiles, units, 1};
   double bestScore = -1;
   const double residentWarps = static_cast<double>(residentCtas) * Tr::kWarps;
-  for (int kSplit = 1; kSplit <= Tr::kWarps; kSplit *= 2) {
-    if (kSplit > 1 && kSplit > units) break;
+  auto consider = [&](int kSplit, int cSplit, int64_t clusters) {
     const int groups = Tr::kWarps / kSplit;
-    const int grid = static_cast<int>(std::min<int64_t>(ceilDiv64(tiles, groups), residentCtas));
-    const int64_t slots = static_cast<int64_t>(grid) * groups;
-    const int64_t rounds = ceilDiv64(tiles, slots);
-    const double score = static_cast<double>(tiles) * kSplit / (static_cast<double>(rounds) * residentWarps);
+    const int64_t grid = std::min<int64_t>(ceilDiv64(tiles, groups), clusters);  // in clusters
+    if (grid < 1) return;
+    const int64_t rounds = ceilDiv64(tiles, grid * groups);
+    const int split = kSplit * cSplit;
+    const double score =
+        static_cast<double>(tiles) * std::min(split, units) / (static_cast<double>(rounds) * residentWarps);
     if (score > bestScore * (1 + 1e-9)) {
       bestScore = score;
-      best = Plan{kSplit, grid, tiles, units, ceilDiv(ceilDiv(units, kSplit), Tr::kUnitsPerStep)};
+      best = Plan{kSplit, cSplit, static_cast<int>(grid * cSplit), tiles, units,
+                  ceilDiv(ceilDiv(units, split), Tr::kUnitsPerStep)};
     }
+  };
+  for (int kSplit = 1; kSplit <= Tr::kWarps; kSplit *= 2) {
+    if (kSplit > 1 && kSplit > units) break;
+    consider(kSplit, 1, residentCtas);
+  }
+  for (int cSplit = 2; cSplit <= maxClusterSplit; cSplit *= 2) {
+    if (Tr::kWarps * cSplit / 2 >= units) break;  // the smaller split already gave every warp its own k
+    consider(Tr::kWarps, cSplit, clustersOf(cSplit));
   }
   return best;
+}
+
+// FLASHLAB_GEMV_CLUSTER=0 keeps every tile's k inside one CTA (A/B against the cluster split).
+bool clustersAllowedByEnv() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("FLASHLAB_GEMV_CLUSTER");
+    return !(v && std::string(v) == "0");
+  }();
+  return allowed;
 }
 
 int sharedOptinBytes() {
@@ -488,13 +567,21 @@ std::string staticProblem(const GemvArgs& a) {
 }
 
 template <class T, int kPrologue, int kAct>
-void launch(const GemvArgs& args, int smemBytes, cudaStream_t stream) {
+Plan planFor(const GemvArgs& args, int smemBytes) {
   constexpr auto kernel = gemvKernel<T, kPrologue, kAct>;
   ensureDynamicSmem<kernel>(sharedOptinBytes());
   const int perSm = residentCtasPerSm(reinterpret_cast<const void*>(kernel), smemBytes);
   const bool swiglu = kAct == static_cast<int>(GemvActivation::SwiGlu);
   const int tileOut = swiglu ? Tr::kTileRows / 2 : Tr::kTileRows;
-  const Plan plan = makePlan(ceilDiv(args.n, tileOut), ceilDiv(args.k, Tr::kUnitK), perSm * multiprocessorCount());
+  const int maxClusterSplit = clustersAllowedByEnv() ? std::min(8, std::max(1, args.maxClusterSplit)) : 1;
+  return makePlan(ceilDiv(args.n, tileOut), ceilDiv(args.k, Tr::kUnitK), perSm * multiprocessorCount(),
+                  maxClusterSplit, [&](int size) { return residentClusters(kernel, smemBytes, size); });
+}
+
+template <class T, int kPrologue, int kAct>
+void launch(const GemvArgs& args, int smemBytes, cudaStream_t stream) {
+  constexpr auto kernel = gemvKernel<T, kPrologue, kAct>;
+  const Plan plan = planFor<T, kPrologue, kAct>(args, smemBytes);
   KernelArgs<T> ka{static_cast<const T*>(args.x),
                    static_cast<const T*>(args.w),
                    static_cast<const T*>(args.bias),
@@ -508,6 +595,8 @@ void launch(const GemvArgs& args, int smemBytes, cudaStream_t stream) {
                    plan.tiles,
                    plan.units,
                    plan.kSplit,
+                   plan.cSplit,
+                   plan.kSplit * plan.cSplit,
                    plan.itersPerTile,
                    xStrideFor(args.k),
                    args.eps};
@@ -516,11 +605,19 @@ void launch(const GemvArgs& args, int smemBytes, cudaStream_t stream) {
   cfg.blockDim = dim3(Tr::kThreads);
   cfg.dynamicSmemBytes = smemBytes;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int nAttr = 0;
+  if (args.pdl) {
+    attr[nAttr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[nAttr++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (plan.cSplit > 1) {
+    attr[nAttr].id = cudaLaunchAttributeClusterDimension;
+    attr[nAttr].val.clusterDim.x = plan.cSplit, attr[nAttr].val.clusterDim.y = 1, attr[nAttr].val.clusterDim.z = 1;
+    ++nAttr;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = args.pdl ? 1 : 0;
+  cfg.numAttrs = nAttr;
   FL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ka));
 }
 
@@ -561,18 +658,16 @@ bool gemvSupported(const GemvArgs& args, std::string* why) {
   return problem.empty();
 }
 
-void gemv(const GemvArgs& args, cudaStream_t stream) {
-  std::string why;
-  if (!gemvSupported(args, &why)) throw std::invalid_argument("gemv: " + why);
-  const int smemBytes = static_cast<int>(gemvSharedBytes(args.m, args.k));
+namespace {
+// Calls fn(T{}, integral_constant<prologue>, integral_constant<activation>) for the kernel variant of args.
+template <class Fn>
+void dispatchVariant(const GemvArgs& args, Fn&& fn) {
   dispatchHalfElem(args.dtype, "gemv", [&](auto tag) {
-    using T = decltype(tag);
     auto withAct = [&](auto prologueC) {
-      constexpr int P = decltype(prologueC)::value;
       switch (args.activation) {
-        case GemvActivation::None: launch<T, P, 0>(args, smemBytes, stream); return;
-        case GemvActivation::GeluNew: launch<T, P, 1>(args, smemBytes, stream); return;
-        case GemvActivation::SwiGlu: launch<T, P, 2>(args, smemBytes, stream); return;
+        case GemvActivation::None: fn(tag, prologueC, std::integral_constant<int, 0>{}); return;
+        case GemvActivation::GeluNew: fn(tag, prologueC, std::integral_constant<int, 1>{}); return;
+        case GemvActivation::SwiGlu: fn(tag, prologueC, std::integral_constant<int, 2>{}); return;
       }
     };
     switch (args.prologue) {
@@ -581,6 +676,28 @@ void gemv(const GemvArgs& args, cudaStream_t stream) {
       case GemvPrologue::RmsNorm: withAct(std::integral_constant<int, 2>{}); return;
     }
   });
+}
+}  // namespace
+
+void gemv(const GemvArgs& args, cudaStream_t stream) {
+  std::string why;
+  if (!gemvSupported(args, &why)) throw std::invalid_argument("gemv: " + why);
+  const int smemBytes = static_cast<int>(gemvSharedBytes(args.m, args.k));
+  dispatchVariant(args, [&](auto tag, auto pro, auto act) {
+    launch<decltype(tag), decltype(pro)::value, decltype(act)::value>(args, smemBytes, stream);
+  });
+}
+
+GemvPlanInfo gemvPlan(const GemvArgs& args) {
+  std::string why;
+  if (!gemvSupported(args, &why)) throw std::invalid_argument("gemv: " + why);
+  const int smemBytes = static_cast<int>(gemvSharedBytes(args.m, args.k));
+  GemvPlanInfo info;
+  dispatchVariant(args, [&](auto tag, auto pro, auto act) {
+    const Plan p = planFor<decltype(tag), decltype(pro)::value, decltype(act)::value>(args, smemBytes);
+    info = GemvPlanInfo{p.kSplit, p.cSplit, p.grid};
+  });
+  return info;
 }
 
 void gemvLinear(ElemType dtype, const void* x, const void* w, const void* bias, void* out, int64_t M, int64_t N,

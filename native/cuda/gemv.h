@@ -54,6 +54,9 @@ struct GemvArgs {
   // Programmatic dependent launch: the kernel may start while the previous kernel on the stream is finishing
   // (weights are fetched before it waits for that kernel's results). Also valid inside stream capture.
   bool pdl = false;
+  // Largest thread-block cluster (1, 2, 4 or 8 CTAs) that may share one tile's k when there are too few tiles
+  // to fill the GPU (N = 768); 1 keeps each tile in one CTA. FLASHLAB_GEMV_CLUSTER=0 makes it 1 for every call.
+  int maxClusterSplit = 8;
 };
 
 constexpr int kGemvMaxRows = 8;
@@ -71,6 +74,13 @@ bool gemvSupported(const GemvArgs& args, std::string* why = nullptr);
 // Launches the fused kernel on `stream`. Unsupported arguments throw std::invalid_argument naming the problem
 // (the caller may fall back to cuBLASLt + separate kernels); CUDA failures throw KernelError.
 void gemv(const GemvArgs& args, cudaStream_t stream);
+
+// How gemv() would run these (supported) arguments on the current device: warps of a CTA sharing a tile's k,
+// CTAs of a cluster sharing it, CTAs launched. For tests and benchmarks that must know which path they timed.
+struct GemvPlanInfo {
+  int kSplit = 1, cSplit = 1, grid = 0;
+};
+GemvPlanInfo gemvPlan(const GemvArgs& args);
 
 // Drop-in for GemmLt::linear's argument order: out[M, N] = x[M, K] · w[N, K]^T (+ bias[N]).
 void gemvLinear(ElemType dtype, const void* x, const void* w, const void* bias, void* out, int64_t M, int64_t N,

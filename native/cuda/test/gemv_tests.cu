@@ -151,6 +151,7 @@ struct Case {
   bool bias;
   Residual residual;
   Launch launch = Launch::Plain;
+  int maxClusterSplit = 8;  // GemvArgs::maxClusterSplit
 };
 
 std::string caseName(const Case& c) {
@@ -163,7 +164,9 @@ std::string caseName(const Case& c) {
                 c.launch == Launch::Plain                ? ""
                 : c.launch == Launch::PdlAfterProducer ? " pdl-after-producer"
                                                          : " graph+pdl-after-producer");
-  return buf;
+  std::string name = buf;
+  if (c.maxClusterSplit != 8) name += " cluster<=" + std::to_string(c.maxClusterSplit);
+  return name;
 }
 
 void runCase(const Case& c) {
@@ -207,6 +210,7 @@ void runCase(const Case& c) {
     a.residual = c.residual == Residual::None ? nullptr : c.residual == Residual::InPlace ? out : dres.p;
     a.out = out;
     a.pdl = c.launch != Launch::Plain;
+    a.maxClusterSplit = c.maxClusterSplit;
 
     if (c.launch == Launch::Plain) {
       gemv(a, stream);
@@ -495,11 +499,47 @@ void correctness() {
         if (quick && (m == 8 || t == ElemType::BF16)) continue;
         runCase({t, s.p, s.act, m, s.n, s.k, s.bias, s.r});
       }
+  // Tiles split over the CTAs of a thread-block cluster (few tiles, long k): each cluster size the planner
+  // can choose, checked to be the path taken, against the same reference; and the same shapes in one CTA.
+  struct ClusterShape {
+    int n, k;
+    GemvPrologue p;
+    GemvActivation act;
+    Residual r;
+  };
+  const ClusterShape clusterShapes[] = {
+      {768, 3072, GemvPrologue::None, GemvActivation::None, Residual::InPlace},        // GPT-2 proj
+      {40, 13696, GemvPrologue::RmsNorm, GemvActivation::None, Residual::None},        // 3 tiles, long k
+      {100, 4104, GemvPrologue::LayerNorm, GemvActivation::SwiGlu, Residual::Separate}, // odd tiles and k
+  };
+  for (const ClusterShape& cs : clusterShapes)
+    for (int cap : {1, 2, 4, 8})
+      for (int m : {1, 5}) {
+        if (quick && m != 1) continue;
+        GemvArgs probe = validArgs();
+        probe.m = m, probe.n = cs.n, probe.k = cs.k, probe.prologue = cs.p, probe.activation = cs.act;
+        probe.maxClusterSplit = cap;
+        const GemvPlanInfo plan = gemvPlan(probe);
+        const bool pathOk = cap == 1 ? plan.cSplit == 1 : plan.cSplit > 1 && plan.cSplit <= cap;
+        report(pathOk, "gemv plan N" + std::to_string(cs.n) + " K" + std::to_string(cs.k) + " cluster<=" +
+                           std::to_string(cap),
+               "kSplit " + std::to_string(plan.kSplit) + ", cluster " + std::to_string(plan.cSplit) + ", " +
+                   std::to_string(plan.grid) + " CTAs");
+        Case c{ElemType::F16, cs.p, cs.act, m, cs.n, cs.k, true, cs.r};
+        c.maxClusterSplit = cap;
+        runCase(c);
+        if (cap == 8 && !quick) {
+          c.t = ElemType::BF16;
+          runCase(c);
+        }
+      }
   // Programmatic dependent launch behind a producer that releases it early, eagerly and in a CUDA graph.
   for (Launch l : {Launch::PdlAfterProducer, Launch::GraphPdlAfterProducer}) {
     runCase({ElemType::F16, GemvPrologue::LayerNorm, GemvActivation::GeluNew, 3, 3072, 768, true, Residual::None, l});
     runCase({ElemType::BF16, GemvPrologue::RmsNorm, GemvActivation::SwiGlu, 1, 1000, 4096, false, Residual::Separate,
              l});
+    Case clustered{ElemType::F16, GemvPrologue::None, GemvActivation::None, 1, 768, 3072, true, Residual::InPlace, l};
+    runCase(clustered);  // cluster launch attribute beside the programmatic-serialization one
   }
 }
 
@@ -596,8 +636,8 @@ void bench(bool compareLt) {
               prop.name, copyBps / 1e9, prop.l2CacheSize >> 20);
   std::printf("M = 1, fp16; us per call inside a CUDA graph of 100 calls, weights rotating through >= 256 MB of "
               "copies; GB/s = bytes moved / time\n");
-  std::printf("%-9s %-8s %-13s %-18s | %8s %6s | %8s %8s %6s%s\n", "model", "layer", "k -> n", "fusion", "plain us",
-              "%copy", "fused us", "+pdl us", "%copy", compareLt ? " | cuBLASLt us  %copy" : "");
+  std::printf("%-9s %-8s %-13s %-18s | %8s %6s | %8s %8s %6s | %9s %-10s%s\n", "model", "layer", "k -> n", "fusion",
+              "plain us", "%copy", "fused us", "+pdl us", "%copy", "1-CTA us", "plan", compareLt ? " | cuBLASLt us  %copy" : "");
   const BenchShape shapes[] = {
       {"gpt2", "qkv", 768, 2304, GemvPrologue::LayerNorm, GemvActivation::None, true, false, 12},
       {"gpt2", "attn.out", 768, 768, GemvPrologue::None, GemvActivation::None, true, true, 12},
@@ -609,6 +649,11 @@ void bench(bool compareLt) {
       {"chatglm2", "h_to_4h", 4096, 13696, GemvPrologue::RmsNorm, GemvActivation::SwiGlu, false, false, 28},
       {"chatglm2", "4h_to_h", 13696, 4096, GemvPrologue::None, GemvActivation::None, false, true, 28},
       {"chatglm2", "lm_head", 4096, 65024, GemvPrologue::RmsNorm, GemvActivation::None, false, false, 1},
+      // One shard's slice at tensor parallelism 4 (not counted in the per-token totals).
+      {"glm2-tp4", "qkv", 4096, 1152, GemvPrologue::RmsNorm, GemvActivation::None, true, false, 0},
+      {"glm2-tp4", "dense", 1024, 4096, GemvPrologue::None, GemvActivation::None, false, false, 0},
+      {"glm2-tp4", "h_to_4h", 4096, 3424, GemvPrologue::RmsNorm, GemvActivation::SwiGlu, false, false, 0},
+      {"glm2-tp4", "4h_to_h", 3424, 4096, GemvPrologue::None, GemvActivation::None, false, false, 0},
   };
 #ifdef FLASHLAB_GEMV_CUBLASLT
   constexpr size_t kLtWorkspace = size_t{32} << 20;
@@ -642,8 +687,8 @@ void bench(bool compareLt) {
       b.w = ws[i % copies]->p;
       gemv(b, stream);
     };
-    auto fused = [&](bool pdl) {
-      return [&, pdl](int i) {
+    auto fused = [&](bool pdl, int maxClusterSplit = 8) {
+      return [&, pdl, maxClusterSplit](int i) {
         GemvArgs b = a;
         b.w = ws[i % copies]->p;
         b.bias = s.bias ? bias.p : nullptr;
@@ -651,12 +696,20 @@ void bench(bool compareLt) {
         b.activation = s.act;
         b.residual = s.residual ? res.p : nullptr;
         b.pdl = pdl;
+        b.maxClusterSplit = maxClusterSplit;
         gemv(b, stream);
       };
     };
     const double tPlain = timeGraph(plain);
     const double tFused = timeGraph(fused(false));
     const double tPdl = timeGraph(fused(true));
+    const double tOneCta = timeGraph(fused(true, 1));  // every tile's k in one CTA (no cluster split)
+    GemvArgs probe = a;
+    probe.w = ws[0]->p, probe.bias = s.bias ? bias.p : nullptr, probe.prologue = s.p, probe.normWeight = nw.p;
+    probe.normBias = nb.p, probe.activation = s.act;
+    const GemvPlanInfo plan = gemvPlan(probe);
+    char planStr[32];
+    std::snprintf(planStr, sizeof planStr, "%dx%d/%d", plan.kSplit, plan.cSplit, plan.grid);
     const double plainBytes = wBytes + s.k * 2.0 + rowsW * 2.0;
     const double fusedBytes = wBytes + s.k * 2.0 + s.n * 2.0 * (s.residual ? 2 : 1) + (s.bias ? rowsW * 2.0 : 0) +
                               (s.p == GemvPrologue::None ? 0 : s.k * 2.0 * (s.p == GemvPrologue::LayerNorm ? 2 : 1));
@@ -684,12 +737,14 @@ void bench(bool compareLt) {
       ltCol = buf;
     }
 #endif
-    std::printf("%-9s %-8s %-13s %-18s | %8.2f %5.0f%% | %8.2f %8.2f %5.0f%%%s\n", s.model, s.name, kn,
+    std::printf("%-9s %-8s %-13s %-18s | %8.2f %5.0f%% | %8.2f %8.2f %5.0f%% | %9.2f %-10s%s\n", s.model, s.name, kn,
                 fusionStr.c_str(), tPlain, 100.0 * (plainBytes / (tPlain * 1e-6)) / copyBps, tFused, tPdl,
-                100.0 * (fusedBytes / (std::min(tFused, tPdl) * 1e-6)) / copyBps, ltCol.c_str());
+                100.0 * (fusedBytes / (std::min(tFused, tPdl) * 1e-6)) / copyBps, tOneCta, planStr, ltCol.c_str());
     std::printf("BENCH {\"model\":\"%s\",\"layer\":\"%s\",\"k\":%d,\"n\":%lld,\"plainUs\":%.3f,\"fusedUs\":%.3f,"
-                "\"fusedPdlUs\":%.3f,\"cublasLtUs\":%.3f,\"weightBytes\":%zu,\"copyGBps\":%.1f}\n",
-                s.model, s.name, s.k, static_cast<long long>(rowsW), tPlain, tFused, tPdl, tLt, wBytes, copyBps / 1e9);
+                "\"fusedPdlUs\":%.3f,\"fusedPdlOneCtaUs\":%.3f,\"cublasLtUs\":%.3f,\"weightBytes\":%zu,"
+                "\"copyGBps\":%.1f}\n",
+                s.model, s.name, s.k, static_cast<long long>(rowsW), tPlain, tFused, tPdl, tOneCta, tLt, wBytes,
+                copyBps / 1e9);
     Totals& tot = std::strcmp(s.model, "gpt2") == 0 ? gpt2 : glm;
     tot.fused += s.perToken * tFused, tot.pdl += s.perToken * tPdl, tot.lt += s.perToken * tLt;
     tot.bytes += s.perToken * static_cast<double>(wBytes);
