@@ -459,10 +459,9 @@ class CudaBackend final : public Backend {
     const int64_t V = logits.shape.back(), rows = logits.numel() / V;
     require(ids.numel() == rows && lens.numel() == rows, "argmaxAndAdvance", "ids/lengths do not match the logits");
     activate();
-    cuda::argmaxRows(elemOf(logits.dtype), logits.data(), static_cast<int>(rows), static_cast<int>(V),
-                     static_cast<int32_t*>(ids.data()), stream_);
-    cuda::decodeAdvance(static_cast<int32_t*>(pos.data()), static_cast<int32_t*>(lens.data()), static_cast<int>(rows),
-                        stream_);
+    cuda::argmaxRowsAndAdvance(elemOf(logits.dtype), logits.data(), static_cast<int>(rows), static_cast<int>(V),
+                               static_cast<int32_t*>(ids.data()), static_cast<int32_t*>(pos.data()),
+                               static_cast<int32_t*>(lens.data()), stream_);
   }
 
   void beginCapture() override {

@@ -851,6 +851,50 @@ void testSampling(ElemType t) {
   }
   report(wrong == 0, std::string("argmax ") + elemTypeName(t) + " 4x50257", std::to_string(wrong) + " rows differ");
 
+  // Where the maximum sits relative to the 16-byte loads (the unaligned head of a row, its body, its tail), ties
+  // (the lowest index wins) and the fused position advance, for one row (one kernel) and for three.
+  {
+    int32_t* state;  // pos, lens[3]
+    FL_CUDA_CHECK(cudaMalloc(&state, 4 * 4));
+    int bad = 0;
+    std::string what;
+    for (int nrows : {1, 3}) {
+      for (int where : {0, 1, 7, 8, 25000, vocab - 9, vocab - 2, vocab - 1}) {
+        for (bool tie : {false, true}) {
+          std::vector<double> v(static_cast<size_t>(nrows) * vocab, -1.0);
+          std::vector<int32_t> want(nrows);
+          for (int r = 0; r < nrows; ++r) {
+            const int at = (where + r * 3) % vocab;
+            v[static_cast<size_t>(r) * vocab + at] = 2.0;
+            want[r] = at;
+            if (tie) {  // an equal maximum later in the row must lose
+              const int later = std::min(vocab - 1, at + 9);
+              v[static_cast<size_t>(r) * vocab + later] = 2.0;
+            }
+          }
+          Buf lg(t, v.size());
+          lg.upload(v);
+          const int32_t init[4] = {41, -7, -7, -7};
+          FL_CUDA_CHECK(cudaMemcpy(state, init, sizeof init, cudaMemcpyHostToDevice));
+          // rows 1 and 2 start 2 * vocab bytes into the buffer: not 16-byte aligned, so the head path runs
+          argmaxRowsAndAdvance(t, lg.dev, nrows, vocab, ids, state, state + 1, nullptr);
+          std::vector<int32_t> gotIds(nrows), st(4);
+          FL_CUDA_CHECK(cudaMemcpy(gotIds.data(), ids, nrows * 4, cudaMemcpyDeviceToHost));
+          FL_CUDA_CHECK(cudaMemcpy(st.data(), state, 16, cudaMemcpyDeviceToHost));
+          bool ok = gotIds == want && st[0] == 42;
+          for (int r = 0; r < 3; ++r) ok = ok && st[1 + r] == (r < nrows ? 43 : -7);
+          if (!ok && !bad++)
+            what = "rows " + std::to_string(nrows) + ", max at " + std::to_string(where) + (tie ? " (tie)" : "") +
+                   ": id " + std::to_string(gotIds[0]) + " want " + std::to_string(want[0]) + ", pos " +
+                   std::to_string(st[0]) + " lens[0] " + std::to_string(st[1]);
+        }
+      }
+    }
+    FL_CUDA_CHECK(cudaFree(state));
+    report(bad == 0, std::string("argmax + advance ") + elemTypeName(t) + " (max in head/body/tail, ties)",
+           bad ? what : "32 cases");
+  }
+
   // Sampling: 20000 rows of the same 8 logits; the frequencies must match softmax(logits / T).
   const int draws = 20000, V = 8;
   const double temp = 0.7;
