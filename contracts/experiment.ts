@@ -154,6 +154,9 @@ export const TpBreakdown = z.object({
   allReduceMs: nonNegativeMs,
   allReduceCount: z.number().int().nonnegative(),
   allReducePerLayerMs: z.array(nonNegativeMs).min(1),
+  /** The exchange of the vocabulary-parallel output layer's logits slices (one more collective a step, after the
+   *  last layer); absent in runs measured before the output layer was split. Part of allReduceMs. */
+  outputExchangeMs: nonNegativeMs.optional(),
 });
 export type TpBreakdown = z.infer<typeof TpBreakdown>;
 

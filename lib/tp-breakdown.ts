@@ -13,7 +13,8 @@ export interface TpBreakdownSummary {
   allReduceMs: number;
   /** Median all-reduce over median step: the share of a token spent exchanging partial sums. */
   allReduceShare: number;
-  /** All-reduces in one decode step (two per layer: after attention and after the MLP). */
+  /** Collectives in one decode step (two per layer: after attention and after the MLP; newer runs add the output
+   *  layer's logits exchange). */
   allReduceCount: number;
   /** Per layer: the median over repeats of that layer's two all-reduces summed. */
   perLayerMs: number[];

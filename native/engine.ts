@@ -58,13 +58,14 @@ export interface GenerateResult {
   logitsSteps?: Float32Array[][];
 }
 
-/** The last step's breakdown on shard 0 as the dashboard reads it: compute is the step minus its all-reduces, and
- *  layer l's figure is its two all-reduces (after attention, after the MLP) summed. */
+/** The last step's breakdown on shard 0 as the dashboard reads it: compute is the step minus its collectives; layer
+ *  l's figure is its two all-reduces (after attention, after the MLP) summed, and a step's odd last collective is
+ *  the output layer's logits exchange (vocabulary-parallel). */
 export function tpBreakdownOf(t: { stepMs: number; allReduceMs: number[] }): TpBreakdown {
   const allReduceMs = t.allReduceMs.reduce((a, b) => a + b, 0);
+  const layers = Math.floor(t.allReduceMs.length / 2);
   const allReducePerLayerMs: number[] = [];
-  for (let i = 0; i < t.allReduceMs.length; i += 2)
-    allReducePerLayerMs.push(t.allReduceMs[i] + (t.allReduceMs[i + 1] ?? 0));
+  for (let l = 0; l < layers; ++l) allReducePerLayerMs.push(t.allReduceMs[2 * l] + t.allReduceMs[2 * l + 1]);
   return {
     stepMs: t.stepMs,
     // Clock granularity can make the parts sum past the whole by a hair: compute is never negative.
@@ -72,6 +73,7 @@ export function tpBreakdownOf(t: { stepMs: number; allReduceMs: number[] }): TpB
     allReduceMs,
     allReduceCount: t.allReduceMs.length,
     allReducePerLayerMs,
+    ...(t.allReduceMs.length % 2 === 1 ? { outputExchangeMs: t.allReduceMs[t.allReduceMs.length - 1] } : {}),
   };
 }
 

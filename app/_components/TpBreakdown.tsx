@@ -82,7 +82,7 @@ export function TpStackedCard(props: {
               <p>
                 The last decode step of each measured repeat, timed on the first GPU (host clocks on the CPU backend):
                 median compute and median all-reduce, stacked. Two all-reduces per layer, after attention and after the
-                MLP.
+                MLP, and (in runs since the output layer was split by vocabulary) one exchange of the logits slices.
               </p>
               <div className="table-wrap">
                 <table className="small" data-testid="tp-breakdown-table">

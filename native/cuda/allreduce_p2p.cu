@@ -32,6 +32,7 @@ struct P2PArgs {
   uint32_t* epochs;  // this rank's
   int32_t* error;    // this rank's slot of the host-mapped error array
   void* data;
+  void* addTo;  // null: the sum replaces data; else addTo[i] = addTo[i] + sum (rounded), data keeps the part
   int64_t count;
   int64_t chunk;  // elements per CTA, a multiple of kChunkAlign
   size_t regionBytes;
@@ -39,8 +40,19 @@ struct P2PArgs {
   unsigned long long timeoutNs;
   int rank;
   int ranks;
-  bool aligned;  // data is 16-byte aligned: whole vectors are written back at once
+  bool aligned;  // data (and addTo) are 16-byte aligned: whole vectors are read and written at once
 };
+
+__device__ __forceinline__ void gridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void launchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ float toF(float v) { return v; }
 __device__ __forceinline__ float toF(__half v) { return __half2float(v); }
@@ -74,6 +86,10 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   __shared__ uint32_t sEpoch;
   __shared__ int sFailed;
   const int c = blockIdx.x;
+  // Launched programmatically, the kernel may start while the kernel that made the part is finishing: wait for
+  // it, then let the next kernel launch (it prefetches its weights while the ranks meet).
+  gridDependencyWait();
+  launchDependents();
   if (threadIdx.x == 0) {
     const uint32_t e = a.epochs[c] + 1;
     a.epochs[c] = e;
@@ -86,6 +102,7 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   const int64_t left = a.count - begin;
   const int64_t n = left <= 0 ? 0 : (left < a.chunk ? left : a.chunk);
   T* data = static_cast<T*>(a.data) + begin;
+  T* dst = a.addTo ? static_cast<T*>(a.addTo) + begin : data;
   const size_t off = (e & 1u) * a.slotBytes + static_cast<size_t>(c) * a.regionBytes;
 
   T* mine = reinterpret_cast<T*>(const_cast<char*>(a.bufs[a.rank]) + off);
@@ -138,17 +155,33 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
     } out;
 #pragma unroll
     for (int k = 0; k < V; ++k) out.t[k] = fromF<T>(acc[k]);
+    if (a.addTo) {  // the residual add of the separate kernel: both operands rounded, summed in fp32
+      union {
+        uint4 u;
+        T t[V];
+      } base;
+      if (a.aligned) {
+        base.u = reinterpret_cast<const uint4*>(dst)[v];
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) base.t[k] = dst[v * V + k];
+      }
+#pragma unroll
+      for (int k = 0; k < V; ++k) out.t[k] = fromF<T>(toF(base.t[k]) + toF(out.t[k]));
+    }
     if (a.aligned) {
-      reinterpret_cast<uint4*>(data)[v] = out.u;
+      reinterpret_cast<uint4*>(dst)[v] = out.u;
     } else {
 #pragma unroll
-      for (int k = 0; k < V; ++k) data[v * V + k] = out.t[k];
+      for (int k = 0; k < V; ++k) dst[v * V + k] = out.t[k];
     }
   }
   for (int64_t i = nvec * V + threadIdx.x; i < n; i += kThreads) {
     float acc = 0.f;
     for (int j = 0; j < a.ranks; ++j) acc += toF(__ldcg(reinterpret_cast<const T*>(a.bufs[j] + off) + i));
-    data[i] = fromF<T>(acc);
+    T sum = fromF<T>(acc);
+    if (a.addTo) sum = fromF<T>(toF(dst[i]) + toF(sum));
+    dst[i] = sum;
   }
 }
 
@@ -272,7 +305,8 @@ void P2PAllReduce::checkError(int rank) const {
                       std::to_string(timeoutMs_) + " ms)");
 }
 
-void P2PAllReduce::allReduce(int rank, ElemType dtype, void* data, int64_t count, cudaStream_t stream) {
+void P2PAllReduce::allReduce(int rank, ElemType dtype, void* data, int64_t count, cudaStream_t stream, void* addTo,
+                             bool pdl) {
   checkError(rank);  // also range-checks rank
   FL_REQUIRE(fits(dtype, count), "peer-to-peer all-reduce: " + std::to_string(count) + " " + elemTypeName(dtype) +
                                      " elements exceed the " + std::to_string(maxBytes_) + "-byte maximum");
@@ -290,19 +324,32 @@ void P2PAllReduce::allReduce(int rank, ElemType dtype, void* data, int64_t count
   a.epochs = epochs_[rank];
   a.error = errors_ + rank;  // host-mapped, portable: the same address on every device (unified addressing)
   a.data = data;
+  a.addTo = addTo;
+  FL_REQUIRE(!addTo || addTo == data ||
+                 reinterpret_cast<uintptr_t>(addTo) + bytes <= reinterpret_cast<uintptr_t>(data) ||
+                 reinterpret_cast<uintptr_t>(data) + bytes <= reinterpret_cast<uintptr_t>(addTo),
+             "peer-to-peer all-reduce: the residual partly overlaps the part");
   a.count = count;
   a.regionBytes = regionBytes_;
   a.slotBytes = kP2PMaxCtas * regionBytes_;
   a.timeoutNs = static_cast<unsigned long long>(timeoutMs_) * 1000000ull;
   a.rank = rank;
   a.ranks = ranks();
-  a.aligned = reinterpret_cast<uintptr_t>(data) % 16 == 0;
+  a.aligned = reinterpret_cast<uintptr_t>(data) % 16 == 0 && reinterpret_cast<uintptr_t>(addTo) % 16 == 0;
   FL_CUDA_CHECK(cudaSetDevice(devices_[rank]));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
   dispatchElem(dtype, [&](auto tag) {
     using T = decltype(tag);
-    p2pAllReduceKernel<T><<<grid, kThreads, 0, stream>>>(a);
+    FL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, p2pAllReduceKernel<T>, a));
   });
-  FL_CHECK_LAUNCH();
 }
 
 }  // namespace flashlab::cuda

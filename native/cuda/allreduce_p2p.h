@@ -47,7 +47,12 @@ class P2PAllReduce {
   // shards' rendezvous guarantees it: a call waits on the device until every rank's call of the same index ran.
   // Epochs live on the device and the kernel advances them, so a call recorded into a CUDA graph replays
   // correctly, also between eager calls.
-  void allReduce(int rank, ElemType dtype, void* data, int64_t count, cudaStream_t stream);
+  // addTo (optional, `count` elements on the rank's device, the same tensor as data or disjoint from it): the
+  // rounded sum is added into it instead (addTo = round(addTo + round(sum)), what a separate residual add
+  // would give), and data keeps the rank's part. pdl: programmatic dependent launch (the kernel waits for the
+  // previous kernel on the stream itself and lets the next one launch early).
+  void allReduce(int rank, ElemType dtype, void* data, int64_t count, cudaStream_t stream, void* addTo = nullptr,
+                 bool pdl = false);
 
   // After the rank's stream was synchronised: throws KernelError ("peer-to-peer all-reduce timed out waiting for
   // shard k") when one of the rank's calls gave up waiting for shard k. The group stays unusable after that (its

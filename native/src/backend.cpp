@@ -197,6 +197,33 @@ void Backend::allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) {
   r.arriveAndWait(shard, &part, [this](const std::vector<Tensor*>& parts) { allReduceSum(parts); });
 }
 
+void Backend::allReduceAddShard(Tensor& part, Tensor& resid, int shard, ShardRendezvous& r) {
+  allReduceSumShard(part, shard, r);
+  add(resid, part);
+}
+
+void Backend::allGatherColumnsShard(const Tensor& part, Tensor& out, int64_t colBegin, int shard, ShardRendezvous& r) {
+  fillZero(out);
+  copyColumns(part, out, colBegin);
+  allReduceSumShard(out, shard, r);
+}
+
+void Backend::copyColumns(const Tensor&, Tensor&, int64_t) {
+  throw std::logic_error(name() + " does not implement copyColumns");
+}
+
+// Shapes of a column copy; "" when they fit.
+std::string columnCopyProblem(const Tensor& src, const Tensor& dst, int64_t colBegin) {
+  if (src.shape.size() != 2 || dst.shape.size() != 2 || src.layout != 0 || dst.layout != 0)
+    return "src " + src.shapeString() + " and dst " + dst.shapeString() + " must be dense matrices";
+  if (src.dtype != dst.dtype) return "src and dst dtypes differ";
+  if (src.dim(0) != dst.dim(0)) return "src " + src.shapeString() + " and dst " + dst.shapeString() + " differ in rows";
+  if (colBegin < 0 || colBegin + src.dim(1) > dst.dim(1))
+    return "columns [" + std::to_string(colBegin) + ", " + std::to_string(colBegin + src.dim(1)) + ") are outside dst " +
+           dst.shapeString();
+  return "";
+}
+
 // ---- ShardRendezvous
 
 ShardRendezvous::ShardRendezvous(int shards, const std::atomic<bool>* cancel, int spinMicros)

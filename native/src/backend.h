@@ -267,6 +267,17 @@ class Backend {
   // the part). Every shard first meets the others at r, so none starts the reduction unless all will. The
   // default meets at r and has the last to arrive sum all parts with allReduceSum.
   virtual void allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r);
+  // The row-parallel layer's whole exchange: resid += the sum of every shard's part (the sum rounded to the
+  // dtype first, as allReduceSumShard then add would leave it; part's contents afterwards are unspecified).
+  // The default is exactly those two calls; a device may do both in one kernel.
+  virtual void allReduceAddShard(Tensor& part, Tensor& resid, int shard, ShardRendezvous& r);
+  // Every shard's part [R, c_s] lands in every shard's out [R, C] at columns [colBegin_s, colBegin_s + c_s)
+  // (the shards' column ranges tile out). The default zeroes out, copies the own part in (copyColumns) and
+  // sums over the shards (allReduceSumShard): x + 0 is exact, so the result is the parts' values bit for bit.
+  virtual void allGatherColumnsShard(const Tensor& part, Tensor& out, int64_t colBegin, int shard, ShardRendezvous& r);
+  // dst[:, colBegin : colBegin + c] = src for src [R, c] and dst [R, C], both dense, same dtype. The default
+  // throws (a backend that runs tensor parallelism implements it).
+  virtual void copyColumns(const Tensor& src, Tensor& dst, int64_t colBegin);
   // Every part (one per shard, equal shapes) becomes the sum of all parts, summed in shard order, from one
   // thread. Backends that serve every shard (the CPU) implement it; the default throws.
   virtual void allReduceSum(const std::vector<Tensor*>& parts);
@@ -339,6 +350,10 @@ class Backend {
   std::shared_ptr<MemoryTracker> tracker_;
   int device_;
 };
+
+// Why Backend::copyColumns cannot copy src into dst at colBegin ("" when it can): the check every backend's
+// copyColumns runs.
+std::string columnCopyProblem(const Tensor& src, const Tensor& dst, int64_t colBegin);
 
 // Sampling runs on the host over logits downloaded from the device ([B, vocab] floats per step, small next to
 // a forward pass); see sampler.h.

@@ -390,8 +390,14 @@ void Model::placeWeight(const WeightSpec& spec, std::vector<float>&& full) {
   const bool is2d = spec.shape.size() > 1;
   const int tp = plan_.tp;
   const int64_t hd = config_.headDim;
+  // The output layer (GPT-2: tied to wte) is split by vocabulary rows when there are several shards: each shard
+  // computes its slice of the logits and the shards exchange them. ChatGLM2's own output layer then has no use
+  // in full on any shard.
+  const bool outputLayer = spec.name == (config_.family == Family::GPT2 ? "transformer.wte.weight"
+                                                                         : "transformer.output_layer.weight");
   Tensor shard0;
   for (int s = 0; s < tp; ++s) {
+    if (outputLayer && tp > 1 && config_.family == Family::ChatGLM2) break;
     if (spec.role == ShardRole::FirstShardOnly && s > 0) break;
     if ((spec.role == ShardRole::Replicated || tp == 1) && s > 0 && backends_[s] == backends_[0]) {
       *slotFor(s, spec.name) = shard0;  // same device: share the one copy
@@ -441,6 +447,18 @@ void Model::placeWeight(const WeightSpec& spec, std::vector<float>&& full) {
     }
     if (s == 0) shard0 = t;
     *slotFor(s, spec.name) = t;
+  }
+  if (tp > 1 && outputLayer) {
+    const int64_t per = (rows + tp - 1) / tp;
+    for (int s = 0; s < tp; ++s) {
+      const int64_t begin = std::min<int64_t>(rows, s * per), n = std::min<int64_t>(rows, begin + per) - begin;
+      if (n <= 0) throw std::invalid_argument("vocabulary of " + std::to_string(rows) + " is too small for " +
+                                              std::to_string(tp) + " shards");
+      const float* src = full.data() + begin * cols;
+      shards_[s].lmHeadRows = spec.linear ? backends_[s]->uploadLinear(src, n, cols)
+                                          : backends_[s]->uploadParam(src, {n, cols});
+      shards_[s].vocabBegin = begin;
+    }
   }
 }
 
@@ -632,9 +650,14 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
   // Shards that share a backend compute one at a time (Backend::shardTurn); the all-reduce lets go of the turn.
   std::unique_lock<std::mutex> turn;
   if (std::mutex* m = be.shardTurn()) turn = std::unique_lock<std::mutex>(*m);
-  auto allReduce = [&](Tensor& part) {
+  auto allReduceAdd = [&](Tensor& part, Tensor& resid) {
     if (turn.owns_lock()) turn.unlock();
-    be.allReduceSumShard(part, s, r);
+    be.allReduceAddShard(part, resid, s, r);
+    if (turn.mutex()) turn.lock();
+  };
+  auto allGatherColumns = [&](const Tensor& part, Tensor& out, int64_t colBegin) {
+    if (turn.owns_lock()) turn.unlock();
+    be.allGatherColumnsShard(part, out, colBegin, s, r);
     if (turn.mutex()) turn.lock();
   };
   // A linear layer whose input is the normalised residual stream: the norm runs as the layer's prologue.
@@ -647,6 +670,18 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
     return f;
   };
   auto biasOf = [](const Tensor& b) { return b.empty() ? nullptr : &b; };
+  // logits [rows, vocab] = final norm + output layer of x [rows, H]. With several shards each computes its
+  // rows of the vocabulary (the largest single weight, read 1/tp each) and they exchange the slices, so every
+  // shard ends with the whole logits (each chooses the same next token on the device).
+  auto outputHead = [&](const Tensor& xr, Tensor& logits) {
+    if (plan_.tp == 1) {
+      be.linear(xr, sw.lmHead, normed(sw.lnfW, sw.lnfB), logits);
+      return;
+    }
+    Tensor part = be.alloc({xr.dim(0), sw.lmHeadRows.dim(0)}, MemKind::Activations, dt);
+    be.linear(xr, sw.lmHeadRows, normed(sw.lnfW, sw.lnfB), part);
+    allGatherColumns(part, logits, sw.vocabBegin);
+  };
   // A row-parallel layer (attention output, MLP output) adds into the residual stream: in one step when this is
   // the only shard; with several, each shard's partial sum goes through `part` and the all-reduce first (its
   // bias, on shard 0 only, is added once). `in` is freed before the all-reduce.
@@ -663,8 +698,7 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
     }
     be.linear(in, wt, f, part);
     in = Tensor();
-    allReduce(part);
-    be.add(resid, part);
+    allReduceAdd(part, resid);
   };
 
   be.markStep(Backend::StepMark::Begin, s);
@@ -712,20 +746,21 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
   }
   if (dev) {
     // One token per row: x is already the last positions. Every shard chooses, so every shard has the next ids.
-    be.linear(x, sw.lmHead, normed(sw.lnfW, sw.lnfB), dev->logits[s]);
+    outputHead(x, dev->logits[s]);
     be.argmaxAndAdvance(dev->logits[s], dev->ids[s], dev->pos[s], dev->lens[s]);
     be.markStep(Backend::StepMark::End, s);
     return {};
   }
-  // The output head runs on shard 0 for the last position of each row only.
-  if (s != 0) return {};
+  // The output head runs for the last position of each row only (every shard: its vocabulary slice).
   std::vector<int32_t> last(B);
   for (int b = 0; b < B; ++b) last[b] = b * T + T - 1;
   Tensor xl = be.alloc({B, H}, MemKind::Activations, dt);
   be.gatherRows(x, last, xl);
+  x = Tensor();
   Tensor logits = be.alloc({B, config_.vocabSize}, MemKind::Activations, dt);
-  be.linear(xl, sw.lmHead, normed(sw.lnfW, sw.lnfB), logits);
+  outputHead(xl, logits);
   be.markStep(Backend::StepMark::End, s);
+  if (s != 0) return {};
   return logits;
 }
 

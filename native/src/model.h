@@ -66,6 +66,10 @@ struct LayerWeights {
 
 struct ShardWeights {
   Tensor embed, pos, lnfW, lnfB, lmHead;
+  // With several shards, this shard's rows of the output layer (vocabulary [vocabBegin, vocabBegin + rows)):
+  // a decode step computes only these logits on each shard and gathers the rest from the others.
+  Tensor lmHeadRows;
+  int64_t vocabBegin = 0;
   std::vector<LayerWeights> layers;
 };
 

@@ -228,10 +228,12 @@ describe('the tensor-parallel step breakdown', () => {
           const b = timed.timings.tpBreakdown;
           assert.ok(b, 'there when asked for');
           assert.deepEqual(TpBreakdown.parse(b), b, 'the shape the dashboard reads');
-          assert.equal(b.allReduceCount, 2 * config.numLayers);
+          // two per layer, then the output layer's logits exchange
+          assert.equal(b.allReduceCount, 2 * config.numLayers + 1);
           assert.equal(b.allReducePerLayerMs.length, config.numLayers);
-          const perLayer = b.allReducePerLayerMs.reduce((x, y) => x + y, 0);
-          assert.ok(Math.abs(perLayer - b.allReduceMs) <= 1e-9 * Math.max(1, b.allReduceMs), 'layers sum to the total');
+          assert.ok(b.outputExchangeMs !== undefined && b.outputExchangeMs > 0, JSON.stringify(b));
+          const perLayer = b.allReducePerLayerMs.reduce((x, y) => x + y, 0) + b.outputExchangeMs;
+          assert.ok(Math.abs(perLayer - b.allReduceMs) <= 1e-9 * Math.max(1, b.allReduceMs), 'layers and the exchange sum to the total');
           assert.ok(b.stepMs > 0 && b.allReduceMs > 0, JSON.stringify(b));
           assert.ok(b.allReduceMs <= b.stepMs, `all-reduces ${b.allReduceMs} ms within the step's ${b.stepMs} ms`);
           assert.ok(Math.abs(b.computeMs + b.allReduceMs - b.stepMs) <= 1e-9 * b.stepMs, 'compute is the rest');
@@ -273,7 +275,7 @@ describe('the tensor-parallel step breakdown', () => {
       assert.equal(out.stoppedBy, 'stop');
       assert.equal(out.newTokens[0].length, at + 1, 'ended at the stop token');
       const b = out.timings.tpBreakdown;
-      assert.ok(b && b.allReduceCount === 2 * config.numLayers, JSON.stringify(b));
+      assert.ok(b && b.allReduceCount === 2 * config.numLayers + 1, JSON.stringify(b));
       const lastStep = out.timings.decodeMs.at(-1) ?? Number.NaN;
       assert.ok(b.stepMs <= lastStep, `pass ${b.stepMs} ms within the last step's ${lastStep} ms`);
     } finally {
@@ -308,7 +310,7 @@ describe('the tensor-parallel step breakdown', () => {
         tpBreakdown: true,
       });
       const b = out.timings.tpBreakdown;
-      assert.ok(b && b.allReduceCount === 4 && b.stepMs <= out.timings.prefillMs, JSON.stringify(b));
+      assert.ok(b && b.allReduceCount === 5 && b.outputExchangeMs !== undefined && b.stepMs <= out.timings.prefillMs, JSON.stringify(b));
     } finally {
       engine.dispose();
     }

@@ -355,6 +355,15 @@ class CudaBackend final : public Backend {
     cuda::residualAdd(elemOf(x.dtype), x.data(), y.data(), x.numel(), stream_);
   }
 
+  void copyColumns(const Tensor& src, Tensor& dst, int64_t colBegin) override {
+    const std::string problem = columnCopyProblem(src, dst, colBegin);
+    require(problem.empty(), "copyColumns", problem);
+    activate();
+    const size_t es = dtypeSize(src.dtype);
+    FL_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(dst.data()) + colBegin * es, dst.dim(1) * es, src.data(),
+                                    src.dim(1) * es, src.dim(1) * es, src.dim(0), cudaMemcpyDeviceToDevice, stream_));
+  }
+
   void gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) override {
     sameDtype("gatherRows", x, out);
     const int64_t W = x.shape.back(), R = x.numel() / W;
@@ -527,20 +536,36 @@ class CudaBackend final : public Backend {
   // communicator. Both decide by the message alone, which every shard has the same, so all ranks take the same
   // path. The host meeting comes first, so no rank enqueues a collective that another rank will never join;
   // inside a recording only the all-reduce is captured, so a replay meets nowhere on the host.
-  void allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) override {
+  void allReduceSumShard(Tensor& part, int shard, ShardRendezvous& r) override { exchange(part, nullptr, shard, r); }
+
+  // The peer-to-peer kernel adds the sum into the residual itself (one kernel fewer per row-parallel layer);
+  // NCCL's path keeps the separate add.
+  void allReduceAddShard(Tensor& part, Tensor& resid, int shard, ShardRendezvous& r) override {
+    require(resid.shape == part.shape && resid.dtype == part.dtype, "allReduceAddShard",
+            "residual " + resid.shapeString() + " does not match the part " + part.shapeString());
+    if (!exchange(part, &resid, shard, r)) add(resid, part);
+  }
+
+  // allReduceSumShard's work; with resid, true when the residual add was done too.
+  bool exchange(Tensor& part, Tensor* resid, int shard, ShardRendezvous& r) {
     require(r.shards() == 1 || comm_, "allReduceSumShard", name_ + " has no communicator for " + std::to_string(r.shards()) + " shards");
     r.arriveAndWait(shard, &part);
-    if (r.shards() < 2) return;
+    if (r.shards() < 2) return false;
     activate();
     const bool timed = timing();
     if (timed) recordEvent(allReduceEvent(false), stream_);
+    bool added = false;
     if (p2p_ && p2p_->ranks() == r.shards() && p2p_->fits(elemOf(part.dtype), part.numel())) {
-      p2p_->allReduce(p2pRank_, elemOf(part.dtype), part.data(), part.numel(), stream_);
+      // Programmatic launch like the GEMVs around it, except when step timing puts events between kernels.
+      p2p_->allReduce(p2pRank_, elemOf(part.dtype), part.data(), part.numel(), stream_,
+                      resid ? resid->data() : nullptr, gemvPdl_ && !timed);
+      added = resid != nullptr;
     } else {
       FL_NCCL_CHECK(ncclAllReduce(part.data(), part.data(), static_cast<size_t>(part.numel()),
                                   ncclTypeOf(part.dtype), ncclSum, comm_, stream_));
     }
     if (timed) recordEvent(allReduceEvent(true), stream_);
+    return added;
   }
 
   // The shard threads enqueue their all-reduces independently, so a peer may still be inside its NCCL call

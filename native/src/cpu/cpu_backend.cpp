@@ -284,6 +284,13 @@ void CpuBackend::add(Tensor& x, const Tensor& y) {
   for (int64_t i = 0; i < n; ++i) a[i] += b[i];
 }
 
+void CpuBackend::copyColumns(const Tensor& src, Tensor& dst, int64_t colBegin) {
+  const std::string problem = columnCopyProblem(src, dst, colBegin);
+  require(problem.empty(), "copyColumns", problem);
+  const int64_t rows = src.dim(0), c = src.dim(1), C = dst.dim(1);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst.f32() + r * C + colBegin, src.f32() + r * c, c * sizeof(float));
+}
+
 void CpuBackend::gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) {
   const int64_t W = x.shape.back(), R = x.numel() / W;
   for (size_t i = 0; i < rows.size(); ++i) {

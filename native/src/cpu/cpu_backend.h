@@ -39,6 +39,7 @@ class CpuBackend final : public Backend {
   void attentionDecode(const Tensor& qkv, const AttnShape& s, const Tensor& kCache, const Tensor& vCache, int pos,
                        Tensor& out) override;
   void add(Tensor& x, const Tensor& y) override;
+  void copyColumns(const Tensor& src, Tensor& dst, int64_t colBegin) override;
   void gatherRows(const Tensor& x, const std::vector<int32_t>& rows, Tensor& out) override;
   void allReduceSum(const std::vector<Tensor*>& parts) override;
   // Shards take turns on the host: each still computes with every thread, one after another, as before

@@ -192,6 +192,55 @@ void testSizes(P2PAllReduce& g, std::vector<Rank>& rk, std::mt19937& rng) {
   });
 }
 
+// The fused residual add (addTo) and the programmatic launch: resid = round(resid + round(sum)) on every rank,
+// bit for bit, the part left as it was; twice in a row on the stream, so the second call's early launch waits
+// for the first.
+void testAddTo(P2PAllReduce& g, std::vector<Rank>& rk, std::mt19937& rng) {
+  const int R = g.ranks();
+  for (ElemType t : kTypes)
+    for (int64_t count : {int64_t{4096}, int64_t{4097}, int64_t{13}})
+      for (bool pdl : {false, true}) {
+        const int offset = count == 4097 ? 1 : 0;  // an unaligned residual and part
+        const std::string name = "tp=" + std::to_string(R) + " " + flashlab::cuda::elemTypeName(t) + " " +
+                                 std::to_string(count) + " elements added into a residual" +
+                                 (offset ? " (unaligned)" : "") + (pdl ? ", programmatic launch" : "") +
+                                 ", twice: every rank's residual as the separate add would leave it";
+        guarded(name, [&] {
+          const Parts p1 = makeParts(t, R, count, rng), p2 = makeParts(t, R, count, rng);
+          const Parts base = makeParts(t, 1, count, rng);  // the residual, the same on every rank
+          const size_t bytes = p1.expect.size(), off = offset * esz(t);
+          std::vector<unsigned char> want = base.in[0];
+          for (const Parts* p : {&p1, &p2})
+            for (int64_t i = 0; i < count; ++i)
+              storeElem(t, loadElem(t, want.data() + i * esz(t)) + loadElem(t, p->expect.data() + i * esz(t)),
+                        want.data() + i * esz(t));
+          std::vector<std::vector<unsigned char>> got(R, std::vector<unsigned char>(bytes)), part(R, got[0]);
+          onRanks(R, [&](int r) {
+            CK(cudaSetDevice(rk[r].device));
+            unsigned char *d1 = nullptr, *d2 = nullptr, *res = nullptr;
+            CK(cudaMalloc(&d1, bytes + 16)), CK(cudaMalloc(&d2, bytes + 16)), CK(cudaMalloc(&res, bytes + 16));
+            CK(cudaMemcpy(d1 + off, p1.in[r].data(), bytes, cudaMemcpyHostToDevice));
+            CK(cudaMemcpy(d2 + off, p2.in[r].data(), bytes, cudaMemcpyHostToDevice));
+            CK(cudaMemcpy(res + off, base.in[0].data(), bytes, cudaMemcpyHostToDevice));
+            g.allReduce(r, t, d1 + off, count, rk[r].stream, res + off, pdl);
+            g.allReduce(r, t, d2 + off, count, rk[r].stream, res + off, pdl);
+            CK(cudaStreamSynchronize(rk[r].stream));
+            g.checkError(r);
+            CK(cudaMemcpy(got[r].data(), res + off, bytes, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(part[r].data(), d1 + off, bytes, cudaMemcpyDeviceToHost));
+            CK(cudaFree(d1)), CK(cudaFree(d2)), CK(cudaFree(res));
+          });
+          std::string why;
+          for (int r = 0; r < R && why.empty(); ++r) {
+            why = firstDiff(t, got[r], want);
+            if (!why.empty()) why = "rank " + std::to_string(r) + " residual " + why;
+            if (why.empty() && part[r] != p1.in[r]) why = "rank " + std::to_string(r) + "'s part was changed";
+          }
+          report(why.empty(), name + (why.empty() ? "" : ": " + why));
+        });
+      }
+}
+
 void testBackToBack(P2PAllReduce& g, std::vector<Rank>& rk, std::mt19937& rng) {
   const int R = g.ranks();
   const std::string name = "tp=" + std::to_string(R) +
@@ -472,6 +521,7 @@ int main(int argc, char** argv) {
       P2PAllReduce g(devices);
       P2PAllReduce other(devices);
       testSizes(g, rk, rng);
+      testAddTo(g, rk, rng);
       testBackToBack(g, rk, rng);
       testSizes(other, rk, rng);
       testGraphs(g, rk, rng);
