@@ -33,6 +33,7 @@ void breakdown(Json& j, Engine& e, const ModelConfig& c, bool graphs) {
   std::atomic<bool> cancel{false};
   std::vector<double> steps, ars;
   std::vector<double> perLayerAr(2 * c.numLayers, 0.0);
+  double outputExchange = 0;  // the vocabulary-parallel output layer's logits exchange, after the last layer
   int samples = 0;
   for (int rep = 0; rep < 5; ++rep) {
     // The events of the last decode step are what is read.
@@ -43,6 +44,7 @@ void breakdown(Json& j, Engine& e, const ModelConfig& c, bool graphs) {
     for (size_t i = 0; i < t.allReduceMs.size(); ++i) {
       sum += t.allReduceMs[i];
       if (i < perLayerAr.size()) perLayerAr[i] += t.allReduceMs[i];
+      else outputExchange += t.allReduceMs[i];
     }
     steps.push_back(t.stepMs), ars.push_back(sum), ++samples;
   }
@@ -53,7 +55,8 @@ void breakdown(Json& j, Engine& e, const ModelConfig& c, bool graphs) {
   j.key("samples").num(samples);
   j.key("stepMs").num(step), j.key("allReduceMs").num(ar), j.key("computeMs").num(step - ar);
   j.key("allReduceFraction").num(ar / step);
-  j.key("allReducesPerStep").num(2.0 * c.numLayers);
+  j.key("allReducesPerStep").num(2.0 * c.numLayers + 1);
+  j.key("outputExchangeMs").num(samples > 0 ? outputExchange / samples : 0.0);
   // Per layer: [attention all-reduce, MLP all-reduce] mean ms; compute per layer = (step - all-reduces) / layers.
   j.key("perLayer").beginArray();
   for (int l = 0; l < c.numLayers && samples > 0; ++l) {

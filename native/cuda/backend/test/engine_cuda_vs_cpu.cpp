@@ -413,7 +413,7 @@ void tpBreakdown(const ModelConfig& cfg, int tp) {
                   timed.decodeMs.empty() ? 0.0 : timed.decodeMs.back(), meanButLast(timed.decodeMs),
                   meanButLast(after.decodeMs));
     const bool ok = timed.stepBreakdown && !plain.stepBreakdown && !after.stepBreakdown &&
-                    n == static_cast<size_t>(2 * cfg.numLayers) && step > 0 && ar > 0 && ar <= step &&
+                    n == static_cast<size_t>(2 * cfg.numLayers + 1) && step > 0 && ar > 0 && ar <= step &&
                     timed.newTokens == plain.newTokens && timed.decodeGraphs == graphs && after.decodeGraphs == graphs;
     report(ok, tag + " step breakdown (" + (graphs ? "graphs" : "eager") + ")", buf);
   }
