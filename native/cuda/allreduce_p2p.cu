@@ -43,17 +43,6 @@ struct P2PArgs {
   bool aligned;  // data (and addTo) are 16-byte aligned: whole vectors are read and written at once
 };
 
-__device__ __forceinline__ void gridDependencyWait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void launchDependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 __device__ __forceinline__ float toF(float v) { return v; }
 __device__ __forceinline__ float toF(__half v) { return __half2float(v); }
 __device__ __forceinline__ float toF(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -88,8 +77,8 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   const int c = blockIdx.x;
   // Launched programmatically, the kernel may start while the kernel that made the part is finishing: wait for
   // it, then let the next kernel launch (it prefetches its weights while the ranks meet).
-  gridDependencyWait();
-  launchDependents();
+  pdlWait();
+  pdlLaunchDependents();
   if (threadIdx.x == 0) {
     const uint32_t e = a.epochs[c] + 1;
     a.epochs[c] = e;
@@ -337,18 +326,9 @@ void P2PAllReduce::allReduce(int rank, ElemType dtype, void* data, int64_t count
   a.ranks = ranks();
   a.aligned = reinterpret_cast<uintptr_t>(data) % 16 == 0 && reinterpret_cast<uintptr_t>(addTo) % 16 == 0;
   FL_CUDA_CHECK(cudaSetDevice(devices_[rank]));
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
   dispatchElem(dtype, [&](auto tag) {
     using T = decltype(tag);
-    FL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, p2pAllReduceKernel<T>, a));
+    launchMaybePdl(p2pAllReduceKernel<T>, dim3(grid), dim3(kThreads), 0, stream, pdl, a);
   });
 }
 

@@ -299,6 +299,12 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
     loadKv(0, 0);
     cpAsyncCommit();
   }
+  // Launched programmatically (fp.pdl), everything above overlaps the QKV GEMV's tail: the position and lengths
+  // were written by the previous step, the cache rows before *pos by earlier steps (row *pos itself is patched in
+  // from sNew below). The new q, k and v come from that GEMV: wait for it here, then let the output projection
+  // launch and fetch its weights while this step attends.
+  pdlWait();
+  pdlLaunchDependents();
   uint4 qChunk[kQPerThread];
   if (n > 0) {  // the group's query heads as the rows of one m16 tile; rows past the group are zero
     const T* qBase = static_cast<const T*>(p.q.data) + batch * p.q.batchStride +
@@ -576,13 +582,14 @@ void launchDecodeFused(const DecodeFusedParams& p, int splits, bool mergeInKerne
   const dim3 grid(splits, p.attn.numKvHeads, p.attn.batch);
   if (mergeInKernel) {
     ensureDynamicSmem<decodeFusedKernel<kHeadDim, T, true>>(F::kSmemBytes);
-    decodeFusedKernel<kHeadDim, T, true><<<grid, kFusedThreads, F::kSmemBytes, stream>>>(p, chunk, partO, partMl);
-    FL_CHECK_LAUNCH();
+    launchMaybePdl(decodeFusedKernel<kHeadDim, T, true>, grid, dim3(kFusedThreads), F::kSmemBytes, stream, p.pdl, p,
+                   chunk, partO, partMl);
     return;
   }
+  // The merge kernel is launched plainly: it starts once the split kernel has completed.
   ensureDynamicSmem<decodeFusedKernel<kHeadDim, T, false>>(F::kSmemBytes);
-  decodeFusedKernel<kHeadDim, T, false><<<grid, kFusedThreads, F::kSmemBytes, stream>>>(p, chunk, partO, partMl);
-  FL_CHECK_LAUNCH();
+  launchMaybePdl(decodeFusedKernel<kHeadDim, T, false>, grid, dim3(kFusedThreads), F::kSmemBytes, stream, p.pdl, p,
+                 chunk, partO, partMl);
   decodeFusedMergeKernel<kHeadDim, T><<<dim3(p.attn.numHeads, p.attn.batch), kMergeThreads, 0, stream>>>(
       p.attn, splits, chunk, partO, partMl);
   FL_CHECK_LAUNCH();

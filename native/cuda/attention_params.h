@@ -65,6 +65,9 @@ struct DecodeFusedParams {
   // serves every layer of a step. Launches that share counters must not run concurrently (stream order, or graph
   // nodes one after another); each device / tensor-parallel shard needs its own.
   int32_t* counters = nullptr;
+  // Programmatic dependent launch: the kernel starts while the previous kernel on the stream (the QKV GEMV) is
+  // finishing, fetches the first cached K/V block, then waits for it (see pdlWait in common.cuh).
+  bool pdl = false;
 };
 
 // Throws KernelError naming the first field that is out of range. The tile loaders move 16 bytes at a time,

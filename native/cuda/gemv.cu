@@ -92,18 +92,6 @@ __device__ __forceinline__ uint4 ldgStream(const void* p, bool pred) {
   return v;
 }
 
-__device__ __forceinline__ void gridDependencyWait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void launchDependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 __device__ __forceinline__ void namedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
@@ -351,10 +339,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
     if (++ldIt == a.itersPerTile) ldIt = 0, ldTile += tileStride;
   };
   if (steps > 0) loadNext(stageA);
-  gridDependencyWait();
+  pdlWait();
   prologue<T, kPrologue>(a, xs, stats);
   __syncthreads();
-  launchDependents();
+  pdlLaunchDependents();
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   int tile = firstTile, it = 0, parity = 0;
@@ -485,8 +473,13 @@ Plan makePlan(int tiles, int units, int residentCtas, int maxClusterSplit, Clust
     if (kSplit > 1 && kSplit > units) break;
     consider(kSplit, 1, residentCtas);
   }
+  // Clusters only where one CTA a tile leaves most of the GPU idle (tiles <= half the resident CTAs) and each
+  // warp keeps at least 3 units of k: measured on an H100 (gemv_tests --bench, "1-CTA us"), a cluster split
+  // paid off for GPT-2's 3072 -> 768 projection (48 tiles, 96 units: 5.05 against 5.79 us) but lost where its
+  // warps got 1-2 units (768 -> 768: 4.01 against 2.43 us) or the tiles already filled the GPU (ChatGLM2-6B's
+  // QKV: 21.2 against 17.7 us).
   for (int cSplit = 2; cSplit <= maxClusterSplit; cSplit *= 2) {
-    if (Tr::kWarps * cSplit / 2 >= units) break;  // the smaller split already gave every warp its own k
+    if (2 * tiles > residentCtas || units < 3 * Tr::kWarps * cSplit) break;
     consider(Tr::kWarps, cSplit, clustersOf(cSplit));
   }
   return best;

@@ -48,6 +48,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float sv[kThreads / 32];
   __shared__ int si[kThreads / 32];
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
+  pdlWait();  // launched programmatically, it starts during the output layer's GEMV and waits for its logits
   const int row = blockIdx.x;
   const T* l = logits + static_cast<int64_t>(row) * vocab;
   float bv = -INFINITY;
@@ -99,12 +100,12 @@ __global__ void __launch_bounds__(kThreads)
 
 template <bool kSample>
 void launchChoose(ElemType dtype, const void* logits, int rows, int vocab, float invTemp, uint64_t seed, uint64_t step,
-                  int32_t* outIds, cudaStream_t stream, int32_t* pos = nullptr, int32_t* seqLens = nullptr) {
+                  int32_t* outIds, cudaStream_t stream, int32_t* pos = nullptr, int32_t* seqLens = nullptr,
+                  bool pdl = false) {
   dispatchElem(dtype, [&](auto t) {
     using T = decltype(t);
-    chooseKernel<T, kSample><<<rows, kThreads, 0, stream>>>(static_cast<const T*>(logits), vocab, invTemp, seed, step,
-                                                           outIds, pos, seqLens);
-    FL_CHECK_LAUNCH();
+    launchMaybePdl(chooseKernel<T, kSample>, dim3(rows), dim3(kThreads), 0, stream, pdl,
+                   static_cast<const T*>(logits), vocab, invTemp, seed, step, outIds, pos, seqLens);
   });
 }
 
@@ -117,15 +118,15 @@ void argmaxRows(ElemType dtype, const void* logits, int rows, int vocab, int32_t
 }
 
 void argmaxRowsAndAdvance(ElemType dtype, const void* logits, int rows, int vocab, int32_t* outIds, int32_t* pos,
-                          int32_t* seqLens, cudaStream_t stream) {
+                          int32_t* seqLens, cudaStream_t stream, bool pdl) {
   FL_REQUIRE(logits && outIds && pos && seqLens, "argmax and advance: null tensor");
   FL_REQUIRE(rows >= 1 && vocab >= 1, "argmax and advance: empty logits");
   if (rows == 1) {
-    launchChoose<false>(dtype, logits, 1, vocab, 1.f, 0, 0, outIds, stream, pos, seqLens);
+    launchChoose<false>(dtype, logits, 1, vocab, 1.f, 0, 0, outIds, stream, pos, seqLens, pdl);
     return;
   }
   // Several rows share the position: one CTA per row cannot move it while another may still read it.
-  launchChoose<false>(dtype, logits, rows, vocab, 1.f, 0, 0, outIds, stream);
+  launchChoose<false>(dtype, logits, rows, vocab, 1.f, 0, 0, outIds, stream, nullptr, nullptr, pdl);
   decodeAdvance(pos, seqLens, rows, stream);
 }
 

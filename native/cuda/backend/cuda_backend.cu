@@ -460,6 +460,7 @@ class CudaBackend final : public Backend {
     p.pos = static_cast<const int32_t*>(pos.data());
     p.rotDim = rotDim, p.theta = theta;
     p.counters = decodeCounters_;
+    p.pdl = gemvPdl_ && !timing();
     Tensor ws = scratch(cuda::attentionDecodeFusedWorkspaceBytes(p));
     cuda::attentionDecodeFused(p, ws.data(), ws.bytes(), stream_);
   }
@@ -470,7 +471,7 @@ class CudaBackend final : public Backend {
     activate();
     cuda::argmaxRowsAndAdvance(elemOf(logits.dtype), logits.data(), static_cast<int>(rows), static_cast<int>(V),
                                static_cast<int32_t*>(ids.data()), static_cast<int32_t*>(pos.data()),
-                               static_cast<int32_t*>(lens.data()), stream_);
+                               static_cast<int32_t*>(lens.data()), stream_, gemvPdl_ && !timing());
   }
 
   void beginCapture() override {
