@@ -92,18 +92,27 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   const int64_t n = left <= 0 ? 0 : (left < a.chunk ? left : a.chunk);
   T* data = static_cast<T*>(a.data) + begin;
   T* dst = a.addTo ? static_cast<T*>(a.addTo) + begin : data;
-  const size_t off = (e & 1u) * a.slotBytes + static_cast<size_t>(c) * a.regionBytes;
+  // This CTA's regions in one slot of a rank's buffer: one per source rank, [c][source].
+  const size_t cell = (e & 1u) * a.slotBytes + static_cast<size_t>(c) * a.ranks * a.regionBytes;
+  const size_t mineOff = cell + static_cast<size_t>(a.rank) * a.regionBytes;
 
-  T* mine = reinterpret_cast<T*>(const_cast<char*>(a.bufs[a.rank]) + off);
+  // Push: the part goes straight into every rank's buffer (its own included) with NVLink stores, which need no
+  // reply; each rank then sums from its own memory. (Pulling instead costs a round trip after the announcement.)
   const int64_t nvec = n / V;
   if (a.aligned) {
-    for (int64_t v = threadIdx.x; v < nvec; v += kThreads)
-      reinterpret_cast<uint4*>(mine)[v] = reinterpret_cast<const uint4*>(data)[v];
-    for (int64_t i = nvec * V + threadIdx.x; i < n; i += kThreads) mine[i] = data[i];
+    for (int64_t v = threadIdx.x; v < nvec; v += kThreads) {
+      const uint4 x = reinterpret_cast<const uint4*>(data)[v];
+#pragma unroll
+      for (int j = 0; j < kP2PMaxRanks; ++j)
+        if (j < a.ranks) reinterpret_cast<uint4*>(const_cast<char*>(a.bufs[j]) + mineOff)[v] = x;
+    }
+    for (int64_t i = nvec * V + threadIdx.x; i < n; i += kThreads)
+      for (int j = 0; j < a.ranks; ++j) reinterpret_cast<T*>(const_cast<char*>(a.bufs[j]) + mineOff)[i] = data[i];
   } else {
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) mine[i] = data[i];
+    for (int64_t i = threadIdx.x; i < n; i += kThreads)
+      for (int j = 0; j < a.ranks; ++j) reinterpret_cast<T*>(const_cast<char*>(a.bufs[j]) + mineOff)[i] = data[i];
   }
-  __syncthreads();  // every thread's copy happens before the announcements below (release is cumulative)
+  __syncthreads();  // every thread's stores happen before the announcements below (release is cumulative)
 
   const int peer = threadIdx.x;
   if (peer < a.ranks && peer != a.rank) {
@@ -123,11 +132,12 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   if (sFailed) return;  // a peer's data is not there: this chunk stays as it was, the host reports the error
 
   for (int64_t v = threadIdx.x; v < nvec; v += kThreads) {
-    // Every rank's vector is requested before any is summed: the NVLink round trips overlap.
+    // Every rank's vector is requested before any is summed (local memory, through L2: the peers wrote it).
+    const char* own = a.bufs[a.rank] + cell;
     uint4 u[kP2PMaxRanks];
 #pragma unroll
     for (int j = 0; j < kP2PMaxRanks; ++j)
-      if (j < a.ranks) u[j] = __ldcg(reinterpret_cast<const uint4*>(a.bufs[j] + off) + v);
+      if (j < a.ranks) u[j] = __ldcg(reinterpret_cast<const uint4*>(own + j * a.regionBytes) + v);
     float acc[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) acc[k] = 0.f;
@@ -167,7 +177,8 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
   }
   for (int64_t i = nvec * V + threadIdx.x; i < n; i += kThreads) {
     float acc = 0.f;
-    for (int j = 0; j < a.ranks; ++j) acc += toF(__ldcg(reinterpret_cast<const T*>(a.bufs[j] + off) + i));
+    for (int j = 0; j < a.ranks; ++j)
+      acc += toF(__ldcg(reinterpret_cast<const T*>(a.bufs[a.rank] + cell + j * a.regionBytes) + i));
     T sum = fromF<T>(acc);
     if (a.addTo) sum = fromF<T>(toF(dst[i]) + toF(sum));
     dst[i] = sum;
@@ -234,7 +245,7 @@ P2PAllReduce::P2PAllReduce(const std::vector<int>& devices, size_t maxBytes, int
         if (err == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();  // another group (engine) did it
         else FL_CUDA_CHECK(err);
       }
-      FL_CUDA_CHECK(cudaMalloc(&bufs_[r], 2 * kP2PMaxCtas * regionBytes_));
+      FL_CUDA_CHECK(cudaMalloc(&bufs_[r], 2 * kP2PMaxCtas * static_cast<size_t>(R) * regionBytes_));
       FL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&flags_[r]), kP2PMaxCtas * kP2PMaxRanks * sizeof(uint32_t)));
       FL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&epochs_[r]), kP2PMaxCtas * sizeof(uint32_t)));
       FL_CUDA_CHECK(cudaMemset(flags_[r], 0, kP2PMaxCtas * kP2PMaxRanks * sizeof(uint32_t)));
@@ -320,7 +331,7 @@ void P2PAllReduce::allReduce(int rank, ElemType dtype, void* data, int64_t count
              "peer-to-peer all-reduce: the residual partly overlaps the part");
   a.count = count;
   a.regionBytes = regionBytes_;
-  a.slotBytes = kP2PMaxCtas * regionBytes_;
+  a.slotBytes = kP2PMaxCtas * static_cast<size_t>(ranks()) * regionBytes_;
   a.timeoutNs = static_cast<unsigned long long>(timeoutMs_) * 1000000ull;
   a.rank = rank;
   a.ranks = ranks();

@@ -1,8 +1,9 @@
 // One-shot peer-to-peer all-reduce for small messages between the GPUs of one process (allreduce_p2p.cu).
 // Tensor-parallel shards live in one process with one host thread per GPU, so every rank can read every other
-// rank's device buffers directly over NVLink once peer access is on. A call is one kernel per rank: it copies the
-// rank's part into its own staging buffer, tells every peer so (a flag store per peer), waits for every peer's
-// flag, then reads all parts and sums them in rank order in fp32, so every rank gets the bit-identical result.
+// rank's device buffers directly over NVLink once peer access is on. A call is one kernel per rank: it stores the
+// rank's part into every rank's staging buffer (its own included), tells every peer so (a flag store per peer),
+// waits for every peer's flag, then sums the parts now in its own memory in rank order in fp32, so every rank gets
+// the bit-identical result.
 #pragma once
 
 #include <cstddef>
@@ -68,7 +69,7 @@ class P2PAllReduce {
   size_t maxBytes_;
   size_t regionBytes_;  // one CTA's chunk in one of the two slots
   int timeoutMs_;
-  std::vector<void*> bufs_;         // per rank: [2 slots][kP2PMaxCtas regions] of regionBytes_
+  std::vector<void*> bufs_;         // per rank: [2 slots][kP2PMaxCtas][source rank] regions of regionBytes_
   std::vector<uint32_t*> flags_;    // per rank: [kP2PMaxCtas][kP2PMaxRanks] epochs peers announced
   std::vector<uint32_t*> epochs_;   // per rank: [kP2PMaxCtas] this rank's last epoch of each CTA
   int32_t* errors_ = nullptr;       // host-mapped, per rank: 0, or 1 + the shard a call timed out on

@@ -510,8 +510,12 @@ __global__ void __launch_bounds__(kMergeThreads)
   __shared__ float red[kMergeThreads / 32];
   __shared__ float4 sPart[kGroups][kVecs];
   const int head = blockIdx.x, batch = blockIdx.y, tid = threadIdx.x;
-  const int len = min(max(p.seqLens[batch], 0), p.maxSeqLen);
+  const int len = min(max(p.seqLens[batch], 0), p.maxSeqLen);  // written by the previous step
   const int splits = min(stride, (len + chunk - 1) / chunk);
+  // Launched programmatically it starts while the split kernel attends: wait for its partials, then let the
+  // output projection launch and fetch its weights.
+  pdlWait();
+  pdlLaunchDependents();
   const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * stride;  // partials [b, head, split]
   auto blockReduce = [&](float v, bool isMax) {
 #pragma unroll
@@ -586,13 +590,12 @@ void launchDecodeFused(const DecodeFusedParams& p, int splits, bool mergeInKerne
                    chunk, partO, partMl);
     return;
   }
-  // The merge kernel is launched plainly: it starts once the split kernel has completed.
   ensureDynamicSmem<decodeFusedKernel<kHeadDim, T, false>>(F::kSmemBytes);
   launchMaybePdl(decodeFusedKernel<kHeadDim, T, false>, grid, dim3(kFusedThreads), F::kSmemBytes, stream, p.pdl, p,
                  chunk, partO, partMl);
-  decodeFusedMergeKernel<kHeadDim, T><<<dim3(p.attn.numHeads, p.attn.batch), kMergeThreads, 0, stream>>>(
-      p.attn, splits, chunk, partO, partMl);
-  FL_CHECK_LAUNCH();
+  launchMaybePdl(decodeFusedMergeKernel<kHeadDim, T>, dim3(p.attn.numHeads, p.attn.batch), dim3(kMergeThreads), 0,
+                 stream, p.pdl, p.attn, splits, chunk, static_cast<const float*>(partO),
+                 static_cast<const float*>(partMl));
 }
 
 void validateDecode(const DecodeParams& p, const char* kernel = "attention decode") {
