@@ -246,9 +246,8 @@ __device__ __forceinline__ void epilogue(const float (&acc)[4], const KernelArgs
 
 // Copies x into shared memory and, with a norm prologue, normalises it there (statistics in fp32, one warp
 // a row; LayerNorm takes the centred variance in a second pass, as norm.cu does).
-// scratch: 2 * kWarps floats of shared memory (free until the first tile's reduction).
 template <class T, int kPrologue>
-__device__ __forceinline__ void prologue(const KernelArgs<T>& a, T* xs, float2* stats, float* scratch) {
+__device__ __forceinline__ void prologue(const KernelArgs<T>& a, T* xs, float2* stats) {
   const int k8 = a.k / 8;
   const int total = a.m * k8;
   for (int i = threadIdx.x; i < total; i += Tr::kThreads) {
@@ -260,43 +259,7 @@ __device__ __forceinline__ void prologue(const KernelArgs<T>& a, T* xs, float2* 
   constexpr bool kLayerNorm = kPrologue == static_cast<int>(GemvPrologue::LayerNorm);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (a.m == 1) {
-    // One row (a batch-1 decode step): every warp takes a slice of it, so the statistics cost one pass of
-    // k / 256 loads instead of k / 32 on one warp. The warps' sums meet in `scratch` in warp order.
-    auto blockSum = [&](float v, float* slot) {
-      v = warpSum(v);
-      if (lane == 0) slot[warp] = v;
-      __syncthreads();
-      float s = 0.f;
-#pragma unroll
-      for (int w = 0; w < Tr::kWarps; ++w) s += slot[w];
-      return s;
-    };
-    float sum = 0.f;
-    for (int c = threadIdx.x * 8; c < a.k; c += Tr::kThreads * 8) {
-      float v[8];
-      unpack8<T>(*reinterpret_cast<const uint4*>(xs + c), v);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) sum += kLayerNorm ? v[e] : v[e] * v[e];
-    }
-    sum = blockSum(sum, scratch);
-    float mean = 0.f, inv;
-    if (kLayerNorm) {
-      mean = sum / a.k;
-      float var = 0.f;
-      for (int c = threadIdx.x * 8; c < a.k; c += Tr::kThreads * 8) {
-        float v[8];
-        unpack8<T>(*reinterpret_cast<const uint4*>(xs + c), v);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) var += (v[e] - mean) * (v[e] - mean);
-      }
-      var = blockSum(var, scratch + Tr::kWarps);  // other slots: no barrier needed before reusing them
-      inv = rsqrtf(var / a.k + a.eps);
-    } else {
-      inv = rsqrtf(sum / a.k + a.eps);
-    }
-    if (threadIdx.x == 0) stats[0] = make_float2(mean, inv);
-  } else if (warp < a.m) {
+  if (warp < a.m) {
     const T* row = xs + warp * a.xStride;
     float sum = 0.f;
 #pragma unroll 4
@@ -366,10 +329,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
   const int myTiles = firstTile < a.tiles ? (a.tiles - 1 - firstTile) / tileStride + 1 : 0;
   const int steps = myTiles * a.itersPerTile;
 
-  // W does not depend on the previous kernel: the first two steps' loads go out before waiting for that kernel,
-  // and stay in flight while the prologue normalises x. Two stages in registers, used in turn (no copies between
-  // them): while one is multiplied the other's loads are in flight, and a stage is refilled (the step after
-  // next) as soon as it has been multiplied.
+  // W does not depend on the previous kernel: its first loads go out before waiting for that kernel.
+  // Two stages in registers, used in turn (no copies between them): while one is multiplied the other's loads
+  // are in flight, and the step after next is issued before the next one is waited for.
   Stage stageA, stageB;
   int ldTile = firstTile, ldIt = 0;
   auto loadNext = [&](Stage& dst) {
@@ -377,17 +339,16 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
     if (++ldIt == a.itersPerTile) ldIt = 0, ldTile += tileStride;
   };
   if (steps > 0) loadNext(stageA);
-  if (steps > 1) loadNext(stageB);
   pdlWait();
-  prologue<T, kPrologue>(a, xs, stats, reinterpret_cast<float*>(red));
+  prologue<T, kPrologue>(a, xs, stats);
   __syncthreads();
   pdlLaunchDependents();
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   int tile = firstTile, it = 0, parity = 0;
-  auto step = [&](Stage& use, int s) {
+  auto step = [&](const Stage& use, Stage& fill, int s) {
+    if (s + 1 < steps) loadNext(fill);
     computeStage<T>(acc, use, a, xs, it, slice, g, t);
-    if (s + 2 < steps) loadNext(use);
     if (++it < a.itersPerTile) return;
     // Double-buffered by tile parity: the slices may write the next tile's partials while slice 0 is still
     // reading these, and cannot get two tiles ahead because each tile's barrier waits for slice 0.
@@ -422,8 +383,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2) gemvKernel(const KernelArgs<T
     it = 0, tile += tileStride;
   };
   for (int s = 0; s < steps; s += 2) {
-    step(stageA, s);
-    if (s + 1 < steps) step(stageB, s + 1);
+    step(stageA, stageB, s);
+    if (s + 1 < steps) step(stageB, stageA, s + 1);
   }
   // Rank 0 may still be reading the other ranks' shared memory: none of them exits before it is done.
   if (cSplit > 1) cooperative_groups::this_cluster().sync();
