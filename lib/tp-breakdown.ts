@@ -18,6 +18,9 @@ export interface TpBreakdownSummary {
   allReduceCount: number;
   /** Per layer: the median over repeats of that layer's two all-reduces summed. */
   perLayerMs: number[];
+  /** Median over the repeats that report it of the output layer's logits exchange (part of allReduceMs); null
+   *  where no repeat does (runs from before the output layer was split by vocabulary). */
+  outputExchangeMs: number | null;
 }
 
 export function summarizeTpBreakdowns(breakdowns: readonly TpBreakdown[]): TpBreakdownSummary | null {
@@ -25,6 +28,7 @@ export function summarizeTpBreakdowns(breakdowns: readonly TpBreakdown[]): TpBre
   const stepMs = median(breakdowns.map((b) => b.stepMs));
   const allReduceMs = median(breakdowns.map((b) => b.allReduceMs));
   const layers = Math.max(...breakdowns.map((b) => b.allReducePerLayerMs.length));
+  const exchanges = breakdowns.flatMap((b) => (b.outputExchangeMs === undefined ? [] : [b.outputExchangeMs]));
   const perLayerMs = Array.from({ length: layers }, (_, l) =>
     median(breakdowns.filter((b) => l < b.allReducePerLayerMs.length).map((b) => b.allReducePerLayerMs[l])),
   );
@@ -36,6 +40,7 @@ export function summarizeTpBreakdowns(breakdowns: readonly TpBreakdown[]): TpBre
     allReduceShare: stepMs > 0 ? allReduceMs / stepMs : 0,
     allReduceCount: Math.round(median(breakdowns.map((b) => b.allReduceCount))),
     perLayerMs,
+    outputExchangeMs: exchanges.length ? median(exchanges) : null,
   };
 }
 

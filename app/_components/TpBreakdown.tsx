@@ -28,6 +28,7 @@ export function tpStackedData(configs: readonly TpConfigBreakdown[]): ChartData 
       'all_reduce_ms_median',
       'all_reduce_share',
       'all_reduces_per_token',
+      'logits_exchange_ms_median',
       'runs',
     ],
     rows: configs.map((c) => [
@@ -39,6 +40,7 @@ export function tpStackedData(configs: readonly TpConfigBreakdown[]): ChartData 
       c.summary.allReduceMs,
       c.summary.allReduceShare,
       c.summary.allReduceCount,
+      c.summary.outputExchangeMs,
       c.runIds.join(' '),
     ]),
   };
@@ -95,8 +97,14 @@ export function TpStackedCard(props: {
                       <th className="num">Compute</th>
                       <th className="num">All-reduce</th>
                       <th className="num">Share</th>
-                      <th className="num" title="All-reduces in one token">
+                      <th className="num" title="Collectives in one token: two all-reduces a layer, and the logits exchange">
                         All-reduces
+                      </th>
+                      <th
+                        className="num"
+                        title="The output layer's logits slices exchanged between the GPUs (part of the all-reduce time); — in runs from before the output layer was split by vocabulary"
+                      >
+                        Logits exchange
                       </th>
                       <th className="num">Repeats</th>
                     </tr>
@@ -110,6 +118,9 @@ export function TpStackedCard(props: {
                         <td className="num">{formatMs(c.summary.allReduceMs)}</td>
                         <td className="num">{formatPercent(c.summary.allReduceShare, false)}</td>
                         <td className="num">{c.summary.allReduceCount}</td>
+                        <td className="num">
+                          {c.summary.outputExchangeMs === null ? '—' : formatMs(c.summary.outputExchangeMs)}
+                        </td>
                         <td className="num">{c.summary.repeats}</td>
                       </tr>
                     ))}
@@ -144,6 +155,9 @@ export function TpStackedCard(props: {
                     All-reduce: {formatMs(p.allReduceMs)} ({formatPercent(p.summary.allReduceShare, false)} of the
                     token)
                   </div>
+                  {p.summary.outputExchangeMs !== null && (
+                    <div>… of which the logits exchange: {formatMs(p.summary.outputExchangeMs)}</div>
+                  )}
                   <div>
                     Token (step): {formatMs(p.summary.stepMs)} · {p.summary.allReduceCount} all-reduces ·{' '}
                     {p.summary.repeats} repeats

@@ -24,16 +24,18 @@ const config = (tp: number, promptLength: number) => ({
   repeats: 2,
 });
 
-/** A decode step of `stepMs` whose all-reduces take `allReduceMs`, spread over the layers with layer `spike` at 3×. */
-function breakdown(stepMs: number, allReduceMs: number, spike: number) {
-  const unit = allReduceMs / (LAYERS + 2);
+/** A decode step of `stepMs` whose all-reduces take `allReduceMs`, spread over the layers with layer `spike` at 3×;
+ *  with `exchangeMs`, the output layer's logits exchange (newer runs) takes that much of it. */
+function breakdown(stepMs: number, allReduceMs: number, spike: number, exchangeMs?: number) {
+  const unit = (allReduceMs - (exchangeMs ?? 0)) / (LAYERS + 2);
   const perLayer = Array.from({ length: LAYERS }, (_, l) => (l === spike ? 3 * unit : unit));
   return {
     stepMs,
     computeMs: stepMs - allReduceMs,
     allReduceMs,
-    allReduceCount: 2 * LAYERS,
+    allReduceCount: 2 * LAYERS + (exchangeMs === undefined ? 0 : 1),
     allReducePerLayerMs: perLayer,
+    ...(exchangeMs === undefined ? {} : { outputExchangeMs: exchangeMs }),
   };
 }
 
@@ -86,10 +88,10 @@ test('TP runs show compute vs all-reduce per token, per layer, and say so when t
         summary: {},
         environment,
       },
-      // TP=4: medians step 8, compute 4, all-reduce 4 (50 %); layer 20 stands out.
+      // TP=4: medians step 8, compute 4, all-reduce 4 (50 %) of which the logits exchange 0.6; layer 20 stands out.
       {
         config: config(4, 512),
-        repeats: [repeat(7, breakdown(7, 3.5, 20)), repeat(9, breakdown(9, 4.5, 20))],
+        repeats: [repeat(7, breakdown(7, 3.5, 20, 0.5)), repeat(9, breakdown(9, 4.5, 20, 0.7))],
         summary: {},
         environment,
       },
@@ -146,6 +148,18 @@ test('TP runs show compute vs all-reduce per token, per layer, and say so when t
     '3.50 ms',
     '32 %',
     '56',
+    '—',
+    '2',
+  ]);
+  // The newer run also names its logits exchange (the output layer split by vocabulary).
+  await expect(table.locator('tbody tr').nth(1).locator('td')).toHaveText([
+    'TP=4, prompt 512',
+    '8.00 ms',
+    '4.00 ms',
+    '4.00 ms',
+    '50 %',
+    '57',
+    '600 µs',
     '2',
   ]);
   // The run without a breakdown is named, not drawn as an empty bar.
@@ -155,6 +169,7 @@ test('TP runs show compute vs all-reduce per token, per layer, and say so when t
   // The tooltip of the TP=4 stack.
   await chart.locator('.recharts-bar-rectangle').nth(1).hover();
   await expect(page.getByTestId('tp-breakdown-tooltip')).toContainText('All-reduce: 4.00 ms (50 % of the token)');
+  await expect(page.getByTestId('tp-breakdown-tooltip')).toContainText('… of which the logits exchange: 600 µs');
   await chart.screenshot({ path: test.info().outputPath('tp-breakdown.png') });
   await screenshot(page, 'compare-tp-breakdown');
 
@@ -170,12 +185,14 @@ test('TP runs show compute vs all-reduce per token, per layer, and say so when t
     'all_reduce_ms_median',
     'all_reduce_share',
     'all_reduces_per_token',
+    'logits_exchange_ms_median',
     'runs',
   ]);
   expect(data.slice(1).map((r) => r.slice(0, 8).map((v, i) => (i === 0 ? v : Number(v))))).toEqual([
     ['TP=2, prompt 512', 2, 2, 11, 7.5, 3.5, 3.5 / 11, 56],
-    ['TP=4, prompt 512', 4, 2, 8, 4, 4, 0.5, 56],
+    ['TP=4, prompt 512', 4, 2, 8, 4, 4, 0.5, 57],
   ]);
+  expect(data.slice(1).map((r) => r[8])).toEqual(['', '0.6']);
   // And an SVG of what is drawn.
   const [svg] = await Promise.all([page.waitForEvent('download'), chart.getByRole('button', { name: 'SVG' }).click()]);
   expect(svg.suggestedFilename()).toBe('tensor-parallel-breakdown-compute-vs-all-reduce-per-token.svg');
@@ -198,8 +215,9 @@ test('TP runs show compute vs all-reduce per token, per layer, and say so when t
   expect(perLayer[0]).toEqual(['run', 'layer', 'all_reduce_ms_median']);
   expect(perLayer.slice(1)).toHaveLength(LAYERS);
   const values = perLayer.slice(1).map((r) => Number(r[2]));
-  // Median of the two repeats' layer 20: 3 × (3.5 / 30) and 3 × (4.5 / 30) → 0.4 ms.
-  expect(values[20]).toBeCloseTo(0.4, 9);
+  // Median of the two repeats' layer 20 (the logits exchange is no layer's): 3 × ((3.5 − 0.5) / 30) and
+  // 3 × ((4.5 − 0.7) / 30) → 0.34 ms.
+  expect(values[20]).toBeCloseTo(0.34, 9);
   expect(Math.max(...values)).toBe(values[20]);
   expect(perLayer.slice(1).every((r) => r[0] === tp4)).toBe(true);
   await layers.screenshot({ path: test.info().outputPath('tp-layers.png') });

@@ -61,7 +61,14 @@ describe('summarizeTpBreakdowns', () => {
     assert.equal(s.allReduceShare, 4 / 12);
     assert.equal(s.allReduceCount, 4);
     assert.deepEqual(s.perLayerMs, [1.5, 2.5]);
+    assert.equal(s.outputExchangeMs, null, 'no repeat reports the logits exchange');
     assert.equal(summarizeTpBreakdowns([]), null);
+  });
+
+  it('takes the logits exchange from the repeats that report it', () => {
+    const withExchange = (ms: number): TpBreakdown => ({ ...b(10, 3, [1, 1.5]), outputExchangeMs: ms });
+    const s = summarizeTpBreakdowns([withExchange(0.5), b(12, 4, [1, 2]), withExchange(0.25), withExchange(0.75)]);
+    assert.equal(s?.outputExchangeMs, 0.5);
   });
 });
 
