@@ -97,7 +97,10 @@ export function TpStackedCard(props: {
                       <th className="num">Compute</th>
                       <th className="num">All-reduce</th>
                       <th className="num">Share</th>
-                      <th className="num" title="Collectives in one token: two all-reduces a layer, and the logits exchange">
+                      <th
+                        className="num"
+                        title="Collectives in one token: two all-reduces a layer, and the logits exchange"
+                      >
                         All-reduces
                       </th>
                       <th

@@ -63,7 +63,11 @@ describe('TP breakdown through the queue into the history', { timeout: 240_000 }
     for (const r of tp2.repeats) {
       const b = r.tpBreakdown;
       assert.ok(b, 'every measured TP=2 repeat carries its breakdown');
-      assert.equal(b.allReduceCount, 5, 'two all-reduces in each of chatglm2-tiny’s two layers, then the logits exchange');
+      assert.equal(
+        b.allReduceCount,
+        5,
+        'two all-reduces in each of chatglm2-tiny’s two layers, then the logits exchange',
+      );
       assert.equal(b.allReducePerLayerMs.length, 2);
       assert.ok(b.stepMs > 0 && b.allReduceMs > 0 && b.computeMs >= 0 && b.allReduceMs <= b.stepMs);
     }

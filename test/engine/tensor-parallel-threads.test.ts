@@ -233,7 +233,10 @@ describe('the tensor-parallel step breakdown', () => {
           assert.equal(b.allReducePerLayerMs.length, config.numLayers);
           assert.ok(b.outputExchangeMs !== undefined && b.outputExchangeMs > 0, JSON.stringify(b));
           const perLayer = b.allReducePerLayerMs.reduce((x, y) => x + y, 0) + b.outputExchangeMs;
-          assert.ok(Math.abs(perLayer - b.allReduceMs) <= 1e-9 * Math.max(1, b.allReduceMs), 'layers and the exchange sum to the total');
+          assert.ok(
+            Math.abs(perLayer - b.allReduceMs) <= 1e-9 * Math.max(1, b.allReduceMs),
+            'layers and the exchange sum to the total',
+          );
           assert.ok(b.stepMs > 0 && b.allReduceMs > 0, JSON.stringify(b));
           assert.ok(b.allReduceMs <= b.stepMs, `all-reduces ${b.allReduceMs} ms within the step's ${b.stepMs} ms`);
           assert.ok(Math.abs(b.computeMs + b.allReduceMs - b.stepMs) <= 1e-9 * b.stepMs, 'compute is the rest');
@@ -310,7 +313,10 @@ describe('the tensor-parallel step breakdown', () => {
         tpBreakdown: true,
       });
       const b = out.timings.tpBreakdown;
-      assert.ok(b && b.allReduceCount === 5 && b.outputExchangeMs !== undefined && b.stepMs <= out.timings.prefillMs, JSON.stringify(b));
+      assert.ok(
+        b && b.allReduceCount === 5 && b.outputExchangeMs !== undefined && b.stepMs <= out.timings.prefillMs,
+        JSON.stringify(b),
+      );
     } finally {
       engine.dispose();
     }
