@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../../native/src/cpu/cpu_backend.h"
@@ -250,6 +251,74 @@ void testElementwise(CpuBackend& be) {
   }
 }
 
+// The tensor-parallel collectives as the shards call them: one thread per shard meeting at a ShardRendezvous.
+// allReduceAddShard: every shard's residual += the sum of the parts; allGatherColumnsShard: every shard's
+// [rows, C] output holds each shard's [rows, c_s] part at its columns (uneven widths, as a vocabulary that
+// does not divide), bit for bit.
+void testCollectives(CpuBackend& be) {
+  const int shards = 3, rows = 2;
+  const int64_t widths[shards] = {5, 5, 4}, C = 14;
+  std::vector<std::vector<float>> parts(shards), cols(shards);
+  std::vector<double> sum(rows * 7, 0.0), base(rows * 7);
+  const std::vector<float> resid0 = randomVec(rows * 7);
+  for (int s = 0; s < shards; ++s) {
+    parts[s] = randomVec(rows * 7);
+    cols[s] = randomVec(static_cast<size_t>(rows * widths[s]));
+    for (int i = 0; i < rows * 7; ++i) sum[i] += parts[s][i];
+  }
+  std::vector<double> wantResid(rows * 7), wantCols(rows * C);
+  for (int i = 0; i < rows * 7; ++i) wantResid[i] = static_cast<double>(resid0[i]) + static_cast<float>(sum[i]);
+  int64_t begin[shards];
+  for (int s = 0, b = 0; s < shards; b += widths[s], ++s) begin[s] = b;
+  for (int s = 0; s < shards; ++s)
+    for (int r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < widths[s]; ++c) wantCols[r * C + begin[s] + c] = cols[s][r * widths[s] + c];
+  std::vector<Tensor> residT, partT, colT, outT;
+  for (int s = 0; s < shards; ++s) {
+    residT.push_back(tensorFrom(be, {rows, 7}, resid0));
+    partT.push_back(tensorFrom(be, {rows, 7}, parts[s]));
+    colT.push_back(tensorFrom(be, {rows, widths[s]}, cols[s]));
+    outT.push_back(tensorFrom(be, {rows, C}, std::vector<float>(rows * C, std::nanf(""))));
+  }
+  ShardRendezvous r(shards, nullptr);
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(shards);
+  for (int s = 0; s < shards; ++s)
+    threads.emplace_back([&, s] {
+      try {
+        be.allReduceAddShard(partT[s], residT[s], s, r);
+        be.allGatherColumnsShard(colT[s], outT[s], begin[s], s, r);
+      } catch (const std::exception& e) {
+        errors[s] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int s = 0; s < shards; ++s) {
+    if (!errors[s].empty()) {
+      ++failures;
+      std::printf("FAIL collectives shard %d threw: %s\n", s, errors[s].c_str());
+      continue;
+    }
+    check("all-reduce into the residual, shard " + std::to_string(s), residT[s].f32(), wantResid, 1e-6);
+    check("all-gather of columns (exact), shard " + std::to_string(s), outT[s].f32(), wantCols, 0);
+  }
+  // A column range outside the output, or parts whose rows differ from it, are refused with the reason.
+  auto refused = [&](const std::string& what, const Tensor& src, int64_t colBegin, const std::string& mustSay) {
+    Tensor out = tensorFrom(be, {rows, C}, std::vector<float>(rows * C, 0.f));
+    std::string msg;
+    try {
+      be.copyColumns(src, out, colBegin);
+    } catch (const std::exception& e) {
+      msg = e.what();
+    }
+    const bool ok = msg.find(mustSay) != std::string::npos;
+    if (!ok) ++failures;
+    std::printf("%s copyColumns refuses %s: \"%s\"\n", ok ? "ok  " : "FAIL", what.c_str(), msg.c_str());
+  };
+  refused("columns past the end", colT[0], C - 2, "outside dst");
+  refused("a different row count", tensorFrom(be, {3, 2}, randomVec(6)), 0, "differ in rows");
+}
+
 }  // namespace
 
 int main() {
@@ -258,6 +327,7 @@ int main() {
   testMatmul(be);
   testAttention(be);
   testElementwise(be);
+  testCollectives(be);
   std::printf("%d failure%s\n", failures, failures == 1 ? "" : "s");
   return failures ? 1 : 0;
 }
