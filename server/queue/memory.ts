@@ -6,18 +6,21 @@ import { KNOWN_MODELS, parameterCount } from '../../contracts/models';
 
 const BYTES = { fp32: 4, fp16: 2, bf16: 2 } as const;
 /** CUDA context, cuBLAS workspace and allocator slack. */
-const DEVICE_OVERHEAD = 512 * 2 ** 20;
+export const DEVICE_OVERHEAD = 512 * 2 ** 20;
 
 export function estimateJobMemoryBytes(c: JobConfig): number | null {
   const m = KNOWN_MODELS[c.model];
   if (!m) return null;
   const b = BYTES[c.dtype];
   const tp = c.tp;
-  // Embeddings (and ChatGLM2's untied output layer) are replicated on every device; the blocks are split.
-  const embedding =
-    m.vocabSize * m.hiddenSize * (m.family === 'chatglm2' ? 2 : 1) +
-    (m.family === 'gpt2' ? m.maxPositions * m.hiddenSize : 0);
-  const weights = (embedding + (parameterCount(m) - embedding) / tp) * b;
+  const VH = m.vocabSize * m.hiddenSize;
+  // The embedding tables are replicated on every device; the blocks are split. The output layer is split by
+  // vocabulary rows with several devices: ChatGLM2's own (untied) one is held only as each device's slice, and
+  // GPT-2's (tied to the token table) adds each device's slice beside the replicated table.
+  const embedding = VH + (m.family === 'gpt2' ? m.maxPositions * m.hiddenSize : 0);
+  const untiedOutput = m.family === 'chatglm2' ? VH : 0;
+  const outputSlice = tp > 1 ? Math.ceil(m.vocabSize / tp) * m.hiddenSize : untiedOutput;
+  const weights = (embedding + outputSlice + (parameterCount(m) - embedding - untiedOutput) / tp) * b;
   const seq = c.promptLength + c.newTokens;
   const kvHeadsPerDevice = Math.max(1, m.numKvHeads / tp);
   const kv = c.kvCache ? 2 * m.numLayers * kvHeadsPerDevice * m.headDim * seq * c.batchSize * b : 0;
