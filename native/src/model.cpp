@@ -395,9 +395,9 @@ void Model::placeWeight(const WeightSpec& spec, std::vector<float>&& full) {
   // in full on any shard.
   const bool outputLayer = spec.name == (config_.family == Family::GPT2 ? "transformer.wte.weight"
                                                                          : "transformer.output_layer.weight");
+  const bool slicesOnly = outputLayer && tp > 1 && config_.family == Family::ChatGLM2;
   Tensor shard0;
-  for (int s = 0; s < tp; ++s) {
-    if (outputLayer && tp > 1 && config_.family == Family::ChatGLM2) break;
+  for (int s = 0; s < tp && !slicesOnly; ++s) {
     if (spec.role == ShardRole::FirstShardOnly && s > 0) break;
     if ((spec.role == ShardRole::Replicated || tp == 1) && s > 0 && backends_[s] == backends_[0]) {
       *slotFor(s, spec.name) = shard0;  // same device: share the one copy
@@ -647,17 +647,12 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
   Backend& be = *backends_[s];
   const ShardWeights& sw = shards_[s];
   const DType dt = be.computeDtype();
-  // Shards that share a backend compute one at a time (Backend::shardTurn); the all-reduce lets go of the turn.
+  // Shards that share a backend compute one at a time (Backend::shardTurn); the collectives (withoutTurn) let go of the turn.
   std::unique_lock<std::mutex> turn;
   if (std::mutex* m = be.shardTurn()) turn = std::unique_lock<std::mutex>(*m);
-  auto allReduceAdd = [&](Tensor& part, Tensor& resid) {
+  auto withoutTurn = [&](const auto& collective) {
     if (turn.owns_lock()) turn.unlock();
-    be.allReduceAddShard(part, resid, s, r);
-    if (turn.mutex()) turn.lock();
-  };
-  auto allGatherColumns = [&](const Tensor& part, Tensor& out, int64_t colBegin) {
-    if (turn.owns_lock()) turn.unlock();
-    be.allGatherColumnsShard(part, out, colBegin, s, r);
+    collective();
     if (turn.mutex()) turn.lock();
   };
   // A linear layer whose input is the normalised residual stream: the norm runs as the layer's prologue.
@@ -680,7 +675,7 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
     }
     Tensor part = be.alloc({xr.dim(0), sw.lmHeadRows.dim(0)}, MemKind::Activations, dt);
     be.linear(xr, sw.lmHeadRows, normed(sw.lnfW, sw.lnfB), part);
-    allGatherColumns(part, logits, sw.vocabBegin);
+    withoutTurn([&] { be.allGatherColumnsShard(part, logits, sw.vocabBegin, s, r); });
   };
   // A row-parallel layer (attention output, MLP output) adds into the residual stream: in one step when this is
   // the only shard; with several, each shard's partial sum goes through `part` and the all-reduce first (its
@@ -698,7 +693,7 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
     }
     be.linear(in, wt, f, part);
     in = Tensor();
-    allReduceAdd(part, resid);
+    withoutTurn([&] { be.allReduceAddShard(part, resid, s, r); });
   };
 
   be.markStep(Backend::StepMark::Begin, s);
