@@ -647,7 +647,8 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
   Backend& be = *backends_[s];
   const ShardWeights& sw = shards_[s];
   const DType dt = be.computeDtype();
-  // Shards that share a backend compute one at a time (Backend::shardTurn); the collectives (withoutTurn) let go of the turn.
+  // Shards that share a backend compute one at a time (Backend::shardTurn); the collectives (withoutTurn) let go
+  // of the turn.
   std::unique_lock<std::mutex> turn;
   if (std::mutex* m = be.shardTurn()) turn = std::unique_lock<std::mutex>(*m);
   auto withoutTurn = [&](const auto& collective) {
