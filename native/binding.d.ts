@@ -44,6 +44,7 @@ export interface NativeGenerateResult {
   peakMemBytes: number;
   stoppedBy: 'maxTokens' | 'stop';
   decodeGraphs: boolean;
+  decodeOneLaunch: boolean;
   /** present when stepBreakdown was asked for and tp > 1: the last step on shard 0, its all-reduces in order
    *  (two per layer: after attention, after the MLP) */
   stepTiming?: { stepMs: number; allReduceMs: number[] };

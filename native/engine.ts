@@ -52,6 +52,8 @@ export interface GenerateResult {
   stoppedBy: 'maxTokens' | 'stop';
   /** whether decode steps were replays of a captured CUDA graph */
   decodeGraphs: boolean;
+  /** whether each replayed decode step was one persistent kernel (CUDA, GPT-2, batch 1) */
+  decodeOneLaunch: boolean;
   /** per row, at the last prompt position */
   logitsLast?: Float32Array[];
   /** per row, per generated step after the first */

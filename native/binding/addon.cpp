@@ -323,6 +323,7 @@ Napi::Value resultObject(Napi::Env env, const flashlab::GenerateResult& r, bool 
   o.Set("peakMemBytes", r.memory.peakBytes);
   o.Set("stoppedBy", r.stoppedByStopToken ? "stop" : "maxTokens");
   o.Set("decodeGraphs", r.decodeGraphs);
+  o.Set("decodeOneLaunch", r.decodeOneLaunch);
   if (r.stepBreakdown) {
     Napi::Object st = Napi::Object::New(env);
     st.Set("stepMs", r.stepBreakdown->stepMs);

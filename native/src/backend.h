@@ -335,6 +335,22 @@ class Backend {
   // ids[b] = argmax of logits row b (lowest index among equal maxima, as the host sampler), then *pos += 1 and
   // lens[b] = *pos + 1: the state of the next step.
   virtual void argmaxAndAdvance(const Tensor& logits, Tensor& ids, Tensor& pos, Tensor& lens);
+  // A whole GPT-2 decode step of one row as one launch: embeddingAt, every pre-LayerNorm block (QKV, cache write,
+  // attention over [0, *pos], output projection, gelu_new MLP, residual adds), the final LayerNorm, the output
+  // layer into logits and argmaxAndAdvance: the same function as those calls in that order. False (nothing
+  // launched) where this backend does not run it; the caller then issues the separate calls.
+  struct Gpt2StepLayer {
+    const Tensor *ln1w, *ln1b, *qkvW, *qkvB, *outW, *outB, *ln2w, *ln2b, *fcW, *fcB, *projW, *projB;  // outB/fcB/projB may be null
+    Tensor *kCache, *vCache;
+  };
+  struct Gpt2Step {
+    AttnShape shape;  // batch 1, seqLen 1, numKvHeads == numHeads
+    float eps = 1e-5f;
+    const Tensor *embed, *posTable, *lnfW, *lnfB, *lmHead;
+    std::vector<Gpt2StepLayer> layers;
+    Tensor *ids, *pos, *lens, *logits;
+  };
+  virtual bool gpt2DecodeStep(const Gpt2Step&) { return false; }
   // Records this backend's work until endCapture instead of running it; abortCapture drops a recording.
   virtual void beginCapture();
   virtual std::unique_ptr<CapturedWork> endCapture();

@@ -40,6 +40,7 @@ struct Engine::DecodeGraph {
   DeviceDecodeState state;
   std::vector<std::unique_ptr<CapturedWork>> steps;  // one per shard; empty until the first decode step
   std::vector<Backend*> backends;
+  bool oneLaunch = false;  // the untimed recording is one launch a step (Backend::gpt2DecodeStep)
   bool timed = false;  // steps were recorded while shard 0 timed every pass: they hold the timing events
   // The same step recorded with shard 0's timing events, for the one step a breakdown times (stepBreakdown).
   std::vector<std::unique_ptr<CapturedWork>> timedSteps;
@@ -315,7 +316,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
         return false;
       }
       rec = std::move(steps);
-      if (&rec == &g.steps) g.timed = externalTiming;
+      if (&rec == &g.steps) g.timed = externalTiming, g.oneLaunch = model_->lastStepOneLaunch();
     }
     // Every shard launches its recording from its own thread, so the launches (each ~0.1 ms for a step of a
     // few hundred nodes) overlap instead of delaying the last shard's first all-reduce by all the others'.
@@ -367,6 +368,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   // 'stop' when every row ended on a stop token, even on the last allowed step.
   r.stoppedByStopToken = std::all_of(finished.begin(), finished.end(), [](bool f) { return f; });
   r.decodeGraphs = useGraph && !r.decodeMs.empty();
+  r.decodeOneLaunch = r.decodeGraphs && decodeGraph_->oneLaunch && !decodeGraph_->steps.empty();
   if (breakdown && timedPass) {
     Backend::StepTiming t;
     if (shard0->stepTiming(t)) r.stepBreakdown = std::move(t);

@@ -55,6 +55,7 @@ struct GenerateResult {
   MemoryFigures memory;
   bool stoppedByStopToken = false;
   bool decodeGraphs = false;  // decode steps were replays of a captured step
+  bool decodeOneLaunch = false;  // ... and each such step was one kernel (Backend::gpt2DecodeStep)
   // When asked for (GenerateRequest::stepBreakdown) and tp > 1: where the last step's time went on shard 0 —
   // the pass from embedding to logits and every all-reduce in order, two per layer (attention, then MLP). An
   // all-reduce's time includes waiting for the slowest shard.

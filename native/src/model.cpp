@@ -697,6 +697,28 @@ Tensor Model::forwardShard(int s, const ForwardArgs& a, ShardRendezvous& r) {
     withoutTurn([&] { be.allReduceAddShard(part, resid, s, r); });
   };
 
+  if (dev) lastStepOneLaunch_ = false;
+  // A GPT-2 step of one row on one shard may run as one launch (the backend says whether it does). Not while the
+  // step is timed: the breakdown times the separate collectives.
+  if (dev && gpt2 && plan_.tp == 1 && B == 1 && !be.stepTimingEnabled() && fault.shard < 0) {
+    ShardCache& c = (*a.cache)[s];
+    Backend::Gpt2Step st;
+    st.shape = as;
+    st.eps = eps;
+    st.embed = &sw.embed, st.posTable = &sw.pos, st.lnfW = &sw.lnfW, st.lnfB = &sw.lnfB, st.lmHead = &sw.lmHead;
+    for (int l = 0; l < config_.numLayers; ++l) {
+      const LayerWeights& w = sw.layers[l];
+      st.layers.push_back({&w.ln1w, &w.ln1b, &w.qkvW, &w.qkvB, &w.outW, biasOf(w.outB), &w.ln2w, &w.ln2b, &w.fcW,
+                           biasOf(w.fcB), &w.projW, biasOf(w.projB), &c.k[l], &c.v[l]});
+    }
+    st.ids = &dev->ids[s], st.pos = &dev->pos[s], st.lens = &dev->lens[s], st.logits = &dev->logits[s];
+    if (be.gpt2DecodeStep(st)) {
+      lastStepOneLaunch_ = true;
+      // Where the all-reduces would meet the other shards, a lone shard still sees a cancellation.
+      r.arriveAndWait(s, nullptr);
+      return {};
+    }
+  }
   be.markStep(Backend::StepMark::Begin, s);
   Tensor x = be.alloc({M, H}, MemKind::Activations, dt);
   if (dev) be.embeddingAt(dev->ids[s], dev->pos[s], sw.embed, gpt2 ? &sw.pos : nullptr, x);

@@ -131,6 +131,8 @@ class Model {
   // it was). The shard threads are created by the first call with more than one shard and live with the model.
   void runOnShards(const std::function<void(int, ShardRendezvous&)>& task, const std::atomic<bool>* cancel);
   std::vector<ShardCache> makeCache(int batch, int capacity);
+  // Whether the last device-resident step (ForwardArgs::device) ran as one launch (Backend::gpt2DecodeStep).
+  bool lastStepOneLaunch() const { return lastStepOneLaunch_.load(); }
 
  private:
   const WeightSpec* findSpec(const std::string& canonical) const;
@@ -148,6 +150,7 @@ class Model {
   bool ready_ = false;
   int spinMicros_ = 0;  // how long the shard threads spin before they block (Backend::hostSpinMicros)
   std::unique_ptr<ShardThreads> threads_;
+  std::atomic<bool> lastStepOneLaunch_{false};
 };
 
 }  // namespace flashlab

@@ -138,6 +138,7 @@ describe('the agent and the breakdown', () => {
           peakMemBytes: 10,
           stoppedBy: 'maxTokens',
           decodeGraphs: false,
+          decodeOneLaunch: false,
         };
       },
     };

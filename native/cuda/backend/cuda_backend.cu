@@ -27,6 +27,7 @@
 #include "../attention_naive.h"
 #include "../convert.h"
 #include "../decode_state.h"
+#include "../decode_step.h"
 #include "../embedding.h"
 #include "../gemv.h"
 #include "../kv_cache.h"
@@ -112,6 +113,9 @@ class CudaBackend final : public Backend {
     // reuse), zeroed once here; every completed launch leaves them zero.
     decodeCounters_ = static_cast<int32_t*>(alloc_.allocate(kDecodeCounters * sizeof(int32_t)));
     FL_CUDA_CHECK(cudaMemsetAsync(decodeCounters_, 0, kDecodeCounters * sizeof(int32_t), stream_));
+    // The one-launch decode step's barrier and argmax words, likewise.
+    stepSync_ = alloc_.allocate(kStepSyncBytes);
+    FL_CUDA_CHECK(cudaMemsetAsync(stepSync_, 0, kStepSyncBytes, stream_));
     FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudaDeviceProp prop{};
     FL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -125,6 +129,7 @@ class CudaBackend final : public Backend {
     gemm_.reset();
     alloc_.release(gemmWorkspace_);
     if (decodeCounters_) alloc_.release(decodeCounters_);
+    if (stepSync_) alloc_.release(stepSync_);
     if (idsDev_) alloc_.release(idsDev_);
     if (idsHost_) cudaFreeHost(idsHost_);
     destroyTimingEvents();
@@ -465,6 +470,58 @@ class CudaBackend final : public Backend {
     cuda::attentionDecodeFused(p, ws.data(), ws.bytes(), stream_);
   }
 
+  // The whole step as one persistent kernel (decode_step.h) where it takes these tensors: fp16/bf16, every weight
+  // dense, the kernel's shape limits and shared memory. Not with FLASHLAB_GEMV_PDL=0 or FLASHLAB_GEMV=0 either:
+  // those ask for the separate kernels' paths.
+  bool gpt2DecodeStep(const Gpt2Step& st) override {
+    if (!stepKernelOn_ || !gemvOn_ || !gemvPdl_ || !fusedDecodeOn_ || dtype_ == DType::F32 || timing()) return false;
+    const AttnShape& s = st.shape;
+    if (s.batch != 1 || s.seqLen != 1 || s.numKvHeads != s.numHeads ||
+        st.layers.size() > static_cast<size_t>(cuda::kDecodeStepMaxLayers) || st.layers.empty())
+      return false;
+    auto ok = [&](const Tensor* t) { return !t || (t->dtype == dtype_ && t->layout == 0 && !t->empty()); };
+    cuda::DecodeStepParams p;
+    p.dtype = elemOf(dtype_);
+    p.layers = static_cast<int>(st.layers.size());
+    p.hidden = static_cast<int>(st.embed->dim(1));
+    p.heads = s.numHeads, p.headDim = s.headDim;
+    p.ffn = static_cast<int>(st.layers[0].fcW->dim(0));
+    p.vocab = static_cast<int>(st.lmHead->dim(0));
+    p.maxPositions = static_cast<int>(st.posTable->dim(0));
+    p.capacity = static_cast<int>(st.layers[0].kCache->dim(2));
+    p.eps = st.eps, p.scale = s.scale;
+    for (const Tensor* t : {st.embed, st.posTable, st.lnfW, st.lnfB, st.lmHead, static_cast<const Tensor*>(st.logits)})
+      if (!ok(t)) return false;
+    if (st.embed->dim(0) != p.vocab || st.lmHead->dim(1) != p.hidden || st.logits->numel() != p.vocab) return false;
+    p.wte = st.embed->data(), p.wpe = st.posTable->data(), p.lnfW = st.lnfW->data(), p.lnfB = st.lnfB->data();
+    p.lmHead = st.lmHead->data();
+    for (size_t l = 0; l < st.layers.size(); ++l) {
+      const Gpt2StepLayer& w = st.layers[l];
+      for (const Tensor* t : {w.ln1w, w.ln1b, w.qkvW, w.qkvB, w.outW, w.outB, w.ln2w, w.ln2b, w.fcW, w.fcB, w.projW,
+                              w.projB, static_cast<const Tensor*>(w.kCache), static_cast<const Tensor*>(w.vCache)})
+        if (!ok(t)) return false;
+      if (w.qkvW->dim(0) != 3 * p.hidden || w.qkvW->dim(1) != p.hidden || w.outW->dim(0) != p.hidden ||
+          w.outW->dim(1) != p.hidden || w.fcW->dim(0) != p.ffn || w.fcW->dim(1) != p.hidden ||
+          w.projW->dim(0) != p.hidden || w.projW->dim(1) != p.ffn || w.kCache->shape.size() != 4 ||
+          w.kCache->dim(0) != 1 || w.kCache->dim(1) != s.numHeads || w.kCache->dim(2) != p.capacity ||
+          w.kCache->dim(3) != s.headDim || w.vCache->shape != w.kCache->shape)
+        return false;
+      auto ptr = [](const Tensor* t) -> const void* { return t ? t->data() : nullptr; };
+      p.layer[l] = {ptr(w.ln1w), ptr(w.ln1b), ptr(w.qkvW), ptr(w.qkvB), ptr(w.outW), ptr(w.outB), ptr(w.ln2w),
+                    ptr(w.ln2b), ptr(w.fcW), ptr(w.fcB), ptr(w.projW), ptr(w.projB), w.kCache->data(), w.vCache->data()};
+    }
+    p.ids = static_cast<int32_t*>(st.ids->data()), p.pos = static_cast<int32_t*>(st.pos->data());
+    p.lens = static_cast<int32_t*>(st.lens->data()), p.logits = st.logits->data();
+    p.sync = stepSync_;
+    activate();
+    if (cuda::decodeStepSyncBytes(p) > kStepSyncBytes) return false;
+    if (!cuda::decodeStepProblem(p).empty()) return false;
+    Tensor ws = scratch(cuda::decodeStepWorkspaceBytes(p));
+    p.workspace = ws.data();
+    cuda::decodeStep(p, stream_);
+    return true;
+  }
+
   void argmaxAndAdvance(const Tensor& logits, Tensor& ids, Tensor& pos, Tensor& lens) override {
     const int64_t V = logits.shape.back(), rows = logits.numel() / V;
     require(ids.numel() == rows && lens.numel() == rows, "argmaxAndAdvance", "ids/lengths do not match the logits");
@@ -645,6 +702,7 @@ class CudaBackend final : public Backend {
 
   // The fused decode attention's counters: one per (sequence, KV head) of a step, shared by every layer.
   static constexpr int64_t kDecodeCounters = int64_t{1} << 16;
+  static constexpr size_t kStepSyncBytes = 4096;
 
   void activate() { FL_CUDA_CHECK(cudaSetDevice(deviceIndex())); }
 
@@ -780,6 +838,9 @@ class CudaBackend final : public Backend {
   void* gemmWorkspace_ = nullptr;
   std::unique_ptr<cuda::GemmLt> gemm_;
   int32_t* decodeCounters_ = nullptr;
+  void* stepSync_ = nullptr;
+  // FLASHLAB_DECODE_STEP_KERNEL=0: a GPT-2 decode step runs as its separate kernels, never as one launch.
+  const bool stepKernelOn_ = envOn("FLASHLAB_DECODE_STEP_KERNEL");
   // FLASHLAB_GEMV=0: every linear through cuBLASLt and the separate ops (to compare against the fused kernel).
   const bool gemvOn_ = envOn("FLASHLAB_GEMV");
   // Programmatic dependent launch for the fused linear only: its kernel waits for its predecessor itself before

@@ -284,6 +284,58 @@ void fusedVsSeparate(const ModelConfig& cfg, DType dt, int promptLen) {
   }
 }
 
+// A GPT-2 decode step of one row as one persistent kernel (Backend::gpt2DecodeStep) against the same step as its
+// separate kernels (FLASHLAB_DECODE_STEP_KERNEL=0), both replayed from CUDA graphs, and against the CPU engine
+// (fp32): every step's logits within the dtype's tolerance, the same greedy tokens while they agree, the one-launch
+// path actually taken, and a second run bit-identical (its reductions have a fixed order). promptLen near the
+// cache's end makes the attention split the keys across many CTAs.
+void oneLaunchStep(const ModelConfig& cfg, DType dt, int promptLen, int newTokens) {
+  EngineOptions o;
+  o.config = cfg, o.seed = 11, o.maxBatch = 1, o.threads = 8, o.device = "cuda", o.dtype = dt;
+  o.maxSeqLen = std::min(cfg.maxPositions, promptLen + newTokens);
+  setenv("FLASHLAB_DECODE_STEP_KERNEL", "0", 1);
+  std::unique_ptr<Engine> kernels;
+  try {
+    kernels = std::make_unique<Engine>(o);
+  } catch (...) {
+    unsetenv("FLASHLAB_DECODE_STEP_KERNEL");
+    throw;
+  }
+  unsetenv("FLASHLAB_DECODE_STEP_KERNEL");
+  Engine one(o);
+  GenerateRequest req;
+  req.inputIds = prompt(1, promptLen, cfg.vocabSize, 21), req.maxNewTokens = newTokens;
+  req.attention = AttentionMethod::FA2, req.kvCache = true, req.dumpLogits = true;
+  std::atomic<bool> cancel{false};
+  const GenerateResult ref = kernels->generate(req, nullptr, cancel);
+  const GenerateResult got = one.generate(req, nullptr, cancel), again = one.generate(req, nullptr, cancel);
+  int compared = 0;
+  const double err = worstStepErr(got, ref, &compared);
+  const double tol = dt == DType::F16 ? 2e-2 : 8e-2;
+  const bool rerunSame = got.newTokens == again.newTokens && worstStepErr(again, got) == 0;
+  char buf[260];
+  std::snprintf(buf, sizeof buf, "one launch %s (separate: %s), step logits err %.2e over %d steps (tol %.0e), tokens agree %d/%zu, rerun %s%s%s",
+                got.decodeOneLaunch && again.decodeOneLaunch ? "used" : "NOT used", ref.decodeOneLaunch ? "one launch!" : "kernels",
+                err, compared, tol, agreeing(got.newTokens, ref.newTokens), ref.newTokens[0].size(),
+                rerunSame ? "identical" : "differs", one.captureError().empty() ? "" : ", capture error: ",
+                one.captureError().c_str());
+  report(got.decodeOneLaunch && again.decodeOneLaunch && got.decodeGraphs && ref.decodeGraphs && !ref.decodeOneLaunch &&
+             err <= tol && compared >= newTokens / 2 && rerunSame,
+         cfg.name + " cuda " + dtypeName(dt) + " prompt " + std::to_string(promptLen) +
+             " decode step as one launch vs separate kernels",
+         buf);
+  if (cfg.vocabSize > 4096) return;  // the CPU reference of the full-size model is slow; the tiny one covers it
+  EngineOptions co = o;
+  co.device = "cpu", co.dtype = DType::F32;
+  Engine cpu(co);
+  const GenerateResult c = cpu.generate(req, nullptr, cancel);
+  const double cpuErr = worstStepErr(got, c, &compared);
+  std::snprintf(buf, sizeof buf, "step logits err %.2e over %d steps (tol %.0e), tokens agree %d/%zu", cpuErr, compared,
+                tol, agreeing(got.newTokens, c.newTokens), c.newTokens[0].size());
+  report(cpuErr <= tol && compared >= newTokens / 2,
+         cfg.name + " cuda " + dtypeName(dt) + " prompt " + std::to_string(promptLen) + " one-launch decode vs cpu fp32", buf);
+}
+
 void fp32StaysEager(const ModelConfig& cfg) {
   EngineOptions o;
   o.config = cfg, o.seed = 11, o.maxBatch = 1, o.threads = 8, o.device = "cuda", o.dtype = DType::F32;
@@ -456,7 +508,8 @@ void tpTiming(const ModelConfig& cfg, int maxTp, int reps) {
 
 // Decode speed (fp16, FA2 + KV cache, graphs) with the separate ops the fused decode ops replace
 // (FLASHLAB_GEMV=0 FLASHLAB_FUSED_DECODE_ATTENTION=0), with the fused ops but without programmatic dependent
-// launch (FLASHLAB_GEMV_PDL=0), and with everything on: one engine at a time, medians of `reps`.
+// launch (FLASHLAB_GEMV_PDL=0), with it but each step as its separate kernels (FLASHLAB_DECODE_STEP_KERNEL=0), and
+// with everything on (GPT-2: the step as one launch): one engine at a time, medians of `reps`.
 void fusedTiming(const ModelConfig& cfg, int promptLen, int newTokens, int reps) {
   struct Variant {
     const char* label;
@@ -464,7 +517,8 @@ void fusedTiming(const ModelConfig& cfg, int promptLen, int newTokens, int reps)
   };
   const Variant variants[] = {{"separate ops", {"FLASHLAB_GEMV", "FLASHLAB_FUSED_DECODE_ATTENTION"}},
                               {"fused, no PDL", {"FLASHLAB_GEMV_PDL"}},
-                              {"fused + PDL", {}}};
+                              {"fused + PDL", {"FLASHLAB_DECODE_STEP_KERNEL"}},
+                              {"one launch", {}}};
   std::string line;
   for (const Variant& v : variants) {
     for (const char* name : v.off) setenv(name, "0", 1);
@@ -552,6 +606,12 @@ int main(int argc, char** argv) {
       fusedVsSeparate(groupedChatglm2(), dt, 300);
     }
     fp32StaysEager(tinyGpt2());
+    for (DType dt : {DType::F16, DType::BF16}) {
+      oneLaunchStep(tinyGpt2(), dt, 37, 24);
+      oneLaunchStep(tinyGpt2(), dt, 220, 24);
+    }
+    oneLaunchStep(gpt2Small(), DType::F16, 128, 64);
+    oneLaunchStep(gpt2Small(), DType::F16, 900, 64);
     if (cudaGetDeviceCount(&gpus) == cudaSuccess && gpus >= 2) {
       Watchdog wd("tensor-parallel checks", 900);
       tensorParallel(tinyGpt2(), 2);

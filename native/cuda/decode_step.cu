@@ -1,0 +1,617 @@
+// One GPT-2 decode step in one persistent kernel (decode_step.h).
+//
+// Why: a GPT-2 124M token reads 250 MB of weights, 82 µs at an H100's copy bandwidth, but as 62 kernels each
+// costs at least ~2.5 µs of launch, ramp and drain however small its weight (a 768 x 768 projection is 1.2 MB).
+// Here one CTA per multiprocessor stays resident for the whole step and the phases meet at grid barriers
+// (an atomic counter in global memory, ~1 µs) instead of kernel boundaries. What makes it fast is that the
+// weights do not depend on the activations: every CTA owns a fixed slice of rows of every linear layer and
+// copies the NEXT layer's slices into shared memory with bulk asynchronous copies (cp.async.bulk, completed on
+// an mbarrier) while it computes this one, so the barriers and the DRAM latency overlap the weight stream. The
+// output layer's slice (1/G of the vocabulary) streams through a ring of chunk buffers whose first chunks are
+// requested at the very start of the step.
+//
+// Phases of a layer (G CTAs; a grid barrier after each):
+//   A  x -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight into the cache at *pos
+//   B  attention: (head, split of the keys) items, the last split of a head to finish merges the head
+//   C  attention output rows: x[r] += attn · Wo[r] + b[r]
+//   D  x -> LayerNorm -> MLP rows: h[r] = gelu_new(x · Wfc[r] + b[r])
+//   E  MLP output rows: x[r] += h · Wproj[r] + b[r]
+// then the final LayerNorm and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the
+// last CTA to finish writes the next token and position and leaves the sync words zeroed for the next step.
+//
+// Numerics follow the separate kernels: LayerNorm statistics in fp32 with the normalised row rounded to the
+// dtype, dot products in fp32, one rounding of each stored value (qkv, attention output, residual stream, MLP
+// activation, logits). Reductions run in a fixed order, so a step is deterministic.
+#include "decode_step.h"
+
+#include <algorithm>
+
+namespace flashlab::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kSeg = 256;         // k per warp unit: 32 lanes x 8 elements
+constexpr int kRing = 3;          // output-layer chunk buffers
+constexpr int kMaxChunkRows = 16;
+constexpr int kMinKeysPerSplit = 16;
+constexpr int kSlots = 4;         // qkv, attention output, fc, proj
+
+struct Plan {
+  int grid;
+  int slotOff[kSlots];
+  int ringOff, chunkRows, chunkBytes;
+  int actOff, partOff, redOff, barOff, smem;
+  int maxSplits, maxKeys;
+  // workspace byte offsets
+  int wsQkv, wsAttn, wsH, wsPart;
+};
+
+size_t align16(size_t v) { return (v + 15) / 16 * 16; }
+
+// ---- device helpers
+
+__device__ __forceinline__ uint32_t smemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbarInit(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smemAddr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbarWait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n"
+        "  .reg .pred p;\n"
+        "  mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "  selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(smemAddr(bar)), "r"(parity)
+        : "memory");
+  }
+}
+// One thread: `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory into shared memory,
+// completing on bar. The buffer's previous contents were read through the generic proxy: order those reads
+// before the async proxy writes.
+__device__ __forceinline__ void bulkLoad(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smemAddr(bar)), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smemAddr(dst)),
+               "l"(src), "r"(bytes), "r"(smemAddr(bar))
+               : "memory");
+}
+
+// Every CTA arrives, then waits until all have: `target` is the running count after this barrier.
+__device__ __forceinline__ void gridBarrier(uint32_t* counter, uint32_t target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+    uint32_t v;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+    } while (v < target);
+  }
+  __syncthreads();
+}
+
+template <class T>
+__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
+  const T* h = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = toFloat(h[i]);
+}
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide sum / max, the same value in every thread (red: kWarps floats, reusable on return).
+__device__ __forceinline__ float blockSum(float v, float* red) {
+  v = warpSum(v);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float s = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) s += red[w];
+  __syncthreads();
+  return s;
+}
+__device__ __forceinline__ float blockMax(float v, float* red) {
+  v = warpMax(v);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float m = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) m = fmaxf(m, red[w]);
+  __syncthreads();
+  return m;
+}
+
+template <class T>
+__device__ __forceinline__ float roundTo(float v) {
+  return toFloat(fromFloat<T>(v));
+}
+
+__device__ __forceinline__ float geluNew(float v) {
+  return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+// act[0..n) = a vector another CTA wrote in this step (read from L2: L1 is not coherent).
+template <class T>
+__device__ __forceinline__ void loadAct(float* act, const T* src, int n) {
+  for (int i = threadIdx.x; i < n; i += kThreads) act[i] = toFloat(__ldcg(src + i));
+  __syncthreads();
+}
+
+// act = LayerNorm(act) rounded to T (centred variance in a second pass, as the separate kernels).
+template <class T>
+__device__ __forceinline__ void layerNorm(float* act, int n, const T* w, const T* b, float eps, float* red) {
+  float s = 0.f;
+  for (int i = threadIdx.x; i < n; i += kThreads) s += act[i];
+  const float mean = blockSum(s, red) / n;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < n; i += kThreads) q += (act[i] - mean) * (act[i] - mean);
+  const float inv = rsqrtf(blockSum(q, red) / n + eps);
+  for (int i = threadIdx.x; i < n; i += kThreads)
+    act[i] = roundTo<T>((act[i] - mean) * inv * toFloat(w[i]) + toFloat(b[i]));
+  __syncthreads();
+}
+
+// part[r * segs + s] = row r of w (rows x k, shared memory) · act over k segment s; returns segs. Ends with
+// __syncthreads, so part is readable by every thread.
+template <class T>
+__device__ __forceinline__ int sliceDots(const T* w, int rows, int k, const float* act, float* part) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int segs = (k + kSeg - 1) / kSeg, units = rows * segs;
+  for (int u = warp; u < units; u += kWarps) {
+    const int r = u / segs, s = u - r * segs;
+    const int kk = s * kSeg + lane * 8;
+    float sum = 0.f;
+    if (kk < k) {
+      float wf[8];
+      unpack8<T>(*reinterpret_cast<const uint4*>(w + static_cast<size_t>(r) * k + kk), wf);
+      const float4 a0 = *reinterpret_cast<const float4*>(act + kk);
+      const float4 a1 = *reinterpret_cast<const float4*>(act + kk + 4);
+      sum = wf[0] * a0.x + wf[1] * a0.y + wf[2] * a0.z + wf[3] * a0.w + wf[4] * a1.x + wf[5] * a1.y + wf[6] * a1.z +
+            wf[7] * a1.w;
+    }
+    sum = warpSum(sum);
+    if (lane == 0) part[u] = sum;
+  }
+  __syncthreads();
+  return segs;
+}
+
+__device__ __forceinline__ float rowSum(const float* part, int r, int segs) {
+  float s = 0.f;
+  for (int i = 0; i < segs; ++i) s += part[r * segs + i];
+  return s;
+}
+
+__device__ __forceinline__ void rowRange(int n, int cta, int grid, int& begin, int& end) {
+  begin = static_cast<int>(static_cast<int64_t>(n) * cta / grid);
+  end = static_cast<int>(static_cast<int64_t>(n) * (cta + 1) / grid);
+}
+
+// Larger value first, then the lower index (the host sampler's tie rule).
+__device__ __forceinline__ unsigned long long argKey(float v, int idx) {
+  uint32_t u = __float_as_uint(v);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(idx));
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_constant__ DecodeStepParams p, const Plan pl) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x;
+  const int H = p.hidden, F = p.ffn, hd = p.headDim, L = p.layers;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);  // [kSlots] slots, then [kRing] ring buffers
+  float* act = reinterpret_cast<float*>(smem + pl.actOff);
+  float* part = reinterpret_cast<float*>(smem + pl.partOff);
+  float* red = reinterpret_cast<float*>(smem + pl.redOff);
+  int* flag = reinterpret_cast<int*>(red + 32);
+
+  char* ws = static_cast<char*>(p.workspace);
+  T* x = reinterpret_cast<T*>(ws);
+  T* qkv = reinterpret_cast<T*>(ws + pl.wsQkv);
+  T* attn = reinterpret_cast<T*>(ws + pl.wsAttn);
+  T* hbuf = reinterpret_cast<T*>(ws + pl.wsH);
+  float* partials = reinterpret_cast<float*>(ws + pl.wsPart);
+  char* sy = static_cast<char*>(p.sync);
+  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy);
+  uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy + 4);
+  unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
+  uint32_t* headCount = reinterpret_cast<uint32_t*>(sy + 16);
+
+  const int tok = p.ids[0], pos = *p.pos;
+  const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
+  int rb[kSlots], re[kSlots];
+  for (int s = 0; s < kSlots; ++s) rowRange(N[s], cta, G, rb[s], re[s]);
+  int vb, ve;
+  rowRange(p.vocab, cta, G, vb, ve);
+  const int chunks = (ve - vb + pl.chunkRows - 1) / pl.chunkRows;
+
+  auto slotWeights = [&](int s, int l) -> const T* {
+    const DecodeStepLayer& w = p.layer[l];
+    const void* base = s == 0 ? w.qkvW : s == 1 ? w.outW : s == 2 ? w.fcW : w.projW;
+    return static_cast<const T*>(base) + static_cast<size_t>(rb[s]) * K[s];
+  };
+  auto slot = [&](int s) { return reinterpret_cast<T*>(smem + pl.slotOff[s]); };
+  auto issueSlot = [&](int s, int l) {  // thread 0
+    const uint32_t bytes = static_cast<uint32_t>((re[s] - rb[s]) * K[s] * sizeof(T));
+    if (bytes) bulkLoad(slot(s), slotWeights(s, l), bytes, &bars[s]);
+  };
+  auto chunkRowsOf = [&](int i) { return min(pl.chunkRows, ve - vb - i * pl.chunkRows); };
+  auto ring = [&](int i) { return reinterpret_cast<T*>(smem + pl.ringOff + (i % kRing) * pl.chunkBytes); };
+  auto issueChunk = [&](int i) {  // thread 0
+    const uint32_t bytes = static_cast<uint32_t>(chunkRowsOf(i) * H * sizeof(T));
+    bulkLoad(ring(i), static_cast<const T*>(p.lmHead) + static_cast<size_t>(vb + i * pl.chunkRows) * H, bytes,
+             &bars[kSlots + i % kRing]);
+  };
+  auto waitSlot = [&](int s, int l) {
+    if (re[s] > rb[s]) mbarWait(&bars[s], l & 1);
+  };
+
+  if (tid == 0) {
+    for (int i = 0; i < kSlots + kRing; ++i) mbarInit(&bars[i]);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int s = 0; s < kSlots; ++s) issueSlot(s, 0);
+    for (int i = 0; i < kRing && i < chunks; ++i) issueChunk(i);
+  }
+
+  // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it); CTA 0 stores it.
+  {
+    const bool ok = tok >= 0 && tok < p.vocab && pos >= 0 && pos < p.maxPositions;
+    const T* te = static_cast<const T*>(p.wte) + static_cast<size_t>(ok ? tok : 0) * H;
+    const T* pe = static_cast<const T*>(p.wpe) + static_cast<size_t>(ok ? pos : 0) * H;
+    for (int i = tid; i < H; i += kThreads) {
+      const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
+      act[i] = v;
+      if (cta == 0) __stcg(x + i, fromFloat<T>(v));
+    }
+    __syncthreads();
+  }
+
+  uint32_t barriers = 0;
+  auto sync = [&] { gridBarrier(barCount, ++barriers * static_cast<uint32_t>(G)); };
+  // After a slot's rows were consumed (every thread passed the __syncthreads in sliceDots' caller): the next
+  // layer's rows of the same weight go into it.
+  auto refill = [&](int s, int l) {
+    __syncthreads();
+    if (tid == 0 && l + 1 < L) issueSlot(s, l + 1);
+  };
+  const int T_ = min(pos + 1, p.capacity);
+  const int splits = max(1, min(pl.maxSplits, (T_ + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
+  const int perSplit = (T_ + splits - 1) / splits;
+
+  for (int l = 0; l < L; ++l) {
+    const DecodeStepLayer& w = p.layer[l];
+    // ---- A: LayerNorm, QKV, cache write
+    if (l > 0) loadAct(act, x, H);
+    layerNorm(act, H, static_cast<const T*>(w.ln1w), static_cast<const T*>(w.ln1b), p.eps, red);
+    waitSlot(0, l);
+    {
+      const int rows = re[0] - rb[0];
+      const int segs = sliceDots(slot(0), rows, H, act, part);
+      if (tid < rows) {
+        const int r = rb[0] + tid;
+        const T v = fromFloat<T>(rowSum(part, tid, segs) + toFloat(static_cast<const T*>(w.qkvB)[r]));
+        __stcg(qkv + r, v);
+        if (r >= H && pos < p.capacity) {
+          const int j = r - H, sec = j / H, c = j - sec * H, head = c / hd, d = c - head * hd;
+          T* cache = static_cast<T*>(sec == 0 ? w.kCache : w.vCache);
+          __stcg(cache + (static_cast<size_t>(head) * p.capacity + pos) * hd + d, v);
+        }
+      }
+    }
+    refill(0, l);
+    sync();
+
+    // ---- B: attention over the cache [0, T_), (head, split) items, the last split of a head merges it
+    {
+      const T* kc = static_cast<const T*>(w.kCache);
+      const T* vc = static_cast<const T*>(w.vCache);
+      float* qs = act;               // [hd]
+      float* sc = act + hd;          // [maxKeys]
+      float* ored = sc + pl.maxKeys;  // [kThreads]
+      const int items = p.heads * splits;
+      for (int item = cta; item < items; item += G) {
+        const int h = item / splits, sp = item - h * splits;
+        const int k0 = sp * perSplit, n = max(0, min(T_, k0 + perSplit) - k0);
+        if (tid < hd) qs[tid] = toFloat(__ldcg(qkv + h * hd + tid)) * p.scale;
+        __syncthreads();
+        float m = -INFINITY;
+        for (int j = tid; j < n; j += kThreads) {
+          const T* kr = kc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd;
+          float dot = 0.f;
+          for (int d = 0; d < hd; d += 8) {
+            float kf[8];
+            unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(kr + d)), kf);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) dot += qs[d + e] * kf[e];
+          }
+          sc[j] = dot;
+          m = fmaxf(m, dot);
+        }
+        m = blockMax(m, red);
+        float lsum = 0.f;
+        for (int j = tid; j < n; j += kThreads) {
+          const float e = __expf(sc[j] - m);
+          sc[j] = e;
+          lsum += e;
+        }
+        lsum = blockSum(lsum, red);  // its __syncthreads also publishes sc
+        const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
+        float o = 0.f;
+        for (int j = grp; j < n; j += groups)
+          o += sc[j] * toFloat(__ldcg(vc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd + d));
+        ored[tid] = o;
+        __syncthreads();
+        float* mine = partials + static_cast<size_t>(h * pl.maxSplits + sp) * (hd + 2);
+        if (tid < hd) {
+          float s = 0.f;
+          for (int g = 0; g < groups; ++g) s += ored[g * hd + tid];
+          __stcg(mine + 2 + tid, s);
+        }
+        if (tid == 0) __stcg(mine, m), __stcg(mine + 1, lsum);
+        __syncthreads();
+        if (tid == 0) {
+          __threadfence();
+          *flag = atomicAdd(&headCount[h], 1u) == static_cast<uint32_t>(splits - 1);
+        }
+        __syncthreads();
+        if (*flag) {
+          __threadfence();
+          if (tid < hd) {
+            const float* base = partials + static_cast<size_t>(h * pl.maxSplits) * (hd + 2);
+            float M = -INFINITY;
+            for (int s = 0; s < splits; ++s) M = fmaxf(M, __ldcg(base + s * (hd + 2)));
+            float Lsum = 0.f, acc = 0.f;
+            for (int s = 0; s < splits; ++s) {
+              const float* ps = base + s * (hd + 2);
+              const float ms = __ldcg(ps);
+              const float f = ms == -INFINITY ? 0.f : __expf(ms - M);
+              Lsum += __ldcg(ps + 1) * f;
+              acc += __ldcg(ps + 2 + tid) * f;
+            }
+            __stcg(attn + h * hd + tid, fromFloat<T>(acc / Lsum));
+          }
+          if (tid == 0) headCount[h] = 0;
+        }
+        __syncthreads();
+      }
+    }
+    sync();
+
+    // ---- C: attention output projection into the residual stream
+    loadAct(act, attn, H);
+    waitSlot(1, l);
+    {
+      const int rows = re[1] - rb[1];
+      const int segs = sliceDots(slot(1), rows, H, act, part);
+      if (tid < rows) {
+        const int r = rb[1] + tid;
+        float v = rowSum(part, tid, segs);
+        if (w.outB) v += toFloat(static_cast<const T*>(w.outB)[r]);
+        __stcg(x + r, fromFloat<T>(toFloat(__ldcg(x + r)) + v));
+      }
+    }
+    refill(1, l);
+    sync();
+
+    // ---- D: LayerNorm, MLP input with gelu_new
+    loadAct(act, x, H);
+    layerNorm(act, H, static_cast<const T*>(w.ln2w), static_cast<const T*>(w.ln2b), p.eps, red);
+    waitSlot(2, l);
+    {
+      const int rows = re[2] - rb[2];
+      const int segs = sliceDots(slot(2), rows, H, act, part);
+      if (tid < rows) {
+        const int r = rb[2] + tid;
+        float v = rowSum(part, tid, segs);
+        if (w.fcB) v += toFloat(static_cast<const T*>(w.fcB)[r]);
+        __stcg(hbuf + r, fromFloat<T>(geluNew(v)));
+      }
+    }
+    refill(2, l);
+    sync();
+
+    // ---- E: MLP output into the residual stream
+    loadAct(act, hbuf, F);
+    waitSlot(3, l);
+    {
+      const int rows = re[3] - rb[3];
+      const int segs = sliceDots(slot(3), rows, F, act, part);
+      if (tid < rows) {
+        const int r = rb[3] + tid;
+        float v = rowSum(part, tid, segs);
+        if (w.projB) v += toFloat(static_cast<const T*>(w.projB)[r]);
+        __stcg(x + r, fromFloat<T>(toFloat(__ldcg(x + r)) + v));
+      }
+    }
+    refill(3, l);
+    sync();
+  }
+
+  // ---- final LayerNorm, the output layer's rows of this CTA, and their argmax
+  loadAct(act, x, H);
+  layerNorm(act, H, static_cast<const T*>(p.lnfW), static_cast<const T*>(p.lnfB), p.eps, red);
+  unsigned long long mine = 0;
+  T* logits = static_cast<T*>(p.logits);
+  for (int i = 0; i < chunks; ++i) {
+    mbarWait(&bars[kSlots + i % kRing], (i / kRing) & 1);
+    const int rows = chunkRowsOf(i);
+    const int segs = sliceDots(ring(i), rows, H, act, part);
+    if (tid < rows) {
+      const int r = vb + i * pl.chunkRows + tid;
+      const T v = fromFloat<T>(rowSum(part, tid, segs));
+      logits[r] = v;
+      const unsigned long long key = argKey(toFloat(v), r);
+      mine = key > mine ? key : mine;
+    }
+    __syncthreads();
+    if (tid == 0 && i + kRing < chunks) issueChunk(i + kRing);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, mine, o);
+    mine = other > mine ? other : mine;
+  }
+  unsigned long long* redKey = reinterpret_cast<unsigned long long*>(part);
+  if (tid % 32 == 0) redKey[tid / 32] = mine;
+  __syncthreads();
+  if (tid == 0) {
+    for (int wi = 1; wi < kWarps; ++wi) mine = redKey[wi] > mine ? redKey[wi] : mine;
+    if (mine) atomicMax(best, mine);
+    // The last CTA out publishes the next step's state and re-zeroes the sync words (every CTA has passed
+    // every barrier by now).
+    __threadfence();
+    if (atomicAdd(exitCount, 1u) == static_cast<uint32_t>(G - 1)) {
+      __threadfence();
+      const unsigned long long b = atomicAdd(best, 0ull);
+      p.ids[0] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(b & 0xffffffffu));
+      *p.pos = pos + 1;
+      p.lens[0] = pos + 2;
+      *best = 0;
+      *barCount = 0;
+      *exitCount = 0;
+      __threadfence();
+    }
+  }
+}
+
+Plan makePlan(const DecodeStepParams& p, int grid) {
+  const size_t esz = 2;
+  const int H = p.hidden, F = p.ffn;
+  const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
+  Plan pl{};
+  pl.grid = grid;
+  size_t off = 0, partFloats = 64;
+  for (int s = 0; s < kSlots; ++s) {
+    const int rows = ceilDiv(N[s], grid);
+    pl.slotOff[s] = static_cast<int>(off);
+    off += align16(static_cast<size_t>(rows) * K[s] * esz);
+    partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * ceilDiv(K[s], kSeg));
+  }
+  pl.chunkRows = std::min(kMaxChunkRows, std::max(1, ceilDiv(p.vocab, grid)));
+  pl.chunkBytes = static_cast<int>(align16(static_cast<size_t>(pl.chunkRows) * H * esz));
+  partFloats = std::max<size_t>(partFloats, static_cast<size_t>(pl.chunkRows) * ceilDiv(H, kSeg));
+  pl.ringOff = static_cast<int>(off);
+  off += static_cast<size_t>(kRing) * pl.chunkBytes;
+  pl.maxSplits = std::max(1, grid / std::max(1, p.heads));
+  pl.maxKeys = std::max(kMinKeysPerSplit, ceilDiv(p.capacity, pl.maxSplits)) + 1;
+  const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
+                                             static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
+  pl.actOff = static_cast<int>(off);
+  off += align16(actFloats * 4);
+  pl.partOff = static_cast<int>(off);
+  off += align16(partFloats * 4);
+  pl.redOff = static_cast<int>(off);
+  off += 64 * 4;
+  pl.barOff = static_cast<int>(off);
+  off += (kSlots + kRing) * 8;
+  pl.smem = static_cast<int>(off);
+  size_t w = align16(static_cast<size_t>(H) * esz);
+  pl.wsQkv = static_cast<int>(w);
+  w += align16(static_cast<size_t>(3) * H * esz);
+  pl.wsAttn = static_cast<int>(w);
+  w += align16(static_cast<size_t>(H) * esz);
+  pl.wsH = static_cast<int>(w);
+  w += align16(static_cast<size_t>(F) * esz);
+  pl.wsPart = static_cast<int>(w);
+  return pl;
+}
+
+int gridFor() { return multiprocessorCount(); }
+
+template <class T>
+void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
+  auto kernel = decodeStepKernel<T>;
+  ensureDynamicSmem<decodeStepKernel<T>>(pl.smem);
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(pl.grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = pl.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;  // every CTA resident at once, or the launch fails
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  FL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, pl));
+}
+
+}  // namespace
+
+size_t decodeStepWorkspaceBytes(const DecodeStepParams& p) {
+  const int grid = gridFor();
+  const Plan pl = makePlan(p, grid);
+  return pl.wsPart + static_cast<size_t>(p.heads) * pl.maxSplits * (p.headDim + 2) * 4;
+}
+
+size_t decodeStepSyncBytes(const DecodeStepParams& p) { return 16 + static_cast<size_t>(std::max(p.heads, 1)) * 4; }
+
+std::string decodeStepProblem(const DecodeStepParams& p) {
+  if (p.dtype != ElemType::F16 && p.dtype != ElemType::BF16) return "the dtype is not fp16 or bf16";
+  if (p.layers < 1 || p.layers > kDecodeStepMaxLayers)
+    return "layers " + std::to_string(p.layers) + " outside 1.." + std::to_string(kDecodeStepMaxLayers);
+  if (p.hidden < 8 || p.hidden % 8 || p.ffn < 8 || p.ffn % 8) return "hidden and MLP widths must be multiples of 8";
+  if (p.headDim < 8 || p.headDim % 8 || kThreads % p.headDim || p.heads * p.headDim != p.hidden)
+    return "head dim " + std::to_string(p.headDim) + " x " + std::to_string(p.heads) +
+           " heads: needs a multiple of 8 that divides 256, heads x head dim = hidden";
+  if (p.vocab < 1 || p.maxPositions < 1 || p.capacity < 1) return "empty vocabulary, positions or cache";
+  const void* must[] = {p.wte, p.wpe, p.lnfW, p.lnfB, p.lmHead, p.ids, p.pos, p.lens, p.logits, p.sync};
+  for (const void* q : must)
+    if (!q) return "a null pointer";
+  for (int l = 0; l < p.layers; ++l) {
+    const DecodeStepLayer& w = p.layer[l];
+    const void* need[] = {w.ln1w, w.ln1b, w.qkvW, w.qkvB, w.outW, w.ln2w, w.ln2b, w.fcW, w.projW, w.kCache, w.vCache};
+    for (const void* q : need)
+      if (!q) return "a null pointer in layer " + std::to_string(l);
+    for (const void* q : {w.qkvW, w.outW, w.fcW, w.projW})
+      if (reinterpret_cast<uintptr_t>(q) % 16) return "a weight of layer " + std::to_string(l) + " is not 16-byte aligned";
+  }
+  if (reinterpret_cast<uintptr_t>(p.lmHead) % 16) return "the output layer is not 16-byte aligned";
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return "no current CUDA device";
+  int coop = 0;
+  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (!coop) return "the GPU does not support cooperative launches";
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  const int grid = gridFor();
+  const Plan pl = makePlan(p, grid);
+  if (pl.smem > optin)
+    return "one CTA needs " + std::to_string(pl.smem) + " bytes of shared memory, the GPU has " + std::to_string(optin);
+  bool resident = true;
+  dispatchHalfElem(p.dtype, "decodeStep", [&](auto t) {
+    using T = decltype(t);
+    ensureDynamicSmem<decodeStepKernel<T>>(pl.smem);
+    int perSm = 0;
+    resident = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, decodeStepKernel<T>, kThreads, pl.smem) ==
+                   cudaSuccess && perSm >= 1;
+  });
+  if (!resident) return "one CTA of " + std::to_string(pl.smem) + " bytes of shared memory cannot stay on every multiprocessor";
+  // An mbarrier counts at most 2^20 - 1 bytes in flight: each slot's rows are one copy.
+  const int H = p.hidden;
+  if (static_cast<int64_t>(ceilDiv(std::max(3 * H, p.ffn), grid)) * std::max(H, p.ffn) * 2 >= (1 << 20))
+    return "a layer's slice per CTA is over 1 MB";
+  return "";
+}
+
+void decodeStep(const DecodeStepParams& p, cudaStream_t stream) {
+  const std::string why = decodeStepProblem(p);
+  FL_REQUIRE(why.empty(), "decodeStep: " + why);
+  FL_REQUIRE(p.workspace, "decodeStep: no workspace");
+  const Plan pl = makePlan(p, gridFor());
+  dispatchHalfElem(p.dtype, "decodeStep", [&](auto t) { launch<decltype(t)>(p, pl, stream); });
+}
+
+}  // namespace flashlab::cuda

@@ -1,0 +1,64 @@
+// A whole GPT-2 decode step as ONE persistent kernel (decode_step.cu): embedding, every layer (LayerNorm, QKV,
+// cache write, attention, output projection, LayerNorm, MLP, residual adds), the final LayerNorm, the output layer
+// and the argmax that picks the next token, with grid-wide barriers between the phases instead of kernel
+// boundaries. Batch 1, fp16 or bf16 (fp32 accumulation), device-resident state as Backend::embeddingAt ..
+// argmaxAndAdvance: the step reads ids[0] and *pos and leaves the next token in ids[0], *pos + 1 and lens[0].
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common.cuh"
+
+namespace flashlab::cuda {
+
+constexpr int kDecodeStepMaxLayers = 48;
+
+// Every weight is dense row-major in the step's dtype; linear weights are [out, in] (nn.Linear layout).
+struct DecodeStepLayer {
+  const void* ln1w;
+  const void* ln1b;
+  const void* qkvW;  // [3 H, H]
+  const void* qkvB;  // [3 H]
+  const void* outW;  // [H, H]
+  const void* outB;  // [H] or null
+  const void* ln2w;
+  const void* ln2b;
+  const void* fcW;    // [F, H]
+  const void* fcB;    // [F] or null
+  const void* projW;  // [H, F]
+  const void* projB;  // [H] or null
+  void* kCache;       // [heads, capacity, headDim]
+  void* vCache;
+};
+
+struct DecodeStepParams {
+  ElemType dtype = ElemType::F16;
+  int layers = 0, hidden = 0, heads = 0, headDim = 0, ffn = 0, vocab = 0, maxPositions = 0, capacity = 0;
+  float eps = 1e-5f, scale = 1.f;
+  const void* wte = nullptr;     // [vocab, H]: the token table
+  const void* wpe = nullptr;     // [maxPositions, H]
+  const void* lnfW = nullptr;
+  const void* lnfB = nullptr;
+  const void* lmHead = nullptr;  // [vocab, H] (GPT-2 ties it to wte)
+  DecodeStepLayer layer[kDecodeStepMaxLayers];
+  int32_t* ids = nullptr;   // [1]
+  int32_t* pos = nullptr;   // [1]
+  int32_t* lens = nullptr;  // [1]
+  void* logits = nullptr;   // [vocab], written in the dtype
+  void* workspace = nullptr;  // decodeStepWorkspaceBytes(), any contents
+  // decodeStepSyncBytes() of zeroed memory, kept for this purpose: the kernel leaves it zeroed again.
+  void* sync = nullptr;
+};
+
+// Why the kernel cannot run these parameters on the current device ("" when it can; the workspace is not looked
+// at): shapes, dtype, layer count, alignment, the shared memory one CTA needs, a GPU that cannot keep one CTA on every multiprocessor.
+std::string decodeStepProblem(const DecodeStepParams& p);
+size_t decodeStepWorkspaceBytes(const DecodeStepParams& p);
+size_t decodeStepSyncBytes(const DecodeStepParams& p);
+// Launches the step on `stream` (capturable into a CUDA graph): a cooperative launch of one CTA per
+// multiprocessor. Throws KernelError naming the problem when decodeStepProblem is not empty.
+void decodeStep(const DecodeStepParams& p, cudaStream_t stream);
+
+}  // namespace flashlab::cuda
