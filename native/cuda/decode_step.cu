@@ -47,6 +47,8 @@ struct Plan {
   int wsQkv, wsAttn, wsH, wsPart;
 };
 
+static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
+
 size_t align16(size_t v) { return (v + 15) / 16 * 16; }
 
 // ---- device helpers
@@ -535,7 +537,8 @@ int gridFor() { return multiprocessorCount(); }
 template <class T>
 void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
   auto kernel = decodeStepKernel<T>;
-  ensureDynamicSmem<decodeStepKernel<T>>(pl.smem);
+  // Set for this plan's size every time (one launch per recorded step: no hot path).
+  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, pl.smem));
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(pl.grid);
   cfg.blockDim = dim3(kThreads);
@@ -590,11 +593,12 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
   const Plan pl = makePlan(p, grid);
   if (pl.smem > optin)
     return "one CTA needs " + std::to_string(pl.smem) + " bytes of shared memory, the GPU has " + std::to_string(optin);
-  bool resident = true;
+  bool resident = false;
   dispatchHalfElem(p.dtype, "decodeStep", [&](auto t) {
     using T = decltype(t);
-    ensureDynamicSmem<decodeStepKernel<T>>(pl.smem);
     int perSm = 0;
+    if (cudaFuncSetAttribute(decodeStepKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, pl.smem) != cudaSuccess)
+      return;
     resident = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, decodeStepKernel<T>, kThreads, pl.smem) ==
                    cudaSuccess && perSm >= 1;
   });

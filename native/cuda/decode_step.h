@@ -13,7 +13,9 @@
 
 namespace flashlab::cuda {
 
-constexpr int kDecodeStepMaxLayers = 48;
+// The layer table travels in the kernel's parameters, which stay within the classic 4 KB (GPT-2 small and medium
+// fit; a deeper model runs its step as separate kernels).
+constexpr int kDecodeStepMaxLayers = 24;
 
 // Every weight is dense row-major in the step's dtype; linear weights are [out, in] (nn.Linear layout).
 struct DecodeStepLayer {
