@@ -560,6 +560,11 @@ size_t decodeStepWorkspaceBytes(const DecodeStepParams& p) {
   return pl.wsPart + static_cast<size_t>(p.heads) * pl.maxSplits * (p.headDim + 2) * 4;
 }
 
+DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
+  const Plan pl = makePlan(p, gridFor());
+  return {0, static_cast<size_t>(pl.wsQkv), static_cast<size_t>(pl.wsAttn), static_cast<size_t>(pl.wsH)};
+}
+
 size_t decodeStepSyncBytes(const DecodeStepParams& p) { return 16 + static_cast<size_t>(std::max(p.heads, 1)) * 4; }
 
 std::string decodeStepProblem(const DecodeStepParams& p) {

@@ -59,6 +59,12 @@ struct DecodeStepParams {
 std::string decodeStepProblem(const DecodeStepParams& p);
 size_t decodeStepWorkspaceBytes(const DecodeStepParams& p);
 size_t decodeStepSyncBytes(const DecodeStepParams& p);
+// Where the step leaves its last layer's intermediate vectors in the workspace (byte offsets): the residual stream
+// x [H], qkv [3 H], the attention output [H] and the MLP activation [F], in the dtype. For tests.
+struct DecodeStepWorkspaceLayout {
+  size_t x = 0, qkv = 0, attn = 0, h = 0;
+};
+DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p);
 // Launches the step on `stream` (capturable into a CUDA graph): a cooperative launch of one CTA per
 // multiprocessor. Throws KernelError naming the problem when decodeStepProblem is not empty.
 void decodeStep(const DecodeStepParams& p, cudaStream_t stream);

@@ -1,0 +1,285 @@
+// The one-launch GPT-2 decode step (decode_step.cu) against a CPU reference that rounds where the kernel rounds:
+// random weights and a random KV cache, odd sizes, every intermediate of the last layer (qkv, attention output,
+// MLP activation), the k/v written into every layer's cache, the residual stream, the logits, the chosen token
+// and the advanced position. Outputs and the workspace are poisoned with NaN first. A second launch must repeat
+// the first bit for bit (the sync words were left zeroed, the reductions have a fixed order).
+// Usage: decode_step_tests [--quick]. Exit status 1 on a failure.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../decode_step.h"
+
+using namespace flashlab::cuda;
+
+namespace {
+
+int failures = 0;
+std::mt19937_64 rng(12345);
+
+float r16(float v) { return __half2float(__float2half_rn(v)); }
+
+struct Dev {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit Dev(size_t b) : bytes(b) { FL_CUDA_CHECK(cudaMalloc(&p, b)); }
+  ~Dev() { cudaFree(p); }
+};
+
+// Random fp16 values (scale s), uploaded; the host keeps them as floats.
+std::vector<float> randomHalf(size_t n, float s, Dev& d) {
+  std::uniform_real_distribution<float> u(-s, s);
+  std::vector<float> f(n);
+  std::vector<__half> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = __float2half_rn(u(rng)), f[i] = __half2float(h[i]);
+  FL_CUDA_CHECK(cudaMemcpy(d.p, h.data(), n * 2, cudaMemcpyHostToDevice));
+  return f;
+}
+std::vector<float> download(const void* p, size_t n) {
+  std::vector<__half> h(n);
+  FL_CUDA_CHECK(cudaMemcpy(h.data(), p, n * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = __half2float(h[i]);
+  return f;
+}
+
+// Largest |a - b| over the largest |b| (NaN fails).
+double err(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, scale = 1e-6;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  }
+  return worst / scale;
+}
+
+void check(bool ok, const std::string& what, const std::string& detail) {
+  std::printf("%s  %-60s %s\n", ok ? "ok  " : "FAIL", what.c_str(), detail.c_str());
+  if (!ok) ++failures;
+}
+
+void layerNormRef(const std::vector<float>& x, const float* w, const float* b, float eps, std::vector<float>& out) {
+  const size_t n = x.size();
+  double s = 0;
+  for (float v : x) s += v;
+  const double mean = s / n;
+  double q = 0;
+  for (float v : x) q += (v - mean) * (v - mean);
+  const double inv = 1.0 / std::sqrt(q / n + eps);
+  out.resize(n);
+  for (size_t i = 0; i < n; ++i) out[i] = r16(static_cast<float>((x[i] - mean) * inv * w[i] + b[i]));
+}
+// y[r] = W[r, :] · x (fp64 sum)
+std::vector<double> matvec(const std::vector<float>& W, const std::vector<float>& x, int rows) {
+  const size_t k = x.size();
+  std::vector<double> y(rows);
+  for (int r = 0; r < rows; ++r) {
+    double s = 0;
+    for (size_t i = 0; i < k; ++i) s += static_cast<double>(W[r * k + i]) * x[i];
+    y[r] = s;
+  }
+  return y;
+}
+float gelu(double v) { return static_cast<float>(0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))); }
+
+void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, int maxPositions, bool timeIt = false) {
+  const int hd = H / heads;
+  char name[160];
+  std::snprintf(name, sizeof name, "H%d heads%d F%d vocab%d layers%d pos%d/%d", H, heads, F, vocab, layers, pos, capacity);
+  DecodeStepParams p;
+  p.dtype = ElemType::F16;
+  p.layers = layers, p.hidden = H, p.heads = heads, p.headDim = hd, p.ffn = F, p.vocab = vocab;
+  p.maxPositions = maxPositions, p.capacity = capacity, p.eps = 1e-5f, p.scale = 1.f / std::sqrt(static_cast<float>(hd));
+  std::vector<std::unique_ptr<Dev>> keep;
+  auto dev = [&](size_t bytes) {
+    keep.push_back(std::make_unique<Dev>(bytes));
+    return keep.back().get();
+  };
+  const float ws = 1.f / std::sqrt(static_cast<float>(H));
+  Dev* wte = dev(size_t(vocab) * H * 2);
+  Dev* wpe = dev(size_t(maxPositions) * H * 2);
+  Dev* lnf = dev(H * 2);
+  Dev* lnfb = dev(H * 2);
+  const auto hWte = randomHalf(size_t(vocab) * H, 0.5f, *wte), hWpe = randomHalf(size_t(maxPositions) * H, 0.2f, *wpe);
+  auto hLnf = randomHalf(H, 1.0f, *lnf), hLnfb = randomHalf(H, 0.1f, *lnfb);
+  p.wte = wte->p, p.wpe = wpe->p, p.lnfW = lnf->p, p.lnfB = lnfb->p, p.lmHead = wte->p;
+  struct HostLayer {
+    std::vector<float> ln1w, ln1b, qkvW, qkvB, outW, outB, ln2w, ln2b, fcW, fcB, projW, projB, k, v;
+  };
+  std::vector<HostLayer> hl(layers);
+  for (int l = 0; l < layers; ++l) {
+    HostLayer& h = hl[l];
+    DecodeStepLayer& d = p.layer[l];
+    auto param = [&](std::vector<float>& host, size_t n, float s) {
+      Dev* b = dev(n * 2);
+      host = randomHalf(n, s, *b);
+      return b->p;
+    };
+    d.ln1w = param(h.ln1w, H, 1.f), d.ln1b = param(h.ln1b, H, 0.1f);
+    d.qkvW = param(h.qkvW, size_t(3) * H * H, ws), d.qkvB = param(h.qkvB, 3 * H, 0.1f);
+    d.outW = param(h.outW, size_t(H) * H, ws), d.outB = param(h.outB, H, 0.1f);
+    d.ln2w = param(h.ln2w, H, 1.f), d.ln2b = param(h.ln2b, H, 0.1f);
+    d.fcW = param(h.fcW, size_t(F) * H, ws), d.fcB = param(h.fcB, F, 0.1f);
+    d.projW = param(h.projW, size_t(H) * F, 1.f / std::sqrt(static_cast<float>(F))), d.projB = param(h.projB, H, 0.1f);
+    d.kCache = param(h.k, size_t(heads) * capacity * hd, 1.f);
+    d.vCache = param(h.v, size_t(heads) * capacity * hd, 1.f);
+  }
+  const int tok = static_cast<int>(rng() % vocab);
+  Dev* state = dev(16);
+  const int32_t init[4] = {tok, pos, pos + 1, 0};
+  auto resetState = [&] { FL_CUDA_CHECK(cudaMemcpy(state->p, init, 16, cudaMemcpyHostToDevice)); };
+  resetState();
+  p.ids = static_cast<int32_t*>(state->p), p.pos = p.ids + 1, p.lens = p.ids + 2;
+  Dev* logits = dev(size_t(vocab) * 2);
+  p.logits = logits->p;
+  Dev* sync = dev(decodeStepSyncBytes(p));
+  FL_CUDA_CHECK(cudaMemset(sync->p, 0, sync->bytes));
+  p.sync = sync->p;
+  const std::string why = decodeStepProblem(p);
+  check(why.empty(), std::string(name) + " supported", why);
+  if (!why.empty()) return;
+  Dev* work = dev(decodeStepWorkspaceBytes(p));
+  p.workspace = work->p;
+  FL_CUDA_CHECK(cudaMemset(work->p, 0xff, work->bytes));  // NaN halves
+  FL_CUDA_CHECK(cudaMemset(logits->p, 0xff, logits->bytes));
+  decodeStep(p, nullptr);
+  FL_CUDA_CHECK(cudaDeviceSynchronize());
+
+  // ---- reference
+  std::vector<float> x(H), xn, qkv, attn(H), hact(F);
+  for (int i = 0; i < H; ++i) x[i] = r16(hWte[size_t(tok) * H + i] + hWpe[size_t(pos) * H + i]);
+  const int T = pos + 1;
+  for (int l = 0; l < layers; ++l) {
+    HostLayer& h = hl[l];
+    layerNormRef(x, h.ln1w.data(), h.ln1b.data(), p.eps, xn);
+    const auto y = matvec(h.qkvW, xn, 3 * H);
+    qkv.assign(3 * H, 0);
+    for (int r = 0; r < 3 * H; ++r) qkv[r] = r16(static_cast<float>(y[r] + h.qkvB[r]));
+    for (int hh = 0; hh < heads; ++hh)
+      for (int d = 0; d < hd; ++d) {
+        h.k[(size_t(hh) * capacity + pos) * hd + d] = qkv[H + hh * hd + d];
+        h.v[(size_t(hh) * capacity + pos) * hd + d] = qkv[2 * H + hh * hd + d];
+      }
+    for (int hh = 0; hh < heads; ++hh) {
+      std::vector<double> s(T);
+      double m = -INFINITY;
+      for (int j = 0; j < T; ++j) {
+        double dot = 0;
+        for (int d = 0; d < hd; ++d) dot += double(qkv[hh * hd + d]) * h.k[(size_t(hh) * capacity + j) * hd + d];
+        s[j] = dot * p.scale, m = std::max(m, s[j]);
+      }
+      double sum = 0;
+      for (double& e : s) e = std::exp(e - m), sum += e;
+      for (int d = 0; d < hd; ++d) {
+        double o = 0;
+        for (int j = 0; j < T; ++j) o += s[j] * h.v[(size_t(hh) * capacity + j) * hd + d];
+        attn[hh * hd + d] = r16(static_cast<float>(o / sum));
+      }
+    }
+    const auto ao = matvec(h.outW, attn, H);
+    for (int r = 0; r < H; ++r) x[r] = r16(static_cast<float>(x[r] + ao[r] + h.outB[r]));
+    layerNormRef(x, h.ln2w.data(), h.ln2b.data(), p.eps, xn);
+    const auto f = matvec(h.fcW, xn, F);
+    for (int r = 0; r < F; ++r) hact[r] = r16(gelu(f[r] + h.fcB[r]));
+    const auto po = matvec(h.projW, hact, H);
+    for (int r = 0; r < H; ++r) x[r] = r16(static_cast<float>(x[r] + po[r] + h.projB[r]));
+  }
+  layerNormRef(x, hLnf.data(), hLnfb.data(), p.eps, xn);
+  const auto lg = matvec(hWte, xn, vocab);
+  std::vector<float> refLogits(vocab);
+  for (int r = 0; r < vocab; ++r) refLogits[r] = r16(static_cast<float>(lg[r]));
+
+  // ---- compare
+  const DecodeStepWorkspaceLayout lay = decodeStepWorkspaceLayout(p);
+  const char* wsb = static_cast<const char*>(work->p);
+  const double tol = 1e-2;
+  auto cmp = [&](const char* what, const std::vector<float>& got, const std::vector<float>& ref) {
+    const double e = err(got, ref);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "max err %.2e of max |ref| (tol %.0e)", e, tol);
+    check(e <= tol, std::string(name) + " " + what, buf);
+  };
+  cmp("qkv (last layer)", download(wsb + lay.qkv, 3 * H), qkv);
+  cmp("attention output (last layer)", download(wsb + lay.attn, H), attn);
+  cmp("MLP activation (last layer)", download(wsb + lay.h, F), hact);
+  cmp("residual stream", download(wsb + lay.x, H), x);
+  for (int l = 0; l < layers; ++l) {
+    std::vector<float> gk, rk, gv, rv;
+    const auto k = download(p.layer[l].kCache, size_t(heads) * capacity * hd);
+    const auto v = download(p.layer[l].vCache, size_t(heads) * capacity * hd);
+    for (int hh = 0; hh < heads; ++hh)
+      for (int d = 0; d < hd; ++d) {
+        const size_t i = (size_t(hh) * capacity + pos) * hd + d;
+        gk.push_back(k[i]), rk.push_back(hl[l].k[i]), gv.push_back(v[i]), rv.push_back(hl[l].v[i]);
+      }
+    cmp(("cache k at pos, layer " + std::to_string(l)).c_str(), gk, rk);
+    cmp(("cache v at pos, layer " + std::to_string(l)).c_str(), gv, rv);
+  }
+  const auto gotLogits = download(logits->p, vocab);
+  cmp("logits", gotLogits, refLogits);
+  int32_t st[3];
+  FL_CUDA_CHECK(cudaMemcpy(st, state->p, 12, cudaMemcpyDeviceToHost));
+  const int argmax = static_cast<int>(std::max_element(gotLogits.begin(), gotLogits.end()) - gotLogits.begin());
+  check(st[0] == argmax && st[1] == pos + 1 && st[2] == pos + 2, std::string(name) + " next token and position",
+        "id " + std::to_string(st[0]) + " (argmax of its logits " + std::to_string(argmax) + "), pos " +
+            std::to_string(st[1]) + ", len " + std::to_string(st[2]));
+  std::vector<uint8_t> syncAfter(sync->bytes);
+  FL_CUDA_CHECK(cudaMemcpy(syncAfter.data(), sync->p, sync->bytes, cudaMemcpyDeviceToHost));
+  check(std::all_of(syncAfter.begin(), syncAfter.end(), [](uint8_t b) { return b == 0; }),
+        std::string(name) + " sync words zeroed again", "");
+  // Again from the same state (the cache row at pos is rewritten with the same values): bit-identical.
+  resetState();
+  FL_CUDA_CHECK(cudaMemset(logits->p, 0xff, logits->bytes));
+  decodeStep(p, nullptr);
+  FL_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto again = download(logits->p, vocab);
+  check(std::memcmp(again.data(), gotLogits.data(), vocab * sizeof(float)) == 0, std::string(name) + " rerun bit-identical", "");
+  if (!timeIt) return;
+  // Back-to-back launches from the same state (each rewrites the same cache row): the step's device time.
+  cudaEvent_t a, b;
+  FL_CUDA_CHECK(cudaEventCreate(&a));
+  FL_CUDA_CHECK(cudaEventCreate(&b));
+  const int reps = 50;
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    resetState();
+    FL_CUDA_CHECK(cudaEventRecord(a));
+    decodeStep(p, nullptr);
+    FL_CUDA_CHECK(cudaEventRecord(b));
+    FL_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    FL_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  std::printf("TIMING %s: one step %.1f us (median of %d launches, min %.1f)\n", name, ms[reps / 2] * 1000, reps, ms[0] * 1000);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  try {
+    run(256, 4, 1000, 1031, 2, 70, 45, 128);
+    if (!quick) {
+      run(256, 4, 1024, 1031, 1, 300, 299, 300);
+      run(768, 12, 3072, 50257, 12, 1024, 900, 1024, true);
+      run(768, 12, 3072, 50257, 12, 1024, 128, 1024, true);
+      run(128, 4, 512, 97, 3, 40, 0, 64);  // head dim 32, the first position, vocabulary smaller than the grid
+    }
+  } catch (const std::exception& e) {
+    std::printf("FAIL  exception: %s\n", e.what());
+    ++failures;
+  }
+  std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "ALL PASSED", failures);
+  return failures ? 1 : 0;
+}
