@@ -25,9 +25,16 @@
 #include "decode_step.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace flashlab::cuda {
 namespace {
+
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+__device__ float gDebugAct[4096];
+__device__ float gDebugSlot[8192];
+__device__ int gDebugRows[2];
+#endif
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -400,6 +407,13 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     {
       const int rows = re[1] - rb[1];
       const int segs = sliceDots(slot(1), rows, H, act, part);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+      if (cta == 0 && l == 0) {
+        for (int i = tid; i < H && i < 4096; i += kThreads) gDebugAct[i] = act[i];
+        for (int i = tid; i < rows * H && i < 8192; i += kThreads) gDebugSlot[i] = toFloat(slot(1)[i]);
+        if (tid == 0) gDebugRows[0] = rb[1], gDebugRows[1] = re[1];
+      }
+#endif
       if (tid < rows) {
         const int r = rb[1] + tid;
         float v = rowSum(part, tid, segs);
@@ -564,6 +578,17 @@ DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
   const Plan pl = makePlan(p, gridFor());
   return {0, static_cast<size_t>(pl.wsQkv), static_cast<size_t>(pl.wsAttn), static_cast<size_t>(pl.wsH)};
 }
+
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int& rb, int& re) {
+  act.resize(4096), slot.resize(8192);
+  int rows[2];
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(act.data(), gDebugAct, 4096 * 4));
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(slot.data(), gDebugSlot, 8192 * 4));
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(rows, gDebugRows, 8));
+  rb = rows[0], re = rows[1];
+}
+#endif
 
 size_t decodeStepSyncBytes(const DecodeStepParams& p) { return 16 + static_cast<size_t>(std::max(p.heads, 1)) * 4; }
 

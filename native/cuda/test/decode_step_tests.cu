@@ -19,6 +19,11 @@
 #include "../decode_step.h"
 
 using namespace flashlab::cuda;
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+namespace flashlab::cuda {
+void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int& rb, int& re);
+}
+#endif
 
 namespace {
 
@@ -204,6 +209,19 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   std::vector<float> refLogits(vocab);
   for (int r = 0; r < vocab; ++r) refLogits[r] = r16(static_cast<float>(lg[r]));
 
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+  if (layers == 1) {
+    std::vector<float> dact, dslot;
+    int drb = 0, dre = 0;
+    decodeStepDebugDump(dact, dslot, drb, dre);
+    double ea = 0, ew = 0;
+    for (int i = 0; i < H; ++i) ea = std::max(ea, std::fabs(double(dact[i]) - attn[i]));
+    for (int r = drb; r < dre; ++r)
+      for (int k = 0; k < H; ++k) ew = std::max(ew, std::fabs(double(dslot[(r - drb) * H + k]) - hl[0].outW[size_t(r) * H + k]));
+    std::printf("DEBUG cta0 phase C: act vs attn max abs %.3g (act[0..3] %.4g %.4g %.4g, attn %.4g %.4g %.4g); slot rows %d..%d vs outW max abs %.3g\n",
+                ea, dact[0], dact[1], dact[2], attn[0], attn[1], attn[2], drb, dre, ew);
+  }
+#endif
   // ---- compare
   const DecodeStepWorkspaceLayout lay = decodeStepWorkspaceLayout(p);
   const char* wsb = static_cast<const char*>(work->p);
