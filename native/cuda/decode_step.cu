@@ -403,15 +403,22 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
 
     // ---- C: attention output projection into the residual stream
     loadAct(act, attn, H);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    if (cta == 0 && l == 0)
+      for (int i = tid; i < H && i < 1024; i += kThreads) gDebugAct[i] = act[i];
+    __syncthreads();
+#endif
     waitSlot(1, l);
     {
       const int rows = re[1] - rb[1];
       const int segs = sliceDots(slot(1), rows, H, act, part);
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
       if (cta == 0 && l == 0) {
-        for (int i = tid; i < H && i < 4096; i += kThreads) gDebugAct[i] = act[i];
+        for (int i = tid; i < H && i < 1024; i += kThreads) gDebugAct[1024 + i] = act[i];
         for (int i = tid; i < rows * H && i < 8192; i += kThreads) gDebugSlot[i] = toFloat(slot(1)[i]);
         if (tid == 0) gDebugRows[0] = rb[1], gDebugRows[1] = re[1];
+        if (tid == 0) gDebugAct[2048] = rowSum(part, 0, segs), gDebugAct[2049] = toFloat(__ldcg(x + rb[1])),
+                      gDebugAct[2050] = static_cast<float>(*barCount), gDebugAct[2051] = static_cast<float>(barriers);
       }
 #endif
       if (tid < rows) {

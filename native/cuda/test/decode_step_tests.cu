@@ -214,12 +214,17 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     std::vector<float> dact, dslot;
     int drb = 0, dre = 0;
     decodeStepDebugDump(dact, dslot, drb, dre);
-    double ea = 0, ew = 0;
-    for (int i = 0; i < H; ++i) ea = std::max(ea, std::fabs(double(dact[i]) - attn[i]));
+    int nanA = 0, nanB = 0;
+    double ea = 0, eb = 0, ew = 0;
+    for (int i = 0; i < H; ++i) {
+      nanA += std::isnan(dact[i]), nanB += std::isnan(dact[1024 + i]);
+      ea = std::max(ea, std::fabs(double(dact[i]) - attn[i])), eb = std::max(eb, std::fabs(double(dact[1024 + i]) - attn[i]));
+    }
     for (int r = drb; r < dre; ++r)
       for (int k = 0; k < H; ++k) ew = std::max(ew, std::fabs(double(dslot[(r - drb) * H + k]) - hl[0].outW[size_t(r) * H + k]));
-    std::printf("DEBUG cta0 phase C: act vs attn max abs %.3g (act[0..3] %.4g %.4g %.4g, attn %.4g %.4g %.4g); slot rows %d..%d vs outW max abs %.3g\n",
-                ea, dact[0], dact[1], dact[2], attn[0], attn[1], attn[2], drb, dre, ew);
+    std::printf("DEBUG cta0 phase C: act after load: %d NaN, err %.3g; after dots: %d NaN, err %.3g; slot rows %d..%d vs outW %.3g; "
+                "row sum %.5g, x old %.5g, barrier count %g after %g barriers\n",
+                nanA, ea, nanB, eb, drb, dre, ew, dact[2048], dact[2049], dact[2050], dact[2051]);
   }
 #endif
   // ---- compare
