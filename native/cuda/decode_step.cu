@@ -394,6 +394,11 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
             }
             __stcg(attn + h * hd + tid, fromFloat<T>(acc / Lsum));
           }
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+          if (tid == 0 && h == 0 && l == 0)
+            gDebugAct[2053] = cta, gDebugAct[2054] = static_cast<float>(atomicAdd(barCount, 0u)),
+            gDebugAct[2055] = static_cast<float>(barriers), gDebugAct[2057] = splits, gDebugAct[2058] = sp;
+#endif
           if (tid == 0) headCount[h] = 0;
         }
         __syncthreads();
@@ -465,6 +470,9 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     sync();
   }
 
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+  if (cta == 0 && tid == 0) gDebugAct[2056] = toFloat(__ldcg(attn));
+#endif
   // ---- final LayerNorm, the output layer's rows of this CTA, and their argmax
   loadAct(act, x, H);
   layerNorm(act, H, static_cast<const T*>(p.lnfW), static_cast<const T*>(p.lnfB), p.eps, red);

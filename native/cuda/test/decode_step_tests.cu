@@ -225,6 +225,8 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     std::printf("DEBUG cta0 phase C: act after load: %d NaN, err %.3g; after dots: %d NaN, err %.3g; slot rows %d..%d vs outW %.3g; "
                 "row sum %.5g, x old %.5g, barrier count %g after %g barriers\n",
                 nanA, ea, nanB, eb, drb, dre, ew, dact[2048], dact[2049], dact[2050], dact[2051]);
+    std::printf("DEBUG head 0 merged by cta %g (split %g of %g) at barrier count %g after %g barriers; attn[0] at cta 0's end %g\n",
+                dact[2053], dact[2058], dact[2057], dact[2054], dact[2055], dact[2056]);
   }
 #endif
   // ---- compare
