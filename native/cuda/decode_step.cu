@@ -106,6 +106,38 @@ __device__ __forceinline__ void gridBarrier(uint32_t* counter, uint32_t target) 
   __syncthreads();
 }
 
+// Loads and stores of what other CTAs of this step write or read (activations, the cache, partial results):
+// through L2 (L1 is not coherent), and as volatile asm with a memory clobber. The CUDA headers' __ldcg/__stcg are
+// plain asm that the compiler may move across the grid barrier (a loop-invariant address is even hoisted out of
+// the layer loop), which reads the workspace before another CTA wrote it.
+__device__ __forceinline__ uint16_t ldShared16(const void* p) {
+  uint16_t v;
+  asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ float ldSharedF(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint4 ldShared128(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+  return v;
+}
+template <class T>
+__device__ __forceinline__ float ldShared(const T* p) {
+  const uint16_t u = ldShared16(p);
+  return toFloat(*reinterpret_cast<const T*>(&u));
+}
+template <class T>
+__device__ __forceinline__ void stShared(T* p, T v) {
+  asm volatile("st.global.cg.u16 [%0], %1;" ::"l"(p), "h"(*reinterpret_cast<const uint16_t*>(&v)) : "memory");
+}
+__device__ __forceinline__ void stSharedF(float* p, float v) {
+  asm volatile("st.global.cg.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory");
+}
+
 template <class T>
 __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   const T* h = reinterpret_cast<const T*>(&v);
@@ -154,10 +186,10 @@ __device__ __forceinline__ float geluNew(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-// act[0..n) = a vector another CTA wrote in this step (read from L2: L1 is not coherent).
+// act[0..n) = a vector another CTA wrote in this step.
 template <class T>
 __device__ __forceinline__ void loadAct(float* act, const T* src, int n) {
-  for (int i = threadIdx.x; i < n; i += kThreads) act[i] = toFloat(__ldcg(src + i));
+  for (int i = threadIdx.x; i < n; i += kThreads) act[i] = ldShared(src + i);
   __syncthreads();
 }
 
@@ -285,7 +317,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     for (int i = tid; i < H; i += kThreads) {
       const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
       act[i] = v;
-      if (cta == 0) __stcg(x + i, fromFloat<T>(v));
+      if (cta == 0) stShared(x + i, fromFloat<T>(v));
     }
     __syncthreads();
   }
@@ -314,11 +346,11 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       if (tid < rows) {
         const int r = rb[0] + tid;
         const T v = fromFloat<T>(rowSum(part, tid, segs) + toFloat(static_cast<const T*>(w.qkvB)[r]));
-        __stcg(qkv + r, v);
+        stShared(qkv + r, v);
         if (r >= H && pos < p.capacity) {
           const int j = r - H, sec = j / H, c = j - sec * H, head = c / hd, d = c - head * hd;
           T* cache = static_cast<T*>(sec == 0 ? w.kCache : w.vCache);
-          __stcg(cache + (static_cast<size_t>(head) * p.capacity + pos) * hd + d, v);
+          stShared(cache + (static_cast<size_t>(head) * p.capacity + pos) * hd + d, v);
         }
       }
     }
@@ -336,7 +368,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       for (int item = cta; item < items; item += G) {
         const int h = item / splits, sp = item - h * splits;
         const int k0 = sp * perSplit, n = max(0, min(T_, k0 + perSplit) - k0);
-        if (tid < hd) qs[tid] = toFloat(__ldcg(qkv + h * hd + tid)) * p.scale;
+        if (tid < hd) qs[tid] = ldShared(qkv + h * hd + tid) * p.scale;
         __syncthreads();
         float m = -INFINITY;
         for (int j = tid; j < n; j += kThreads) {
@@ -344,7 +376,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
           float dot = 0.f;
           for (int d = 0; d < hd; d += 8) {
             float kf[8];
-            unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(kr + d)), kf);
+            unpack8<T>(ldShared128(kr + d), kf);
 #pragma unroll
             for (int e = 0; e < 8; ++e) dot += qs[d + e] * kf[e];
           }
@@ -362,16 +394,16 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
         float o = 0.f;
         for (int j = grp; j < n; j += groups)
-          o += sc[j] * toFloat(__ldcg(vc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd + d));
+          o += sc[j] * ldShared(vc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd + d);
         ored[tid] = o;
         __syncthreads();
         float* mine = partials + static_cast<size_t>(h * pl.maxSplits + sp) * (hd + 2);
         if (tid < hd) {
           float s = 0.f;
           for (int g = 0; g < groups; ++g) s += ored[g * hd + tid];
-          __stcg(mine + 2 + tid, s);
+          stSharedF(mine + 2 + tid, s);
         }
-        if (tid == 0) __stcg(mine, m), __stcg(mine + 1, lsum);
+        if (tid == 0) stSharedF(mine, m), stSharedF(mine + 1, lsum);
         __syncthreads();
         if (tid == 0) {
           __threadfence();
@@ -383,23 +415,23 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
           if (tid < hd) {
             const float* base = partials + static_cast<size_t>(h * pl.maxSplits) * (hd + 2);
             float M = -INFINITY;
-            for (int s = 0; s < splits; ++s) M = fmaxf(M, __ldcg(base + s * (hd + 2)));
+            for (int s = 0; s < splits; ++s) M = fmaxf(M, ldSharedF(base + s * (hd + 2)));
             float Lsum = 0.f, acc = 0.f;
             for (int s = 0; s < splits; ++s) {
               const float* ps = base + s * (hd + 2);
-              const float ms = __ldcg(ps);
+              const float ms = ldSharedF(ps);
               const float f = ms == -INFINITY ? 0.f : __expf(ms - M);
-              Lsum += __ldcg(ps + 1) * f;
-              acc += __ldcg(ps + 2 + tid) * f;
+              Lsum += ldSharedF(ps + 1) * f;
+              acc += ldSharedF(ps + 2 + tid) * f;
             }
-            __stcg(attn + h * hd + tid, fromFloat<T>(acc / Lsum));
+            stShared(attn + h * hd + tid, fromFloat<T>(acc / Lsum));
           }
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
           if (tid == 0 && h == 0 && l == 0)
             gDebugAct[2053] = cta, gDebugAct[2054] = static_cast<float>(atomicAdd(barCount, 0u)),
             gDebugAct[2055] = static_cast<float>(barriers), gDebugAct[2057] = splits, gDebugAct[2058] = sp;
 #endif
-          if (tid == 0) headCount[h] = 0;
+          if (tid == 0) atomicExch(&headCount[h], 0u);
         }
         __syncthreads();
       }
@@ -422,7 +454,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         for (int i = tid; i < H && i < 1024; i += kThreads) gDebugAct[1024 + i] = act[i];
         for (int i = tid; i < rows * H && i < 8192; i += kThreads) gDebugSlot[i] = toFloat(slot(1)[i]);
         if (tid == 0) gDebugRows[0] = rb[1], gDebugRows[1] = re[1];
-        if (tid == 0) gDebugAct[2048] = rowSum(part, 0, segs), gDebugAct[2049] = toFloat(__ldcg(x + rb[1])),
+        if (tid == 0) gDebugAct[2048] = rowSum(part, 0, segs), gDebugAct[2049] = ldShared(x + rb[1]),
                       gDebugAct[2050] = static_cast<float>(*barCount), gDebugAct[2051] = static_cast<float>(barriers);
       }
 #endif
@@ -430,7 +462,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         const int r = rb[1] + tid;
         float v = rowSum(part, tid, segs);
         if (w.outB) v += toFloat(static_cast<const T*>(w.outB)[r]);
-        __stcg(x + r, fromFloat<T>(toFloat(__ldcg(x + r)) + v));
+        stShared(x + r, fromFloat<T>(ldShared(x + r) + v));
       }
     }
     refill(1, l);
@@ -447,7 +479,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         const int r = rb[2] + tid;
         float v = rowSum(part, tid, segs);
         if (w.fcB) v += toFloat(static_cast<const T*>(w.fcB)[r]);
-        __stcg(hbuf + r, fromFloat<T>(geluNew(v)));
+        stShared(hbuf + r, fromFloat<T>(geluNew(v)));
       }
     }
     refill(2, l);
@@ -463,7 +495,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         const int r = rb[3] + tid;
         float v = rowSum(part, tid, segs);
         if (w.projB) v += toFloat(static_cast<const T*>(w.projB)[r]);
-        __stcg(x + r, fromFloat<T>(toFloat(__ldcg(x + r)) + v));
+        stShared(x + r, fromFloat<T>(ldShared(x + r) + v));
       }
     }
     refill(3, l);
@@ -471,7 +503,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   }
 
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
-  if (cta == 0 && tid == 0) gDebugAct[2056] = toFloat(__ldcg(attn));
+  if (cta == 0 && tid == 0) gDebugAct[2056] = ldShared(attn);
 #endif
   // ---- final LayerNorm, the output layer's rows of this CTA, and their argmax
   loadAct(act, x, H);
