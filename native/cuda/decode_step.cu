@@ -31,6 +31,21 @@ namespace flashlab::cuda {
 namespace {
 
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
+__device__ unsigned long long gDebugTime[1024];
+#define DBG_T(i)                                                                                 \
+  do {                                                                                           \
+    if (blockIdx.x == 0 && threadIdx.x == 0 && (i) < 1024) {                                     \
+      unsigned long long t_;                                                                     \
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_)::"memory");                           \
+      gDebugTime[(i)] = t_;                                                                      \
+    }                                                                                            \
+  } while (0)
+#else
+#define DBG_T(i) \
+  do {           \
+  } while (0)
+#endif
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
 __device__ float gDebugAct[4096];
 __device__ float gDebugSlot[8192];
 __device__ int gDebugRows[2];
@@ -323,7 +338,13 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   }
 
   uint32_t barriers = 0;
-  auto sync = [&] { gridBarrier(barCount, ++barriers * static_cast<uint32_t>(G)); };
+  DBG_T(0);
+  // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it.
+  auto sync = [&] {
+    DBG_T(2 * barriers + 1);
+    gridBarrier(barCount, ++barriers * static_cast<uint32_t>(G));
+    DBG_T(2 * barriers);
+  };
   // After a slot's rows were consumed (every thread passed the __syncthreads in sliceDots' caller): the next
   // layer's rows of the same weight go into it.
   auto refill = [&](int s, int l) {
@@ -524,6 +545,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     __syncthreads();
     if (tid == 0 && i + kRing < chunks) issueChunk(i + kRing);
   }
+  DBG_T(1000);
   for (int o = 16; o > 0; o >>= 1) {
     const unsigned long long other = __shfl_xor_sync(0xffffffffu, mine, o);
     mine = other > mine ? other : mine;
@@ -627,6 +649,10 @@ DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
 }
 
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
+void decodeStepDebugTimes(std::vector<unsigned long long>& t) {
+  t.resize(1024);
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(t.data(), gDebugTime, 1024 * 8));
+}
 void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int& rb, int& re) {
   act.resize(4096), slot.resize(8192);
   int rows[2];

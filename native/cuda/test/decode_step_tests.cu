@@ -22,6 +22,7 @@ using namespace flashlab::cuda;
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
 namespace flashlab::cuda {
 void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int& rb, int& re);
+void decodeStepDebugTimes(std::vector<unsigned long long>& t);
 }
 #endif
 
@@ -297,6 +298,22 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     FL_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
     ms.push_back(t);
   }
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+  {  // CTA 0's clock of the last launch: per phase kind, compute (to its barrier) and the wait at the barrier
+    std::vector<unsigned long long> t;
+    decodeStepDebugTimes(t);
+    double comp[5] = {0}, wait[5] = {0};
+    unsigned long long prev = t[0];
+    for (int b = 0; b < 5 * layers; ++b) {
+      comp[b % 5] += (t[2 * b + 1] - prev) / 1000.0;
+      wait[b % 5] += (t[2 * b + 2] - t[2 * b + 1]) / 1000.0;
+      prev = t[2 * b + 2];
+    }
+    std::printf("PHASES (us, summed over layers, CTA 0) A %.1f+%.1f  B %.1f+%.1f  C %.1f+%.1f  D %.1f+%.1f  E %.1f+%.1f  head %.1f\n",
+                comp[0], wait[0], comp[1], wait[1], comp[2], wait[2], comp[3], wait[3], comp[4], wait[4],
+                (t[1000] - prev) / 1000.0);
+  }
+#endif
   std::sort(ms.begin(), ms.end());
   std::printf("TIMING %s: one step %.1f us (median of %d launches, min %.1f)\n", name, ms[reps / 2] * 1000, reps, ms[0] * 1000);
 }
