@@ -19,7 +19,7 @@
 // then the final LayerNorm and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the
 // last CTA to finish writes the next token and position and leaves the sync words zeroed for the next step.
 //
-// Numerics follow the separate kernels: LayerNorm statistics in fp32 with the normalised row rounded to the
+// Numerics follow the separate kernels: LayerNorm statistics in fp32 (both moments in one pass) with the normalised row rounded to the
 // dtype, dot products in fp32, one rounding of each stored value (qkv, attention output, residual stream, MLP
 // activation, logits). Reductions run in a fixed order, so a step is deterministic.
 #include "decode_step.h"
@@ -54,7 +54,7 @@ __device__ int gDebugRows[2];
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kSeg = 256;         // k per warp unit: 32 lanes x 8 elements
-constexpr int kRing = 3;          // output-layer chunk buffers
+constexpr int kRing = 4;          // output-layer chunk buffers
 constexpr int kMaxChunkRows = 16;
 constexpr int kMinKeysPerSplit = 16;
 constexpr int kSlots = 4;         // qkv, attention output, fc, proj
@@ -122,22 +122,23 @@ __device__ __forceinline__ void gridBarrier(uint32_t* counter, uint32_t target) 
 }
 
 // Loads and stores of what other CTAs of this step write or read (activations, the cache, partial results):
-// through L2 (L1 is not coherent), and as volatile asm with a memory clobber. The CUDA headers' __ldcg/__stcg are
-// plain asm that the compiler may move across the grid barrier (a loop-invariant address is even hoisted out of
-// the layer loop), which reads the workspace before another CTA wrote it.
+// through L2 (L1 is not coherent), and as volatile asm (stores also with a memory clobber). The CUDA headers'
+// __ldcg/__stcg are plain asm that the compiler may move across the grid barrier (a loop-invariant address is
+// even hoisted out of the layer loop), which reads the workspace before another CTA wrote it. A volatile asm
+// stays where it is relative to the barriers, and loads without a clobber can still be issued back to back.
 __device__ __forceinline__ uint16_t ldShared16(const void* p) {
   uint16_t v;
-  asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p) : "memory");
+  asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
   return v;
 }
 __device__ __forceinline__ float ldSharedF(const float* p) {
   float v;
-  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
   return v;
 }
 __device__ __forceinline__ uint4 ldShared128(const void* p) {
   uint4 v;
-  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
 template <class T>
@@ -201,50 +202,111 @@ __device__ __forceinline__ float geluNew(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-// act[0..n) = a vector another CTA wrote in this step.
+// act[0..n) = a vector another CTA wrote in this step (n a multiple of 8): every 16-byte load issued before any
+// is used. Returns this thread's (sum, sum of squares) of what it loaded, for a LayerNorm that follows.
 template <class T>
-__device__ __forceinline__ void loadAct(float* act, const T* src, int n) {
-  for (int i = threadIdx.x; i < n; i += kThreads) act[i] = ldShared(src + i);
+__device__ __forceinline__ float2 loadAct(float* act, const T* src, int n) {
+  constexpr int kMaxPer = 2;  // n <= 2 * 8 * kThreads = 4096
+  const int chunks = n / 8;
+  uint4 v[kMaxPer];
+#pragma unroll
+  for (int j = 0; j < kMaxPer; ++j) {
+    const int c = threadIdx.x + j * kThreads;
+    if (c < chunks) v[j] = ldShared128(src + 8 * c);
+  }
+  float s = 0.f, q = 0.f;
+#pragma unroll
+  for (int j = 0; j < kMaxPer; ++j) {
+    const int c = threadIdx.x + j * kThreads;
+    if (c >= chunks) continue;
+    float f[8];
+    unpack8<T>(v[j], f);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s += f[e], q += f[e] * f[e];
+    *reinterpret_cast<float4*>(act + 8 * c) = make_float4(f[0], f[1], f[2], f[3]);
+    *reinterpret_cast<float4*>(act + 8 * c + 4) = make_float4(f[4], f[5], f[6], f[7]);
+  }
   __syncthreads();
+  return make_float2(s, q);
 }
 
-// act = LayerNorm(act) rounded to T (centred variance in a second pass, as the separate kernels).
+// Sum over the CTA of (a, b) pairs, in every thread (red: 2 kWarps floats, reusable on return).
+__device__ __forceinline__ float2 blockSum2(float2 v, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+  }
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v.x, red[kWarps + threadIdx.x / 32] = v.y;
+  __syncthreads();
+  float2 s = make_float2(0.f, 0.f);
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) s.x += red[w], s.y += red[kWarps + w];
+  __syncthreads();
+  return s;
+}
+
+// act = LayerNorm(act) rounded to T, from each thread's (sum, sum of squares) of the values it loaded
+// (loadAct; a thread that loaded nothing passes zeros): one reduction for both moments.
 template <class T>
-__device__ __forceinline__ void layerNorm(float* act, int n, const T* w, const T* b, float eps, float* red) {
-  float s = 0.f;
-  for (int i = threadIdx.x; i < n; i += kThreads) s += act[i];
-  const float mean = blockSum(s, red) / n;
-  float q = 0.f;
-  for (int i = threadIdx.x; i < n; i += kThreads) q += (act[i] - mean) * (act[i] - mean);
-  const float inv = rsqrtf(blockSum(q, red) / n + eps);
+__device__ __forceinline__ void layerNorm(float* act, int n, float2 moments, const T* w, const T* b, float eps,
+                                          float* red) {
+  const float2 m = blockSum2(moments, red);
+  const float mean = m.x / n;
+  const float inv = rsqrtf(fmaxf(m.y / n - mean * mean, 0.f) + eps);
   for (int i = threadIdx.x; i < n; i += kThreads)
     act[i] = roundTo<T>((act[i] - mean) * inv * toFloat(w[i]) + toFloat(b[i]));
   __syncthreads();
 }
 
-// part[r * segs + s] = row r of w (rows x k, shared memory) · act over k segment s; returns segs. Ends with
-// __syncthreads, so part is readable by every thread.
+// How many parts of k each row of a slice is cut into (so that the 8 warps have about 16 units to share).
+__host__ __device__ __forceinline__ int partsPerRow(int rows, int k) {
+  const int segs = (k + kSeg - 1) / kSeg;
+  const int want = rows > 0 ? (2 * kWarps + rows - 1) / rows : 1;
+  return want < 1 ? 1 : want > segs ? segs : want;
+}
+
+// part[r * parts + i] = row r of w (rows x k, shared memory) · act over part i of k; returns parts
+// (partsPerRow). A warp takes a unit (row, part) whole: its lanes walk the part 256 k at a time and reduce once;
+// two units a turn so that their shuffle chains overlap. Ends with __syncthreads, so part is readable by every
+// thread.
 template <class T>
 __device__ __forceinline__ int sliceDots(const T* w, int rows, int k, const float* act, float* part) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int segs = (k + kSeg - 1) / kSeg, units = rows * segs;
-  for (int u = warp; u < units; u += kWarps) {
-    const int r = u / segs, s = u - r * segs;
-    const int kk = s * kSeg + lane * 8;
+  const int segs = (k + kSeg - 1) / kSeg, parts = partsPerRow(rows, k), units = rows * parts;
+  auto unitDot = [&](int u) {
+    const int r = u / parts, pi = u - r * parts;
+    const int s0 = pi * segs / parts, s1 = (pi + 1) * segs / parts;
+    const T* row = w + static_cast<size_t>(r) * k;
     float sum = 0.f;
-    if (kk < k) {
-      float wf[8];
-      unpack8<T>(*reinterpret_cast<const uint4*>(w + static_cast<size_t>(r) * k + kk), wf);
-      const float4 a0 = *reinterpret_cast<const float4*>(act + kk);
-      const float4 a1 = *reinterpret_cast<const float4*>(act + kk + 4);
-      sum = wf[0] * a0.x + wf[1] * a0.y + wf[2] * a0.z + wf[3] * a0.w + wf[4] * a1.x + wf[5] * a1.y + wf[6] * a1.z +
-            wf[7] * a1.w;
+    for (int sg = s0; sg < s1; ++sg) {
+      const int kk = sg * kSeg + lane * 8;
+      if (kk < k) {
+        float wf[8];
+        unpack8<T>(*reinterpret_cast<const uint4*>(row + kk), wf);
+        const float4 a0 = *reinterpret_cast<const float4*>(act + kk);
+        const float4 a1 = *reinterpret_cast<const float4*>(act + kk + 4);
+        sum += wf[0] * a0.x + wf[1] * a0.y + wf[2] * a0.z + wf[3] * a0.w + wf[4] * a1.x + wf[5] * a1.y +
+               wf[6] * a1.z + wf[7] * a1.w;
+      }
     }
-    sum = warpSum(sum);
-    if (lane == 0) part[u] = sum;
+    return sum;
+  };
+  for (int u = warp; u < units; u += 2 * kWarps) {
+    const int u2 = u + kWarps;
+    float a = unitDot(u), b = u2 < units ? unitDot(u2) : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      a += __shfl_xor_sync(0xffffffffu, a, o);
+      b += __shfl_xor_sync(0xffffffffu, b, o);
+    }
+    if (lane == 0) {
+      part[u] = a;
+      if (u2 < units) part[u2] = b;
+    }
   }
   __syncthreads();
-  return segs;
+  return parts;
 }
 
 __device__ __forceinline__ float rowSum(const float* part, int r, int segs) {
@@ -325,6 +387,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   }
 
   // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it); CTA 0 stores it.
+  float2 moments = make_float2(0.f, 0.f);
   {
     const bool ok = tok >= 0 && tok < p.vocab && pos >= 0 && pos < p.maxPositions;
     const T* te = static_cast<const T*>(p.wte) + static_cast<size_t>(ok ? tok : 0) * H;
@@ -332,6 +395,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     for (int i = tid; i < H; i += kThreads) {
       const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
       act[i] = v;
+      moments.x += v, moments.y += v * v;
       if (cta == 0) stShared(x + i, fromFloat<T>(v));
     }
     __syncthreads();
@@ -358,8 +422,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   for (int l = 0; l < L; ++l) {
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write
-    if (l > 0) loadAct(act, x, H);
-    layerNorm(act, H, static_cast<const T*>(w.ln1w), static_cast<const T*>(w.ln1b), p.eps, red);
+    if (l > 0) moments = loadAct(act, x, H);
+    layerNorm(act, H, moments, static_cast<const T*>(w.ln1w), static_cast<const T*>(w.ln1b), p.eps, red);
     waitSlot(0, l);
     {
       const int rows = re[0] - rb[0];
@@ -395,11 +459,19 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         for (int j = tid; j < n; j += kThreads) {
           const T* kr = kc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd;
           float dot = 0.f;
-          for (int d = 0; d < hd; d += 8) {
-            float kf[8];
-            unpack8<T>(ldShared128(kr + d), kf);
+          for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
+            uint4 kv[8];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) dot += qs[d + e] * kf[e];
+            for (int c = 0; c < 8; ++c)
+              if (d0 + 8 * c < hd) kv[c] = ldShared128(kr + d0 + 8 * c);
+#pragma unroll
+            for (int c = 0; c < 8; ++c) {
+              if (d0 + 8 * c >= hd) break;
+              float kf[8];
+              unpack8<T>(kv[c], kf);
+#pragma unroll
+              for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
+            }
           }
           sc[j] = dot;
           m = fmaxf(m, dot);
@@ -414,8 +486,15 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         lsum = blockSum(lsum, red);  // its __syncthreads also publishes sc
         const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
         float o = 0.f;
-        for (int j = grp; j < n; j += groups)
-          o += sc[j] * ldShared(vc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd + d);
+        const T* vcol = vc + (static_cast<size_t>(h) * p.capacity + k0) * hd + d;
+        for (int j = grp; j < n; j += 4 * groups) {  // 4 loads in flight
+          float vv[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) vv[i] = j + i * groups < n ? ldShared(vcol + static_cast<size_t>(j + i * groups) * hd) : 0.f;
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            if (j + i * groups < n) o += sc[j + i * groups] * vv[i];
+        }
         ored[tid] = o;
         __syncthreads();
         float* mine = partials + static_cast<size_t>(h * pl.maxSplits + sp) * (hd + 2);
@@ -490,8 +569,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     sync();
 
     // ---- D: LayerNorm, MLP input with gelu_new
-    loadAct(act, x, H);
-    layerNorm(act, H, static_cast<const T*>(w.ln2w), static_cast<const T*>(w.ln2b), p.eps, red);
+    moments = loadAct(act, x, H);
+    layerNorm(act, H, moments, static_cast<const T*>(w.ln2w), static_cast<const T*>(w.ln2b), p.eps, red);
     waitSlot(2, l);
     {
       const int rows = re[2] - rb[2];
@@ -527,8 +606,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   if (cta == 0 && tid == 0) gDebugAct[2056] = ldShared(attn);
 #endif
   // ---- final LayerNorm, the output layer's rows of this CTA, and their argmax
-  loadAct(act, x, H);
-  layerNorm(act, H, static_cast<const T*>(p.lnfW), static_cast<const T*>(p.lnfB), p.eps, red);
+  moments = loadAct(act, x, H);
+  layerNorm(act, H, moments, static_cast<const T*>(p.lnfW), static_cast<const T*>(p.lnfB), p.eps, red);
   unsigned long long mine = 0;
   T* logits = static_cast<T*>(p.logits);
   for (int i = 0; i < chunks; ++i) {
@@ -584,11 +663,11 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
     const int rows = ceilDiv(N[s], grid);
     pl.slotOff[s] = static_cast<int>(off);
     off += align16(static_cast<size_t>(rows) * K[s] * esz);
-    partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * ceilDiv(K[s], kSeg));
+    partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * partsPerRow(rows, K[s]));
   }
   pl.chunkRows = std::min(kMaxChunkRows, std::max(1, ceilDiv(p.vocab, grid)));
   pl.chunkBytes = static_cast<int>(align16(static_cast<size_t>(pl.chunkRows) * H * esz));
-  partFloats = std::max<size_t>(partFloats, static_cast<size_t>(pl.chunkRows) * ceilDiv(H, kSeg));
+  partFloats = std::max<size_t>(partFloats, static_cast<size_t>(pl.chunkRows) * partsPerRow(pl.chunkRows, H));
   pl.ringOff = static_cast<int>(off);
   off += static_cast<size_t>(kRing) * pl.chunkBytes;
   pl.maxSplits = std::max(1, grid / std::max(1, p.heads));
