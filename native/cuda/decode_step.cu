@@ -375,8 +375,22 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     bulkLoad(ring(i), static_cast<const T*>(p.lmHead) + static_cast<size_t>(vb + i * pl.chunkRows) * H, bytes,
              &bars[kSlots + i % kRing]);
   };
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+  unsigned long long waited[kSlots + 1] = {0, 0, 0, 0, 0};
+  auto now = [] {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    return t;
+  };
+#endif
   auto waitSlot = [&](int s, int l) {
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    const unsigned long long t0 = now();
+#endif
     if (re[s] > rb[s]) mbarWait(&bars[s], l & 1);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    waited[s] += now() - t0;
+#endif
   };
 
   if (tid == 0) {
@@ -611,7 +625,13 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   unsigned long long mine = 0;
   T* logits = static_cast<T*>(p.logits);
   for (int i = 0; i < chunks; ++i) {
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    const unsigned long long t0 = now();
+#endif
     mbarWait(&bars[kSlots + i % kRing], (i / kRing) & 1);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    waited[kSlots] += now() - t0;
+#endif
     const int rows = chunkRowsOf(i);
     const int segs = sliceDots(ring(i), rows, H, act, part);
     if (tid < rows) {
@@ -625,6 +645,10 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     if (tid == 0 && i + kRing < chunks) issueChunk(i + kRing);
   }
   DBG_T(1000);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+  if (cta == 0 && tid == 0)
+    for (int i = 0; i <= kSlots; ++i) gDebugTime[1001 + i] = waited[i];
+#endif
   for (int o = 16; o > 0; o >>= 1) {
     const unsigned long long other = __shfl_xor_sync(0xffffffffu, mine, o);
     mine = other > mine ? other : mine;

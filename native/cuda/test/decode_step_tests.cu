@@ -312,6 +312,8 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     std::printf("PHASES (us, summed over layers, CTA 0) A %.1f+%.1f  B %.1f+%.1f  C %.1f+%.1f  D %.1f+%.1f  E %.1f+%.1f  head %.1f\n",
                 comp[0], wait[0], comp[1], wait[1], comp[2], wait[2], comp[3], wait[3], comp[4], wait[4],
                 (t[1000] - prev) / 1000.0);
+    std::printf("WEIGHT WAITS (us, CTA 0) qkv %.1f out %.1f fc %.1f proj %.1f head %.1f\n", t[1001] / 1e3, t[1002] / 1e3,
+                t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
   }
 #endif
   std::sort(ms.begin(), ms.end());
