@@ -324,7 +324,12 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool gpt2Only = argc > 1 && std::strcmp(argv[1], "--gpt2") == 0;  // the GPT-2 case alone, timed (profiling)
   try {
+    if (gpt2Only) {
+      run(768, 12, 3072, 50257, 12, 1024, 128, 1024, true);
+      return failures ? 1 : 0;
+    }
     run(256, 4, 1024, 1031, 1, 300, 299, 300, false, true);
     run(256, 4, 1000, 1031, 2, 70, 45, 128);
     if (!quick) {
