@@ -54,19 +54,22 @@ __device__ int gDebugRows[2];
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kSeg = 256;         // k per warp unit: 32 lanes x 8 elements
-constexpr int kRing = 4;          // output-layer chunk buffers
-constexpr int kMaxChunkRows = 16;
 constexpr int kMinKeysPerSplit = 16;
 constexpr int kSlots = 4;         // qkv, attention output, fc, proj
 
 struct Plan {
   int grid;
-  int slotOff[kSlots];
-  int ringOff, chunkRows, chunkBytes;
+  // Shared memory (byte offsets): per slot, this CTA's rows of the weight, the window of the bias covering them
+  // (from the row rounded down to 8, so that the copy is 16-byte aligned) and, for the slots whose phase starts
+  // with a LayerNorm (qkv, fc), that norm's weight and bias.
+  int slotOff[kSlots], slotBiasOff[kSlots], slotNormOff[kSlots];
+  int lnfOff;  // the final LayerNorm's weight and bias
+  int xoOff;   // this CTA's rows of the residual stream (fp32), which only it updates
   int actOff, partOff, redOff, barOff, smem;
   int maxSplits, maxKeys;
   // workspace byte offsets
   int wsQkv, wsAttn, wsH, wsPart;
+  int syncFlagsOff;  // byte offset of the per-CTA barrier flags in the sync words
 };
 
 static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
@@ -95,30 +98,49 @@ __device__ __forceinline__ void mbarWait(uint64_t* bar, uint32_t parity) {
         : "memory");
   }
 }
-// One thread: `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory into shared memory,
-// completing on bar. The buffer's previous contents were read through the generic proxy: order those reads
-// before the async proxy writes.
-__device__ __forceinline__ void bulkLoad(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+// One thread announces `bytes` for bar's current phase, then issues copies totalling that many (each a multiple
+// of 16 bytes, both addresses 16-byte aligned) from global memory into shared memory, completing on bar. The
+// buffers' previous contents were read through the generic proxy: order those reads before the async writes.
+__device__ __forceinline__ void expectTx(uint64_t* bar, uint32_t bytes) {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smemAddr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulkCopy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
                    smemAddr(dst)),
                "l"(src), "r"(bytes), "r"(smemAddr(bar))
                : "memory");
 }
 
-// Every CTA arrives, then waits until all have: `target` is the running count after this barrier.
-__device__ __forceinline__ void gridBarrier(uint32_t* counter, uint32_t target) {
+// Grid barrier over per-CTA flags: a CTA arrives by storing `epoch` into its own flag (release: what its threads
+// wrote before the __syncthreads is visible to whoever acquires it), and thread t < G waits for CTA t's flag to
+// reach epoch; no shared counter, so arrivals do not queue behind each other. Epochs only grow (wrap-safe
+// comparison), so the flags never need resetting. preArrive runs on thread 0 after every thread's work is done
+// (the slot refills are issued there).
+template <class F>
+__device__ __forceinline__ void gridBarrier(uint32_t* flags, uint32_t epoch, F&& preArrive) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(counter, 1u);
+    preArrive();
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(epoch) : "memory");
+  }
+  if (threadIdx.x < gridDim.x) {
+    const uint32_t* f = flags + threadIdx.x;
     uint32_t v;
     do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
-    } while (v < target);
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f) : "memory");
+    } while (static_cast<int32_t>(v - epoch) < 0);
   }
   __syncthreads();
+}
+
+// The weights: read once, straight into registers, without allocating in L1 (as gemv.cu).
+__device__ __forceinline__ uint4 ldgStream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
 }
 
 // Loads and stores of what other CTAs of this step write or read (activations, the cache, partial results):
@@ -330,13 +352,14 @@ __device__ __forceinline__ unsigned long long argKey(float v, int idx) {
 template <class T>
 __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_constant__ DecodeStepParams p, const Plan pl) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x;
+  const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int H = p.hidden, F = p.ffn, hd = p.headDim, L = p.layers;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);  // [kSlots] slots, then [kRing] ring buffers
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);  // [kSlots] slots, then the final LayerNorm
   float* act = reinterpret_cast<float*>(smem + pl.actOff);
   float* part = reinterpret_cast<float*>(smem + pl.partOff);
   float* red = reinterpret_cast<float*>(smem + pl.redOff);
   int* flag = reinterpret_cast<int*>(red + 32);
+  float* xo = reinterpret_cast<float*>(smem + pl.xoOff);
 
   char* ws = static_cast<char*>(p.workspace);
   T* x = reinterpret_cast<T*>(ws);
@@ -345,35 +368,47 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   T* hbuf = reinterpret_cast<T*>(ws + pl.wsH);
   float* partials = reinterpret_cast<float*>(ws + pl.wsPart);
   char* sy = static_cast<char*>(p.sync);
-  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy);
-  uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy + 4);
+  uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
+  uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
   uint32_t* headCount = reinterpret_cast<uint32_t*>(sy + 16);
+  uint32_t* flags = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
 
   const int tok = p.ids[0], pos = *p.pos;
+  const uint32_t gen = *genWord;
   const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
   int rb[kSlots], re[kSlots];
   for (int s = 0; s < kSlots; ++s) rowRange(N[s], cta, G, rb[s], re[s]);
-  int vb, ve;
-  rowRange(p.vocab, cta, G, vb, ve);
-  const int chunks = (ve - vb + pl.chunkRows - 1) / pl.chunkRows;
+  // rows of slots 1 and 3 (both N = H) are this CTA's rows of the residual stream
+  const int xb = rb[1], xRows = re[1] - rb[1];
 
-  auto slotWeights = [&](int s, int l) -> const T* {
-    const DecodeStepLayer& w = p.layer[l];
-    const void* base = s == 0 ? w.qkvW : s == 1 ? w.outW : s == 2 ? w.fcW : w.projW;
-    return static_cast<const T*>(base) + static_cast<size_t>(rb[s]) * K[s];
-  };
   auto slot = [&](int s) { return reinterpret_cast<T*>(smem + pl.slotOff[s]); };
-  auto issueSlot = [&](int s, int l) {  // thread 0
-    const uint32_t bytes = static_cast<uint32_t>((re[s] - rb[s]) * K[s] * sizeof(T));
-    if (bytes) bulkLoad(slot(s), slotWeights(s, l), bytes, &bars[s]);
+  auto slotBias = [&](int s) { return reinterpret_cast<const T*>(smem + pl.slotBiasOff[s]); };
+  auto slotNorm = [&](int s) { return reinterpret_cast<const T*>(smem + pl.slotNormOff[s]); };
+  auto biasOf = [&](int s, int l) -> const T* {
+    const DecodeStepLayer& w = p.layer[l];
+    return static_cast<const T*>(s == 0 ? w.qkvB : s == 1 ? w.outB : s == 2 ? w.fcB : w.projB);
   };
-  auto chunkRowsOf = [&](int i) { return min(pl.chunkRows, ve - vb - i * pl.chunkRows); };
-  auto ring = [&](int i) { return reinterpret_cast<T*>(smem + pl.ringOff + (i % kRing) * pl.chunkBytes); };
-  auto issueChunk = [&](int i) {  // thread 0
-    const uint32_t bytes = static_cast<uint32_t>(chunkRowsOf(i) * H * sizeof(T));
-    bulkLoad(ring(i), static_cast<const T*>(p.lmHead) + static_cast<size_t>(vb + i * pl.chunkRows) * H, bytes,
-             &bars[kSlots + i % kRing]);
+  // Thread 0: layer l's rows of slot s (with their bias window and the phase's LayerNorm parameters).
+  auto issueSlot = [&](int s, int l) {
+    const DecodeStepLayer& w = p.layer[l];
+    const int rows = re[s] - rb[s];
+    if (rows == 0) return;
+    const T* wt = static_cast<const T*>(s == 0 ? w.qkvW : s == 1 ? w.outW : s == 2 ? w.fcW : w.projW);
+    const T* bias = biasOf(s, l);
+    const int b0 = rb[s] & ~7, b1 = min(N[s], (re[s] + 7) & ~7);
+    const uint32_t wBytes = static_cast<uint32_t>(rows * K[s] * sizeof(T));
+    const uint32_t bBytes = bias ? static_cast<uint32_t>((b1 - b0) * sizeof(T)) : 0;
+    const T* nw = s == 0 ? static_cast<const T*>(w.ln1w) : s == 2 ? static_cast<const T*>(w.ln2w) : nullptr;
+    const T* nb = s == 0 ? static_cast<const T*>(w.ln1b) : s == 2 ? static_cast<const T*>(w.ln2b) : nullptr;
+    const uint32_t nBytes = nw ? static_cast<uint32_t>(H * sizeof(T)) : 0;
+    expectTx(&bars[s], wBytes + bBytes + 2 * nBytes);
+    bulkCopy(slot(s), wt + static_cast<size_t>(rb[s]) * K[s], wBytes, &bars[s]);
+    if (bBytes) bulkCopy(smem + pl.slotBiasOff[s], bias + b0, bBytes, &bars[s]);
+    if (nBytes) {
+      bulkCopy(smem + pl.slotNormOff[s], nw, nBytes, &bars[s]);
+      bulkCopy(smem + pl.slotNormOff[s] + nBytes, nb, nBytes, &bars[s]);
+    }
   };
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
   unsigned long long waited[kSlots + 1] = {0, 0, 0, 0, 0};
@@ -394,13 +429,17 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   };
 
   if (tid == 0) {
-    for (int i = 0; i < kSlots + kRing; ++i) mbarInit(&bars[i]);
+    for (int i = 0; i <= kSlots; ++i) mbarInit(&bars[i]);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     for (int s = 0; s < kSlots; ++s) issueSlot(s, 0);
-    for (int i = 0; i < kRing && i < chunks; ++i) issueChunk(i);
+    const uint32_t nBytes = static_cast<uint32_t>(H * sizeof(T));
+    expectTx(&bars[kSlots], 2 * nBytes);
+    bulkCopy(smem + pl.lnfOff, p.lnfW, nBytes, &bars[kSlots]);
+    bulkCopy(smem + pl.lnfOff + nBytes, p.lnfB, nBytes, &bars[kSlots]);
   }
 
-  // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it); CTA 0 stores it.
+  // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it) and keeps its own rows;
+  // CTA 0 stores the whole row for the others' first residual add... which they take from their own copy.
   float2 moments = make_float2(0.f, 0.f);
   {
     const bool ok = tok >= 0 && tok < p.vocab && pos >= 0 && pos < p.maxPositions;
@@ -410,41 +449,49 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
       act[i] = v;
       moments.x += v, moments.y += v * v;
-      if (cta == 0) stShared(x + i, fromFloat<T>(v));
+      if (i >= xb && i < xb + xRows) xo[i - xb] = v;
     }
     __syncthreads();
   }
 
   uint32_t barriers = 0;
   DBG_T(0);
-  // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it.
-  auto sync = [&] {
+  // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it. refill: the slot whose rows this
+  // phase consumed gets the next layer's (-1: none).
+  auto sync = [&](int refill, int l) {
     DBG_T(2 * barriers + 1);
-    gridBarrier(barCount, ++barriers * static_cast<uint32_t>(G));
+    ++barriers;
+    gridBarrier(flags, gen * 256u + barriers, [&] {
+      if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
+    });
     DBG_T(2 * barriers);
-  };
-  // After a slot's rows were consumed (every thread passed the __syncthreads in sliceDots' caller): the next
-  // layer's rows of the same weight go into it.
-  auto refill = [&](int s, int l) {
-    __syncthreads();
-    if (tid == 0 && l + 1 < L) issueSlot(s, l + 1);
   };
   const int T_ = min(pos + 1, p.capacity);
   const int splits = max(1, min(pl.maxSplits, (T_ + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
   const int perSplit = (T_ + splits - 1) / splits;
+  // Epilogue of the two row-parallel layers: the residual stream's own rows take the product, and are published.
+  auto intoResidual = [&](int s, int l, int parts) {
+    if (tid < xRows) {
+      float v = rowSum(part, tid, parts);
+      if (biasOf(s, l)) v += toFloat(slotBias(s)[xb + tid - (xb & ~7)]);
+      const float nv = roundTo<T>(xo[tid] + v);
+      xo[tid] = nv;
+      stShared(x + xb + tid, fromFloat<T>(nv));
+    }
+  };
 
   for (int l = 0; l < L; ++l) {
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write
     if (l > 0) moments = loadAct(act, x, H);
-    layerNorm(act, H, moments, static_cast<const T*>(w.ln1w), static_cast<const T*>(w.ln1b), p.eps, red);
     waitSlot(0, l);
+    layerNorm(act, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
     {
       const int rows = re[0] - rb[0];
-      const int segs = sliceDots(slot(0), rows, H, act, part);
+      const int parts = sliceDots(slot(0), rows, H, act, part);
       if (tid < rows) {
         const int r = rb[0] + tid;
-        const T v = fromFloat<T>(rowSum(part, tid, segs) + toFloat(static_cast<const T*>(w.qkvB)[r]));
+        const T v = fromFloat<T>(rowSum(part, tid, parts) + toFloat(slotBias(0)[r - (rb[0] & ~7)]));
         stShared(qkv + r, v);
         if (r >= H && pos < p.capacity) {
           const int j = r - H, sec = j / H, c = j - sec * H, head = c / hd, d = c - head * hd;
@@ -453,15 +500,14 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         }
       }
     }
-    refill(0, l);
-    sync();
+    sync(0, l);
 
     // ---- B: attention over the cache [0, T_), (head, split) items, the last split of a head merges it
     {
       const T* kc = static_cast<const T*>(w.kCache);
       const T* vc = static_cast<const T*>(w.vCache);
-      float* qs = act;               // [hd]
-      float* sc = act + hd;          // [maxKeys]
+      float* qs = act;                // [hd]
+      float* sc = act + hd;           // [maxKeys]
       float* ored = sc + pl.maxKeys;  // [kThreads]
       const int items = p.heads * splits;
       for (int item = cta; item < items; item += G) {
@@ -504,7 +550,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         for (int j = grp; j < n; j += 4 * groups) {  // 4 loads in flight
           float vv[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) vv[i] = j + i * groups < n ? ldShared(vcol + static_cast<size_t>(j + i * groups) * hd) : 0.f;
+          for (int i = 0; i < 4; ++i)
+            vv[i] = j + i * groups < n ? ldShared(vcol + static_cast<size_t>(j + i * groups) * hd) : 0.f;
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             if (j + i * groups < n) o += sc[j + i * groups] * vv[i];
@@ -540,109 +587,93 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
             }
             stShared(attn + h * hd + tid, fromFloat<T>(acc / Lsum));
           }
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-          if (tid == 0 && h == 0 && l == 0)
-            gDebugAct[2053] = cta, gDebugAct[2054] = static_cast<float>(atomicAdd(barCount, 0u)),
-            gDebugAct[2055] = static_cast<float>(barriers), gDebugAct[2057] = splits, gDebugAct[2058] = sp;
-#endif
           if (tid == 0) atomicExch(&headCount[h], 0u);
         }
         __syncthreads();
       }
     }
-    sync();
+    sync(-1, l);
 
     // ---- C: attention output projection into the residual stream
     loadAct(act, attn, H);
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-    if (cta == 0 && l == 0)
-      for (int i = tid; i < H && i < 1024; i += kThreads) gDebugAct[i] = act[i];
-    __syncthreads();
-#endif
     waitSlot(1, l);
-    {
-      const int rows = re[1] - rb[1];
-      const int segs = sliceDots(slot(1), rows, H, act, part);
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-      if (cta == 0 && l == 0) {
-        for (int i = tid; i < H && i < 1024; i += kThreads) gDebugAct[1024 + i] = act[i];
-        for (int i = tid; i < rows * H && i < 8192; i += kThreads) gDebugSlot[i] = toFloat(slot(1)[i]);
-        if (tid == 0) gDebugRows[0] = rb[1], gDebugRows[1] = re[1];
-        if (tid == 0) gDebugAct[2048] = rowSum(part, 0, segs), gDebugAct[2049] = ldShared(x + rb[1]),
-                      gDebugAct[2050] = static_cast<float>(*barCount), gDebugAct[2051] = static_cast<float>(barriers);
-      }
-#endif
-      if (tid < rows) {
-        const int r = rb[1] + tid;
-        float v = rowSum(part, tid, segs);
-        if (w.outB) v += toFloat(static_cast<const T*>(w.outB)[r]);
-        stShared(x + r, fromFloat<T>(ldShared(x + r) + v));
-      }
-    }
-    refill(1, l);
-    sync();
+    intoResidual(1, l, sliceDots(slot(1), re[1] - rb[1], H, act, part));
+    sync(1, l);
 
     // ---- D: LayerNorm, MLP input with gelu_new
     moments = loadAct(act, x, H);
-    layerNorm(act, H, moments, static_cast<const T*>(w.ln2w), static_cast<const T*>(w.ln2b), p.eps, red);
     waitSlot(2, l);
+    layerNorm(act, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
     {
       const int rows = re[2] - rb[2];
-      const int segs = sliceDots(slot(2), rows, H, act, part);
+      const int parts = sliceDots(slot(2), rows, H, act, part);
       if (tid < rows) {
         const int r = rb[2] + tid;
-        float v = rowSum(part, tid, segs);
-        if (w.fcB) v += toFloat(static_cast<const T*>(w.fcB)[r]);
+        float v = rowSum(part, tid, parts);
+        if (w.fcB) v += toFloat(slotBias(2)[r - (rb[2] & ~7)]);
         stShared(hbuf + r, fromFloat<T>(geluNew(v)));
       }
     }
-    refill(2, l);
-    sync();
+    sync(2, l);
 
     // ---- E: MLP output into the residual stream
     loadAct(act, hbuf, F);
     waitSlot(3, l);
-    {
-      const int rows = re[3] - rb[3];
-      const int segs = sliceDots(slot(3), rows, F, act, part);
-      if (tid < rows) {
-        const int r = rb[3] + tid;
-        float v = rowSum(part, tid, segs);
-        if (w.projB) v += toFloat(static_cast<const T*>(w.projB)[r]);
-        stShared(x + r, fromFloat<T>(ldShared(x + r) + v));
-      }
-    }
-    refill(3, l);
-    sync();
+    intoResidual(3, l, sliceDots(slot(3), re[3] - rb[3], F, act, part));
+    sync(3, l);
   }
 
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-  if (cta == 0 && tid == 0) gDebugAct[2056] = ldShared(attn);
-#endif
-  // ---- final LayerNorm, the output layer's rows of this CTA, and their argmax
+  // ---- final LayerNorm, the output layer's rows of this CTA (straight from global memory, 4 rows a warp at a
+  // time: 12 loads of 16 bytes in flight a lane at H = 768) and their argmax
   moments = loadAct(act, x, H);
-  layerNorm(act, H, moments, static_cast<const T*>(p.lnfW), static_cast<const T*>(p.lnfB), p.eps, red);
+  mbarWait(&bars[kSlots], 0);
+  layerNorm(act, H, moments, reinterpret_cast<const T*>(smem + pl.lnfOff),
+            reinterpret_cast<const T*>(smem + pl.lnfOff) + H, p.eps, red);
+  int vb, ve;
+  rowRange(p.vocab, cta, G, vb, ve);
   unsigned long long mine = 0;
   T* logits = static_cast<T*>(p.logits);
-  for (int i = 0; i < chunks; ++i) {
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-    const unsigned long long t0 = now();
-#endif
-    mbarWait(&bars[kSlots + i % kRing], (i / kRing) & 1);
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-    waited[kSlots] += now() - t0;
-#endif
-    const int rows = chunkRowsOf(i);
-    const int segs = sliceDots(ring(i), rows, H, act, part);
-    if (tid < rows) {
-      const int r = vb + i * pl.chunkRows + tid;
-      const T v = fromFloat<T>(rowSum(part, tid, segs));
-      logits[r] = v;
-      const unsigned long long key = argKey(toFloat(v), r);
+  const T* lm = static_cast<const T*>(p.lmHead);
+  const int segs = (H + kSeg - 1) / kSeg;  // <= 4 (decodeStepProblem)
+  for (int r0 = vb + 4 * warp; r0 < ve; r0 += 4 * kWarps) {
+    uint4 wv[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int sg = 0; sg < 4; ++sg) {
+        const int kk = sg * kSeg + lane * 8;
+        wv[i][sg] = sg < segs && r0 + i < ve && kk < H ? ldgStream(lm + static_cast<size_t>(r0 + i) * H + kk)
+                                                      : make_uint4(0, 0, 0, 0);
+      }
+    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int sg = 0; sg < 4; ++sg) {
+      const int kk = sg * kSeg + lane * 8;
+      if (sg >= segs || kk >= H) continue;
+      const float4 a0 = *reinterpret_cast<const float4*>(act + kk);
+      const float4 a1 = *reinterpret_cast<const float4*>(act + kk + 4);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float wf[8];
+        unpack8<T>(wv[i][sg], wf);
+        sum[i] += wf[0] * a0.x + wf[1] * a0.y + wf[2] * a0.z + wf[3] * a0.w + wf[4] * a1.x + wf[5] * a1.y +
+                  wf[6] * a1.z + wf[7] * a1.w;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], o);
+    if (lane < 4 && r0 + lane < ve) {
+      float v = sum[0];
+#pragma unroll
+      for (int i = 1; i < 4; ++i)
+        if (lane == i) v = sum[i];
+      const T t = fromFloat<T>(v);
+      logits[r0 + lane] = t;
+      const unsigned long long key = argKey(toFloat(t), r0 + lane);
       mine = key > mine ? key : mine;
     }
-    __syncthreads();
-    if (tid == 0 && i + kRing < chunks) issueChunk(i + kRing);
   }
   DBG_T(1000);
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
@@ -654,13 +685,12 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     mine = other > mine ? other : mine;
   }
   unsigned long long* redKey = reinterpret_cast<unsigned long long*>(part);
-  if (tid % 32 == 0) redKey[tid / 32] = mine;
+  if (lane == 0) redKey[warp] = mine;
   __syncthreads();
   if (tid == 0) {
     for (int wi = 1; wi < kWarps; ++wi) mine = redKey[wi] > mine ? redKey[wi] : mine;
     if (mine) atomicMax(best, mine);
-    // The last CTA out publishes the next step's state and re-zeroes the sync words (every CTA has passed
-    // every barrier by now).
+    // The last CTA out publishes the next step's state (every CTA has passed every barrier by now).
     __threadfence();
     if (atomicAdd(exitCount, 1u) == static_cast<uint32_t>(G - 1)) {
       __threadfence();
@@ -669,8 +699,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       *p.pos = pos + 1;
       p.lens[0] = pos + 2;
       *best = 0;
-      *barCount = 0;
       *exitCount = 0;
+      *genWord = gen + 1;
       __threadfence();
     }
   }
@@ -687,13 +717,16 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
     const int rows = ceilDiv(N[s], grid);
     pl.slotOff[s] = static_cast<int>(off);
     off += align16(static_cast<size_t>(rows) * K[s] * esz);
+    pl.slotBiasOff[s] = static_cast<int>(off);
+    off += align16(static_cast<size_t>(rows + 16) * esz);
+    pl.slotNormOff[s] = static_cast<int>(off);
+    if (s == 0 || s == 2) off += align16(static_cast<size_t>(2) * H * esz);
     partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * partsPerRow(rows, K[s]));
   }
-  pl.chunkRows = std::min(kMaxChunkRows, std::max(1, ceilDiv(p.vocab, grid)));
-  pl.chunkBytes = static_cast<int>(align16(static_cast<size_t>(pl.chunkRows) * H * esz));
-  partFloats = std::max<size_t>(partFloats, static_cast<size_t>(pl.chunkRows) * partsPerRow(pl.chunkRows, H));
-  pl.ringOff = static_cast<int>(off);
-  off += static_cast<size_t>(kRing) * pl.chunkBytes;
+  pl.lnfOff = static_cast<int>(off);
+  off += align16(static_cast<size_t>(2) * H * esz);
+  pl.xoOff = static_cast<int>(off);
+  off += align16(static_cast<size_t>(ceilDiv(H, grid)) * 4);
   pl.maxSplits = std::max(1, grid / std::max(1, p.heads));
   pl.maxKeys = std::max(kMinKeysPerSplit, ceilDiv(p.capacity, pl.maxSplits)) + 1;
   const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
@@ -705,7 +738,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.redOff = static_cast<int>(off);
   off += 64 * 4;
   pl.barOff = static_cast<int>(off);
-  off += (kSlots + kRing) * 8;
+  off += (kSlots + 1) * 8;
   pl.smem = static_cast<int>(off);
   size_t w = align16(static_cast<size_t>(H) * esz);
   pl.wsQkv = static_cast<int>(w);
@@ -715,6 +748,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.wsH = static_cast<int>(w);
   w += align16(static_cast<size_t>(F) * esz);
   pl.wsPart = static_cast<int>(w);
+  pl.syncFlagsOff = static_cast<int>((16 + static_cast<size_t>(std::max(p.heads, 1)) * 4 + 127) / 128 * 128);
   return pl;
 }
 
@@ -766,7 +800,10 @@ void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int&
 }
 #endif
 
-size_t decodeStepSyncBytes(const DecodeStepParams& p) { return 16 + static_cast<size_t>(std::max(p.heads, 1)) * 4; }
+size_t decodeStepSyncBytes(const DecodeStepParams& p) {
+  const int grid = gridFor();
+  return makePlan(p, grid).syncFlagsOff + static_cast<size_t>(grid) * 4;
+}
 
 std::string decodeStepProblem(const DecodeStepParams& p) {
   if (p.dtype != ElemType::F16 && p.dtype != ElemType::BF16) return "the dtype is not fp16 or bf16";

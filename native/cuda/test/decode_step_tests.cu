@@ -21,7 +21,6 @@
 using namespace flashlab::cuda;
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
 namespace flashlab::cuda {
-void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int& rb, int& re);
 void decodeStepDebugTimes(std::vector<unsigned long long>& t);
 }
 #endif
@@ -210,26 +209,6 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   std::vector<float> refLogits(vocab);
   for (int r = 0; r < vocab; ++r) refLogits[r] = r16(static_cast<float>(lg[r]));
 
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-  if (layers == 1) {
-    std::vector<float> dact, dslot;
-    int drb = 0, dre = 0;
-    decodeStepDebugDump(dact, dslot, drb, dre);
-    int nanA = 0, nanB = 0;
-    double ea = 0, eb = 0, ew = 0;
-    for (int i = 0; i < H; ++i) {
-      nanA += std::isnan(dact[i]), nanB += std::isnan(dact[1024 + i]);
-      ea = std::max(ea, std::fabs(double(dact[i]) - attn[i])), eb = std::max(eb, std::fabs(double(dact[1024 + i]) - attn[i]));
-    }
-    for (int r = drb; r < dre; ++r)
-      for (int k = 0; k < H; ++k) ew = std::max(ew, std::fabs(double(dslot[(r - drb) * H + k]) - hl[0].outW[size_t(r) * H + k]));
-    std::printf("DEBUG cta0 phase C: act after load: %d NaN, err %.3g; after dots: %d NaN, err %.3g; slot rows %d..%d vs outW %.3g; "
-                "row sum %.5g, x old %.5g, barrier count %g after %g barriers\n",
-                nanA, ea, nanB, eb, drb, dre, ew, dact[2048], dact[2049], dact[2050], dact[2051]);
-    std::printf("DEBUG head 0 merged by cta %g (split %g of %g) at barrier count %g after %g barriers; attn[0] at cta 0's end %g\n",
-                dact[2053], dact[2058], dact[2057], dact[2054], dact[2055], dact[2056]);
-  }
-#endif
   // ---- compare
   const DecodeStepWorkspaceLayout lay = decodeStepWorkspaceLayout(p);
   const char* wsb = static_cast<const char*>(work->p);
@@ -270,10 +249,13 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   check(st[0] == argmax && st[1] == pos + 1 && st[2] == pos + 2, std::string(name) + " next token and position",
         "id " + std::to_string(st[0]) + " (argmax of its logits " + std::to_string(argmax) + "), pos " +
             std::to_string(st[1]) + ", len " + std::to_string(st[2]));
-  std::vector<uint8_t> syncAfter(sync->bytes);
-  FL_CUDA_CHECK(cudaMemcpy(syncAfter.data(), sync->p, sync->bytes, cudaMemcpyDeviceToHost));
-  check(std::all_of(syncAfter.begin(), syncAfter.end(), [](uint8_t b) { return b == 0; }),
-        std::string(name) + " sync words zeroed again", "");
+  // The sync words: the exit count, the argmax and the attention counters back at zero, the generation one up.
+  std::vector<uint32_t> syncAfter(sync->bytes / 4);
+  FL_CUDA_CHECK(cudaMemcpy(syncAfter.data(), sync->p, syncAfter.size() * 4, cudaMemcpyDeviceToHost));
+  bool zeroed = syncAfter[0] == 0 && syncAfter[2] == 0 && syncAfter[3] == 0;
+  for (int h = 0; h < heads; ++h) zeroed = zeroed && syncAfter[4 + h] == 0;
+  check(zeroed && syncAfter[1] == 1, std::string(name) + " sync words reset, generation advanced",
+        "generation " + std::to_string(syncAfter[1]));
   // Again from the same state (the cache row at pos is rewritten with the same values): bit-identical.
   resetState();
   FL_CUDA_CHECK(cudaMemset(logits->p, 0xff, logits->bytes));
