@@ -69,7 +69,7 @@ struct Plan {
   int maxSplits, maxKeys;
   // workspace byte offsets
   int wsQkv, wsAttn, wsH, wsPart;
-  int syncFlagsOff;  // byte offset of the per-CTA barrier flags in the sync words
+  int syncFlagsOff;  // byte offset of the barrier's arrival count in the sync words (its release word 128 bytes on)
 };
 
 static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
@@ -112,24 +112,28 @@ __device__ __forceinline__ void bulkCopy(void* dst, const void* src, uint32_t by
                : "memory");
 }
 
-// Grid barrier over per-CTA flags: a CTA arrives by storing `epoch` into its own flag (release: what its threads
-// wrote before the __syncthreads is visible to whoever acquires it), and thread t < G waits for CTA t's flag to
-// reach epoch; no shared counter, so arrivals do not queue behind each other. Epochs only grow (wrap-safe
-// comparison), so the flags never need resetting. preArrive runs on thread 0 after every thread's work is done
-// (the slot refills are issued there).
+// Grid barrier: every CTA adds one to `count` (acq_rel: what its threads wrote before the __syncthreads is
+// published, and the last arrival sees everyone's); the last of the G arrivals for this barrier (the old value is
+// target - 1) releases the others by storing `epoch` into `release`, which they poll on another cache line, so
+// that the polling does not slow the arrivals. One thread a CTA takes part. Epochs only grow (wrap-safe
+// comparison) and count is re-zeroed by the step's last CTA out. preArrive runs on thread 0 after every thread's
+// work is done (the slot refills are issued there).
 template <class F>
-__device__ __forceinline__ void gridBarrier(uint32_t* flags, uint32_t epoch, F&& preArrive) {
+__device__ __forceinline__ void gridBarrier(uint32_t* count, uint32_t* release, uint32_t target, uint32_t epoch,
+                                            F&& preArrive) {
   __syncthreads();
   if (threadIdx.x == 0) {
     preArrive();
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(epoch) : "memory");
-  }
-  if (threadIdx.x < gridDim.x) {
-    const uint32_t* f = flags + threadIdx.x;
-    uint32_t v;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f) : "memory");
-    } while (static_cast<int32_t>(v - epoch) < 0);
+    uint32_t old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(count) : "memory");
+    if (old == target - 1) {
+      asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(release), "r"(epoch) : "memory");
+    } else {
+      uint32_t v;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(release) : "memory");
+      } while (static_cast<int32_t>(v - epoch) < 0);
+    }
   }
   __syncthreads();
 }
@@ -372,7 +376,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
   uint32_t* headCount = reinterpret_cast<uint32_t*>(sy + 16);
-  uint32_t* flags = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
+  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
+  uint32_t* release = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff + 128);
 
   const int tok = p.ids[0], pos = *p.pos;
   const uint32_t gen = *genWord;
@@ -461,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   auto sync = [&](int refill, int l) {
     DBG_T(2 * barriers + 1);
     ++barriers;
-    gridBarrier(flags, gen * 256u + barriers, [&] {
+    gridBarrier(barCount, release, barriers * static_cast<uint32_t>(G), gen * 256u + barriers, [&] {
       if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
     });
     DBG_T(2 * barriers);
@@ -700,6 +705,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       p.lens[0] = pos + 2;
       *best = 0;
       *exitCount = 0;
+      *barCount = 0;
       *genWord = gen + 1;
       __threadfence();
     }
@@ -802,7 +808,7 @@ void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int&
 
 size_t decodeStepSyncBytes(const DecodeStepParams& p) {
   const int grid = gridFor();
-  return makePlan(p, grid).syncFlagsOff + static_cast<size_t>(grid) * 4;
+  return makePlan(p, grid).syncFlagsOff + 256;
 }
 
 std::string decodeStepProblem(const DecodeStepParams& p) {
