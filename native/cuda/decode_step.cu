@@ -606,12 +606,23 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     sync(1, l);
 
     // ---- D: LayerNorm, MLP input with gelu_new
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    long long ck[8];
+    ck[0] = clock64();
+#define DBG_CK(i) ck[i] = clock64()
+#else
+#define DBG_CK(i) (void)0
+#endif
     moments = loadAct(act, x, H);
+    DBG_CK(1);
     waitSlot(2, l);
+    DBG_CK(2);
     layerNorm(act, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
+    DBG_CK(3);
     {
       const int rows = re[2] - rb[2];
       const int parts = sliceDots(slot(2), rows, H, act, part);
+      DBG_CK(4);
       if (tid < rows) {
         const int r = rb[2] + tid;
         float v = rowSum(part, tid, parts);
@@ -619,7 +630,13 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         stShared(hbuf + r, fromFloat<T>(geluNew(v)));
       }
     }
+    DBG_CK(5);
     sync(2, l);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    DBG_CK(6);
+    if (cta == 0 && tid == 0 && l == 5)
+      for (int i = 0; i < 7; ++i) gDebugTime[900 + i] = ck[i];
+#endif
 
     // ---- E: MLP output into the residual stream
     loadAct(act, hbuf, F);
