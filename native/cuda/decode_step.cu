@@ -310,43 +310,60 @@ __host__ __device__ __forceinline__ int partsPerRow(int rows, int k) {
 }
 
 // part[r * parts + i] = row r of w (rows x k, shared memory) · act over part i of k; returns parts
-// (partsPerRow). A warp takes a unit (row, part) whole: its lanes walk the part 256 k at a time and reduce once;
-// two units a turn so that their shuffle chains overlap. Ends with __syncthreads, so part is readable by every
+// (partsPerRow). A warp takes units (row, part of k) two at a time, its lanes walking the part 256 k at a time in
+// groups of 4: all 8 of a group's 16-byte weight loads are issued before any is used (one CTA a multiprocessor
+// has only 8 warps to hide shared-memory latency with). Ends with __syncthreads, so part is readable by every
 // thread.
 template <class T>
 __device__ __forceinline__ int sliceDots(const T* w, int rows, int k, const float* act, float* part) {
+  constexpr int kU = 2, kS = 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int segs = (k + kSeg - 1) / kSeg, parts = partsPerRow(rows, k), units = rows * parts;
-  auto unitDot = [&](int u) {
-    const int r = u / parts, pi = u - r * parts;
-    const int s0 = pi * segs / parts, s1 = (pi + 1) * segs / parts;
-    const T* row = w + static_cast<size_t>(r) * k;
-    float sum = 0.f;
-    for (int sg = s0; sg < s1; ++sg) {
-      const int kk = sg * kSeg + lane * 8;
-      if (kk < k) {
-        float wf[8];
-        unpack8<T>(*reinterpret_cast<const uint4*>(row + kk), wf);
-        const float4 a0 = *reinterpret_cast<const float4*>(act + kk);
-        const float4 a1 = *reinterpret_cast<const float4*>(act + kk + 4);
-        sum += wf[0] * a0.x + wf[1] * a0.y + wf[2] * a0.z + wf[3] * a0.w + wf[4] * a1.x + wf[5] * a1.y +
-               wf[6] * a1.z + wf[7] * a1.w;
-      }
-    }
-    return sum;
-  };
-  for (int u = warp; u < units; u += 2 * kWarps) {
-    const int u2 = u + kWarps;
-    float a = unitDot(u), b = u2 < units ? unitDot(u2) : 0.f;
+  const int per = (segs + parts - 1) / parts;  // segments of a part (the last part may have fewer)
+  for (int u0 = warp; u0 < units; u0 += kU * kWarps) {
+    int kBase[kU];
+    const T* rowp[kU];
+    int segEnd[kU];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      a += __shfl_xor_sync(0xffffffffu, a, o);
-      b += __shfl_xor_sync(0xffffffffu, b, o);
+    for (int i = 0; i < kU; ++i) {
+      const int u = u0 + i * kWarps;
+      const int r = u / parts, pi = u - r * parts;
+      kBase[i] = pi * per * kSeg + lane * 8;
+      segEnd[i] = u < units ? min(per, segs - pi * per) : 0;
+      rowp[i] = w + static_cast<size_t>(u < units ? r : 0) * k;
     }
-    if (lane == 0) {
-      part[u] = a;
-      if (u2 < units) part[u2] = b;
+    float acc[kU] = {0.f, 0.f};
+    for (int j0 = 0; j0 < per; j0 += kS) {
+      uint4 wv[kU][kS];
+#pragma unroll
+      for (int i = 0; i < kU; ++i)
+#pragma unroll
+        for (int j = 0; j < kS; ++j) {
+          const int kk = kBase[i] + (j0 + j) * kSeg;
+          wv[i][j] = j0 + j < segEnd[i] && kk < k ? *reinterpret_cast<const uint4*>(rowp[i] + kk) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+      for (int i = 0; i < kU; ++i)
+#pragma unroll
+        for (int j = 0; j < kS; ++j) {
+          const int kk = kBase[i] + (j0 + j) * kSeg;
+          if (!(j0 + j < segEnd[i] && kk < k)) continue;
+          float wf[8];
+          unpack8<T>(wv[i][j], wf);
+          const float4 a0 = *reinterpret_cast<const float4*>(act + kk);
+          const float4 a1 = *reinterpret_cast<const float4*>(act + kk + 4);
+          acc[i] += wf[0] * a0.x + wf[1] * a0.y + wf[2] * a0.z + wf[3] * a0.w + wf[4] * a1.x + wf[5] * a1.y +
+                    wf[6] * a1.z + wf[7] * a1.w;
+        }
     }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+      for (int i = 0; i < kU; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    if (lane == 0)
+#pragma unroll
+      for (int i = 0; i < kU; ++i)
+        if (u0 + i * kWarps < units) part[u0 + i * kWarps] = acc[i];
   }
   __syncthreads();
   return parts;
