@@ -302,68 +302,74 @@ __device__ __forceinline__ void layerNorm(float* act, int n, float2 moments, con
   __syncthreads();
 }
 
-// How many parts of k each row of a slice is cut into (so that the 8 warps have about 16 units to share).
+// How many parts of k each row of a slice is cut into: a power of two (so that a warp, which takes units u with
+// u = warp (mod 8), always has the same part) with about 16 units for the 8 warps, at most the 256-wide segments
+// there are.
 __host__ __device__ __forceinline__ int partsPerRow(int rows, int k) {
   const int segs = (k + kSeg - 1) / kSeg;
   const int want = rows > 0 ? (2 * kWarps + rows - 1) / rows : 1;
-  return want < 1 ? 1 : want > segs ? segs : want;
+  int p = 1;
+  while (p < want && p < kWarps && 2 * p <= segs) p *= 2;
+  return p;
 }
 
 // part[r * parts + i] = row r of w (rows x k, shared memory) · act over part i of k; returns parts
-// (partsPerRow). A warp takes units (row, part of k) two at a time, its lanes walking the part 256 k at a time in
-// groups of 4: all 8 of a group's 16-byte weight loads are issued before any is used (one CTA a multiprocessor
-// has only 8 warps to hide shared-memory latency with). Ends with __syncthreads, so part is readable by every
-// thread.
+// (partsPerRow). Unit u = (row u / parts, part u % parts) goes to warp u % 8, so a warp's part of act is the
+// same for all its units: each lane keeps its 8 values of every segment in registers (shared memory then only
+// streams the weights), and takes two units at a time with all their 16-byte weight loads issued first. Ends
+// with __syncthreads, so part is readable by every thread.
 template <class T>
 __device__ __forceinline__ int sliceDots(const T* w, int rows, int k, const float* act, float* part) {
   constexpr int kU = 2, kS = 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int segs = (k + kSeg - 1) / kSeg, parts = partsPerRow(rows, k), units = rows * parts;
-  const int per = (segs + parts - 1) / parts;  // segments of a part (the last part may have fewer)
-  for (int u0 = warp; u0 < units; u0 += kU * kWarps) {
-    int kBase[kU];
-    const T* rowp[kU];
-    int segEnd[kU];
+  const int per = (segs + parts - 1) / parts;
+  const int pi = warp % parts, nseg = max(0, min(per, segs - pi * per));
+  const int kb = pi * per * kSeg + lane * 8;
+  // One pass for per <= 4 (every shape here); a warp whose part is past the end (nseg 0) writes zeros.
+  for (int j0 = 0; j0 < nseg || j0 == 0; j0 += kS) {
+    float a[kS][8];
 #pragma unroll
-    for (int i = 0; i < kU; ++i) {
-      const int u = u0 + i * kWarps;
-      const int r = u / parts, pi = u - r * parts;
-      kBase[i] = pi * per * kSeg + lane * 8;
-      segEnd[i] = u < units ? min(per, segs - pi * per) : 0;
-      rowp[i] = w + static_cast<size_t>(u < units ? r : 0) * k;
+    for (int j = 0; j < kS; ++j) {
+      const int kk = kb + (j0 + j) * kSeg;
+      const bool on = j0 + j < nseg && kk < k;
+      const float4 a0 = on ? *reinterpret_cast<const float4*>(act + kk) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 a1 = on ? *reinterpret_cast<const float4*>(act + kk + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+      a[j][0] = a0.x, a[j][1] = a0.y, a[j][2] = a0.z, a[j][3] = a0.w;
+      a[j][4] = a1.x, a[j][5] = a1.y, a[j][6] = a1.z, a[j][7] = a1.w;
     }
-    float acc[kU] = {0.f, 0.f};
-    for (int j0 = 0; j0 < per; j0 += kS) {
+    for (int u0 = warp; u0 < units; u0 += kU * kWarps) {
       uint4 wv[kU][kS];
 #pragma unroll
-      for (int i = 0; i < kU; ++i)
+      for (int i = 0; i < kU; ++i) {
+        const int u = u0 + i * kWarps;
+        const T* rowp = w + static_cast<size_t>(u < units ? u / parts : 0) * k;
 #pragma unroll
         for (int j = 0; j < kS; ++j) {
-          const int kk = kBase[i] + (j0 + j) * kSeg;
-          wv[i][j] = j0 + j < segEnd[i] && kk < k ? *reinterpret_cast<const uint4*>(rowp[i] + kk) : make_uint4(0, 0, 0, 0);
+          const int kk = kb + (j0 + j) * kSeg;
+          wv[i][j] = u < units && j0 + j < nseg && kk < k ? *reinterpret_cast<const uint4*>(rowp + kk)
+                                                           : make_uint4(0, 0, 0, 0);
         }
+      }
+      float acc[kU] = {0.f, 0.f};
 #pragma unroll
       for (int i = 0; i < kU; ++i)
 #pragma unroll
         for (int j = 0; j < kS; ++j) {
-          const int kk = kBase[i] + (j0 + j) * kSeg;
-          if (!(j0 + j < segEnd[i] && kk < k)) continue;
           float wf[8];
-          unpack8<T>(wv[i][j], wf);
-          const float4 a0 = *reinterpret_cast<const float4*>(act + kk);
-          const float4 a1 = *reinterpret_cast<const float4*>(act + kk + 4);
-          acc[i] += wf[0] * a0.x + wf[1] * a0.y + wf[2] * a0.z + wf[3] * a0.w + wf[4] * a1.x + wf[5] * a1.y +
-                    wf[6] * a1.z + wf[7] * a1.w;
+          unpack8<T>(wv[i][j], wf);  // zeros past the end
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[i] += wf[e] * a[j][e];
         }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int i = 0; i < kU; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+      if (lane == 0)
+#pragma unroll
+        for (int i = 0; i < kU; ++i)
+          if (u0 + i * kWarps < units) part[u0 + i * kWarps] = j0 == 0 ? acc[i] : part[u0 + i * kWarps] + acc[i];
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-      for (int i = 0; i < kU; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
-    if (lane == 0)
-#pragma unroll
-      for (int i = 0; i < kU; ++i)
-        if (u0 + i * kWarps < units) part[u0 + i * kWarps] = acc[i];
   }
   __syncthreads();
   return parts;
