@@ -69,7 +69,7 @@ struct Plan {
   int maxSplits, maxKeys;
   // workspace byte offsets
   int wsQkv, wsAttn, wsH, wsPart;
-  int syncFlagsOff;  // byte offset of the barrier's arrival count in the sync words (its release word 128 bytes on)
+  int syncFlagsOff;  // byte offset of the barrier's arrival count in the sync words (a cache line of its own)
 };
 
 static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
@@ -112,28 +112,21 @@ __device__ __forceinline__ void bulkCopy(void* dst, const void* src, uint32_t by
                : "memory");
 }
 
-// Grid barrier: every CTA adds one to `count` (acq_rel: what its threads wrote before the __syncthreads is
-// published, and the last arrival sees everyone's); the last of the G arrivals for this barrier (the old value is
-// target - 1) releases the others by storing `epoch` into `release`, which they poll on another cache line, so
-// that the polling does not slow the arrivals. One thread a CTA takes part. Epochs only grow (wrap-safe
-// comparison) and count is re-zeroed by the step's last CTA out. preArrive runs on thread 0 after every thread's
-// work is done (the slot refills are issued there).
+// Grid barrier: every CTA adds one to `count` with release semantics (what its threads wrote before the
+// __syncthreads is published with it; a reduction, so nothing waits for a reply) and polls it with acquire loads
+// until all G arrivals of this barrier are in (count is monotonic within a step; the step's last CTA out re-zeroes
+// it). One thread a CTA takes part. afterArrive runs on thread 0 once its CTA has arrived and every thread's work
+// is done, overlapping the wait (the slot refills are issued there).
 template <class F>
-__device__ __forceinline__ void gridBarrier(uint32_t* count, uint32_t* release, uint32_t target, uint32_t epoch,
-                                            F&& preArrive) {
+__device__ __forceinline__ void gridBarrier(uint32_t* count, uint32_t target, F&& afterArrive) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    preArrive();
-    uint32_t old;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(count) : "memory");
-    if (old == target - 1) {
-      asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(release), "r"(epoch) : "memory");
-    } else {
-      uint32_t v;
-      do {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(release) : "memory");
-      } while (static_cast<int32_t>(v - epoch) < 0);
-    }
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
+    afterArrive();
+    uint32_t v;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
+    } while (v < target);
   }
   __syncthreads();
 }
@@ -417,7 +410,6 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
   uint32_t* headCount = reinterpret_cast<uint32_t*>(sy + 16);
   uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
-  uint32_t* release = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff + 128);
 
   const int tok = p.ids[0], pos = *p.pos;
   const uint32_t gen = *genWord;
@@ -506,7 +498,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   auto sync = [&](int refill, int l) {
     DBG_T(2 * barriers + 1);
     ++barriers;
-    gridBarrier(barCount, release, barriers * static_cast<uint32_t>(G), gen * 256u + barriers, [&] {
+    gridBarrier(barCount, barriers * static_cast<uint32_t>(G), [&] {
       if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
     });
     DBG_T(2 * barriers);
