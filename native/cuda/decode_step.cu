@@ -65,6 +65,7 @@ struct Plan {
   int slotOff[kSlots], slotBiasOff[kSlots], slotNormOff[kSlots];
   int lnfOff;  // the final LayerNorm's weight and bias
   int xoOff;   // this CTA's rows of the residual stream (fp32), which only it updates
+  int kvOff;   // the cached keys and values of this CTA's attention item (maxKeys rows each), copied ahead
   int actOff, partOff, redOff, barOff, smem;
   int maxSplits, maxKeys;
   // workspace byte offsets
@@ -391,7 +392,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int H = p.hidden, F = p.ffn, hd = p.headDim, L = p.layers;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);  // [kSlots] slots, then the final LayerNorm
+  // [kSlots] slots, then the final LayerNorm's parameters, then the attention item's cached keys and values
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);
   float* act = reinterpret_cast<float*>(smem + pl.actOff);
   float* part = reinterpret_cast<float*>(smem + pl.partOff);
   float* red = reinterpret_cast<float*>(smem + pl.redOff);
@@ -466,7 +468,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   };
 
   if (tid == 0) {
-    for (int i = 0; i <= kSlots; ++i) mbarInit(&bars[i]);
+    for (int i = 0; i <= kSlots + 1; ++i) mbarInit(&bars[i]);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     for (int s = 0; s < kSlots; ++s) issueSlot(s, 0);
     const uint32_t nBytes = static_cast<uint32_t>(H * sizeof(T));
@@ -506,6 +508,24 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   const int T_ = min(pos + 1, p.capacity);
   const int splits = max(1, min(pl.maxSplits, (T_ + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
   const int perSplit = (T_ + splits - 1) / splits;
+  // This CTA's attention item (at most one: heads x splits <= G) and the keys of it already in the cache before
+  // this step ([k0, k0 + nOld)), whose k and v rows are copied into shared memory during phase A.
+  const bool hasItem = cta < p.heads * splits;
+  const int itemHead = hasItem ? cta / splits : 0, itemSplit = hasItem ? cta - itemHead * splits : 0;
+  const int itemK0 = itemSplit * perSplit;
+  const int itemN = hasItem ? max(0, min(T_, itemK0 + perSplit) - itemK0) : 0;
+  const int nOld = max(0, min(itemN, pos - itemK0));
+  T* kvK = reinterpret_cast<T*>(smem + pl.kvOff);
+  T* kvV = kvK + static_cast<size_t>(pl.maxKeys) * hd;
+  auto issueKv = [&](int l) {  // thread 0
+    if (nOld == 0) return;
+    const DecodeStepLayer& w = p.layer[l];
+    const size_t row0 = static_cast<size_t>(itemHead) * p.capacity + itemK0;
+    const uint32_t bytes = static_cast<uint32_t>(nOld * hd * sizeof(T));
+    expectTx(&bars[kSlots + 1], 2 * bytes);
+    bulkCopy(kvK, static_cast<const T*>(w.kCache) + row0 * hd, bytes, &bars[kSlots + 1]);
+    bulkCopy(kvV, static_cast<const T*>(w.vCache) + row0 * hd, bytes, &bars[kSlots + 1]);
+  };
   // Epilogue of the two row-parallel layers: the residual stream's own rows take the product, and are published.
   auto intoResidual = [&](int s, int l, int parts) {
     if (tid < xRows) {
@@ -519,7 +539,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
 
   for (int l = 0; l < L; ++l) {
     const DecodeStepLayer& w = p.layer[l];
-    // ---- A: LayerNorm, QKV, cache write
+    // ---- A: LayerNorm, QKV, cache write (and the attention item's older keys and values on their way)
+    if (tid == 0) issueKv(l);
     if (l > 0) moments = loadAct(act, x, H);
     waitSlot(0, l);
     layerNorm(act, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
@@ -546,21 +567,26 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       float* qs = act;                // [hd]
       float* sc = act + hd;           // [maxKeys]
       float* ored = sc + pl.maxKeys;  // [kThreads]
-      const int items = p.heads * splits;
-      for (int item = cta; item < items; item += G) {
-        const int h = item / splits, sp = item - h * splits;
-        const int k0 = sp * perSplit, n = max(0, min(T_, k0 + perSplit) - k0);
+      if (hasItem) {
+        const int h = itemHead, sp = itemSplit, k0 = itemK0, n = itemN;
         if (tid < hd) qs[tid] = ldShared(qkv + h * hd + tid) * p.scale;
+        if (nOld > 0) mbarWait(&bars[kSlots + 1], l & 1);
         __syncthreads();
+        // keys before pos from shared memory, the one at pos (written in phase A) from the cache
+        auto keyRow = [&](int j) -> const T* {
+          return j < nOld ? kvK + static_cast<size_t>(j) * hd : kc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd;
+        };
         float m = -INFINITY;
         for (int j = tid; j < n; j += kThreads) {
-          const T* kr = kc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd;
+          const T* kr = keyRow(j);
+          const bool fresh = j >= nOld;
           float dot = 0.f;
           for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
             uint4 kv[8];
 #pragma unroll
             for (int c = 0; c < 8; ++c)
-              if (d0 + 8 * c < hd) kv[c] = ldShared128(kr + d0 + 8 * c);
+              if (d0 + 8 * c < hd)
+                kv[c] = fresh ? ldShared128(kr + d0 + 8 * c) : *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
 #pragma unroll
             for (int c = 0; c < 8; ++c) {
               if (d0 + 8 * c >= hd) break;
@@ -583,15 +609,10 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         lsum = blockSum(lsum, red);  // its __syncthreads also publishes sc
         const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
         float o = 0.f;
-        const T* vcol = vc + (static_cast<size_t>(h) * p.capacity + k0) * hd + d;
-        for (int j = grp; j < n; j += 4 * groups) {  // 4 loads in flight
-          float vv[4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            vv[i] = j + i * groups < n ? ldShared(vcol + static_cast<size_t>(j + i * groups) * hd) : 0.f;
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            if (j + i * groups < n) o += sc[j + i * groups] * vv[i];
+        for (int j = grp; j < n; j += groups) {
+          const float v = j < nOld ? toFloat(kvV[static_cast<size_t>(j) * hd + d])
+                                   : ldShared(vc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd + d);
+          o += sc[j] * v;
         }
         ored[tid] = o;
         __syncthreads();
@@ -784,6 +805,8 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   off += align16(static_cast<size_t>(ceilDiv(H, grid)) * 4);
   pl.maxSplits = std::max(1, grid / std::max(1, p.heads));
   pl.maxKeys = std::max(kMinKeysPerSplit, ceilDiv(p.capacity, pl.maxSplits)) + 1;
+  pl.kvOff = static_cast<int>(off);
+  off += 2 * align16(static_cast<size_t>(pl.maxKeys) * p.headDim * esz);
   const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
                                              static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
   pl.actOff = static_cast<int>(off);
@@ -793,7 +816,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.redOff = static_cast<int>(off);
   off += 64 * 4;
   pl.barOff = static_cast<int>(off);
-  off += (kSlots + 1) * 8;
+  off += (kSlots + 2) * 8;
   pl.smem = static_cast<int>(off);
   size_t w = align16(static_cast<size_t>(H) * esz);
   pl.wsQkv = static_cast<int>(w);
