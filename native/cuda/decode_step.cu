@@ -12,8 +12,9 @@
 //
 // Phases of a layer (G CTAs; a grid barrier after each):
 //   A  x -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight into the cache at *pos
-//   B  attention: (head, split of the keys) items, the last split of a head to finish merges the head
-//   C  attention output rows: x[r] += attn · Wo[r] + b[r]
+//   B  attention: (head, split of the keys) items, each CTA one at most, its older keys and values copied into
+//      shared memory during A; each writes its split's (max, sum, unnormalised output)
+//   C  every CTA merges the splits into the whole attention output, then its rows: x[r] += attn · Wo[r] + b[r]
 //   D  x -> LayerNorm -> MLP rows: h[r] = gelu_new(x · Wfc[r] + b[r])
 //   E  MLP output rows: x[r] += h · Wproj[r] + b[r]
 // then the final LayerNorm and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the
@@ -66,6 +67,7 @@ struct Plan {
   int lnfOff;  // the final LayerNorm's weight and bias
   int xoOff;   // this CTA's rows of the residual stream (fp32), which only it updates
   int kvOff;   // the cached keys and values of this CTA's attention item (maxKeys rows each), copied ahead
+  int facOff;  // phase C's merge factors: 2 G floats
   int actOff, partOff, redOff, barOff, smem;
   int maxSplits, maxKeys;
   // workspace byte offsets
@@ -397,7 +399,6 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   float* act = reinterpret_cast<float*>(smem + pl.actOff);
   float* part = reinterpret_cast<float*>(smem + pl.partOff);
   float* red = reinterpret_cast<float*>(smem + pl.redOff);
-  int* flag = reinterpret_cast<int*>(red + 32);
   float* xo = reinterpret_cast<float*>(smem + pl.xoOff);
 
   char* ws = static_cast<char*>(p.workspace);
@@ -405,12 +406,13 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   T* qkv = reinterpret_cast<T*>(ws + pl.wsQkv);
   T* attn = reinterpret_cast<T*>(ws + pl.wsAttn);
   T* hbuf = reinterpret_cast<T*>(ws + pl.wsH);
-  float* partials = reinterpret_cast<float*>(ws + pl.wsPart);
+  // attention split results: (max, sum) pairs [heads][maxSplits], then outputs [heads][maxSplits][hd]
+  float* partML = reinterpret_cast<float*>(ws + pl.wsPart);
+  float* partO = partML + static_cast<size_t>(2) * p.heads * pl.maxSplits;
   char* sy = static_cast<char*>(p.sync);
   uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
-  uint32_t* headCount = reinterpret_cast<uint32_t*>(sy + 16);
   uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
 
   const int tok = p.ids[0], pos = *p.pos;
@@ -560,7 +562,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     }
     sync(0, l);
 
-    // ---- B: attention over the cache [0, T_), (head, split) items, the last split of a head merges it
+    // ---- B: attention over the cache [0, T_): this CTA's (head, split) item
     {
       const T* kc = static_cast<const T*>(w.kCache);
       const T* vc = static_cast<const T*>(w.vCache);
@@ -616,44 +618,61 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         }
         ored[tid] = o;
         __syncthreads();
-        float* mine = partials + static_cast<size_t>(h * pl.maxSplits + sp) * (hd + 2);
+        // This split's partial result: (max, sum of exponentials) and the unnormalised output. Phase C merges.
         if (tid < hd) {
           float s = 0.f;
           for (int g = 0; g < groups; ++g) s += ored[g * hd + tid];
-          stSharedF(mine + 2 + tid, s);
+          stSharedF(partO + static_cast<size_t>(h * pl.maxSplits + sp) * hd + tid, s);
         }
-        if (tid == 0) stSharedF(mine, m), stSharedF(mine + 1, lsum);
-        __syncthreads();
-        if (tid == 0) {
-          __threadfence();
-          *flag = atomicAdd(&headCount[h], 1u) == static_cast<uint32_t>(splits - 1);
-        }
-        __syncthreads();
-        if (*flag) {
-          __threadfence();
-          if (tid < hd) {
-            const float* base = partials + static_cast<size_t>(h * pl.maxSplits) * (hd + 2);
-            float M = -INFINITY;
-            for (int s = 0; s < splits; ++s) M = fmaxf(M, ldSharedF(base + s * (hd + 2)));
-            float Lsum = 0.f, acc = 0.f;
-            for (int s = 0; s < splits; ++s) {
-              const float* ps = base + s * (hd + 2);
-              const float ms = ldSharedF(ps);
-              const float f = ms == -INFINITY ? 0.f : __expf(ms - M);
-              Lsum += ldSharedF(ps + 1) * f;
-              acc += ldSharedF(ps + 2 + tid) * f;
-            }
-            stShared(attn + h * hd + tid, fromFloat<T>(acc / Lsum));
-          }
-          if (tid == 0) atomicExch(&headCount[h], 0u);
-        }
+        if (tid == 0) stSharedF(partML + 2 * (h * pl.maxSplits + sp), m), stSharedF(partML + 2 * (h * pl.maxSplits + sp) + 1, lsum);
         __syncthreads();
       }
     }
     sync(-1, l);
 
-    // ---- C: attention output projection into the residual stream
-    loadAct(act, attn, H);
+    // ---- C: every CTA merges the attention's split results into act (all heads: the projection needs the whole
+    // vector), then its rows of the output projection into the residual stream
+    {
+      float* fm = reinterpret_cast<float*>(smem + pl.facOff);  // [heads * splits] max, then the factor
+      float* fl = fm + pl.grid;                                 // [heads * splits] sum of exponentials
+      const int nml = p.heads * splits;
+      for (int t = tid; t < nml; t += kThreads) {
+        const int h = t / splits, sp = t - h * splits;
+        fm[t] = ldSharedF(partML + 2 * (h * pl.maxSplits + sp));
+        fl[t] = ldSharedF(partML + 2 * (h * pl.maxSplits + sp) + 1);
+      }
+      __syncthreads();
+      for (int h = tid; h < p.heads; h += kThreads) {
+        float M = -INFINITY, Lsum = 0.f;
+        for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, fm[h * splits + sp]);
+        for (int sp = 0; sp < splits; ++sp) {
+          const float ms = fm[h * splits + sp];
+          Lsum += ms == -INFINITY ? 0.f : fl[h * splits + sp] * __expf(ms - M);
+        }
+        for (int sp = 0; sp < splits; ++sp) {
+          const float ms = fm[h * splits + sp];
+          fm[h * splits + sp] = ms == -INFINITY ? 0.f : __expf(ms - M) / Lsum;
+        }
+      }
+      __syncthreads();
+      for (int i = tid; i < H; i += kThreads) {
+        const int h = i / hd, d = i - h * hd;
+        const float* o = partO + static_cast<size_t>(h * pl.maxSplits) * hd + d;
+        float acc = 0.f;
+        for (int s0 = 0; s0 < splits; s0 += 4) {  // 4 loads in flight
+          float ov[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) ov[j] = s0 + j < splits ? ldSharedF(o + static_cast<size_t>(s0 + j) * hd) : 0.f;
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (s0 + j < splits) acc += fm[h * splits + s0 + j] * ov[j];
+        }
+        const T v = fromFloat<T>(acc);
+        act[i] = toFloat(v);
+        if (cta == 0) stShared(attn + i, v);  // kept for inspection (the tests read it)
+      }
+      __syncthreads();
+    }
     waitSlot(1, l);
     intoResidual(1, l, sliceDots(slot(1), re[1] - rb[1], H, act, part));
     sync(1, l);
@@ -807,6 +826,8 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.maxKeys = std::max(kMinKeysPerSplit, ceilDiv(p.capacity, pl.maxSplits)) + 1;
   pl.kvOff = static_cast<int>(off);
   off += 2 * align16(static_cast<size_t>(pl.maxKeys) * p.headDim * esz);
+  pl.facOff = static_cast<int>(off);
+  off += align16(static_cast<size_t>(2) * grid * 4);
   const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
                                              static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
   pl.actOff = static_cast<int>(off);
@@ -855,7 +876,7 @@ void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
 size_t decodeStepWorkspaceBytes(const DecodeStepParams& p) {
   const int grid = gridFor();
   const Plan pl = makePlan(p, grid);
-  return pl.wsPart + static_cast<size_t>(p.heads) * pl.maxSplits * (p.headDim + 2) * 4;
+  return pl.wsPart + static_cast<size_t>(p.heads) * pl.maxSplits * (p.headDim + 2) * 4 + 16;
 }
 
 DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
