@@ -655,21 +655,29 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         }
       }
       __syncthreads();
-      for (int i = tid; i < H; i += kThreads) {
-        const int h = i / hd, d = i - h * hd;
+      for (int q = tid; q < H / 4; q += kThreads) {  // 4 consecutive values a thread, every split's load in flight
+        const int i = 4 * q, h = i / hd, d = i - h * hd;
         const float* o = partO + static_cast<size_t>(h * pl.maxSplits) * hd + d;
-        float acc = 0.f;
-        for (int s0 = 0; s0 < splits; s0 += 4) {  // 4 loads in flight
-          float ov[4];
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int s0 = 0; s0 < splits; s0 += 12) {
+          uint4 ov[12];
 #pragma unroll
-          for (int j = 0; j < 4; ++j) ov[j] = s0 + j < splits ? ldSharedF(o + static_cast<size_t>(s0 + j) * hd) : 0.f;
+          for (int j = 0; j < 12; ++j)
+            ov[j] = s0 + j < splits ? ldShared128(o + static_cast<size_t>(s0 + j) * hd) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (s0 + j < splits) acc += fm[h * splits + s0 + j] * ov[j];
+          for (int j = 0; j < 12; ++j) {
+            if (s0 + j >= splits) break;
+            const float f = fm[h * splits + s0 + j];
+            acc[0] += f * __uint_as_float(ov[j].x), acc[1] += f * __uint_as_float(ov[j].y);
+            acc[2] += f * __uint_as_float(ov[j].z), acc[3] += f * __uint_as_float(ov[j].w);
+          }
         }
-        const T v = fromFloat<T>(acc);
-        act[i] = toFloat(v);
-        if (cta == 0) stShared(attn + i, v);  // kept for inspection (the tests read it)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const T v = fromFloat<T>(acc[e]);
+          act[i + e] = toFloat(v);
+          if (cta == 0) stShared(attn + i + e, v);  // kept for inspection (the tests read it)
+        }
       }
       __syncthreads();
     }
