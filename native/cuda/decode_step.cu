@@ -408,7 +408,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   T* hbuf = reinterpret_cast<T*>(ws + pl.wsH);
   // attention split results: (max, sum) pairs [heads][maxSplits], then outputs [heads][maxSplits][hd]
   float* partML = reinterpret_cast<float*>(ws + pl.wsPart);
-  float* partO = partML + static_cast<size_t>(2) * p.heads * pl.maxSplits;
+  float* partO = partML + (static_cast<size_t>(2) * p.heads * pl.maxSplits + 3) / 4 * 4;  // 16-byte aligned
   char* sy = static_cast<char*>(p.sync);
   uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
