@@ -297,6 +297,7 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     std::printf("PHASE D of layer 5, CTA 0 (SM cycles): load %lld, slot wait %lld, LayerNorm %lld, dots %lld, epilogue %lld, barrier %lld\n",
                 (long long)(t[901] - t[900]), (long long)(t[902] - t[901]), (long long)(t[903] - t[902]),
                 (long long)(t[904] - t[903]), (long long)(t[905] - t[904]), (long long)(t[906] - t[905]));
+    std::printf("PHASE D dots again (warm) %lld cycles\n", (long long)t[907]);
     std::printf("WEIGHT WAITS (us, CTA 0) qkv %.1f out %.1f fc %.1f proj %.1f head %.1f\n", t[1001] / 1e3, t[1002] / 1e3,
                 t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
   }
