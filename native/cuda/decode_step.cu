@@ -68,7 +68,7 @@ struct Plan {
   int xoOff;   // this CTA's rows of the residual stream (fp32), which only it updates
   int kvOff;   // the cached keys and values of this CTA's attention item (maxKeys rows each), copied ahead
   int facOff;  // phase C's merge factors: 2 G floats
-  int actOff, partOff, redOff, barOff, smem;
+  int actOff, actTOff, partOff, redOff, barOff, smem;
   int maxSplits, maxKeys;
   // workspace byte offsets
   int wsQkv, wsAttn, wsH, wsPart;
@@ -244,7 +244,7 @@ __device__ __forceinline__ float geluNew(float v) {
 // act[0..n) = a vector another CTA wrote in this step (n a multiple of 8): every 16-byte load issued before any
 // is used. Returns this thread's (sum, sum of squares) of what it loaded, for a LayerNorm that follows.
 template <class T>
-__device__ __forceinline__ float2 loadAct(float* act, const T* src, int n) {
+__device__ __forceinline__ float2 loadAct(float* act, T* actT, const T* src, int n) {
   constexpr int kMaxPer = 2;  // n <= 2 * 8 * kThreads = 4096
   const int chunks = n / 8;
   uint4 v[kMaxPer];
@@ -260,6 +260,7 @@ __device__ __forceinline__ float2 loadAct(float* act, const T* src, int n) {
     if (c >= chunks) continue;
     float f[8];
     unpack8<T>(v[j], f);
+    *reinterpret_cast<uint4*>(actT + 8 * c) = v[j];
 #pragma unroll
     for (int e = 0; e < 8; ++e) s += f[e], q += f[e] * f[e];
     *reinterpret_cast<float4*>(act + 8 * c) = make_float4(f[0], f[1], f[2], f[3]);
@@ -288,87 +289,87 @@ __device__ __forceinline__ float2 blockSum2(float2 v, float* red) {
 // act = LayerNorm(act) rounded to T, from each thread's (sum, sum of squares) of the values it loaded
 // (loadAct; a thread that loaded nothing passes zeros): one reduction for both moments.
 template <class T>
-__device__ __forceinline__ void layerNorm(float* act, int n, float2 moments, const T* w, const T* b, float eps,
-                                          float* red) {
+__device__ __forceinline__ void layerNorm(float* act, T* actT, int n, float2 moments, const T* w, const T* b,
+                                          float eps, float* red) {
   const float2 m = blockSum2(moments, red);
   const float mean = m.x / n;
   const float inv = rsqrtf(fmaxf(m.y / n - mean * mean, 0.f) + eps);
-  for (int i = threadIdx.x; i < n; i += kThreads)
-    act[i] = roundTo<T>((act[i] - mean) * inv * toFloat(w[i]) + toFloat(b[i]));
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const T v = fromFloat<T>((act[i] - mean) * inv * toFloat(w[i]) + toFloat(b[i]));
+    act[i] = toFloat(v);
+    actT[i] = v;
+  }
   __syncthreads();
 }
 
-// How many parts of k each row of a slice is cut into: a power of two (so that a warp, which takes units u with
-// u = warp (mod 8), always has the same part) with about 16 units for the 8 warps, at most the 256-wide segments
-// there are.
-__host__ __device__ __forceinline__ int partsPerRow(int rows, int k) {
-  const int segs = (k + kSeg - 1) / kSeg;
-  const int want = rows > 0 ? (2 * kWarps + rows - 1) / rows : 1;
-  int p = 1;
-  while (p < want && p < kWarps && 2 * p <= segs) p *= 2;
-  return p;
+template <class T>
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                 uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                        uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// part[r * parts + i] = row r of w (rows x k, shared memory) · act over part i of k; returns parts
-// (partsPerRow). Unit u = (row u / parts, part u % parts) goes to warp u % 8, so a warp's part of act is the
-// same for all its units: each lane keeps its 8 values of every segment in registers (shared memory then only
-// streams the weights), and takes two units at a time with all their 16-byte weight loads issued first. Ends
-// with __syncthreads, so part is readable by every thread.
+// Warps per 16-row tile of a slice (its k split between them): 8 warps over the tiles.
+__host__ __device__ __forceinline__ int mmaKParts(int rows) {
+  const int tiles = (rows + 15) / 16;
+  return tiles >= kWarps ? 1 : kWarps / (tiles > 0 ? tiles : 1);
+}
+
+// The tensor-core form of the slice's dot products (as gemv.cu): W's 16-row tiles are the A operand of
+// mma.m16n8k16 and x the one live column of B. Lane 4g + t holds tile rows g and g + 8 at 8 consecutive k of a
+// 32-wide unit (one 16-byte shared load each), used as its fragment elements of two k16 steps; x gets the same
+// permutation, and only the lanes of column 0 (g = 0) hold it. A tile's units are split between mmaKParts warps;
+// part[r * kparts + kp] is kp's share of row r. Returns kparts. Ends with __syncthreads.
 template <class T>
-__device__ __forceinline__ int sliceDots(const T* w, int rows, int k, const float* act, float* part) {
-  constexpr int kU = 2, kS = 4;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int segs = (k + kSeg - 1) / kSeg, parts = partsPerRow(rows, k), units = rows * parts;
-  const int per = (segs + parts - 1) / parts;
-  const int pi = warp % parts, nseg = max(0, min(per, segs - pi * per));
-  const int kb = pi * per * kSeg + lane * 8;
-  // One pass for per <= 4 (every shape here); a warp whose part is past the end (nseg 0) writes zeros.
-  for (int j0 = 0; j0 < nseg || j0 == 0; j0 += kS) {
-    float a[kS][8];
+__device__ __forceinline__ int sliceDotsMma(const T* w, int rows, int k, const T* xT, float* part) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int tiles = (rows + 15) / 16, kparts = mmaKParts(rows), units = (k + 31) / 32;
+  for (int item = warp; item < tiles * kparts; item += kWarps) {
+    const int tile = item % tiles, kp = item / tiles;
+    const int u0 = kp * units / kparts, u1 = (kp + 1) * units / kparts;
+    const int r0 = tile * 16 + g, r1 = r0 + 8;
+    const T* a0p = w + static_cast<size_t>(r0 < rows ? r0 : 0) * k;
+    const T* a1p = w + static_cast<size_t>(r1 < rows ? r1 : 0) * k;
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int ub = u0; ub < u1; ub += 4) {  // 4 units: 12 loads in flight
+      uint4 a[4], b[4], xv[4];
 #pragma unroll
-    for (int j = 0; j < kS; ++j) {
-      const int kk = kb + (j0 + j) * kSeg;
-      const bool on = j0 + j < nseg && kk < k;
-      const float4 a0 = on ? *reinterpret_cast<const float4*>(act + kk) : make_float4(0.f, 0.f, 0.f, 0.f);
-      const float4 a1 = on ? *reinterpret_cast<const float4*>(act + kk + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
-      a[j][0] = a0.x, a[j][1] = a0.y, a[j][2] = a0.z, a[j][3] = a0.w;
-      a[j][4] = a1.x, a[j][5] = a1.y, a[j][6] = a1.z, a[j][7] = a1.w;
-    }
-    for (int u0 = warp; u0 < units; u0 += kU * kWarps) {
-      uint4 wv[kU][kS];
-#pragma unroll
-      for (int i = 0; i < kU; ++i) {
-        const int u = u0 + i * kWarps;
-        const T* rowp = w + static_cast<size_t>(u < units ? u / parts : 0) * k;
-#pragma unroll
-        for (int j = 0; j < kS; ++j) {
-          const int kk = kb + (j0 + j) * kSeg;
-          wv[i][j] = u < units && j0 + j < nseg && kk < k ? *reinterpret_cast<const uint4*>(rowp + kk)
-                                                           : make_uint4(0, 0, 0, 0);
-        }
+      for (int j = 0; j < 4; ++j) {
+        const int kk = (ub + j) * 32 + 8 * t;
+        const bool in = ub + j < u1 && kk < k;
+        const uint4 z = make_uint4(0, 0, 0, 0);
+        a[j] = in && r0 < rows ? *reinterpret_cast<const uint4*>(a0p + kk) : z;
+        b[j] = in && r1 < rows ? *reinterpret_cast<const uint4*>(a1p + kk) : z;
+        xv[j] = in && g == 0 ? *reinterpret_cast<const uint4*>(xT + kk) : z;
       }
-      float acc[kU] = {0.f, 0.f};
 #pragma unroll
-      for (int i = 0; i < kU; ++i)
-#pragma unroll
-        for (int j = 0; j < kS; ++j) {
-          float wf[8];
-          unpack8<T>(wv[i][j], wf);  // zeros past the end
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[i] += wf[e] * a[j][e];
-        }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int i = 0; i < kU; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
-      if (lane == 0)
-#pragma unroll
-        for (int i = 0; i < kU; ++i)
-          if (u0 + i * kWarps < units) part[u0 + i * kWarps] = j0 == 0 ? acc[i] : part[u0 + i * kWarps] + acc[i];
+      for (int j = 0; j < 4; ++j) {
+        mma16816<T>(c, a[j].x, b[j].x, a[j].y, b[j].y, xv[j].x, xv[j].y);
+        mma16816<T>(c, a[j].z, b[j].z, a[j].w, b[j].w, xv[j].z, xv[j].w);
+      }
+    }
+    if (t == 0) {  // column 0: c[0] row g, c[2] row g + 8
+      if (r0 < rows) part[r0 * kparts + kp] = c[0];
+      if (r1 < rows) part[r1 * kparts + kp] = c[2];
     }
   }
   __syncthreads();
-  return parts;
+  return kparts;
 }
 
 __device__ __forceinline__ float rowSum(const float* part, int r, int segs) {
@@ -397,6 +398,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   // [kSlots] slots, then the final LayerNorm's parameters, then the attention item's cached keys and values
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);
   float* act = reinterpret_cast<float*>(smem + pl.actOff);
+  T* actT = reinterpret_cast<T*>(smem + pl.actTOff);
   float* part = reinterpret_cast<float*>(smem + pl.partOff);
   float* red = reinterpret_cast<float*>(smem + pl.redOff);
   float* xo = reinterpret_cast<float*>(smem + pl.xoOff);
@@ -489,6 +491,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     for (int i = tid; i < H; i += kThreads) {
       const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
       act[i] = v;
+      actT[i] = fromFloat<T>(v);
       moments.x += v, moments.y += v * v;
       if (i >= xb && i < xb + xRows) xo[i - xb] = v;
     }
@@ -543,12 +546,12 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write (and the attention item's older keys and values on their way)
     if (tid == 0) issueKv(l);
-    if (l > 0) moments = loadAct(act, x, H);
+    if (l > 0) moments = loadAct(act, actT, x, H);
     waitSlot(0, l);
-    layerNorm(act, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
+    layerNorm(act, actT, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
     {
       const int rows = re[0] - rb[0];
-      const int parts = sliceDots(slot(0), rows, H, act, part);
+      const int parts = sliceDotsMma(slot(0), rows, H, actT, part);
       if (tid < rows) {
         const int r = rb[0] + tid;
         const T v = fromFloat<T>(rowSum(part, tid, parts) + toFloat(slotBias(0)[r - (rb[0] & ~7)]));
@@ -676,13 +679,14 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         for (int e = 0; e < 4; ++e) {
           const T v = fromFloat<T>(acc[e]);
           act[i + e] = toFloat(v);
+          actT[i + e] = v;
           if (cta == 0) stShared(attn + i + e, v);  // kept for inspection (the tests read it)
         }
       }
       __syncthreads();
     }
     waitSlot(1, l);
-    intoResidual(1, l, sliceDots(slot(1), re[1] - rb[1], H, act, part));
+    intoResidual(1, l, sliceDotsMma(slot(1), re[1] - rb[1], H, actT, part));
     sync(1, l);
 
     // ---- D: LayerNorm, MLP input with gelu_new
@@ -693,19 +697,19 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
 #else
 #define DBG_CK(i) (void)0
 #endif
-    moments = loadAct(act, x, H);
+    moments = loadAct(act, actT, x, H);
     DBG_CK(1);
     waitSlot(2, l);
     DBG_CK(2);
-    layerNorm(act, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
+    layerNorm(act, actT, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
     DBG_CK(3);
     {
       const int rows = re[2] - rb[2];
-      const int parts = sliceDots(slot(2), rows, H, act, part);
+      const int parts = sliceDotsMma(slot(2), rows, H, actT, part);
       DBG_CK(4);
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
       if (l == 5) {  // the same dot products again: warm instruction cache
-        sliceDots(slot(2), rows, H, act, part);
+        sliceDotsMma(slot(2), rows, H, actT, part);
         ck[7] = clock64();
         if (cta == 0 && tid == 0) gDebugTime[907] = ck[7] - ck[4];
       }
@@ -726,17 +730,17 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
 #endif
 
     // ---- E: MLP output into the residual stream
-    loadAct(act, hbuf, F);
+    loadAct(act, actT, hbuf, F);
     waitSlot(3, l);
-    intoResidual(3, l, sliceDots(slot(3), re[3] - rb[3], F, act, part));
+    intoResidual(3, l, sliceDotsMma(slot(3), re[3] - rb[3], F, actT, part));
     sync(3, l);
   }
 
   // ---- final LayerNorm, the output layer's rows of this CTA (straight from global memory, 4 rows a warp at a
   // time: 12 loads of 16 bytes in flight a lane at H = 768) and their argmax
-  moments = loadAct(act, x, H);
+  moments = loadAct(act, actT, x, H);
   mbarWait(&bars[kSlots], 0);
-  layerNorm(act, H, moments, reinterpret_cast<const T*>(smem + pl.lnfOff),
+  layerNorm(act, actT, H, moments, reinterpret_cast<const T*>(smem + pl.lnfOff),
             reinterpret_cast<const T*>(smem + pl.lnfOff) + H, p.eps, red);
   int vb, ve;
   rowRange(p.vocab, cta, G, vb, ve);
@@ -831,7 +835,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
     off += align16(static_cast<size_t>(rows + 16) * esz);
     pl.slotNormOff[s] = static_cast<int>(off);
     if (s == 0 || s == 2) off += align16(static_cast<size_t>(2) * H * esz);
-    partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * partsPerRow(rows, K[s]));
+    partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * mmaKParts(rows));
   }
   pl.lnfOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(2) * H * esz);
@@ -847,6 +851,8 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
                                              static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
   pl.actOff = static_cast<int>(off);
   off += align16(actFloats * 4);
+  pl.actTOff = static_cast<int>(off);  // the same vector in the dtype, for the tensor cores
+  off += align16(static_cast<size_t>(std::max(H, F)) * esz);
   pl.partOff = static_cast<int>(off);
   off += align16(partFloats * 4);
   pl.redOff = static_cast<int>(off);
