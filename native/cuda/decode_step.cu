@@ -56,7 +56,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kSeg = 256;         // k per warp unit: 32 lanes x 8 elements
 constexpr int kMinKeysPerSplit = 16;
-constexpr int kFastMergeSplits = 12;  // phase C merges up to this many splits with all loads in one round trip
 constexpr int kSlots = 4;         // qkv, attention output, fc, proj
 
 struct Plan {
@@ -69,8 +68,6 @@ struct Plan {
   int xoOff;   // this CTA's rows of the residual stream (fp32), which only it updates
   int kvOff;   // the cached keys and values of this CTA's attention item (maxKeys rows each), copied ahead
   int facOff;  // phase C's merge factors: 2 G floats
-  int layerTabOff;  // a copy of the layer table (kernel parameters are read through the constant cache, whose
-                    // misses cost a global load each time a phase touches the next layer's entry)
   int actOff, actTOff, partOff, redOff, barOff, smem;
   int maxSplits, maxKeys;
   // workspace byte offsets
@@ -79,7 +76,6 @@ struct Plan {
 };
 
 static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
-static_assert(sizeof(DecodeStepLayer) % 8 == 0, "the layer table is copied in 8-byte words");
 
 size_t align16(size_t v) { return (v + 15) / 16 * 16; }
 
@@ -421,14 +417,6 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
   uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
 
-  DecodeStepLayer* layerTab = reinterpret_cast<DecodeStepLayer*>(smem + pl.layerTabOff);
-  {
-    const uint64_t* src = reinterpret_cast<const uint64_t*>(p.layer);
-    uint64_t* dst = reinterpret_cast<uint64_t*>(layerTab);
-    const int words = L * static_cast<int>(sizeof(DecodeStepLayer) / 8);
-    for (int i = tid; i < words; i += kThreads) dst[i] = src[i];
-    __syncthreads();
-  }
   const int tok = p.ids[0], pos = *p.pos;
   const uint32_t gen = *genWord;
   const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
@@ -441,12 +429,12 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   auto slotBias = [&](int s) { return reinterpret_cast<const T*>(smem + pl.slotBiasOff[s]); };
   auto slotNorm = [&](int s) { return reinterpret_cast<const T*>(smem + pl.slotNormOff[s]); };
   auto biasOf = [&](int s, int l) -> const T* {
-    const DecodeStepLayer& w = layerTab[l];
+    const DecodeStepLayer& w = p.layer[l];
     return static_cast<const T*>(s == 0 ? w.qkvB : s == 1 ? w.outB : s == 2 ? w.fcB : w.projB);
   };
   // Thread 0: layer l's rows of slot s (with their bias window and the phase's LayerNorm parameters).
   auto issueSlot = [&](int s, int l) {
-    const DecodeStepLayer& w = layerTab[l];
+    const DecodeStepLayer& w = p.layer[l];
     const int rows = re[s] - rb[s];
     if (rows == 0) return;
     const T* wt = static_cast<const T*>(s == 0 ? w.qkvW : s == 1 ? w.outW : s == 2 ? w.fcW : w.projW);
@@ -536,7 +524,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   T* kvV = kvK + static_cast<size_t>(pl.maxKeys) * hd;
   auto issueKv = [&](int l) {  // thread 0
     if (nOld == 0) return;
-    const DecodeStepLayer& w = layerTab[l];
+    const DecodeStepLayer& w = p.layer[l];
     const size_t row0 = static_cast<size_t>(itemHead) * p.capacity + itemK0;
     const uint32_t bytes = static_cast<uint32_t>(nOld * hd * sizeof(T));
     expectTx(&bars[kSlots + 1], 2 * bytes);
@@ -555,7 +543,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   };
 
   for (int l = 0; l < L; ++l) {
-    const DecodeStepLayer& w = layerTab[l];
+    const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write (and the attention item's older keys and values on their way)
     if (tid == 0) issueKv(l);
     if (l > 0) moments = loadAct(act, actT, x, H);
@@ -647,42 +635,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
 
     // ---- C: every CTA merges the attention's split results into act (all heads: the projection needs the whole
     // vector), then its rows of the output projection into the residual stream
-    if (splits <= kFastMergeSplits) {
-      // Each thread: 4 consecutive values of one head, with every split's (max, sum) and outputs loaded at once.
-      for (int q = tid; q < H / 4; q += kThreads) {
-        const int i = 4 * q, h = i / hd, d = i - h * hd;
-        const float* ml = partML + 2 * static_cast<size_t>(h * pl.maxSplits);
-        const float* o = partO + static_cast<size_t>(h * pl.maxSplits) * hd + d;
-        float mv[kFastMergeSplits], lv[kFastMergeSplits];
-        uint4 ov[kFastMergeSplits];
-#pragma unroll
-        for (int j = 0; j < kFastMergeSplits; ++j) {
-          const bool on = j < splits;
-          mv[j] = on ? ldSharedF(ml + 2 * j) : -INFINITY;
-          lv[j] = on ? ldSharedF(ml + 2 * j + 1) : 0.f;
-          ov[j] = on ? ldShared128(o + static_cast<size_t>(j) * hd) : make_uint4(0, 0, 0, 0);
-        }
-        float M = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < kFastMergeSplits; ++j) M = fmaxf(M, mv[j]);
-        float Lsum = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int j = 0; j < kFastMergeSplits; ++j) {
-          const float f = mv[j] == -INFINITY ? 0.f : __expf(mv[j] - M);
-          Lsum += lv[j] * f;
-          acc[0] += f * __uint_as_float(ov[j].x), acc[1] += f * __uint_as_float(ov[j].y);
-          acc[2] += f * __uint_as_float(ov[j].z), acc[3] += f * __uint_as_float(ov[j].w);
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const T v = fromFloat<T>(acc[e] / Lsum);
-          act[i + e] = toFloat(v);
-          actT[i + e] = v;
-          if (cta == 0) stShared(attn + i + e, v);  // kept for inspection (the tests read it)
-        }
-      }
-      __syncthreads();
-    } else    {
+    {
       float* fm = reinterpret_cast<float*>(smem + pl.facOff);  // [heads * splits] max, then the factor
       float* fl = fm + pl.grid;                                 // [heads * splits] sum of exponentials
       const int nml = p.heads * splits;
@@ -894,8 +847,6 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   off += 2 * align16(static_cast<size_t>(pl.maxKeys) * p.headDim * esz);
   pl.facOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(2) * grid * 4);
-  pl.layerTabOff = static_cast<int>(off);
-  off += align16(static_cast<size_t>(p.layers) * sizeof(DecodeStepLayer));
   const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
                                              static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
   pl.actOff = static_cast<int>(off);
