@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <exception>
 #include <sstream>
 
@@ -347,6 +348,19 @@ Tensor Backend::zeros(const std::vector<int64_t>& shape, MemKind kind, DType dty
   Tensor t = alloc(shape, kind, dtype);
   fillZero(t);
   return t;
+}
+
+void Backend::queueDownload(const Tensor& src, size_t bytes, int slot) {
+  if (slot < 0 || slot > 1) throw std::invalid_argument("queueDownload: slot " + std::to_string(slot) + " (0 or 1)");
+  queued_[slot].resize(bytes);
+  download(src, queued_[slot].data(), bytes);
+}
+
+void Backend::takeQueuedDownload(int slot, void* host, size_t bytes) {
+  if (slot < 0 || slot > 1 || queued_[slot].size() != bytes)
+    throw std::logic_error("takeQueuedDownload: no download of " + std::to_string(bytes) + " bytes queued in slot " +
+                           std::to_string(slot));
+  std::memcpy(host, queued_[slot].data(), bytes);
 }
 
 }  // namespace flashlab

@@ -351,6 +351,12 @@ class Backend {
     Tensor *ids, *pos, *lens, *logits;
   };
   virtual bool gpt2DecodeStep(const Gpt2Step&) { return false; }
+  // A download that does not wait: queueDownload copies `bytes` of src into this backend's host buffer `slot`
+  // (0 or 1) once the work queued before it is done; takeQueuedDownload(slot) waits for that copy and hands the
+  // bytes over. Lets the engine queue the next decode step before it reads this one's token. The default copies
+  // at once (download) and hands over later.
+  virtual void queueDownload(const Tensor& src, size_t bytes, int slot);
+  virtual void takeQueuedDownload(int slot, void* host, size_t bytes);
   // Records this backend's work until endCapture instead of running it; abortCapture drops a recording.
   virtual void beginCapture();
   virtual std::unique_ptr<CapturedWork> endCapture();
@@ -365,6 +371,7 @@ class Backend {
  private:
   std::shared_ptr<MemoryTracker> tracker_;
   int device_;
+  std::vector<char> queued_[2];
 };
 
 // Why Backend::copyColumns cannot copy src into dst at colBegin ("" when it can): the check every backend's

@@ -271,11 +271,15 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   sampleStep(logits, 0);
   r.prefillMs = msSince(start);
 
-  // One decode step replayed from its recording (captured at the first step of this shape). Returns false when
-  // the step cannot be recorded: the engine then stays eager.
+  // Decode steps replayed from their recording (captured at the first step of this shape). A step is launched
+  // (launchGraphStep) and later collected (collectGraphStep: its tokens, read through a queued download). Unless
+  // the caller dumps logits (one buffer, overwritten by every step) or times steps, the next step is launched
+  // before this one is collected, so the device never waits for the host between tokens; after the last token
+  // (a stop token, say) that one extra step is simply not collected.
   std::vector<int32_t> deviceIds(B);
   std::vector<float> stepLogits;
-  auto graphStep = [&](int step) -> bool {
+  // Returns false when the step cannot be recorded: the engine then stays eager.
+  auto launchGraphStep = [&](int step) -> bool {
     DecodeGraph& g = *decodeGraph_;
     if (step == 1) {  // the state of the first decode step: the token chosen after prefill, at position T0
       std::vector<int32_t> pos{T0}, lens(B, T0 + 1);
@@ -321,7 +325,12 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
     // Every shard launches its recording from its own thread, so the launches (each ~0.1 ms for a step of a
     // few hundred nodes) overlap instead of delaying the last shard's first all-reduce by all the others'.
     model_->runOnShards([&](int s, ShardRendezvous&) { g.backends[s]->replay(*rec[s]); }, nullptr);
-    g.backends[0]->download(g.state.ids[0], deviceIds.data(), B * sizeof(int32_t));
+    g.backends[0]->queueDownload(g.state.ids[0], B * sizeof(int32_t), step % 2);
+    return true;
+  };
+  auto collectGraphStep = [&](int step) {
+    DecodeGraph& g = *decodeGraph_;
+    g.backends[0]->takeQueuedDownload(step % 2, deviceIds.data(), B * sizeof(int32_t));
     if (req.dumpLogits) {
       stepLogits.resize(static_cast<size_t>(B) * V);
       g.backends[0]->downloadF32(g.state.logits[0], stepLogits.data(), stepLogits.size());
@@ -329,8 +338,9 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
     }
     for (int b = 0; b < B; ++b) acceptRow(b, deviceIds[b]);
     if (onTokens) onTokens(step, stepTokens);
-    return true;
   };
+  const bool launchAhead = !req.dumpLogits && !breakdown && !externalTiming;
+  int launched = 0;  // the last graph step launched
 
   int step = 1;
   for (; step < req.maxNewTokens; ++step) {
@@ -339,7 +349,13 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
     const auto t0 = Clock::now();
     timeStep(step);
     if (useGraph) {
-      if (graphStep(step)) {
+      if (launched >= step || launchGraphStep(step)) {
+        launched = std::max(launched, step);
+        if (launchAhead && step + 1 < req.maxNewTokens) {
+          launchGraphStep(step + 1);  // its recording exists: only a CUDA failure stops it (and throws)
+          launched = step + 1;
+        }
+        collectGraphStep(step);
         r.decodeMs.push_back(msSince(t0));
         continue;
       }

@@ -132,6 +132,9 @@ class CudaBackend final : public Backend {
     if (stepSync_) alloc_.release(stepSync_);
     if (idsDev_) alloc_.release(idsDev_);
     if (idsHost_) cudaFreeHost(idsHost_);
+    if (queuedHost_) cudaFreeHost(queuedHost_);
+    for (auto e : queuedEvent_)
+      if (e) cudaEventDestroy(e);
     destroyTimingEvents();
     cudaStreamDestroy(stream_);
   }
@@ -198,6 +201,28 @@ class CudaBackend final : public Backend {
     FL_CUDA_CHECK(cudaMemcpyAsync(host, src.data(), bytes, cudaMemcpyDeviceToHost, stream_));
     FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
     checkP2P();
+  }
+  void queueDownload(const Tensor& src, size_t bytes, int slot) override {
+    require(slot == 0 || slot == 1, "queueDownload", "slot " + std::to_string(slot));
+    require(bytes <= src.bytes() && bytes <= kQueuedBytes, "queueDownload", std::to_string(bytes) + " bytes");
+    activate();
+    if (!queuedHost_) {
+      FL_CUDA_CHECK(cudaMallocHost(&queuedHost_, 2 * kQueuedBytes));
+      for (auto& e : queuedEvent_) FL_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    FL_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(queuedHost_) + slot * kQueuedBytes, src.data(), bytes,
+                                  cudaMemcpyDeviceToHost, stream_));
+    FL_CUDA_CHECK(cudaEventRecord(queuedEvent_[slot], stream_));
+    queuedBytes_[slot] = bytes;
+  }
+  void takeQueuedDownload(int slot, void* host, size_t bytes) override {
+    require((slot == 0 || slot == 1) && queuedHost_ && queuedBytes_[slot] == bytes, "takeQueuedDownload",
+            "no download of " + std::to_string(bytes) + " bytes queued in slot " + std::to_string(slot));
+    activate();
+    FL_CUDA_CHECK(cudaEventSynchronize(queuedEvent_[slot]));
+    checkP2P();
+    std::memcpy(host, static_cast<char*>(queuedHost_) + slot * kQueuedBytes, bytes);
+    queuedBytes_[slot] = 0;
   }
   void fillZero(Tensor& t) override {
     activate();
@@ -703,6 +728,7 @@ class CudaBackend final : public Backend {
   // The fused decode attention's counters: one per (sequence, KV head) of a step, shared by every layer.
   static constexpr int64_t kDecodeCounters = int64_t{1} << 16;
   static constexpr size_t kStepSyncBytes = 4096;
+  static constexpr size_t kQueuedBytes = 4096;  // a queued download (the next tokens of a decode step)
 
   void activate() { FL_CUDA_CHECK(cudaSetDevice(deviceIndex())); }
 
@@ -839,6 +865,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::GemmLt> gemm_;
   int32_t* decodeCounters_ = nullptr;
   void* stepSync_ = nullptr;
+  void* queuedHost_ = nullptr;  // pinned, two slots of kQueuedBytes
+  cudaEvent_t queuedEvent_[2] = {nullptr, nullptr};
+  size_t queuedBytes_[2] = {0, 0};
   // FLASHLAB_DECODE_STEP_KERNEL=0: a GPT-2 decode step runs as its separate kernels, never as one launch.
   const bool stepKernelOn_ = envOn("FLASHLAB_DECODE_STEP_KERNEL");
   // FLASHLAB_GEMV=0: every linear through cuBLASLt and the separate ops (to compare against the fused kernel).

@@ -221,6 +221,13 @@ void graphsVsEager(const ModelConfig& cfg, DType dt, int tp) {
   report(g1.decodeGraphs && g2.decodeGraphs && !eager.decodeGraphs && err <= tol && g1.newTokens == g2.newTokens &&
              worstStepErr(g2, g1) == 0,
          cfg.name + " cuda " + dtypeName(dt) + " tp=" + std::to_string(tp) + " decode graphs vs eager", buf);
+  // Without logits to dump the engine launches each step before collecting the previous one: the same tokens.
+  GenerateRequest ahead = req;
+  ahead.dumpLogits = false;
+  const GenerateResult ga = gpu.generate(ahead, nullptr, cancel);
+  report(ga.decodeGraphs && ga.newTokens == g1.newTokens,
+         cfg.name + " cuda " + dtypeName(dt) + " tp=" + std::to_string(tp) + " decode graphs launched ahead, same tokens",
+         ga.newTokens == g1.newTokens ? "identical" : "differ");
   // A stop token ends a row early under graphs as it does eagerly.
   GenerateRequest stop = req;
   stop.dumpLogits = false;
