@@ -31,6 +31,8 @@
 namespace flashlab::cuda {
 namespace {
 
+// Profiling builds (-DFLASHLAB_DECODE_STEP_DEBUG, decode_step_tests --gpt2 prints the result): CTA 0 stamps the
+// global timer around every barrier and sums its waits for weight slices (decodeStepDebugTimes).
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
 __device__ unsigned long long gDebugTime[1024];
 #define DBG_T(i)                                                                                 \
@@ -45,11 +47,6 @@ __device__ unsigned long long gDebugTime[1024];
 #define DBG_T(i) \
   do {           \
   } while (0)
-#endif
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-__device__ float gDebugAct[4096];
-__device__ float gDebugSlot[8192];
-__device__ int gDebugRows[2];
 #endif
 
 constexpr int kThreads = 256;
@@ -690,44 +687,20 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     sync(1, l);
 
     // ---- D: LayerNorm, MLP input with gelu_new
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-    long long ck[8];
-    ck[0] = clock64();
-#define DBG_CK(i) ck[i] = clock64()
-#else
-#define DBG_CK(i) (void)0
-#endif
     moments = loadAct(act, actT, x, H);
-    DBG_CK(1);
     waitSlot(2, l);
-    DBG_CK(2);
     layerNorm(act, actT, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
-    DBG_CK(3);
     {
       const int rows = re[2] - rb[2];
       const int parts = sliceDotsMma(slot(2), rows, H, actT, part);
-      DBG_CK(4);
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-      if (l == 5) {  // the same dot products again: warm instruction cache
-        sliceDotsMma(slot(2), rows, H, actT, part);
-        ck[7] = clock64();
-        if (cta == 0 && tid == 0) gDebugTime[907] = ck[7] - ck[4];
-      }
-#endif
-      if (tid < rows) {
+        if (tid < rows) {
         const int r = rb[2] + tid;
         float v = rowSum(part, tid, parts);
         if (w.fcB) v += toFloat(slotBias(2)[r - (rb[2] & ~7)]);
         stShared(hbuf + r, fromFloat<T>(geluNew(v)));
       }
     }
-    DBG_CK(5);
     sync(2, l);
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-    DBG_CK(6);
-    if (cta == 0 && tid == 0 && l == 5)
-      for (int i = 0; i < 7; ++i) gDebugTime[900 + i] = ck[i];
-#endif
 
     // ---- E: MLP output into the residual stream
     loadAct(act, actT, hbuf, F);

@@ -294,10 +294,6 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     std::printf("PHASES (us, summed over layers, CTA 0) A %.1f+%.1f  B %.1f+%.1f  C %.1f+%.1f  D %.1f+%.1f  E %.1f+%.1f  head %.1f\n",
                 comp[0], wait[0], comp[1], wait[1], comp[2], wait[2], comp[3], wait[3], comp[4], wait[4],
                 (t[1000] - prev) / 1000.0);
-    std::printf("PHASE D of layer 5, CTA 0 (SM cycles): load %lld, slot wait %lld, LayerNorm %lld, dots %lld, epilogue %lld, barrier %lld\n",
-                (long long)(t[901] - t[900]), (long long)(t[902] - t[901]), (long long)(t[903] - t[902]),
-                (long long)(t[904] - t[903]), (long long)(t[905] - t[904]), (long long)(t[906] - t[905]));
-    std::printf("PHASE D dots again (warm) %lld cycles\n", (long long)t[907]);
     std::printf("WEIGHT WAITS (us, CTA 0) qkv %.1f out %.1f fc %.1f proj %.1f head %.1f\n", t[1001] / 1e3, t[1002] / 1e3,
                 t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
   }
