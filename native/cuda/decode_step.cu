@@ -883,14 +883,6 @@ void decodeStepDebugTimes(std::vector<unsigned long long>& t) {
   t.resize(1024);
   FL_CUDA_CHECK(cudaMemcpyFromSymbol(t.data(), gDebugTime, 1024 * 8));
 }
-void decodeStepDebugDump(std::vector<float>& act, std::vector<float>& slot, int& rb, int& re) {
-  act.resize(4096), slot.resize(8192);
-  int rows[2];
-  FL_CUDA_CHECK(cudaMemcpyFromSymbol(act.data(), gDebugAct, 4096 * 4));
-  FL_CUDA_CHECK(cudaMemcpyFromSymbol(slot.data(), gDebugSlot, 8192 * 4));
-  FL_CUDA_CHECK(cudaMemcpyFromSymbol(rows, gDebugRows, 8));
-  rb = rows[0], re = rows[1];
-}
 #endif
 
 size_t decodeStepSyncBytes(const DecodeStepParams& p) {
