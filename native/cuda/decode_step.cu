@@ -2,13 +2,18 @@
 //
 // Why: a GPT-2 124M token reads 250 MB of weights, 82 µs at an H100's copy bandwidth, but as 62 kernels each
 // costs at least ~2.5 µs of launch, ramp and drain however small its weight (a 768 x 768 projection is 1.2 MB).
-// Here one CTA per multiprocessor stays resident for the whole step and the phases meet at grid barriers
-// (an atomic counter in global memory, ~1 µs) instead of kernel boundaries. What makes it fast is that the
-// weights do not depend on the activations: every CTA owns a fixed slice of rows of every linear layer and
-// copies the NEXT layer's slices into shared memory with bulk asynchronous copies (cp.async.bulk, completed on
-// an mbarrier) while it computes this one, so the barriers and the DRAM latency overlap the weight stream. The
-// output layer's slice (1/G of the vocabulary) streams through a ring of chunk buffers whose first chunks are
-// requested at the very start of the step.
+// Here one CTA per multiprocessor stays resident for the whole step and the phases meet at grid barriers (an
+// arrival count in global memory) instead of kernel boundaries. The weights do not depend on the activations:
+// every CTA owns a fixed slice of rows of every linear layer (with their bias rows and the phase's LayerNorm
+// parameters) and copies the NEXT layer's slices into shared memory with bulk asynchronous copies
+// (cp.async.bulk, completed on an mbarrier) while it computes this one, so the DRAM latency hides behind the
+// phases; the dot products run on the tensor cores from shared memory. Each CTA keeps its own rows of the
+// residual stream, and its attention item's older keys and values are copied in during the phase before. The
+// output layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
+//
+// Measured (H100, GPT-2 124M, 129 keys): 289 µs a step against ~300 µs for the same step as 62 kernels with
+// programmatic launch. About 1.2-2 µs of each phase is the barrier (and the slowest CTA); the rest is the chain
+// of dependent loads and reductions inside the phase (decode_step_tests --gpt2 in a profiling build).
 //
 // Phases of a layer (G CTAs; a grid barrier after each):
 //   A  x -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight into the cache at *pos
@@ -18,11 +23,11 @@
 //   D  x -> LayerNorm -> MLP rows: h[r] = gelu_new(x · Wfc[r] + b[r])
 //   E  MLP output rows: x[r] += h · Wproj[r] + b[r]
 // then the final LayerNorm and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the
-// last CTA to finish writes the next token and position and leaves the sync words zeroed for the next step.
+// last CTA to finish writes the next token and position and re-zeroes the sync words for the next step.
 //
-// Numerics follow the separate kernels: LayerNorm statistics in fp32 (both moments in one pass) with the normalised row rounded to the
-// dtype, dot products in fp32, one rounding of each stored value (qkv, attention output, residual stream, MLP
-// activation, logits). Reductions run in a fixed order, so a step is deterministic.
+// Numerics follow the separate kernels: LayerNorm statistics in fp32 (both moments in one pass) with the
+// normalised row rounded to the dtype, dot products in fp32, one rounding of each stored value (qkv, attention
+// output, residual stream, MLP activation, logits). Reductions run in a fixed order: a step is deterministic.
 #include "decode_step.h"
 
 #include <algorithm>
@@ -478,8 +483,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     bulkCopy(smem + pl.lnfOff + nBytes, p.lnfB, nBytes, &bars[kSlots]);
   }
 
-  // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it) and keeps its own rows;
-  // CTA 0 stores the whole row for the others' first residual add... which they take from their own copy.
+  // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it) and keeps its own rows.
   float2 moments = make_float2(0.f, 0.f);
   {
     const bool ok = tok >= 0 && tok < p.vocab && pos >= 0 && pos < p.maxPositions;
