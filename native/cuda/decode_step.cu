@@ -2,9 +2,8 @@
 //
 // Why: a GPT-2 124M token reads 250 MB of weights, 82 µs at an H100's copy bandwidth, but as 62 kernels each
 // costs at least ~2.5 µs of launch, ramp and drain however small its weight (a 768 x 768 projection is 1.2 MB).
-// Here one CTA per multiprocessor stays resident for the whole step, and the phases hand each other their results
-// as tagged words in global memory (a consumer spins on the words it needs until they carry its epoch) instead of
-// meeting at kernel boundaries or grid barriers. The weights do not depend on the activations:
+// Here one CTA per multiprocessor stays resident for the whole step and the phases meet at grid barriers (an
+// arrival count in global memory) instead of kernel boundaries. The weights do not depend on the activations:
 // every CTA owns a fixed slice of rows of every linear layer (with their bias rows and the phase's LayerNorm
 // parameters) and copies the NEXT layer's slices into shared memory with bulk asynchronous copies
 // (cp.async.bulk, completed on an mbarrier) while it computes this one, so the DRAM latency hides behind the
@@ -16,7 +15,7 @@
 // programmatic launch. About 1.2-2 µs of each phase is the barrier (and the slowest CTA); the rest is the chain
 // of dependent loads and reductions inside the phase (decode_step_tests --gpt2 in a profiling build).
 //
-// Phases of a layer (G CTAs; each consumes all of the previous phase's output):
+// Phases of a layer (G CTAs; a grid barrier after each):
 //   A  x -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight into the cache at *pos
 //   B  attention: (head, split of the keys) items, each CTA one at most, its older keys and values copied into
 //      shared memory during A; each writes its split's (max, sum, unnormalised output)
@@ -74,8 +73,8 @@ struct Plan {
   int actOff, actTOff, partOff, redOff, barOff, smem;
   int maxSplits, maxKeys;
   // workspace byte offsets
-  int wsQkv, wsAttn, wsH, wsEnd;
-  int tagOff;  // byte offset of the tagged words (stTagged) in the sync memory
+  int wsQkv, wsAttn, wsH, wsPart;
+  int syncFlagsOff;  // byte offset of the barrier's arrival count in the sync words (a cache line of its own)
 };
 
 static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
@@ -118,6 +117,25 @@ __device__ __forceinline__ void bulkCopy(void* dst, const void* src, uint32_t by
                : "memory");
 }
 
+// Grid barrier: every CTA adds one to `count` with release semantics (what its threads wrote before the
+// __syncthreads is published with it; a reduction, so nothing waits for a reply) and polls it with acquire loads
+// until all G arrivals of this barrier are in (count is monotonic within a step; the step's last CTA out re-zeroes
+// it). One thread a CTA takes part. afterArrive runs on thread 0 once its CTA has arrived and every thread's work
+// is done, overlapping the wait (the slot refills are issued there).
+template <class F>
+__device__ __forceinline__ void gridBarrier(uint32_t* count, uint32_t target, F&& afterArrive) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
+    afterArrive();
+    uint32_t v;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
+    } while (v < target);
+  }
+  __syncthreads();
+}
+
 // The weights: read once, straight into registers, without allocating in L1 (as gemv.cu).
 __device__ __forceinline__ uint4 ldgStream(const void* p) {
   uint4 v;
@@ -127,11 +145,37 @@ __device__ __forceinline__ uint4 ldgStream(const void* p) {
   return v;
 }
 
-// Plain stores of what is only read after the step (the cache row for later steps, the workspace copies the tests
-// inspect): through L2, as volatile asm.
+// Loads and stores of what other CTAs of this step write or read (activations, the cache, partial results):
+// through L2 (L1 is not coherent), and as volatile asm (stores also with a memory clobber). The CUDA headers'
+// __ldcg/__stcg are plain asm that the compiler may move across the grid barrier (a loop-invariant address is
+// even hoisted out of the layer loop), which reads the workspace before another CTA wrote it. A volatile asm
+// stays where it is relative to the barriers, and loads without a clobber can still be issued back to back.
+__device__ __forceinline__ uint16_t ldShared16(const void* p) {
+  uint16_t v;
+  asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float ldSharedF(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 ldShared128(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
 template <class T>
-__device__ __forceinline__ void stL2(T* p, T v) {
+__device__ __forceinline__ float ldShared(const T* p) {
+  const uint16_t u = ldShared16(p);
+  return toFloat(*reinterpret_cast<const T*>(&u));
+}
+template <class T>
+__device__ __forceinline__ void stShared(T* p, T v) {
   asm volatile("st.global.cg.u16 [%0], %1;" ::"l"(p), "h"(*reinterpret_cast<const uint16_t*>(&v)) : "memory");
+}
+__device__ __forceinline__ void stSharedF(float* p, float v) {
+  asm volatile("st.global.cg.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory");
 }
 
 // Two packed 16-bit values in a register -> two floats.
@@ -148,40 +192,6 @@ template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u)
 }
 // Eight 16-bit values held in registers -> floats, word by word: reading the uint4 through a T* instead lets the
 // compiler split the 16-byte shared-memory load it came from into eight 2-byte loads (8x the instructions).
-// Data-flow synchronisation: what one phase hands to the next travels as 64-bit words {value bits, tag}, stored
-// with one single-copy-atomic 8-byte store; a consumer spins on the word until its tag is the epoch it expects,
-// and then has the value (no barrier, no fence: the value and its tag arrive together). Tags only grow (a step's
-// base is one above the last step's last epoch), and the words live in memory zeroed once, so an old word never
-// carries the expected tag. Write-after-read is safe because every phase consumes all of the previous phase's
-// output: a CTA can only produce the next value of a word after every CTA has read the current one.
-__device__ __forceinline__ void stTagged(uint64_t* p, uint32_t bits, uint32_t tag) {
-  const uint64_t v = (static_cast<uint64_t>(tag) << 32) | bits;
-  asm volatile("st.global.cg.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ uint64_t ldWord(const uint64_t* p) {
-  uint64_t v;
-  asm volatile("ld.global.cg.u64 %0, [%1];" : "=l"(v) : "l"(p));
-  return v;
-}
-// The value bits of *p once its tag is `tag`.
-__device__ __forceinline__ uint32_t ldTagged(const uint64_t* p, uint32_t tag) {
-  uint64_t v = ldWord(p);
-  while (static_cast<uint32_t>(v >> 32) != tag) {
-    __nanosleep(32);
-    v = ldWord(p);
-  }
-  return static_cast<uint32_t>(v);
-}
-template <class T>
-__device__ __forceinline__ uint32_t bitsOf(T v) {
-  return *reinterpret_cast<const uint16_t*>(&v);
-}
-template <class T>
-__device__ __forceinline__ float fromBits(uint32_t b) {
-  const uint16_t u = static_cast<uint16_t>(b);
-  return toFloat(*reinterpret_cast<const T*>(&u));
-}
-
 template <class T>
 __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -233,30 +243,30 @@ __device__ __forceinline__ float geluNew(float v) {
   return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
-// act[0..n) (and its dtype copy actT) = a vector the previous phase handed over as tagged words, once every word
-// carries `tag`; all of a thread's words are requested before any is waited for. Returns this thread's (sum, sum of
-// squares) of its values, for a LayerNorm that follows.
+// act[0..n) = a vector another CTA wrote in this step (n a multiple of 8): every 16-byte load issued before any
+// is used. Returns this thread's (sum, sum of squares) of what it loaded, for a LayerNorm that follows.
 template <class T>
-__device__ __forceinline__ float2 loadActTagged(float* act, T* actT, const uint64_t* src, int n, uint32_t tag) {
-  constexpr int kMaxPer = 16;  // n <= 16 * kThreads = 4096
-  uint64_t v[kMaxPer];
+__device__ __forceinline__ float2 loadAct(float* act, T* actT, const T* src, int n) {
+  constexpr int kMaxPer = 2;  // n <= 2 * 8 * kThreads = 4096
+  const int chunks = n / 8;
+  uint4 v[kMaxPer];
 #pragma unroll
   for (int j = 0; j < kMaxPer; ++j) {
-    const int i = threadIdx.x + j * kThreads;
-    if (i < n) v[j] = ldWord(src + i);
+    const int c = threadIdx.x + j * kThreads;
+    if (c < chunks) v[j] = ldShared128(src + 8 * c);
   }
   float s = 0.f, q = 0.f;
 #pragma unroll
   for (int j = 0; j < kMaxPer; ++j) {
-    const int i = threadIdx.x + j * kThreads;
-    if (i >= n) continue;
-    const uint32_t b = static_cast<uint32_t>(v[j] >> 32) == tag ? static_cast<uint32_t>(v[j]) : ldTagged(src + i, tag);
-    const uint16_t u = static_cast<uint16_t>(b);
-    const T t = *reinterpret_cast<const T*>(&u);
-    const float f = toFloat(t);
-    act[i] = f;
-    actT[i] = t;
-    s += f, q += f * f;
+    const int c = threadIdx.x + j * kThreads;
+    if (c >= chunks) continue;
+    float f[8];
+    unpack8<T>(v[j], f);
+    *reinterpret_cast<uint4*>(actT + 8 * c) = v[j];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s += f[e], q += f[e] * f[e];
+    *reinterpret_cast<float4*>(act + 8 * c) = make_float4(f[0], f[1], f[2], f[3]);
+    *reinterpret_cast<float4*>(act + 8 * c + 4) = make_float4(f[4], f[5], f[6], f[7]);
   }
   __syncthreads();
   return make_float2(s, q);
@@ -400,22 +410,17 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   T* qkv = reinterpret_cast<T*>(ws + pl.wsQkv);
   T* attn = reinterpret_cast<T*>(ws + pl.wsAttn);
   T* hbuf = reinterpret_cast<T*>(ws + pl.wsH);
+  // attention split results: (max, sum) pairs [heads][maxSplits], then outputs [heads][maxSplits][hd]
+  float* partML = reinterpret_cast<float*>(ws + pl.wsPart);
+  float* partO = partML + (static_cast<size_t>(2) * p.heads * pl.maxSplits + 3) / 4 * 4;  // 16-byte aligned
   char* sy = static_cast<char*>(p.sync);
   uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
-  // the tagged words phases hand each other (see stTagged)
-  uint64_t* xT = reinterpret_cast<uint64_t*>(sy + pl.tagOff);   // [H] residual stream
-  uint64_t* qkvT = xT + H;                                        // [3 H]
-  uint64_t* hT = qkvT + 3 * H;                                    // [F] MLP activation
-  uint64_t* mlT = hT + F;                                         // [heads][maxSplits] (max, sum)
-  uint64_t* oT = mlT + 2 * static_cast<size_t>(p.heads) * pl.maxSplits;  // [heads][maxSplits][hd]
+  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
 
   const int tok = p.ids[0], pos = *p.pos;
   const uint32_t gen = *genWord;
-  // Epoch of phase `phase` (0..4 = A..E) of layer l: above every epoch of the previous step.
-  const uint32_t tagBase = gen * (5u * static_cast<uint32_t>(L) + 2u) + 1u;
-  auto tagOf = [&](int l, int phase) { return tagBase + 5u * static_cast<uint32_t>(l) + static_cast<uint32_t>(phase); };
   const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
   int rb[kSlots], re[kSlots];
   for (int s = 0; s < kSlots; ++s) rowRange(N[s], cta, G, rb[s], re[s]);
@@ -494,16 +499,17 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     __syncthreads();
   }
 
-  uint32_t phases = 0;
+  uint32_t barriers = 0;
   DBG_T(0);
-  // The end of a phase on this CTA: once every thread is done with the slot it read (refill; -1: none), thread 0
-  // requests the next layer's rows into it. Debug builds stamp CTA 0's clock (2k + 1, 2k + 2 around phase k's end).
-  auto phaseEnd = [&](int refill, int l) {
-    DBG_T(2 * phases + 1);
-    ++phases;
-    __syncthreads();
-    if (tid == 0 && refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
-    DBG_T(2 * phases);
+  // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it. refill: the slot whose rows this
+  // phase consumed gets the next layer's (-1: none).
+  auto sync = [&](int refill, int l) {
+    DBG_T(2 * barriers + 1);
+    ++barriers;
+    gridBarrier(barCount, barriers * static_cast<uint32_t>(G), [&] {
+      if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
+    });
+    DBG_T(2 * barriers);
   };
   const int T_ = min(pos + 1, p.capacity);
   const int splits = max(1, min(pl.maxSplits, (T_ + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
@@ -533,8 +539,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       if (biasOf(s, l)) v += toFloat(slotBias(s)[xb + tid - (xb & ~7)]);
       const float nv = roundTo<T>(xo[tid] + v);
       xo[tid] = nv;
-      stL2(x + xb + tid, fromFloat<T>(nv));
-      stTagged(xT + xb + tid, bitsOf(fromFloat<T>(nv)), tagOf(l, s == 1 ? 2 : 4));
+      stShared(x + xb + tid, fromFloat<T>(nv));
     }
   };
 
@@ -542,7 +547,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write (and the attention item's older keys and values on their way)
     if (tid == 0) issueKv(l);
-    if (l > 0) moments = loadActTagged(act, actT, xT, H, tagOf(l - 1, 4));
+    if (l > 0) moments = loadAct(act, actT, x, H);
     waitSlot(0, l);
     layerNorm(act, actT, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
     {
@@ -551,58 +556,51 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       if (tid < rows) {
         const int r = rb[0] + tid;
         const T v = fromFloat<T>(rowSum(part, tid, parts) + toFloat(slotBias(0)[r - (rb[0] & ~7)]));
-        stL2(qkv + r, v);
-        stTagged(qkvT + r, bitsOf(v), tagOf(l, 0));
+        stShared(qkv + r, v);
         if (r >= H && pos < p.capacity) {
           const int j = r - H, sec = j / H, c = j - sec * H, head = c / hd, d = c - head * hd;
           T* cache = static_cast<T*>(sec == 0 ? w.kCache : w.vCache);
-          stL2(cache + (static_cast<size_t>(head) * p.capacity + pos) * hd + d, v);
+          stShared(cache + (static_cast<size_t>(head) * p.capacity + pos) * hd + d, v);
         }
       }
     }
-    phaseEnd(0, l);
+    sync(0, l);
 
     // ---- B: attention over the cache [0, T_): this CTA's (head, split) item
     {
+      const T* kc = static_cast<const T*>(w.kCache);
+      const T* vc = static_cast<const T*>(w.vCache);
       float* qs = act;                // [hd]
       float* sc = act + hd;           // [maxKeys]
       float* ored = sc + pl.maxKeys;  // [kThreads]
-      float* newK = ored + kThreads;  // [hd] the key and value of this step's token (when this item has it)
-      float* newV = newK + hd;        // [hd]
       if (hasItem) {
-        const int h = itemHead, sp = itemSplit, n = itemN;
-        const uint32_t tagA = tagOf(l, 0);
-        if (tid < hd) {
-          qs[tid] = fromBits<T>(ldTagged(qkvT + h * hd + tid, tagA)) * p.scale;
-          if (nOld < n) {  // the key at pos: phase A's, handed over (the cache row is for later steps)
-            newK[tid] = fromBits<T>(ldTagged(qkvT + H + h * hd + tid, tagA));
-            newV[tid] = fromBits<T>(ldTagged(qkvT + 2 * H + h * hd + tid, tagA));
-          }
-        }
+        const int h = itemHead, sp = itemSplit, k0 = itemK0, n = itemN;
+        if (tid < hd) qs[tid] = ldShared(qkv + h * hd + tid) * p.scale;
         if (nOld > 0) mbarWait(&bars[kSlots + 1], l & 1);
         __syncthreads();
-        // keys before pos from shared memory (copied during phase A), the one at pos from newK
+        // keys before pos from shared memory, the one at pos (written in phase A) from the cache
+        auto keyRow = [&](int j) -> const T* {
+          return j < nOld ? kvK + static_cast<size_t>(j) * hd : kc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd;
+        };
         float m = -INFINITY;
         for (int j = tid; j < n; j += kThreads) {
+          const T* kr = keyRow(j);
+          const bool fresh = j >= nOld;
           float dot = 0.f;
-          if (j < nOld) {
-            const T* kr = kvK + static_cast<size_t>(j) * hd;
-            for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
-              uint4 kv[8];
+          for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
+            uint4 kv[8];
 #pragma unroll
-              for (int c = 0; c < 8; ++c)
-                if (d0 + 8 * c < hd) kv[c] = *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
+            for (int c = 0; c < 8; ++c)
+              if (d0 + 8 * c < hd)
+                kv[c] = fresh ? ldShared128(kr + d0 + 8 * c) : *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
 #pragma unroll
-              for (int c = 0; c < 8; ++c) {
-                if (d0 + 8 * c >= hd) break;
-                float kf[8];
-                unpack8<T>(kv[c], kf);
+            for (int c = 0; c < 8; ++c) {
+              if (d0 + 8 * c >= hd) break;
+              float kf[8];
+              unpack8<T>(kv[c], kf);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
-              }
+              for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
             }
-          } else {
-            for (int d = 0; d < hd; ++d) dot += qs[d] * newK[d];
           }
           sc[j] = dot;
           m = fmaxf(m, dot);
@@ -617,22 +615,24 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         lsum = blockSum(lsum, red);  // its __syncthreads also publishes sc
         const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
         float o = 0.f;
-        for (int j = grp; j < n; j += groups)
-          o += sc[j] * (j < nOld ? toFloat(kvV[static_cast<size_t>(j) * hd + d]) : newV[d]);
+        for (int j = grp; j < n; j += groups) {
+          const float v = j < nOld ? toFloat(kvV[static_cast<size_t>(j) * hd + d])
+                                   : ldShared(vc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd + d);
+          o += sc[j] * v;
+        }
         ored[tid] = o;
         __syncthreads();
         // This split's partial result: (max, sum of exponentials) and the unnormalised output. Phase C merges.
-        const uint32_t tagB = tagOf(l, 1);
-        const size_t idx = static_cast<size_t>(h) * pl.maxSplits + sp;
         if (tid < hd) {
-          float sum = 0.f;
-          for (int g = 0; g < groups; ++g) sum += ored[g * hd + tid];
-          stTagged(oT + idx * hd + tid, __float_as_uint(sum), tagB);
+          float s = 0.f;
+          for (int g = 0; g < groups; ++g) s += ored[g * hd + tid];
+          stSharedF(partO + static_cast<size_t>(h * pl.maxSplits + sp) * hd + tid, s);
         }
-        if (tid == 0) stTagged(mlT + 2 * idx, __float_as_uint(m), tagB), stTagged(mlT + 2 * idx + 1, __float_as_uint(lsum), tagB);
+        if (tid == 0) stSharedF(partML + 2 * (h * pl.maxSplits + sp), m), stSharedF(partML + 2 * (h * pl.maxSplits + sp) + 1, lsum);
+        __syncthreads();
       }
     }
-    phaseEnd(-1, l);
+    sync(-1, l);
 
     // ---- C: every CTA merges the attention's split results into act (all heads: the projection needs the whole
     // vector), then its rows of the output projection into the residual stream
@@ -640,12 +640,10 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       float* fm = reinterpret_cast<float*>(smem + pl.facOff);  // [heads * splits] max, then the factor
       float* fl = fm + pl.grid;                                 // [heads * splits] sum of exponentials
       const int nml = p.heads * splits;
-      const uint32_t tagB = tagOf(l, 1);
       for (int t = tid; t < nml; t += kThreads) {
         const int h = t / splits, sp = t - h * splits;
-        const uint64_t* ml = mlT + 2 * (static_cast<size_t>(h) * pl.maxSplits + sp);
-        fm[t] = __uint_as_float(ldTagged(ml, tagB));
-        fl[t] = __uint_as_float(ldTagged(ml + 1, tagB));
+        fm[t] = ldSharedF(partML + 2 * (h * pl.maxSplits + sp));
+        fl[t] = ldSharedF(partML + 2 * (h * pl.maxSplits + sp) + 1);
       }
       __syncthreads();
       for (int h = tid; h < p.heads; h += kThreads) {
@@ -663,26 +661,19 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       __syncthreads();
       for (int q = tid; q < H / 4; q += kThreads) {  // 4 consecutive values a thread, every split's load in flight
         const int i = 4 * q, h = i / hd, d = i - h * hd;
-        const uint64_t* o = oT + static_cast<size_t>(h * pl.maxSplits) * hd + d;
+        const float* o = partO + static_cast<size_t>(h * pl.maxSplits) * hd + d;
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int s0 = 0; s0 < splits; s0 += 6) {  // 6 splits x 4 values: 24 words requested at once
-          uint64_t ov[6][4];
+        for (int s0 = 0; s0 < splits; s0 += 12) {
+          uint4 ov[12];
 #pragma unroll
-          for (int j = 0; j < 6; ++j)
+          for (int j = 0; j < 12; ++j)
+            ov[j] = s0 + j < splits ? ldShared128(o + static_cast<size_t>(s0 + j) * hd) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-              ov[j][e] = s0 + j < splits ? ldWord(o + static_cast<size_t>(s0 + j) * hd + e) : 0;
-#pragma unroll
-          for (int j = 0; j < 6; ++j) {
+          for (int j = 0; j < 12; ++j) {
             if (s0 + j >= splits) break;
             const float f = fm[h * splits + s0 + j];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const uint32_t b = static_cast<uint32_t>(ov[j][e] >> 32) == tagB
-                                     ? static_cast<uint32_t>(ov[j][e])
-                                     : ldTagged(o + static_cast<size_t>(s0 + j) * hd + e, tagB);
-              acc[e] += f * __uint_as_float(b);
-            }
+            acc[0] += f * __uint_as_float(ov[j].x), acc[1] += f * __uint_as_float(ov[j].y);
+            acc[2] += f * __uint_as_float(ov[j].z), acc[3] += f * __uint_as_float(ov[j].w);
           }
         }
 #pragma unroll
@@ -690,17 +681,17 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
           const T v = fromFloat<T>(acc[e]);
           act[i + e] = toFloat(v);
           actT[i + e] = v;
-          if (cta == 0) stL2(attn + i + e, v);  // kept for inspection (the tests read it)
+          if (cta == 0) stShared(attn + i + e, v);  // kept for inspection (the tests read it)
         }
       }
       __syncthreads();
     }
     waitSlot(1, l);
     intoResidual(1, l, sliceDotsMma(slot(1), re[1] - rb[1], H, actT, part));
-    phaseEnd(1, l);
+    sync(1, l);
 
     // ---- D: LayerNorm, MLP input with gelu_new
-    moments = loadActTagged(act, actT, xT, H, tagOf(l, 2));
+    moments = loadAct(act, actT, x, H);
     waitSlot(2, l);
     layerNorm(act, actT, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
     {
@@ -710,23 +701,21 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         const int r = rb[2] + tid;
         float v = rowSum(part, tid, parts);
         if (w.fcB) v += toFloat(slotBias(2)[r - (rb[2] & ~7)]);
-        const T hv = fromFloat<T>(geluNew(v));
-        stL2(hbuf + r, hv);
-        stTagged(hT + r, bitsOf(hv), tagOf(l, 3));
+        stShared(hbuf + r, fromFloat<T>(geluNew(v)));
       }
     }
-    phaseEnd(2, l);
+    sync(2, l);
 
     // ---- E: MLP output into the residual stream
-    loadActTagged(act, actT, hT, F, tagOf(l, 3));
+    loadAct(act, actT, hbuf, F);
     waitSlot(3, l);
     intoResidual(3, l, sliceDotsMma(slot(3), re[3] - rb[3], F, actT, part));
-    phaseEnd(3, l);
+    sync(3, l);
   }
 
   // ---- final LayerNorm, the output layer's rows of this CTA (straight from global memory, 4 rows a warp at a
   // time: 12 loads of 16 bytes in flight a lane at H = 768) and their argmax
-  moments = loadActTagged(act, actT, xT, H, tagOf(L - 1, 4));
+  moments = loadAct(act, actT, x, H);
   mbarWait(&bars[kSlots], 0);
   layerNorm(act, actT, H, moments, reinterpret_cast<const T*>(smem + pl.lnfOff),
             reinterpret_cast<const T*>(smem + pl.lnfOff) + H, p.eps, red);
@@ -801,6 +790,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       p.lens[0] = pos + 2;
       *best = 0;
       *exitCount = 0;
+      *barCount = 0;
       *genWord = gen + 1;
       __threadfence();
     }
@@ -835,7 +825,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.facOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(2) * grid * 4);
   const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
-                                             static_cast<size_t>(3 * p.headDim + pl.maxKeys + kThreads)});
+                                             static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
   pl.actOff = static_cast<int>(off);
   off += align16(actFloats * 4);
   pl.actTOff = static_cast<int>(off);  // the same vector in the dtype, for the tensor cores
@@ -854,8 +844,8 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   w += align16(static_cast<size_t>(H) * esz);
   pl.wsH = static_cast<int>(w);
   w += align16(static_cast<size_t>(F) * esz);
-  pl.wsEnd = static_cast<int>(w);
-  pl.tagOff = 128;
+  pl.wsPart = static_cast<int>(w);
+  pl.syncFlagsOff = static_cast<int>((16 + static_cast<size_t>(std::max(p.heads, 1)) * 4 + 127) / 128 * 128);
   return pl;
 }
 
@@ -884,7 +874,7 @@ void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
 size_t decodeStepWorkspaceBytes(const DecodeStepParams& p) {
   const int grid = gridFor();
   const Plan pl = makePlan(p, grid);
-  return pl.wsEnd;
+  return pl.wsPart + static_cast<size_t>(p.heads) * pl.maxSplits * (p.headDim + 2) * 4 + 16;
 }
 
 DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
@@ -901,9 +891,7 @@ void decodeStepDebugTimes(std::vector<unsigned long long>& t) {
 
 size_t decodeStepSyncBytes(const DecodeStepParams& p) {
   const int grid = gridFor();
-  const Plan pl = makePlan(p, grid);
-  return pl.tagOff + 8 * (4 * static_cast<size_t>(p.hidden) + p.ffn +
-                          static_cast<size_t>(p.heads) * pl.maxSplits * (p.headDim + 2));
+  return makePlan(p, grid).syncFlagsOff + 256;
 }
 
 std::string decodeStepProblem(const DecodeStepParams& p) {

@@ -727,7 +727,7 @@ class CudaBackend final : public Backend {
 
   // The fused decode attention's counters: one per (sequence, KV head) of a step, shared by every layer.
   static constexpr int64_t kDecodeCounters = int64_t{1} << 16;
-  static constexpr size_t kStepSyncBytes = size_t{1} << 20;  // sync words and the tagged hand-over words
+  static constexpr size_t kStepSyncBytes = 4096;
   static constexpr size_t kQueuedBytes = 4096;  // a queued download (the next tokens of a decode step)
 
   void activate() { FL_CUDA_CHECK(cudaSetDevice(deviceIndex())); }
