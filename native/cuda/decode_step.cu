@@ -33,6 +33,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "fragments.cuh"
+
 namespace flashlab::cuda {
 namespace {
 
@@ -178,35 +180,6 @@ __device__ __forceinline__ void stSharedF(float* p, float v) {
   asm volatile("st.global.cg.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory");
 }
 
-// Two packed 16-bit values in a register -> two floats.
-template <class T> __device__ __forceinline__ float2 unpack2(uint32_t u);
-template <> __device__ __forceinline__ float2 unpack2<__half>(uint32_t u) {
-  __half2 h;
-  memcpy(&h, &u, 4);
-  return __half22float2(h);
-}
-template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u) {
-  __nv_bfloat162 h;
-  memcpy(&h, &u, 4);
-  return __bfloat1622float2(h);
-}
-// Eight 16-bit values held in registers -> floats, word by word: reading the uint4 through a T* instead lets the
-// compiler split the 16-byte shared-memory load it came from into eight 2-byte loads (8x the instructions).
-template <class T>
-__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 p = unpack2<T>(w[i]);
-    f[2 * i] = p.x, f[2 * i + 1] = p.y;
-  }
-}
-
-__device__ __forceinline__ float warpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 __device__ __forceinline__ float warpMax(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -239,9 +212,6 @@ __device__ __forceinline__ float roundTo(float v) {
   return toFloat(fromFloat<T>(v));
 }
 
-__device__ __forceinline__ float geluNew(float v) {
-  return 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
 
 // act[0..n) = a vector another CTA wrote in this step (n a multiple of 8): every 16-byte load issued before any
 // is used. Returns this thread's (sum, sum of squares) of what it loaded, for a LayerNorm that follows.
@@ -302,28 +272,6 @@ __device__ __forceinline__ void layerNorm(float* act, T* actT, int n, float2 mom
     actT[i] = v;
   }
   __syncthreads();
-}
-
-template <class T>
-__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1);
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                 uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                                        uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // Warps per 16-row tile of a slice (its k split between them): 8 warps over the tiles.
@@ -701,7 +649,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         const int r = rb[2] + tid;
         float v = rowSum(part, tid, parts);
         if (w.fcB) v += toFloat(slotBias(2)[r - (rb[2] & ~7)]);
-        stShared(hbuf + r, fromFloat<T>(geluNew(v)));
+        stShared(hbuf + r, fromFloat<T>(geluNewF(v)));
       }
     }
     sync(2, l);
