@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <random>
@@ -319,6 +320,34 @@ void testCollectives(CpuBackend& be) {
   refused("a different row count", tensorFrom(be, {3, 2}, randomVec(6)), 0, "differ in rows");
 }
 
+// Backend::queueDownload / takeQueuedDownload (the default that the CPU backend inherits; the CUDA backend's
+// copies into pinned slots): each slot hands over what was queued into it, a later queue does not disturb the
+// other slot, and a take that does not match a queued download is refused.
+void testQueuedDownloads(CpuBackend& be) {
+  const std::vector<float> a = randomVec(5), b = randomVec(5);
+  Tensor ta = tensorFrom(be, {5}, a), tb = tensorFrom(be, {5}, b);
+  be.queueDownload(ta, 5 * sizeof(float), 0);
+  be.queueDownload(tb, 5 * sizeof(float), 1);
+  std::vector<float> got0(5), got1(5);
+  be.takeQueuedDownload(1, got1.data(), 5 * sizeof(float));
+  be.takeQueuedDownload(0, got0.data(), 5 * sizeof(float));
+  check("queued download, slot 0", got0.data(), std::vector<double>(a.begin(), a.end()), 0);
+  check("queued download, slot 1", got1.data(), std::vector<double>(b.begin(), b.end()), 0);
+  auto refused = [&](const std::string& what, const std::function<void()>& f, const std::string& mustSay) {
+    std::string msg;
+    try {
+      f();
+    } catch (const std::exception& e) {
+      msg = e.what();
+    }
+    const bool ok = msg.find(mustSay) != std::string::npos;
+    if (!ok) ++failures;
+    std::printf("%s queued downloads refuse %s: \"%s\"\n", ok ? "ok  " : "FAIL", what.c_str(), msg.c_str());
+  };
+  refused("a third slot", [&] { be.queueDownload(ta, 4, 2); }, "slot 2");
+  refused("a size that was not queued", [&] { be.takeQueuedDownload(0, got0.data(), 3 * sizeof(float)); }, "no download of 12 bytes");
+}
+
 }  // namespace
 
 int main() {
@@ -328,6 +357,7 @@ int main() {
   testAttention(be);
   testElementwise(be);
   testCollectives(be);
+  testQueuedDownloads(be);
   std::printf("%d failure%s\n", failures, failures == 1 ? "" : "s");
   return failures ? 1 : 0;
 }
