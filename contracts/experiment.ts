@@ -161,6 +161,11 @@ export const TpBreakdown = z.object({
 export type TpBreakdown = z.infer<typeof TpBreakdown>;
 
 /** Figures of one repeat. */
+/** How a run's decode steps were launched: op by op from the host ('eager'), as replays of one recorded CUDA graph
+ *  a step ('graph'), or as one persistent kernel a step inside that graph ('one-kernel': GPT-2, one row, one GPU). */
+export const DecodeLaunch = z.enum(['eager', 'graph', 'one-kernel']);
+export type DecodeLaunch = z.infer<typeof DecodeLaunch>;
+
 export const RepeatFigures = z.object({
   prefillMs: z.number(),
   tpotMs: z.number(),
@@ -172,6 +177,8 @@ export const RepeatFigures = z.object({
   decodeMs: z.array(z.number()).optional(),
   /** Tensor-parallel runs only: the compute / all-reduce split of one decode token. */
   tpBreakdown: TpBreakdown.optional(),
+  /** How the decode steps were launched (absent on runs recorded before agents reported it, and on imports). */
+  decodeLaunch: DecodeLaunch.optional(),
 });
 export type RepeatFigures = z.infer<typeof RepeatFigures>;
 

@@ -19,3 +19,20 @@ export type GroupSortField = (typeof GROUP_SORTABLE)[number];
 export function isGroupSortField(f: string): f is GroupSortField {
   return (GROUP_SORTABLE as readonly string[]).includes(f);
 }
+
+/** How a run's decode steps were launched, in words, from its repeats' `decodeLaunch` (null when no repeat says:
+ *  runs recorded before agents reported it, and imported bundles). Repeats that disagree are listed with counts. */
+export function decodeLaunchLabel(
+  repeats: readonly { decodeLaunch?: 'eager' | 'graph' | 'one-kernel' }[],
+): string | null {
+  const words = {
+    eager: 'op by op from the host (eager)',
+    graph: 'replays of one recorded CUDA graph a step',
+    'one-kernel': 'one persistent kernel a step (in a CUDA graph)',
+  } as const;
+  const counts = new Map<keyof typeof words, number>();
+  for (const r of repeats) if (r.decodeLaunch) counts.set(r.decodeLaunch, (counts.get(r.decodeLaunch) ?? 0) + 1);
+  if (counts.size === 0) return null;
+  if (counts.size === 1) return words[[...counts.keys()][0]];
+  return [...counts].map(([k, n]) => `${words[k]} × ${n}`).join('; ');
+}

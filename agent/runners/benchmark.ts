@@ -1,12 +1,18 @@
 // The benchmark job: load (or reuse) the engine for a configuration, warm up, run the measured repeats with
 // greedy decoding, and return every repeat's figures, their summary and where they were measured.
-import type { EnvironmentRecord, JobConfig, RepeatFigures, RunResult } from '../../contracts/experiment';
+import type { DecodeLaunch, EnvironmentRecord, JobConfig, RepeatFigures, RunResult } from '../../contracts/experiment';
 import { KNOWN_MODELS } from '../../contracts/models';
 import { seededRandom } from '../../lib/stats';
 import type { Engine } from '../../native/engine';
 import type { EngineCache, EngineSpec } from '../engine-cache';
 import { summarizeRepeats } from '../stats';
 import { tpBreakdownOf, wantsTpBreakdown } from './tp-breakdown';
+
+/** How a generate's decode steps were launched, from what the engine reports. */
+export function decodeLaunchOf(out: { decodeGraphs: boolean; decodeOneLaunch?: boolean }): DecodeLaunch {
+  if (out.decodeGraphs) return out.decodeOneLaunch ? 'one-kernel' : 'graph';
+  return 'eager';
+}
 
 export interface BenchmarkContext {
   engines: EngineCache;
@@ -115,6 +121,7 @@ export class Measurement {
       kvCacheBytes: out.memory.kvCacheBytes,
       weightsBytes: out.memory.weightsBytes,
       decodeMs: out.timings.decodeMs,
+      decodeLaunch: decodeLaunchOf(out),
     };
     const tp = tpBreakdownOf(out.timings, askBreakdown);
     if (tp.breakdown) figures.tpBreakdown = tp.breakdown;

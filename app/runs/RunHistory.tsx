@@ -7,7 +7,7 @@ import { usePathname, useRouter, useSearchParams } from 'next/navigation';
 import { Fragment, useMemo, useRef, useState } from 'react';
 import { toCsv } from '@/lib/csv';
 import { formatBytes, formatDate, formatMs, formatPercent, formatRate, methodLabel } from '@/lib/format';
-import { type GroupSortField, isGroupSortField } from '@/lib/run-history';
+import { decodeLaunchLabel, type GroupSortField, isGroupSortField } from '@/lib/run-history';
 import { breakdownsOf, summarizeTpBreakdowns } from '@/lib/tp-breakdown';
 import { downloadText } from '../_components/download';
 import { TpLayersCard } from '../_components/TpBreakdown';
@@ -631,6 +631,7 @@ function RunDetails({ id }: { id: string }) {
     ['Experiment', r.experiment.name],
     ['Weights', r.weightsKind],
     ['Tensor parallel', r.tp > 1 ? `TP=${r.tp} (${r.tp} shards)` : 'none (TP=1)'],
+    ['Decode steps', decodeLaunchLabel(r.repeats)],
     ['Warm-up runs', String(r.warmup)],
     ['Agent', `${env.agentName ?? r.agentName} on ${env.hostname ?? r.hostname}`],
     ['Backend', env.backend],

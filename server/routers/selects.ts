@@ -1,7 +1,7 @@
 // What the routers read of jobs and runs, and how they filter them: one definition each, so that a field added to
 // a configuration or a change to tag matching reaches every page at once.
 import { z } from 'zod';
-import { EnvironmentRecord, RepeatFigures, TpBreakdown } from '../../contracts/experiment';
+import { DecodeLaunch, EnvironmentRecord, RepeatFigures, TpBreakdown } from '../../contracts/experiment';
 import type { PrismaNs } from '../db';
 
 /** The columns that make up one benchmark configuration, on both Job and Run (and the groupBy keys for them). */
@@ -74,8 +74,15 @@ export function tagWhere(tag: string): { tagList: { contains: string } } {
 
 // A run's JSON columns were written by whichever engine and server version stored it: a view reads what it can
 // and shows the rest as missing rather than failing the whole page.
-// A breakdown that does not parse costs only itself, not the repeat's timings.
-const StoredRepeats = z.array(RepeatFigures.extend({ tpBreakdown: TpBreakdown.optional().catch(undefined) })).catch([]);
+// A breakdown (or a decode-launch value) that does not parse costs only itself, not the repeat's timings.
+const StoredRepeats = z
+  .array(
+    RepeatFigures.extend({
+      tpBreakdown: TpBreakdown.optional().catch(undefined),
+      decodeLaunch: DecodeLaunch.optional().catch(undefined),
+    }),
+  )
+  .catch([]);
 const StoredEnvironment = EnvironmentRecord.partial().catch({});
 
 /** A run's `repeats` column, or no repeats when it does not parse. */

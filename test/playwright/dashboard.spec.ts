@@ -167,6 +167,9 @@ test('the history lists the runs, groups repeats and exports CSV', async ({ page
   await expect(details.locator('tbody tr')).toHaveCount(3);
   await expect(details).toContainText('Engine build');
   await expect(details).toContainText('Backend');
+  // The embedded CPU agent launches decode op by op (CUDA graphs and the one-kernel step are the GPU's).
+  await expect(details).toContainText('Decode steps');
+  await expect(details).toContainText('op by op from the host (eager)');
   await screenshot(page, 'runs');
 });
 
