@@ -1,5 +1,6 @@
 // What the run history can order its configuration groups by: the groups router validates against this list and
 // the history page keeps the table's sort for the grouped view only when it is one of them.
+import type { DecodeLaunch } from '../contracts/experiment';
 
 /** Group figures a grouped history can sort by (see server/routers/runs.ts `groups` for how each is ordered). */
 export const GROUP_SORTABLE = [
@@ -22,15 +23,13 @@ export function isGroupSortField(f: string): f is GroupSortField {
 
 /** How a run's decode steps were launched, in words, from its repeats' `decodeLaunch` (null when no repeat says:
  *  runs recorded before agents reported it, and imported bundles). Repeats that disagree are listed with counts. */
-export function decodeLaunchLabel(
-  repeats: readonly { decodeLaunch?: 'eager' | 'graph' | 'one-kernel' }[],
-): string | null {
-  const words = {
+export function decodeLaunchLabel(repeats: readonly { decodeLaunch?: DecodeLaunch }[]): string | null {
+  const words: Record<DecodeLaunch, string> = {
     eager: 'op by op from the host (eager)',
     graph: 'replays of one recorded CUDA graph a step',
     'one-kernel': 'one persistent kernel a step (in a CUDA graph)',
-  } as const;
-  const counts = new Map<keyof typeof words, number>();
+  };
+  const counts = new Map<DecodeLaunch, number>();
   for (const r of repeats) if (r.decodeLaunch) counts.set(r.decodeLaunch, (counts.get(r.decodeLaunch) ?? 0) + 1);
   if (counts.size === 0) return null;
   if (counts.size === 1) return words[[...counts.keys()][0]];
