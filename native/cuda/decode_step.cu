@@ -76,7 +76,7 @@ struct Plan {
   int maxSplits, maxKeys;
   // workspace byte offsets
   int wsQkv, wsAttn, wsH, wsPart;
-  int syncFlagsOff;  // byte offset of the barrier's arrival count in the sync words (a cache line of its own)
+  int barCountOff;  // byte offset of the barrier's arrival count in the sync words (a cache line of its own)
 };
 
 static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
@@ -365,7 +365,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
-  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.syncFlagsOff);
+  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.barCountOff);
 
   const int tok = p.ids[0], pos = *p.pos;
   const uint32_t gen = *genWord;
@@ -480,11 +480,17 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     bulkCopy(kvK, static_cast<const T*>(w.kCache) + row0 * hd, bytes, &bars[kSlots + 1]);
     bulkCopy(kvV, static_cast<const T*>(w.vCache) + row0 * hd, bytes, &bars[kSlots + 1]);
   };
+  // Thread tid's row of slot s after the dot products: its parts summed, plus its bias (from the slot's bias window,
+  // which starts at the slice's first row rounded down to 8).
+  auto rowOut = [&](int s, int l, int parts) {
+    float v = rowSum(part, tid, parts);
+    if (biasOf(s, l)) v += toFloat(slotBias(s)[rb[s] + tid - (rb[s] & ~7)]);
+    return v;
+  };
   // Epilogue of the two row-parallel layers: the residual stream's own rows take the product, and are published.
   auto intoResidual = [&](int s, int l, int parts) {
     if (tid < xRows) {
-      float v = rowSum(part, tid, parts);
-      if (biasOf(s, l)) v += toFloat(slotBias(s)[xb + tid - (xb & ~7)]);
+      const float v = rowOut(s, l, parts);
       const float nv = roundTo<T>(xo[tid] + v);
       xo[tid] = nv;
       stShared(x + xb + tid, fromFloat<T>(nv));
@@ -503,7 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       const int parts = sliceDotsMma(slot(0), rows, H, actT, part);
       if (tid < rows) {
         const int r = rb[0] + tid;
-        const T v = fromFloat<T>(rowSum(part, tid, parts) + toFloat(slotBias(0)[r - (rb[0] & ~7)]));
+        const T v = fromFloat<T>(rowOut(0, l, parts));
         stShared(qkv + r, v);
         if (r >= H && pos < p.capacity) {
           const int j = r - H, sec = j / H, c = j - sec * H, head = c / hd, d = c - head * hd;
@@ -645,12 +651,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     {
       const int rows = re[2] - rb[2];
       const int parts = sliceDotsMma(slot(2), rows, H, actT, part);
-        if (tid < rows) {
-        const int r = rb[2] + tid;
-        float v = rowSum(part, tid, parts);
-        if (w.fcB) v += toFloat(slotBias(2)[r - (rb[2] & ~7)]);
-        stShared(hbuf + r, fromFloat<T>(geluNewF(v)));
-      }
+      if (tid < rows) stShared(hbuf + rb[2] + tid, fromFloat<T>(geluNewF(rowOut(2, l, parts))));
     }
     sync(2, l);
 
@@ -793,7 +794,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.wsH = static_cast<int>(w);
   w += align16(static_cast<size_t>(F) * esz);
   pl.wsPart = static_cast<int>(w);
-  pl.syncFlagsOff = static_cast<int>((16 + static_cast<size_t>(std::max(p.heads, 1)) * 4 + 127) / 128 * 128);
+  pl.barCountOff = static_cast<int>((16 + static_cast<size_t>(std::max(p.heads, 1)) * 4 + 127) / 128 * 128);
   return pl;
 }
 
@@ -839,7 +840,7 @@ void decodeStepDebugTimes(std::vector<unsigned long long>& t) {
 
 size_t decodeStepSyncBytes(const DecodeStepParams& p) {
   const int grid = gridFor();
-  return makePlan(p, grid).syncFlagsOff + 256;
+  return makePlan(p, grid).barCountOff + 256;
 }
 
 std::string decodeStepProblem(const DecodeStepParams& p) {

@@ -505,6 +505,7 @@ class CudaBackend final : public Backend {
         st.layers.size() > static_cast<size_t>(cuda::kDecodeStepMaxLayers) || st.layers.empty())
       return false;
     auto ok = [&](const Tensor* t) { return !t || (t->dtype == dtype_ && t->layout == 0 && !t->empty()); };
+    auto ptr = [](const Tensor* t) -> const void* { return t ? t->data() : nullptr; };
     cuda::DecodeStepParams p;
     p.dtype = elemOf(dtype_);
     p.layers = static_cast<int>(st.layers.size());
@@ -531,7 +532,6 @@ class CudaBackend final : public Backend {
           w.kCache->dim(0) != 1 || w.kCache->dim(1) != s.numHeads || w.kCache->dim(2) != p.capacity ||
           w.kCache->dim(3) != s.headDim || w.vCache->shape != w.kCache->shape)
         return false;
-      auto ptr = [](const Tensor* t) -> const void* { return t ? t->data() : nullptr; };
       p.layer[l] = {ptr(w.ln1w), ptr(w.ln1b), ptr(w.qkvW), ptr(w.qkvB), ptr(w.outW), ptr(w.outB), ptr(w.ln2w),
                     ptr(w.ln2b), ptr(w.fcW), ptr(w.fcB), ptr(w.projW), ptr(w.projB), w.kCache->data(), w.vCache->data()};
     }
