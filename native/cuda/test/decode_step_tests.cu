@@ -249,11 +249,11 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   check(st[0] == argmax && st[1] == pos + 1 && st[2] == pos + 2, std::string(name) + " next token and position",
         "id " + std::to_string(st[0]) + " (argmax of its logits " + std::to_string(argmax) + "), pos " +
             std::to_string(st[1]) + ", len " + std::to_string(st[2]));
-  // The sync words: the exit count, the argmax and the attention counters back at zero, the generation one up.
+  // The sync words: everything back at zero (exit count, argmax, barrier count) but the step counter, one up.
   std::vector<uint32_t> syncAfter(sync->bytes / 4);
   FL_CUDA_CHECK(cudaMemcpy(syncAfter.data(), sync->p, syncAfter.size() * 4, cudaMemcpyDeviceToHost));
-  bool zeroed = syncAfter[0] == 0 && syncAfter[2] == 0 && syncAfter[3] == 0;
-  for (int h = 0; h < heads; ++h) zeroed = zeroed && syncAfter[4 + h] == 0;
+  bool zeroed = true;
+  for (size_t i = 0; i < syncAfter.size(); ++i) zeroed = zeroed && (i == 1 || syncAfter[i] == 0);
   check(zeroed && syncAfter[1] == 1, std::string(name) + " sync words reset, generation advanced",
         "generation " + std::to_string(syncAfter[1]));
   // Again from the same state (the cache row at pos is rewritten with the same values): bit-identical.
