@@ -679,7 +679,7 @@ int attentionDecodeFusedSplits(const DecodeFusedParams& p) {
 bool attentionDecodeFusedMergesInKernel(const DecodeFusedParams& p) {
   const int group = std::max(1, p.attn.numHeads / std::max(1, p.attn.numKvHeads));
   const int64_t floats = static_cast<int64_t>(attentionDecodeFusedSplits(p)) * group * p.attn.headDim;
-  return floats <= kDecodeFusedInKernelMergeMaxFloats;
+  return floats <= kDecodeFusedInKernelMergeMaxFloats && group * p.attn.headDim <= kDecodeFusedInKernelMergeMaxOutputs;
 }
 
 size_t attentionDecodeFusedWorkspaceBytes(const DecodeFusedParams& p) {

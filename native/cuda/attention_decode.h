@@ -28,14 +28,18 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
 //   - in-kernel merge, ONE kernel launch: the last split CTA of each (KV head, sequence) merges the splits, via
 //     the arrival counters. Chosen when a KV head's partials (splits * group * headDim floats) are at most
 //     kDecodeFusedInKernelMergeMaxFloats, i.e. one round of 16 float4 loads per thread of the merging CTA (GPT-2:
-//     16 splits x 1 head x 64 dims).
+//     16 splits x 1 head x 64 dims), and its outputs (group * headDim) at most kDecodeFusedInKernelMergeMaxOutputs,
+//     two a thread of that CTA.
 //   - split then merge, TWO kernel launches: rotary + append + split attention in one kernel, then a merge kernel
 //     (one CTA per query head, reading only the splits that hold keys). Chosen otherwise (ChatGLM2's 16 query
-//     heads per KV head), where one CTA merging would be serial. The counters are not touched (still required,
+//     heads per KV head, and its 8 a shard at TP 4), where one CTA merging would be serial: at TP 4 with a cache
+//     of 255 (4 splits x 8 heads x 128 = 4096 floats) the in-kernel merge made each ChatGLM2-6B step ~0.2 ms
+//     slower than split then merge did with a cache of 383 (bench/results/tp-gpu-*x4.json at d21ea46). The counters are not touched (still required,
 //     so callers need not care which mode a shape gets).
 // Either way the whole step is stream-ordered work on `stream` (records into a CUDA graph as one or two nodes).
 constexpr int kDecodeFusedMaxSplits = 256;  // the most splits the in-kernel merge handles
 constexpr int kDecodeFusedInKernelMergeMaxFloats = 4096;
+constexpr int kDecodeFusedInKernelMergeMaxOutputs = 128;
 int attentionDecodeFusedSplits(const DecodeFusedParams& p);
 bool attentionDecodeFusedMergesInKernel(const DecodeFusedParams& p);
 // Bytes of the workspace (partial outputs and softmax state of every split; no need to clear it), 16-byte aligned.

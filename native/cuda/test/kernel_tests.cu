@@ -1049,6 +1049,9 @@ int main(int argc, char** argv) {
     for (ElemType t : {ElemType::F16, ElemType::BF16}) {
       for (int len : {1, 65, 4097}) testDecodeFused(t, 32, 2, 128, 64, {len}, len - 1, 4100, FusedMode::SplitThenMerge);
       testDecodeFused(t, 32, 2, 128, 64, {65, 4097, 2}, 64, 4100, FusedMode::SplitThenMerge);
+      // A ChatGLM2-6B shard at TP 4 (8 query heads on its KV head) in a cache of 255: 4 splits, 4096 floats of
+      // partials, still split then merge (one merging CTA of 8 x 128 outputs was the slower mode)
+      testDecodeFused(t, 8, 1, 128, 64, {200}, 199, 255, FusedMode::SplitThenMerge);
       testDecodeFused(t, 12, 12, 64, 0, {384}, 383, 1024, FusedMode::InKernelMerge);
       testDecodeFused(t, 12, 12, 64, 0, {1024, 7, 300}, 1023, 1024, FusedMode::InKernelMerge);
     }
