@@ -800,35 +800,6 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
 
 int gridFor() { return multiprocessorCount(); }
 
-// The window that keeps p.l2KeepBytes of the output layer in L2 (DecodeStepParams::l2KeepBytes); false: none
-// (not asked for, or the device has no persisting L2 or refuses the set-aside).
-bool l2KeepWindow(const DecodeStepParams& p, cudaAccessPolicyWindow& w) {
-  if (p.l2KeepBytes == 0) return false;
-  int dev = 0, maxPersist = 0, maxWindow = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&maxPersist, cudaDevAttrMaxPersistingL2CacheSize, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&maxWindow, cudaDevAttrMaxAccessPolicyWindowSize, dev) != cudaSuccess ||
-      maxPersist <= 0 || maxWindow <= 0) {
-    cudaGetLastError();
-    return false;
-  }
-  const size_t head = static_cast<size_t>(p.vocab) * p.hidden * 2;
-  const size_t span = std::min(head, static_cast<size_t>(maxWindow));
-  const size_t keep = std::min({p.l2KeepBytes, static_cast<size_t>(maxPersist), span});
-  size_t setAside = 0;
-  if (cudaDeviceGetLimit(&setAside, cudaLimitPersistingL2CacheSize) != cudaSuccess ||
-      (setAside < keep && cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, keep) != cudaSuccess)) {
-    cudaGetLastError();
-    return false;
-  }
-  w.base_ptr = const_cast<void*>(p.lmHead);
-  w.num_bytes = span;
-  w.hitRatio = static_cast<float>(static_cast<double>(keep) / static_cast<double>(span));
-  w.hitProp = cudaAccessPropertyPersisting;
-  w.missProp = cudaAccessPropertyStreaming;
-  return true;
-}
-
 template <class T>
 void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
   auto kernel = decodeStepKernel<T>;
@@ -839,17 +810,11 @@ void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = pl.smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
+  cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeCooperative;  // every CTA resident at once, or the launch fails
   attr[0].val.cooperative = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  cudaAccessPolicyWindow window{};
-  if (l2KeepWindow(p, window)) {
-    attr[1].id = cudaLaunchAttributeAccessPolicyWindow;
-    attr[1].val.accessPolicyWindow = window;
-    cfg.numAttrs = 2;
-  }
   FL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, pl));
 }
 

@@ -52,11 +52,6 @@ struct DecodeStepParams {
   void* workspace = nullptr;  // decodeStepWorkspaceBytes(), any contents
   // decodeStepSyncBytes() of zeroed memory, kept for this purpose: the kernel leaves it zeroed again.
   void* sync = nullptr;
-  // Bytes of the output layer to keep in L2 from one step to the next (0: none). The launch carries an
-  // access-policy window over lmHead whose hit ratio marks that share of its lines persisting, and the device's
-  // persisting set-aside is raised to it when smaller (capped at the device's maximum, and nothing is kept where
-  // the device has none or refuses): the next step reads those lines from L2 instead of DRAM.
-  size_t l2KeepBytes = 0;
 };
 
 // Why the kernel cannot run these parameters on the current device ("" when it can; the workspace is not looked

@@ -14,7 +14,6 @@
 #include <nccl.h>
 
 #include <climits>
-#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -539,7 +538,6 @@ class CudaBackend final : public Backend {
     p.ids = static_cast<int32_t*>(st.ids->data()), p.pos = static_cast<int32_t*>(st.pos->data());
     p.lens = static_cast<int32_t*>(st.lens->data()), p.logits = st.logits->data();
     p.sync = stepSync_;
-    p.l2KeepBytes = stepL2Keep_ ? SIZE_MAX : 0;  // as much of the output layer as the device keeps in L2
     activate();
     if (cuda::decodeStepSyncBytes(p) > kStepSyncBytes) return false;
     if (!cuda::decodeStepProblem(p).empty()) return false;
@@ -872,8 +870,6 @@ class CudaBackend final : public Backend {
   size_t queuedBytes_[2] = {0, 0};
   // FLASHLAB_DECODE_STEP_KERNEL=0: a GPT-2 decode step runs as its separate kernels, never as one launch.
   const bool stepKernelOn_ = envOn("FLASHLAB_DECODE_STEP_KERNEL");
-  // FLASHLAB_DECODE_STEP_L2=0: the one-launch step keeps nothing of the output layer in L2 between steps.
-  const bool stepL2Keep_ = envOn("FLASHLAB_DECODE_STEP_L2");
   // FLASHLAB_GEMV=0: every linear through cuBLASLt and the separate ops (to compare against the fused kernel).
   const bool gemvOn_ = envOn("FLASHLAB_GEMV");
   // Programmatic dependent launch for the fused linear only: its kernel waits for its predecessor itself before

@@ -256,48 +256,30 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   for (size_t i = 0; i < syncAfter.size(); ++i) zeroed = zeroed && (i == 1 || syncAfter[i] == 0);
   check(zeroed && syncAfter[1] == 1, std::string(name) + " sync words reset, generation advanced",
         "generation " + std::to_string(syncAfter[1]));
-  // Again from the same state (the cache row at pos is rewritten with the same values), with the output layer
-  // kept in L2 (the launch carries an access-policy window): bit-identical.
-  DecodeStepParams kept = p;
-  kept.l2KeepBytes = SIZE_MAX;  // the device's most
+  // Again from the same state (the cache row at pos is rewritten with the same values): bit-identical.
   resetState();
   FL_CUDA_CHECK(cudaMemset(logits->p, 0xff, logits->bytes));
-  decodeStep(kept, nullptr);
+  decodeStep(p, nullptr);
   FL_CUDA_CHECK(cudaDeviceSynchronize());
   const auto again = download(logits->p, vocab);
-  check(std::memcmp(again.data(), gotLogits.data(), vocab * sizeof(float)) == 0,
-        std::string(name) + " rerun with the output layer kept in L2 bit-identical", "");
+  check(std::memcmp(again.data(), gotLogits.data(), vocab * sizeof(float)) == 0, std::string(name) + " rerun bit-identical", "");
   if (!timeIt) return;
-  // Back-to-back launches from the same state (each rewrites the same cache row): the step's device time, without
-  // and then with the output layer kept in L2 (the persisting lines are dropped before the first).
+  // Back-to-back launches from the same state (each rewrites the same cache row): the step's device time.
   cudaEvent_t a, b;
   FL_CUDA_CHECK(cudaEventCreate(&a));
   FL_CUDA_CHECK(cudaEventCreate(&b));
   const int reps = 50;
-  auto timeSteps = [&](const DecodeStepParams& q) {
-    std::vector<float> ms;
-    for (int i = 0; i < reps; ++i) {
-      resetState();
-      FL_CUDA_CHECK(cudaEventRecord(a));
-      decodeStep(q, nullptr);
-      FL_CUDA_CHECK(cudaEventRecord(b));
-      FL_CUDA_CHECK(cudaEventSynchronize(b));
-      float t = 0;
-      FL_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms;
-  };
-  FL_CUDA_CHECK(cudaCtxResetPersistingL2Cache());
-  const std::vector<float> plain = timeSteps(p);
-  size_t setAside = 0;
-  FL_CUDA_CHECK(cudaDeviceGetLimit(&setAside, cudaLimitPersistingL2CacheSize));
-  std::printf("TIMING %s: one step %.1f us, nothing kept in L2 (median of %d launches, min %.1f)\n", name,
-              plain[reps / 2] * 1000, reps, plain[0] * 1000);
-  const std::vector<float> ms = timeSteps(kept);
-  std::printf("TIMING %s: one step %.1f us, %.1f MB of the output layer kept in L2 (median of %d launches, min %.1f)\n",
-              name, ms[reps / 2] * 1000, setAside / 1e6, reps, ms[0] * 1000);
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    resetState();
+    FL_CUDA_CHECK(cudaEventRecord(a));
+    decodeStep(p, nullptr);
+    FL_CUDA_CHECK(cudaEventRecord(b));
+    FL_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    FL_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
   {  // CTA 0's clock of the last launch: per phase kind, compute (to its barrier) and the wait at the barrier
     std::vector<unsigned long long> t;
@@ -316,6 +298,8 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
                 t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
   }
 #endif
+  std::sort(ms.begin(), ms.end());
+  std::printf("TIMING %s: one step %.1f us (median of %d launches, min %.1f)\n", name, ms[reps / 2] * 1000, reps, ms[0] * 1000);
 }
 
 }  // namespace
