@@ -98,20 +98,16 @@ __global__ void __launch_bounds__(kThreads) p2pAllReduceKernel(P2PArgs a) {
 
   // Push: the part goes straight into every rank's buffer (its own included) with NVLink stores, which need no
   // reply; each rank then sums from its own memory. (Pulling instead costs a round trip after the announcement.)
-  const int64_t nvec = n / V;
-  if (a.aligned) {
-    for (int64_t v = threadIdx.x; v < nvec; v += kThreads) {
-      const uint4 x = reinterpret_cast<const uint4*>(data)[v];
+  // A part that is not 16-byte aligned goes element by element; the buffers' layout is the same either way.
+  const int64_t nvec = n / V, pushVec = a.aligned ? nvec : 0;
+  for (int64_t v = threadIdx.x; v < pushVec; v += kThreads) {
+    const uint4 x = reinterpret_cast<const uint4*>(data)[v];
 #pragma unroll
-      for (int j = 0; j < kP2PMaxRanks; ++j)
-        if (j < a.ranks) reinterpret_cast<uint4*>(const_cast<char*>(a.bufs[j]) + mineOff)[v] = x;
-    }
-    for (int64_t i = nvec * V + threadIdx.x; i < n; i += kThreads)
-      for (int j = 0; j < a.ranks; ++j) reinterpret_cast<T*>(const_cast<char*>(a.bufs[j]) + mineOff)[i] = data[i];
-  } else {
-    for (int64_t i = threadIdx.x; i < n; i += kThreads)
-      for (int j = 0; j < a.ranks; ++j) reinterpret_cast<T*>(const_cast<char*>(a.bufs[j]) + mineOff)[i] = data[i];
+    for (int j = 0; j < kP2PMaxRanks; ++j)
+      if (j < a.ranks) reinterpret_cast<uint4*>(const_cast<char*>(a.bufs[j]) + mineOff)[v] = x;
   }
+  for (int64_t i = pushVec * V + threadIdx.x; i < n; i += kThreads)
+    for (int j = 0; j < a.ranks; ++j) reinterpret_cast<T*>(const_cast<char*>(a.bufs[j]) + mineOff)[i] = data[i];
   __syncthreads();  // every thread's stores happen before the announcements below (release is cumulative)
 
   const int peer = threadIdx.x;
