@@ -115,69 +115,9 @@ __global__ void __launch_bounds__(32)
   }
 }
 
-// Merge: the splits' maxima, weights and the weighted row sum go through shared memory once per (head,
-// sequence); then every thread owns one output dim and sums the splits' partials for it, four at a time
-// (independent loads in flight: with hundreds of splits a serial loop would be latency-bound).
+// The merge (decodeMergeKernel, after the fused kernel): one CTA of kMergeThreads per (query head, sequence).
 constexpr int kMergeThreads = 128;
 constexpr int kMaxSplitsInSmem = 2048;
-
-template <int kHeadDim, class T>
-__global__ void __launch_bounds__(kMergeThreads)
-    decodeMergeKernel(const DecodeParams p, int splits, const float* __restrict__ partO, const float* __restrict__ partMl) {
-  __shared__ float weight[kMaxSplitsInSmem];
-  __shared__ float red[kMergeThreads / 32];
-  const int head = blockIdx.x, batch = blockIdx.y, tid = threadIdx.x;
-  const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * splits;
-  auto blockReduce = [&](float v, bool isMax) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float w = __shfl_xor_sync(0xffffffffu, v, o);
-      v = isMax ? fmaxf(v, w) : v + w;
-    }
-    __syncthreads();
-    if ((tid & 31) == 0) red[tid >> 5] = v;
-    __syncthreads();
-    v = red[0];
-#pragma unroll
-    for (int w = 1; w < kMergeThreads / 32; ++w) v = isMax ? fmaxf(v, red[w]) : v + red[w];
-    return v;
-  };
-  float mx = -INFINITY;
-  for (int s = tid; s < splits; s += kMergeThreads) mx = fmaxf(mx, partMl[(base + s) * 2]);
-  mx = blockReduce(mx, true);
-  float den = 0.f;
-  for (int s = tid; s < splits; s += kMergeThreads) {
-    const float2 ml = *reinterpret_cast<const float2*>(partMl + (base + s) * 2);
-    const float w = mx == -INFINITY ? 0.f : exp2f(ml.x - mx);  // an empty split has m = -inf: weight 0
-    weight[s] = w;
-    den += w * ml.y;
-  }
-  den = blockReduce(den, false);  // its barriers also publish weight[]
-  T* o = static_cast<T*>(p.o.data) + batch * p.o.batchStride + head * p.o.headStride;
-  for (int d = tid; d < kHeadDim; d += kMergeThreads) {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    int s = 0;
-    for (; s + 4 <= splits; s += 4)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) acc[u] = fmaf(weight[s + u], partO[(base + s + u) * kHeadDim + d], acc[u]);
-    for (; s < splits; ++s) acc[0] = fmaf(weight[s], partO[(base + s) * kHeadDim + d], acc[0]);
-    const float num = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    o[d] = fromFloat<T>(den > 0.f ? num / den : 0.f);
-  }
-}
-
-template <int kHeadDim, class T>
-void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl, cudaStream_t stream) {
-  using Cfg = DecodeTraits<kHeadDim>;
-  const int chunk = static_cast<int>(ceilDiv64(p.maxSeqLen, splits));
-  auto kernel = decodeSplitKernel<kHeadDim, T>;
-  ensureDynamicSmem<decodeSplitKernel<kHeadDim, T>>(Cfg::kSmemBytes);
-  kernel<<<dim3(splits, p.numKvHeads, p.batch), 32, Cfg::kSmemBytes, stream>>>(p, chunk, partO, partMl);
-  FL_CHECK_LAUNCH();
-  decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kMergeThreads, 0, stream>>>(p, splits, partO, partMl);
-  FL_CHECK_LAUNCH();
-}
-
 
 // ---- fused decode step
 // Two modes (attentionDecodeFusedMergesInKernel picks one from the shape; both split the cache as attentionDecode
@@ -185,7 +125,7 @@ void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl
 //   in-kernel merge (kMergeInKernel): one kernel; the last split CTA of each (KV head, sequence) merges. Best when
 //     a KV head's partials are few (GPT-2: one query head per KV head, 16 splits): no second node, no launch gap.
 //   split then merge: the same kernel without the merge (rotary + cache append + split attention, every split with
-//     keys writes its partials), then decodeFusedMergeKernel, one CTA per (query head, sequence). Two graph nodes
+//     keys writes its partials), then decodeMergeKernel, one CTA per (query head, sequence). Two graph nodes
 //     instead of four. For large groups (ChatGLM2: 16 query heads per KV head), where one CTA merging every
 //     split's 16 partials would be serial and, with fewer splits to keep it short, the split CTAs would starve
 //     the GPU (measured 0.56-0.71x of the unfused path at 256-32000 keys on an H100).
@@ -246,7 +186,7 @@ __device__ __forceinline__ uint4 rotateChunk(uint4 v, int c, int rotDim, const f
 // kMergeInKernel they then count themselves in counters[b, kvHead] (fence, then atomicInc wrapping at the
 // number of such splits, which leaves the counter at 0 for the next launch or graph replay); the one that
 // completes the count merges, and a sequence whose keys fit one split skips partials and counter and writes its
-// output directly. Without it the kernel ends there (decodeFusedMergeKernel follows; counters are not touched).
+// output directly. Without it the kernel ends there (decodeMergeKernel follows; counters are not touched).
 template <int kHeadDim, class T, bool kMergeInKernel>
 __global__ void __launch_bounds__(kFusedThreads, 3)
     decodeFusedKernel(const DecodeFusedParams fp, int chunk, float* __restrict__ partO, float* __restrict__ partMl) {
@@ -413,7 +353,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
       }
     }
   }
-  if constexpr (!kMergeInKernel) return;  // decodeFusedMergeKernel reads the partials in the next launch
+  if constexpr (!kMergeInKernel) return;  // decodeMergeKernel reads the partials in the next launch
   __syncthreads();
   if (nActive == 1 || !sLast) return;
 
@@ -491,16 +431,17 @@ __global__ void __launch_bounds__(kFusedThreads, 3)
   }
 }
 
-// The split-then-merge mode's merge: one CTA per (query head, sequence), as decodeMergeKernel, but
-//   - it reads only the splits that hold keys, [0, ceil(len / chunk)) (the fused kernel's empty splits write
+// The merge after decodeSplitKernel and after the fused kernel's split-then-merge mode: one CTA per (query head,
+// sequence).
+//   - It reads only the splits that hold keys, [0, ceil(len / chunk)) (the fused kernel's empty splits write
 //     nothing; a row of length 0 gets a zero output), and
 //   - its threads split the splits as well as the output: each owns one float4 of the head's output for every
 //     kGroups-th split and keeps kInFlight loads in flight, so that hundreds of splits take a few L2 round trips
 //     rather than one round trip per 4 splits; the groups' sums meet in shared memory at the end.
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kMergeThreads)
-    decodeFusedMergeKernel(const DecodeParams p, int stride, int chunk, const float* __restrict__ partO,
-                           const float* __restrict__ partMl) {
+    decodeMergeKernel(const DecodeParams p, int stride, int chunk, const float* __restrict__ partO,
+                      const float* __restrict__ partMl) {
   constexpr int kVecs = kHeadDim / 4;              // float4s of one head's output
   constexpr int kGroups = kMergeThreads / kVecs;   // threads sharing one float4, each over its own splits
   constexpr int kInFlight = 8;
@@ -510,7 +451,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   __shared__ float red[kMergeThreads / 32];
   __shared__ float4 sPart[kGroups][kVecs];
   const int head = blockIdx.x, batch = blockIdx.y, tid = threadIdx.x;
-  const int len = min(max(p.seqLens[batch], 0), p.maxSeqLen);
+  const int len = p.seqLens ? min(max(p.seqLens[batch], 0), p.maxSeqLen) : p.maxSeqLen;
   const int splits = min(stride, (len + chunk - 1) / chunk);
   const int64_t base = (static_cast<int64_t>(batch) * p.numHeads + head) * stride;  // partials [b, head, split]
   auto blockReduce = [&](float v, bool isMax) {
@@ -575,6 +516,18 @@ __global__ void __launch_bounds__(kMergeThreads)
 }
 
 template <int kHeadDim, class T>
+void launchDecode(const DecodeParams& p, int splits, float* partO, float* partMl, cudaStream_t stream) {
+  using Cfg = DecodeTraits<kHeadDim>;
+  const int chunk = static_cast<int>(ceilDiv64(p.maxSeqLen, splits));
+  auto kernel = decodeSplitKernel<kHeadDim, T>;
+  ensureDynamicSmem<decodeSplitKernel<kHeadDim, T>>(Cfg::kSmemBytes);
+  kernel<<<dim3(splits, p.numKvHeads, p.batch), 32, Cfg::kSmemBytes, stream>>>(p, chunk, partO, partMl);
+  FL_CHECK_LAUNCH();
+  decodeMergeKernel<kHeadDim, T><<<dim3(p.numHeads, p.batch), kMergeThreads, 0, stream>>>(p, splits, chunk, partO, partMl);
+  FL_CHECK_LAUNCH();
+}
+
+template <int kHeadDim, class T>
 void launchDecodeFused(const DecodeFusedParams& p, int splits, bool mergeInKernel, float* partO, float* partMl,
                        cudaStream_t stream) {
   using F = FusedTraits<kHeadDim>;
@@ -592,7 +545,7 @@ void launchDecodeFused(const DecodeFusedParams& p, int splits, bool mergeInKerne
   // The merge kernel is launched plainly, after the split kernel has completed. (Launched programmatically,
   // waiting for the splits and releasing the output projection early, ChatGLM2-6B decode with graphs measured
   // 172 against 216 tok/s on an H100: left out until understood.)
-  decodeFusedMergeKernel<kHeadDim, T><<<dim3(p.attn.numHeads, p.attn.batch), kMergeThreads, 0, stream>>>(
+  decodeMergeKernel<kHeadDim, T><<<dim3(p.attn.numHeads, p.attn.batch), kMergeThreads, 0, stream>>>(
       p.attn, splits, chunk, partO, partMl);
   FL_CHECK_LAUNCH();
 }
