@@ -61,6 +61,10 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kSeg = 256;         // k per warp unit: 32 lanes x 8 elements
 constexpr int kMinKeysPerSplit = 16;
 constexpr int kSlots = 4;         // qkv, attention output, fc, proj
+// The sync words: the exit count, the step counter and the argmax key in the first 16 bytes, the grid barrier's
+// arrival count in a cache line of its own.
+constexpr int kBarCountOff = 128;
+constexpr int kSyncBytes = kBarCountOff + 128;
 
 struct Plan {
   int grid;
@@ -76,7 +80,6 @@ struct Plan {
   int maxSplits, maxKeys;
   // workspace byte offsets
   int wsQkv, wsAttn, wsH, wsPart;
-  int barCountOff;  // byte offset of the barrier's arrival count in the sync words (a cache line of its own)
 };
 
 static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
@@ -365,7 +368,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
   unsigned long long* best = reinterpret_cast<unsigned long long*>(sy + 8);
-  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + pl.barCountOff);
+  uint32_t* barCount = reinterpret_cast<uint32_t*>(sy + kBarCountOff);
 
   const int tok = p.ids[0], pos = *p.pos;
   const uint32_t gen = *genWord;
@@ -794,7 +797,6 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.wsH = static_cast<int>(w);
   w += align16(static_cast<size_t>(F) * esz);
   pl.wsPart = static_cast<int>(w);
-  pl.barCountOff = static_cast<int>((16 + static_cast<size_t>(std::max(p.heads, 1)) * 4 + 127) / 128 * 128);
   return pl;
 }
 
@@ -838,10 +840,7 @@ void decodeStepDebugTimes(std::vector<unsigned long long>& t) {
 }
 #endif
 
-size_t decodeStepSyncBytes(const DecodeStepParams& p) {
-  const int grid = gridFor();
-  return makePlan(p, grid).barCountOff + 256;
-}
+size_t decodeStepSyncBytes() { return kSyncBytes; }
 
 std::string decodeStepProblem(const DecodeStepParams& p) {
   if (p.dtype != ElemType::F16 && p.dtype != ElemType::BF16) return "the dtype is not fp16 or bf16";

@@ -58,7 +58,7 @@ struct DecodeStepParams {
 // at): shapes, dtype, layer count, alignment, the shared memory one CTA needs, a GPU that cannot keep one CTA on every multiprocessor.
 std::string decodeStepProblem(const DecodeStepParams& p);
 size_t decodeStepWorkspaceBytes(const DecodeStepParams& p);
-size_t decodeStepSyncBytes(const DecodeStepParams& p);
+size_t decodeStepSyncBytes();  // the same for every shape
 // Where the step leaves its last layer's intermediate vectors in the workspace (byte offsets): the residual stream
 // x [H], qkv [3 H], the attention output [H] and the MLP activation [F], in the dtype. For tests.
 struct DecodeStepWorkspaceLayout {

@@ -539,7 +539,7 @@ class CudaBackend final : public Backend {
     p.lens = static_cast<int32_t*>(st.lens->data()), p.logits = st.logits->data();
     p.sync = stepSync_;
     activate();
-    if (cuda::decodeStepSyncBytes(p) > kStepSyncBytes) return false;
+    if (cuda::decodeStepSyncBytes() > kStepSyncBytes) return false;
     if (!cuda::decodeStepProblem(p).empty()) return false;
     Tensor ws = scratch(cuda::decodeStepWorkspaceBytes(p));
     p.workspace = ws.data();

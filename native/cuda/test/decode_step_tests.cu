@@ -152,7 +152,7 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   p.ids = static_cast<int32_t*>(state->p), p.pos = p.ids + 1, p.lens = p.ids + 2;
   Dev* logits = dev(size_t(vocab) * 2);
   p.logits = logits->p;
-  Dev* sync = dev(decodeStepSyncBytes(p));
+  Dev* sync = dev(decodeStepSyncBytes());
   FL_CUDA_CHECK(cudaMemset(sync->p, 0, sync->bytes));
   p.sync = sync->p;
   const std::string why = decodeStepProblem(p);
