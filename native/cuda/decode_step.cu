@@ -525,39 +525,47 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
 
     // ---- B: attention over the cache [0, T_): this CTA's (head, split) item
     {
-      const T* kc = static_cast<const T*>(w.kCache);
-      const T* vc = static_cast<const T*>(w.vCache);
       float* qs = act;                // [hd]
       float* sc = act + hd;           // [maxKeys]
       float* ored = sc + pl.maxKeys;  // [kThreads]
+      float* kn = ored + kThreads;    // [hd] the new key (position pos), when this item holds it
+      float* vn = kn + hd;            // [hd] and its value
       if (hasItem) {
         const int h = itemHead, sp = itemSplit, k0 = itemK0, n = itemN;
-        if (tid < hd) qs[tid] = ldShared(qkv + h * hd + tid) * p.scale;
+        // q, and the new token's k and v when this item attends position pos (it is the item's last key, the only
+        // one not copied in during phase A), read from qkv in one round trip: the cache holds the same values
+        const bool fresh = nOld < n;
+        if (tid < hd) {
+          const float q = ldShared(qkv + h * hd + tid);
+          if (fresh) {
+            const float kf = ldShared(qkv + H + h * hd + tid), vf = ldShared(qkv + 2 * H + h * hd + tid);
+            kn[tid] = kf, vn[tid] = vf;
+          }
+          qs[tid] = q * p.scale;
+        }
         if (nOld > 0) mbarWait(&bars[kSlots + 1], l & 1);
         __syncthreads();
-        // keys before pos from shared memory, the one at pos (written in phase A) from the cache
-        auto keyRow = [&](int j) -> const T* {
-          return j < nOld ? kvK + static_cast<size_t>(j) * hd : kc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd;
-        };
         float m = -INFINITY;
         for (int j = tid; j < n; j += kThreads) {
-          const T* kr = keyRow(j);
-          const bool fresh = j >= nOld;
           float dot = 0.f;
-          for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
-            uint4 kv[8];
+          if (j < nOld) {
+            const T* kr = kvK + static_cast<size_t>(j) * hd;
+            for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
+              uint4 kv[8];
 #pragma unroll
-            for (int c = 0; c < 8; ++c)
-              if (d0 + 8 * c < hd)
-                kv[c] = fresh ? ldShared128(kr + d0 + 8 * c) : *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
+              for (int c = 0; c < 8; ++c)
+                if (d0 + 8 * c < hd) kv[c] = *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
 #pragma unroll
-            for (int c = 0; c < 8; ++c) {
-              if (d0 + 8 * c >= hd) break;
-              float kf[8];
-              unpack8<T>(kv[c], kf);
+              for (int c = 0; c < 8; ++c) {
+                if (d0 + 8 * c >= hd) break;
+                float kf[8];
+                unpack8<T>(kv[c], kf);
 #pragma unroll
-              for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
+                for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
+              }
             }
+          } else {
+            for (int d = 0; d < hd; ++d) dot += qs[d] * kn[d];
           }
           sc[j] = dot;
           m = fmaxf(m, dot);
@@ -573,8 +581,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
         float o = 0.f;
         for (int j = grp; j < n; j += groups) {
-          const float v = j < nOld ? toFloat(kvV[static_cast<size_t>(j) * hd + d])
-                                   : ldShared(vc + (static_cast<size_t>(h) * p.capacity + k0 + j) * hd + d);
+          const float v = j < nOld ? toFloat(kvV[static_cast<size_t>(j) * hd + d]) : vn[d];
           o += sc[j] * v;
         }
         ored[tid] = o;
@@ -597,36 +604,45 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       float* fm = reinterpret_cast<float*>(smem + pl.facOff);  // [heads * splits] max, then the factor
       float* fl = fm + pl.grid;                                 // [heads * splits] sum of exponentials
       const int nml = p.heads * splits;
+      // Thread tid owns 4 consecutive values of the output (H <= 4 kThreads). Its first kOv splits' partial
+      // outputs are requested before the (max, sum) pairs, so that both arrive in one round trip.
+      constexpr int kOv = 12;
+      const int i = 4 * tid, h = i / hd, d = i - h * hd;
+      const bool mine = i < H;
+      const float* o = partO + static_cast<size_t>(mine ? h * pl.maxSplits : 0) * hd + d;
+      uint4 ov[kOv];
+#pragma unroll
+      for (int j = 0; j < kOv; ++j)
+        ov[j] = mine && j < splits ? ldShared128(o + static_cast<size_t>(j) * hd) : make_uint4(0, 0, 0, 0);
       for (int t = tid; t < nml; t += kThreads) {
-        const int h = t / splits, sp = t - h * splits;
-        fm[t] = ldSharedF(partML + 2 * (h * pl.maxSplits + sp));
-        fl[t] = ldSharedF(partML + 2 * (h * pl.maxSplits + sp) + 1);
+        const int hh = t / splits, sp = t - hh * splits;
+        fm[t] = ldSharedF(partML + 2 * (hh * pl.maxSplits + sp));
+        fl[t] = ldSharedF(partML + 2 * (hh * pl.maxSplits + sp) + 1);
       }
       __syncthreads();
-      for (int h = tid; h < p.heads; h += kThreads) {
+      for (int hh = tid; hh < p.heads; hh += kThreads) {
         float M = -INFINITY, Lsum = 0.f;
-        for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, fm[h * splits + sp]);
+        for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, fm[hh * splits + sp]);
         for (int sp = 0; sp < splits; ++sp) {
-          const float ms = fm[h * splits + sp];
-          Lsum += ms == -INFINITY ? 0.f : fl[h * splits + sp] * __expf(ms - M);
+          const float ms = fm[hh * splits + sp];
+          Lsum += ms == -INFINITY ? 0.f : fl[hh * splits + sp] * __expf(ms - M);
         }
         for (int sp = 0; sp < splits; ++sp) {
-          const float ms = fm[h * splits + sp];
-          fm[h * splits + sp] = ms == -INFINITY ? 0.f : __expf(ms - M) / Lsum;
+          const float ms = fm[hh * splits + sp];
+          fm[hh * splits + sp] = ms == -INFINITY ? 0.f : __expf(ms - M) / Lsum;
         }
       }
       __syncthreads();
-      for (int q = tid; q < H / 4; q += kThreads) {  // 4 consecutive values a thread, every split's load in flight
-        const int i = 4 * q, h = i / hd, d = i - h * hd;
-        const float* o = partO + static_cast<size_t>(h * pl.maxSplits) * hd + d;
+      if (mine) {
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int s0 = 0; s0 < splits; s0 += 12) {
-          uint4 ov[12];
+        for (int s0 = 0; s0 < splits; s0 += kOv) {
+          if (s0 > 0) {  // more splits than the first loads held (few heads on many CTAs)
 #pragma unroll
-          for (int j = 0; j < 12; ++j)
-            ov[j] = s0 + j < splits ? ldShared128(o + static_cast<size_t>(s0 + j) * hd) : make_uint4(0, 0, 0, 0);
+            for (int j = 0; j < kOv; ++j)
+              ov[j] = s0 + j < splits ? ldShared128(o + static_cast<size_t>(s0 + j) * hd) : make_uint4(0, 0, 0, 0);
+          }
 #pragma unroll
-          for (int j = 0; j < 12; ++j) {
+          for (int j = 0; j < kOv; ++j) {
             if (s0 + j >= splits) break;
             const float f = fm[h * splits + s0 + j];
             acc[0] += f * __uint_as_float(ov[j].x), acc[1] += f * __uint_as_float(ov[j].y);
@@ -777,7 +793,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.facOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(2) * grid * 4);
   const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
-                                             static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
+                                             static_cast<size_t>(3 * p.headDim + pl.maxKeys + kThreads)});
   pl.actOff = static_cast<int>(off);
   off += align16(actFloats * 4);
   pl.actTOff = static_cast<int>(off);  // the same vector in the dtype, for the tensor cores
@@ -847,6 +863,9 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
   if (p.layers < 1 || p.layers > kDecodeStepMaxLayers)
     return "layers " + std::to_string(p.layers) + " outside 1.." + std::to_string(kDecodeStepMaxLayers);
   if (p.hidden < 8 || p.hidden % 8 || p.ffn < 8 || p.ffn % 8) return "hidden and MLP widths must be multiples of 8";
+  if (p.hidden > 4 * kSeg || p.ffn > 2 * 8 * kThreads)
+    return "hidden " + std::to_string(p.hidden) + " over " + std::to_string(4 * kSeg) + " or MLP width " +
+           std::to_string(p.ffn) + " over " + std::to_string(2 * 8 * kThreads);
   if (p.headDim < 8 || p.headDim % 8 || kThreads % p.headDim || p.heads * p.headDim != p.hidden)
     return "head dim " + std::to_string(p.headDim) + " x " + std::to_string(p.heads) +
            " heads: needs a multiple of 8 that divides 256, heads x head dim = hidden";
