@@ -39,9 +39,18 @@ namespace flashlab::cuda {
 namespace {
 
 // Profiling builds (-DFLASHLAB_DECODE_STEP_DEBUG, decode_step_tests --gpt2 prints the result): CTA 0 stamps the
-// global timer around every barrier and sums its waits for weight slices (decodeStepDebugTimes).
+// global timer around every barrier and sums its waits for weight slices (decodeStepDebugTimes); every CTA stamps
+// its arrival at and departure from every barrier (decodeStepDebugBarriers).
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
 __device__ unsigned long long gDebugTime[1024];
+// Every CTA's arrival at and departure from each grid barrier of the last launch: [barrier][cta].
+__device__ unsigned long long gArrive[kDecodeStepDebugBarriers][kDecodeStepDebugCtas];
+__device__ unsigned long long gLeave[kDecodeStepDebugBarriers][kDecodeStepDebugCtas];
+__device__ __forceinline__ unsigned long long globalNow() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+  return t;
+}
 #define DBG_T(i)                                                                                 \
   do {                                                                                           \
     if (blockIdx.x == 0 && threadIdx.x == 0 && (i) < 1024) {                                     \
@@ -128,15 +137,21 @@ __device__ __forceinline__ void bulkCopy(void* dst, const void* src, uint32_t by
 // it). One thread a CTA takes part. afterArrive runs on thread 0 once its CTA has arrived and every thread's work
 // is done, overlapping the wait (the slot refills are issued there).
 template <class F>
-__device__ __forceinline__ void gridBarrier(uint32_t* count, uint32_t target, F&& afterArrive) {
+__device__ __forceinline__ void gridBarrier(uint32_t* count, uint32_t target, F&& afterArrive, int index) {
   __syncthreads();
   if (threadIdx.x == 0) {
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    if (index < kDecodeStepDebugBarriers && blockIdx.x < kDecodeStepDebugCtas) gArrive[index][blockIdx.x] = globalNow();
+#endif
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
     afterArrive();
     uint32_t v;
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
     } while (v < target);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+    if (index < kDecodeStepDebugBarriers && blockIdx.x < kDecodeStepDebugCtas) gLeave[index][blockIdx.x] = globalNow();
+#endif
   }
   __syncthreads();
 }
@@ -457,9 +472,12 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   auto sync = [&](int refill, int l) {
     DBG_T(2 * barriers + 1);
     ++barriers;
-    gridBarrier(barCount, barriers * static_cast<uint32_t>(G), [&] {
-      if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
-    });
+    gridBarrier(
+        barCount, barriers * static_cast<uint32_t>(G),
+        [&] {
+          if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
+        },
+        static_cast<int>(barriers) - 1);
     DBG_T(2 * barriers);
   };
   const int T_ = min(pos + 1, p.capacity);
@@ -853,6 +871,12 @@ DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
 void decodeStepDebugTimes(std::vector<unsigned long long>& t) {
   t.resize(1024);
   FL_CUDA_CHECK(cudaMemcpyFromSymbol(t.data(), gDebugTime, 1024 * 8));
+}
+void decodeStepDebugBarriers(std::vector<unsigned long long>& arrive, std::vector<unsigned long long>& leave) {
+  arrive.resize(kDecodeStepDebugBarriers * kDecodeStepDebugCtas);
+  leave.resize(arrive.size());
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(arrive.data(), gArrive, arrive.size() * 8));
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(leave.data(), gLeave, leave.size() * 8));
 }
 #endif
 

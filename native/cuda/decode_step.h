@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common.cuh"
 
@@ -68,5 +69,13 @@ DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p);
 // Launches the step on `stream` (capturable into a CUDA graph): a cooperative launch of one CTA per
 // multiprocessor. Throws KernelError naming the problem when decodeStepProblem is not empty.
 void decodeStep(const DecodeStepParams& p, cudaStream_t stream);
+
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+// Profiling builds only (decode_step_tests --gpt2 prints them), of the last launch: CTA 0's clock around every
+// barrier and its waits for weight slices; every CTA's arrival at and departure from each barrier, [barrier][cta].
+constexpr int kDecodeStepDebugBarriers = 128, kDecodeStepDebugCtas = 256;
+void decodeStepDebugTimes(std::vector<unsigned long long>& t);
+void decodeStepDebugBarriers(std::vector<unsigned long long>& arrive, std::vector<unsigned long long>& leave);
+#endif
 
 }  // namespace flashlab::cuda

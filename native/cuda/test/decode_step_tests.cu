@@ -19,11 +19,6 @@
 #include "../decode_step.h"
 
 using namespace flashlab::cuda;
-#ifdef FLASHLAB_DECODE_STEP_DEBUG
-namespace flashlab::cuda {
-void decodeStepDebugTimes(std::vector<unsigned long long>& t);
-}
-#endif
 
 namespace {
 
@@ -296,6 +291,34 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
                 (t[1000] - prev) / 1000.0);
     std::printf("WEIGHT WAITS (us, CTA 0) qkv %.1f out %.1f fc %.1f proj %.1f head %.1f\n", t[1001] / 1e3, t[1002] / 1e3,
                 t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
+    // Per phase kind, averaged over layers: the spread of arrivals (first to last CTA), from the last arrival to
+    // the first departure, and the spread of departures; and the CTAs that arrived last most often.
+    std::vector<unsigned long long> arr, lea;
+    decodeStepDebugBarriers(arr, lea);
+    int grid = 0;
+    FL_CUDA_CHECK(cudaDeviceGetAttribute(&grid, cudaDevAttrMultiProcessorCount, 0));
+    const char* kinds = "ABCDE";
+    for (int k = 0; k < 5; ++k) {
+      double spread = 0, toLeave = 0, leaveSpread = 0;
+      std::vector<int> lastCount(grid, 0);
+      for (int l = 0; l < layers; ++l) {
+        const int b = 5 * l + k;
+        const unsigned long long* a = &arr[static_cast<size_t>(b) * kDecodeStepDebugCtas];
+        const unsigned long long* e = &lea[static_cast<size_t>(b) * kDecodeStepDebugCtas];
+        const auto [amin, amax] = std::minmax_element(a, a + grid);
+        const auto [emin, emax] = std::minmax_element(e, e + grid);
+        spread += (*amax - *amin) / 1e3, toLeave += (static_cast<double>(*emin) - *amax) / 1e3;
+        leaveSpread += (*emax - *emin) / 1e3;
+        ++lastCount[amax - a];
+      }
+      std::vector<int> order(grid);
+      for (int c = 0; c < grid; ++c) order[c] = c;
+      std::sort(order.begin(), order.end(), [&](int x, int y) { return lastCount[x] > lastCount[y]; });
+      std::printf("BARRIER %c (us, mean of %d): arrivals spread %.2f, last arrival to first departure %.2f, departures spread %.2f; last to arrive:",
+                  kinds[k], layers, spread / layers, toLeave / layers, leaveSpread / layers);
+      for (int i = 0; i < 5 && lastCount[order[i]] > 0; ++i) std::printf(" cta %d x%d", order[i], lastCount[order[i]]);
+      std::printf("\n");
+    }
   }
 #endif
   std::sort(ms.begin(), ms.end());
