@@ -549,7 +549,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       float* kn = ored + kThreads;    // [hd] the new key (position pos), when this item holds it
       float* vn = kn + hd;            // [hd] and its value
       if (hasItem) {
-        const int h = itemHead, sp = itemSplit, k0 = itemK0, n = itemN;
+        const int h = itemHead, sp = itemSplit, n = itemN;
         // q, and the new token's k and v when this item attends position pos (it is the item's last key, the only
         // one not copied in during phase A), read from qkv in one round trip: the cache holds the same values
         const bool fresh = nOld < n;
