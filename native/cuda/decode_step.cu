@@ -546,18 +546,17 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
       float* qs = act;                // [hd]
       float* sc = act + hd;           // [maxKeys]
       float* ored = sc + pl.maxKeys;  // [kThreads]
-      float* kn = ored + kThreads;    // [hd] the new key (position pos), when this item holds it
-      float* vn = kn + hd;            // [hd] and its value
       if (hasItem) {
         const int h = itemHead, sp = itemSplit, n = itemN;
-        // q, and the new token's k and v when this item attends position pos (it is the item's last key, the only
-        // one not copied in during phase A), read from qkv in one round trip: the cache holds the same values
-        const bool fresh = nOld < n;
+        // q, and the new token's k and v when this item attends position pos (its last key, the only one not
+        // copied in during phase A), read from qkv in one round trip (the cache holds the same values); the new
+        // k and v join the older rows in shared memory, so every key takes the same path.
         if (tid < hd) {
           const float q = ldShared(qkv + h * hd + tid);
-          if (fresh) {
-            const float kf = ldShared(qkv + H + h * hd + tid), vf = ldShared(qkv + 2 * H + h * hd + tid);
-            kn[tid] = kf, vn[tid] = vf;
+          if (nOld < n) {
+            const uint16_t kb = ldShared16(qkv + H + h * hd + tid), vb = ldShared16(qkv + 2 * H + h * hd + tid);
+            reinterpret_cast<uint16_t*>(kvK)[static_cast<size_t>(nOld) * hd + tid] = kb;
+            reinterpret_cast<uint16_t*>(kvV)[static_cast<size_t>(nOld) * hd + tid] = vb;
           }
           qs[tid] = q * p.scale;
         }
@@ -565,25 +564,21 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         __syncthreads();
         float m = -INFINITY;
         for (int j = tid; j < n; j += kThreads) {
+          const T* kr = kvK + static_cast<size_t>(j) * hd;
           float dot = 0.f;
-          if (j < nOld) {
-            const T* kr = kvK + static_cast<size_t>(j) * hd;
-            for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
-              uint4 kv[8];
+          for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
+            uint4 kv[8];
 #pragma unroll
-              for (int c = 0; c < 8; ++c)
-                if (d0 + 8 * c < hd) kv[c] = *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
+            for (int c = 0; c < 8; ++c)
+              if (d0 + 8 * c < hd) kv[c] = *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
 #pragma unroll
-              for (int c = 0; c < 8; ++c) {
-                if (d0 + 8 * c >= hd) break;
-                float kf[8];
-                unpack8<T>(kv[c], kf);
+            for (int c = 0; c < 8; ++c) {
+              if (d0 + 8 * c >= hd) break;
+              float kf[8];
+              unpack8<T>(kv[c], kf);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
-              }
+              for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
             }
-          } else {
-            for (int d = 0; d < hd; ++d) dot += qs[d] * kn[d];
           }
           sc[j] = dot;
           m = fmaxf(m, dot);
@@ -598,10 +593,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         lsum = blockSum(lsum, red);  // its __syncthreads also publishes sc
         const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
         float o = 0.f;
-        for (int j = grp; j < n; j += groups) {
-          const float v = j < nOld ? toFloat(kvV[static_cast<size_t>(j) * hd + d]) : vn[d];
-          o += sc[j] * v;
-        }
+        for (int j = grp; j < n; j += groups) o += sc[j] * toFloat(kvV[static_cast<size_t>(j) * hd + d]);
         ored[tid] = o;
         __syncthreads();
         // This split's partial result: (max, sum of exponentials) and the unnormalised output. Phase C merges.
@@ -811,7 +803,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.facOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(2) * grid * 4);
   const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
-                                             static_cast<size_t>(3 * p.headDim + pl.maxKeys + kThreads)});
+                                             static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
   pl.actOff = static_cast<int>(off);
   off += align16(actFloats * 4);
   pl.actTOff = static_cast<int>(off);  // the same vector in the dtype, for the tensor cores
