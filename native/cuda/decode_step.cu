@@ -11,7 +11,7 @@
 // residual stream, and its attention item's older keys and values are copied in during the phase before. The
 // output layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
 //
-// Measured (H100, GPT-2 124M, 129 keys): 289 µs a step against ~300 µs for the same step as 62 kernels with
+// Measured (H100, GPT-2 124M, 129 keys): 273 µs a step against ~300 µs for the same step as 62 kernels with
 // programmatic launch. About 1.2-2 µs of each phase is the barrier (and the slowest CTA); the rest is the chain
 // of dependent loads and reductions inside the phase (decode_step_tests --gpt2 in a profiling build).
 //
