@@ -879,9 +879,8 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
   if (p.layers < 1 || p.layers > kDecodeStepMaxLayers)
     return "layers " + std::to_string(p.layers) + " outside 1.." + std::to_string(kDecodeStepMaxLayers);
   if (p.hidden < 8 || p.hidden % 8 || p.ffn < 8 || p.ffn % 8) return "hidden and MLP widths must be multiples of 8";
-  if (p.hidden > 4 * kSeg || p.ffn > 2 * 8 * kThreads)
-    return "hidden " + std::to_string(p.hidden) + " over " + std::to_string(4 * kSeg) + " or MLP width " +
-           std::to_string(p.ffn) + " over " + std::to_string(2 * 8 * kThreads);
+  if (p.hidden > 4 * kSeg) return "hidden " + std::to_string(p.hidden) + " over " + std::to_string(4 * kSeg);
+  if (p.ffn > 2 * 8 * kThreads) return "MLP width " + std::to_string(p.ffn) + " over " + std::to_string(2 * 8 * kThreads);
   if (p.headDim < 8 || p.headDim % 8 || kThreads % p.headDim || p.heads * p.headDim != p.hidden)
     return "head dim " + std::to_string(p.headDim) + " x " + std::to_string(p.heads) +
            " heads: needs a multiple of 8 that divides 256, heads x head dim = hidden";

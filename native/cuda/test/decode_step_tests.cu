@@ -327,6 +327,43 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
 
 }  // namespace
 
+// Shapes the kernel cannot run are refused by name, before anything is launched: decodeStepProblem says why and
+// decodeStep throws it (the backend then records the separate kernels).
+void testRefusals() {
+  auto shape = [](int H, int heads, int F, int layers) {
+    DecodeStepParams p;
+    p.dtype = ElemType::F16;
+    p.layers = layers, p.hidden = H, p.heads = heads, p.headDim = H / heads, p.ffn = F, p.vocab = 50257;
+    p.maxPositions = 1024, p.capacity = 1024;
+    return p;
+  };
+  struct Case {
+    const char* what;
+    DecodeStepParams p;
+    const char* says;
+  };
+  DecodeStepParams f32 = shape(768, 12, 3072, 12);
+  f32.dtype = ElemType::F32;
+  const Case cases[] = {
+      {"GPT-2 large's width (1280)", shape(1280, 20, 5120, 12), "hidden 1280 over 1024"},
+      {"an MLP of 8192", shape(1024, 16, 8192, 24), "MLP width 8192 over 4096"},
+      {"25 layers", shape(768, 12, 3072, 25), "layers 25 outside 1..24"},
+      {"fp32", f32, "not fp16 or bf16"},
+      {"head dim 48 (does not divide 256)", shape(768, 16, 3072, 12), "head dim 48"},
+  };
+  for (const Case& c : cases) {
+    const std::string why = decodeStepProblem(c.p);
+    std::string thrown;
+    try {
+      decodeStep(c.p, nullptr);
+    } catch (const std::exception& e) {
+      thrown = e.what();
+    }
+    check(why.find(c.says) != std::string::npos && thrown.find(c.says) != std::string::npos,
+          std::string("refuses ") + c.what, "problem \"" + why + "\", thrown \"" + thrown + "\"");
+  }
+}
+
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool gpt2Only = argc > 1 && std::strcmp(argv[1], "--gpt2") == 0;  // the GPT-2 case alone, timed (profiling)
@@ -335,6 +372,7 @@ int main(int argc, char** argv) {
       run(768, 12, 3072, 50257, 12, 1024, 128, 1024, true);
       return failures ? 1 : 0;
     }
+    testRefusals();
     run(256, 4, 1024, 1031, 1, 300, 299, 300, false, true);
     run(256, 4, 1000, 1031, 2, 70, 45, 128);
     if (!quick) {
