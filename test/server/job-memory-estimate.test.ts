@@ -2,24 +2,12 @@
 // blocks split over the devices, the embedding tables replicated, the output layer split by vocabulary rows.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { JobConfig } from '../../contracts/experiment';
 import { KNOWN_MODELS } from '../../contracts/models';
 import { DEVICE_OVERHEAD, estimateJobMemoryBytes } from '../../server/queue/memory';
+import { tinyConfig } from '../agent/helpers';
 
-const job = (model: string, tp: number): JobConfig => ({
-  model,
-  weights: { kind: 'random', seed: 1 },
-  attention: 'fa2',
-  kvCache: true,
-  tp,
-  dtype: 'fp16',
-  device: 'cuda',
-  batchSize: 1,
-  promptLength: 128,
-  newTokens: 128,
-  warmup: 0,
-  repeats: 1,
-});
+const job = (model: string, tp: number) =>
+  tinyConfig({ model, tp, dtype: 'fp16', device: 'cuda', promptLength: 128, newTokens: 128 });
 
 describe('estimateJobMemoryBytes', () => {
   it('holds ChatGLM2-6B’s 12.5 GB of fp16 weights on one device, and splits its output layer with several', () => {
