@@ -160,12 +160,12 @@ export const TpBreakdown = z.object({
 });
 export type TpBreakdown = z.infer<typeof TpBreakdown>;
 
-/** Figures of one repeat. */
 /** How a run's decode steps were launched: op by op from the host ('eager'), as replays of one recorded CUDA graph
  *  a step ('graph'), or as one persistent kernel a step inside that graph ('one-kernel': GPT-2, one row, one GPU). */
 export const DecodeLaunch = z.enum(['eager', 'graph', 'one-kernel']);
 export type DecodeLaunch = z.infer<typeof DecodeLaunch>;
 
+/** Figures of one repeat. */
 export const RepeatFigures = z.object({
   prefillMs: z.number(),
   tpotMs: z.number(),
