@@ -114,8 +114,8 @@ class CudaBackend final : public Backend {
     decodeCounters_ = static_cast<int32_t*>(alloc_.allocate(kDecodeCounters * sizeof(int32_t)));
     FL_CUDA_CHECK(cudaMemsetAsync(decodeCounters_, 0, kDecodeCounters * sizeof(int32_t), stream_));
     // The one-launch decode step's barrier and argmax words, likewise.
-    stepSync_ = alloc_.allocate(kStepSyncBytes);
-    FL_CUDA_CHECK(cudaMemsetAsync(stepSync_, 0, kStepSyncBytes, stream_));
+    stepSync_ = alloc_.allocate(cuda::decodeStepSyncBytes());
+    FL_CUDA_CHECK(cudaMemsetAsync(stepSync_, 0, cuda::decodeStepSyncBytes(), stream_));
     FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudaDeviceProp prop{};
     FL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -539,7 +539,6 @@ class CudaBackend final : public Backend {
     p.lens = static_cast<int32_t*>(st.lens->data()), p.logits = st.logits->data();
     p.sync = stepSync_;
     activate();
-    if (cuda::decodeStepSyncBytes() > kStepSyncBytes) return false;
     if (!cuda::decodeStepProblem(p).empty()) return false;
     Tensor ws = scratch(cuda::decodeStepWorkspaceBytes(p));
     p.workspace = ws.data();
@@ -727,7 +726,6 @@ class CudaBackend final : public Backend {
 
   // The fused decode attention's counters: one per (sequence, KV head) of a step, shared by every layer.
   static constexpr int64_t kDecodeCounters = int64_t{1} << 16;
-  static constexpr size_t kStepSyncBytes = 4096;
   static constexpr size_t kQueuedBytes = 4096;  // a queued download (the next tokens of a decode step)
 
   void activate() { FL_CUDA_CHECK(cudaSetDevice(deviceIndex())); }
