@@ -34,8 +34,8 @@ void attentionDecode(const DecodeParams& p, void* workspace, size_t workspaceByt
 //     (one CTA per query head, reading only the splits that hold keys). Chosen otherwise (ChatGLM2's 16 query
 //     heads per KV head, and its 8 a shard at TP 4), where one CTA merging would be serial: at TP 4 with a cache
 //     of 255 (4 splits x 8 heads x 128 = 4096 floats) the in-kernel merge made each ChatGLM2-6B step ~0.2 ms
-//     slower than split then merge did with a cache of 383 (bench/results/tp-gpu-*x4.json at d21ea46). The counters are not touched (still required,
-//     so callers need not care which mode a shape gets).
+//     slower than split then merge did with a cache of 383 (bench/results/tp-gpu-*x4.json at d21ea46). The
+//     counters are not touched (still required, so callers need not care which mode a shape gets).
 // Either way the whole step is stream-ordered work on `stream` (records into a CUDA graph as one or two nodes).
 constexpr int kDecodeFusedMaxSplits = 256;  // the most splits the in-kernel merge handles
 constexpr int kDecodeFusedInKernelMergeMaxFloats = 4096;
