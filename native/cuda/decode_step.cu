@@ -156,15 +156,6 @@ __device__ __forceinline__ void gridBarrier(uint32_t* count, uint32_t target, F&
   __syncthreads();
 }
 
-// The weights: read once, straight into registers, without allocating in L1 (as gemv.cu).
-__device__ __forceinline__ uint4 ldgStream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 // Loads and stores of what other CTAs of this step write or read (activations, the cache, partial results):
 // through L2 (L1 is not coherent), and as volatile asm (stores also with a memory clobber). The CUDA headers'
 // __ldcg/__stcg are plain asm that the compiler may move across the grid barrier (a loop-invariant address is
@@ -229,7 +220,6 @@ template <class T>
 __device__ __forceinline__ float roundTo(float v) {
   return toFloat(fromFloat<T>(v));
 }
-
 
 // act[0..n) = a vector another CTA wrote in this step (n a multiple of 8): every 16-byte load issued before any
 // is used. Returns this thread's (sum, sum of squares) of what it loaded, for a LayerNorm that follows.
@@ -710,8 +700,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
 #pragma unroll
       for (int sg = 0; sg < 4; ++sg) {
         const int kk = sg * kSeg + lane * 8;
-        wv[i][sg] = sg < segs && r0 + i < ve && kk < H ? ldgStream(lm + static_cast<size_t>(r0 + i) * H + kk)
-                                                      : make_uint4(0, 0, 0, 0);
+        wv[i][sg] = ldgStream(lm + static_cast<size_t>(r0 + i) * H + kk, sg < segs && r0 + i < ve && kk < H);
       }
     float sum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll

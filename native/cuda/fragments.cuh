@@ -1,6 +1,6 @@
 // Register-level helpers shared by the kernels that stream fp16/bf16 weights through the tensor cores (gemv.cu,
-// decode_step.cu): the m16n8k16 MMA, packing and unpacking of 16-bit pairs, a warp sum, gelu_new. Internal linkage
-// in every file that includes it.
+// decode_step.cu): the m16n8k16 MMA, packing and unpacking of 16-bit pairs, the streaming weight load, a warp sum,
+// gelu_new. Internal linkage in every file that includes it.
 #pragma once
 
 #include "common.cuh"
@@ -59,6 +59,26 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
     const float2 p = unpack2<T>(w[i]);
     f[2 * i] = p.x, f[2 * i + 1] = p.y;
   }
+}
+
+// A weight read exactly once: kept out of L1, L2 asked for whole 256-byte lines. Predicated in the instruction
+// (zeros when off, the address formed but not read), so a guarded load is no branch; volatile keeps the next
+// step's loads ahead of the current step's mma in program order.
+__device__ __forceinline__ uint4 ldgStream(const void* p, bool pred) {
+  uint4 v;
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "r"(static_cast<int>(pred)));
+  return v;
 }
 
 __device__ __forceinline__ float warpSum(float v) {

@@ -74,26 +74,6 @@ struct KernelArgs {
 
 // ---- device helpers
 
-// W is read exactly once per call: keep it out of L1 and ask L2 for whole 256-byte lines. Predicated in the
-// instruction (zeros when off), so a guarded load is no branch; volatile keeps the next step's loads ahead of
-// the current step's mma in program order.
-__device__ __forceinline__ uint4 ldgStream(const void* p, bool pred) {
-  uint4 v;
-  asm volatile(
-      "{\n"
-      "  .reg .pred p;\n"
-      "  setp.ne.b32 p, %5, 0;\n"
-      "  mov.b32 %0, 0;\n"
-      "  mov.b32 %1, 0;\n"
-      "  mov.b32 %2, 0;\n"
-      "  mov.b32 %3, 0;\n"
-      "  @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-      "}\n"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p), "r"(static_cast<int>(pred)));
-  return v;
-}
-
 __device__ __forceinline__ void namedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
