@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../decode_step.h"
+#include "device_buffer.cuh"
 
 using namespace flashlab::cuda;
 
@@ -27,15 +28,8 @@ std::mt19937_64 rng(12345);
 
 float r16(float v) { return __half2float(__float2half_rn(v)); }
 
-struct Dev {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Dev(size_t b) : bytes(b) { FL_CUDA_CHECK(cudaMalloc(&p, b)); }
-  ~Dev() { cudaFree(p); }
-};
-
 // Random fp16 values (scale s), uploaded; the host keeps them as floats.
-std::vector<float> randomHalf(size_t n, float s, Dev& d) {
+std::vector<float> randomHalf(size_t n, float s, DevBuf& d) {
   std::uniform_real_distribution<float> u(-s, s);
   std::vector<float> f(n);
   std::vector<__half> h(n);
@@ -100,16 +94,16 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   p.dtype = ElemType::F16;
   p.layers = layers, p.hidden = H, p.heads = heads, p.headDim = hd, p.ffn = F, p.vocab = vocab;
   p.maxPositions = maxPositions, p.capacity = capacity, p.eps = 1e-5f, p.scale = 1.f / std::sqrt(static_cast<float>(hd));
-  std::vector<std::unique_ptr<Dev>> keep;
+  std::vector<std::unique_ptr<DevBuf>> keep;
   auto dev = [&](size_t bytes) {
-    keep.push_back(std::make_unique<Dev>(bytes));
+    keep.push_back(std::make_unique<DevBuf>(bytes));
     return keep.back().get();
   };
   const float ws = 1.f / std::sqrt(static_cast<float>(H));
-  Dev* wte = dev(size_t(vocab) * H * 2);
-  Dev* wpe = dev(size_t(maxPositions) * H * 2);
-  Dev* lnf = dev(H * 2);
-  Dev* lnfb = dev(H * 2);
+  DevBuf* wte = dev(size_t(vocab) * H * 2);
+  DevBuf* wpe = dev(size_t(maxPositions) * H * 2);
+  DevBuf* lnf = dev(H * 2);
+  DevBuf* lnfb = dev(H * 2);
   const auto hWte = randomHalf(size_t(vocab) * H, 0.5f, *wte), hWpe = randomHalf(size_t(maxPositions) * H, 0.2f, *wpe);
   auto hLnf = randomHalf(H, 1.0f, *lnf), hLnfb = randomHalf(H, 0.1f, *lnfb);
   p.wte = wte->p, p.wpe = wpe->p, p.lnfW = lnf->p, p.lnfB = lnfb->p, p.lmHead = wte->p;
@@ -121,7 +115,7 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     HostLayer& h = hl[l];
     DecodeStepLayer& d = p.layer[l];
     auto param = [&](std::vector<float>& host, size_t n, float s) {
-      Dev* b = dev(n * 2);
+      DevBuf* b = dev(n * 2);
       host = randomHalf(n, s, *b);
       return b->p;
     };
@@ -140,20 +134,20 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     d.vCache = param(h.v, size_t(heads) * capacity * hd, 1.f);
   }
   const int tok = static_cast<int>(rng() % vocab);
-  Dev* state = dev(16);
+  DevBuf* state = dev(16);
   const int32_t init[4] = {tok, pos, pos + 1, 0};
   auto resetState = [&] { FL_CUDA_CHECK(cudaMemcpy(state->p, init, 16, cudaMemcpyHostToDevice)); };
   resetState();
   p.ids = static_cast<int32_t*>(state->p), p.pos = p.ids + 1, p.lens = p.ids + 2;
-  Dev* logits = dev(size_t(vocab) * 2);
+  DevBuf* logits = dev(size_t(vocab) * 2);
   p.logits = logits->p;
-  Dev* sync = dev(decodeStepSyncBytes());
+  DevBuf* sync = dev(decodeStepSyncBytes());
   FL_CUDA_CHECK(cudaMemset(sync->p, 0, sync->bytes));
   p.sync = sync->p;
   const std::string why = decodeStepProblem(p);
   check(why.empty(), std::string(name) + " supported", why);
   if (!why.empty()) return;
-  Dev* work = dev(decodeStepWorkspaceBytes(p));
+  DevBuf* work = dev(decodeStepWorkspaceBytes(p));
   p.workspace = work->p;
   FL_CUDA_CHECK(cudaMemset(work->p, 0xff, work->bytes));  // NaN halves
   FL_CUDA_CHECK(cudaMemset(logits->p, 0xff, logits->bytes));

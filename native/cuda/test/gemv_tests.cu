@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "../gemv.h"
+#include "device_buffer.cuh"
 #ifdef FLASHLAB_GEMV_CUBLASLT
 #include "../backend/gemm_lt.h"
 #endif
@@ -89,17 +90,6 @@ std::vector<float> randomValues(ElemType t, size_t n, double mean, double sd) {
   for (auto& x : v) x = roundTo(t, d(rng));
   return v;
 }
-
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DevBuf(size_t b) : bytes(b) { FL_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(b, 16))); }
-  ~DevBuf() { cudaFree(p); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  template <class U = void>
-  U* at(size_t byteOffset = 0) const { return reinterpret_cast<U*>(static_cast<char*>(p) + byteOffset); }
-};
 
 void upload(ElemType t, void* dev, const std::vector<float>& v) {
   std::vector<uint16_t> bits(v.size());
