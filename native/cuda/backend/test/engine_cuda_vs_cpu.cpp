@@ -38,6 +38,21 @@ void report(bool ok, const std::string& name, const std::string& detail) {
   if (!ok) ++failures;
 }
 
+// An engine made with these switches set to "0" (a backend reads them when it is made): they are unset again
+// afterwards, also when making it throws.
+std::unique_ptr<Engine> engineWithOff(const EngineOptions& o, const std::vector<const char*>& off) {
+  for (const char* name : off) setenv(name, "0", 1);
+  std::unique_ptr<Engine> e;
+  try {
+    e = std::make_unique<Engine>(o);
+  } catch (...) {
+    for (const char* name : off) unsetenv(name);
+    throw;
+  }
+  for (const char* name : off) unsetenv(name);
+  return e;
+}
+
 // A check that does not finish within its limit fails the whole run at once: a collective waiting for a shard
 // that gave up would otherwise hang the GPU host until the outer time limit.
 class Watchdog {
@@ -257,17 +272,7 @@ void graphsVsEager(const ModelConfig& cfg, DType dt, int tp) {
 void fusedVsSeparate(const ModelConfig& cfg, DType dt, int promptLen) {
   EngineOptions o;
   o.config = cfg, o.seed = 11, o.maxBatch = 2, o.threads = 8, o.device = "cuda", o.dtype = dt;
-  // The switches are read when a backend is made.
-  setenv("FLASHLAB_GEMV", "0", 1);
-  setenv("FLASHLAB_FUSED_DECODE_ATTENTION", "0", 1);
-  std::unique_ptr<Engine> separate;
-  try {
-    separate = std::make_unique<Engine>(o);
-  } catch (...) {
-    unsetenv("FLASHLAB_GEMV"), unsetenv("FLASHLAB_FUSED_DECODE_ATTENTION");
-    throw;
-  }
-  unsetenv("FLASHLAB_GEMV"), unsetenv("FLASHLAB_FUSED_DECODE_ATTENTION");
+  const std::unique_ptr<Engine> separate = engineWithOff(o, {"FLASHLAB_GEMV", "FLASHLAB_FUSED_DECODE_ATTENTION"});
   Engine fused(o);
   const auto ids = prompt(2, promptLen, cfg.vocabSize, 13);
   for (bool graphs : {true, false}) {
@@ -300,15 +305,7 @@ void oneLaunchStep(const ModelConfig& cfg, DType dt, int promptLen, int newToken
   EngineOptions o;
   o.config = cfg, o.seed = 11, o.maxBatch = 1, o.threads = 8, o.device = "cuda", o.dtype = dt;
   o.maxSeqLen = std::min(cfg.maxPositions, promptLen + newTokens);
-  setenv("FLASHLAB_DECODE_STEP_KERNEL", "0", 1);
-  std::unique_ptr<Engine> kernels;
-  try {
-    kernels = std::make_unique<Engine>(o);
-  } catch (...) {
-    unsetenv("FLASHLAB_DECODE_STEP_KERNEL");
-    throw;
-  }
-  unsetenv("FLASHLAB_DECODE_STEP_KERNEL");
+  const std::unique_ptr<Engine> kernels = engineWithOff(o, {"FLASHLAB_DECODE_STEP_KERNEL"});
   Engine one(o);
   GenerateRequest req;
   req.inputIds = prompt(1, promptLen, cfg.vocabSize, 21), req.maxNewTokens = newTokens;
@@ -528,18 +525,10 @@ void fusedTiming(const ModelConfig& cfg, int promptLen, int newTokens, int reps)
                               {"one launch", {}}};
   std::string line;
   for (const Variant& v : variants) {
-    for (const char* name : v.off) setenv(name, "0", 1);
     EngineOptions o;
     o.config = cfg, o.seed = 1, o.device = "cuda", o.dtype = DType::F16, o.maxBatch = 1;
     o.maxSeqLen = std::min(cfg.maxPositions, promptLen + newTokens);
-    std::unique_ptr<Engine> e;
-    try {
-      e = std::make_unique<Engine>(o);
-    } catch (...) {
-      for (const char* name : v.off) unsetenv(name);
-      throw;
-    }
-    for (const char* name : v.off) unsetenv(name);
+    const std::unique_ptr<Engine> e = engineWithOff(o, v.off);
     GenerateRequest req;
     req.inputIds = prompt(1, promptLen, cfg.vocabSize, 9), req.maxNewTokens = newTokens;
     req.attention = AttentionMethod::FA2, req.kvCache = true;
