@@ -252,6 +252,19 @@ void testElementwise(CpuBackend& be) {
   }
 }
 
+// f must throw, with a message that says mustSay.
+void refused(const std::string& what, const std::function<void()>& f, const std::string& mustSay) {
+  std::string msg;
+  try {
+    f();
+  } catch (const std::exception& e) {
+    msg = e.what();
+  }
+  const bool ok = msg.find(mustSay) != std::string::npos;
+  if (!ok) ++failures;
+  std::printf("%s %s: \"%s\"\n", ok ? "ok  " : "FAIL", what.c_str(), msg.c_str());
+}
+
 // The tensor-parallel collectives as the shards call them: one thread per shard meeting at a ShardRendezvous.
 // allReduceAddShard: every shard's residual += the sum of the parts; allGatherColumnsShard: every shard's
 // [rows, C] output holds each shard's [rows, c_s] part at its columns (uneven widths, as a vocabulary that
@@ -304,20 +317,15 @@ void testCollectives(CpuBackend& be) {
     check("all-gather of columns (exact), shard " + std::to_string(s), outT[s].f32(), wantCols, 0);
   }
   // A column range outside the output, or parts whose rows differ from it, are refused with the reason.
-  auto refused = [&](const std::string& what, const Tensor& src, int64_t colBegin, const std::string& mustSay) {
-    Tensor out = tensorFrom(be, {rows, C}, std::vector<float>(rows * C, 0.f));
-    std::string msg;
-    try {
-      be.copyColumns(src, out, colBegin);
-    } catch (const std::exception& e) {
-      msg = e.what();
-    }
-    const bool ok = msg.find(mustSay) != std::string::npos;
-    if (!ok) ++failures;
-    std::printf("%s copyColumns refuses %s: \"%s\"\n", ok ? "ok  " : "FAIL", what.c_str(), msg.c_str());
+  auto copyInto = [&](const Tensor& src, int64_t colBegin) {
+    return [&be, from = &src, colBegin] {
+      Tensor out = tensorFrom(be, {rows, C}, std::vector<float>(rows * C, 0.f));
+      be.copyColumns(*from, out, colBegin);
+    };
   };
-  refused("columns past the end", colT[0], C - 2, "outside dst");
-  refused("a different row count", tensorFrom(be, {3, 2}, randomVec(6)), 0, "differ in rows");
+  const Tensor threeRows = tensorFrom(be, {3, 2}, randomVec(6));
+  refused("copyColumns refuses columns past the end", copyInto(colT[0], C - 2), "outside dst");
+  refused("copyColumns refuses a different row count", copyInto(threeRows, 0), "differ in rows");
 }
 
 // Backend::queueDownload / takeQueuedDownload (the default that the CPU backend inherits; the CUDA backend's
@@ -333,19 +341,9 @@ void testQueuedDownloads(CpuBackend& be) {
   be.takeQueuedDownload(0, got0.data(), 5 * sizeof(float));
   check("queued download, slot 0", got0.data(), std::vector<double>(a.begin(), a.end()), 0);
   check("queued download, slot 1", got1.data(), std::vector<double>(b.begin(), b.end()), 0);
-  auto refused = [&](const std::string& what, const std::function<void()>& f, const std::string& mustSay) {
-    std::string msg;
-    try {
-      f();
-    } catch (const std::exception& e) {
-      msg = e.what();
-    }
-    const bool ok = msg.find(mustSay) != std::string::npos;
-    if (!ok) ++failures;
-    std::printf("%s queued downloads refuse %s: \"%s\"\n", ok ? "ok  " : "FAIL", what.c_str(), msg.c_str());
-  };
-  refused("a third slot", [&] { be.queueDownload(ta, 4, 2); }, "slot 2");
-  refused("a size that was not queued", [&] { be.takeQueuedDownload(0, got0.data(), 3 * sizeof(float)); }, "no download of 12 bytes");
+  refused("queued downloads refuse a third slot", [&] { be.queueDownload(ta, 4, 2); }, "slot 2");
+  refused("queued downloads refuse a size that was not queued",
+          [&] { be.takeQueuedDownload(0, got0.data(), 3 * sizeof(float)); }, "no download of 12 bytes");
 }
 
 }  // namespace
