@@ -8,7 +8,7 @@ import { RepeatFigures, RunResult } from '../../contracts';
 import { decodeLaunchLabel } from '../../lib/run-history';
 import type { Engine, GenerateRequest, GenerateResult } from '../../native/engine';
 import { storedRepeats } from '../../server/routers/selects';
-import { fakeEnvironment, tinyConfig } from './helpers';
+import { fakeEnvironment, fakeGenerateResult, tinyConfig } from './helpers';
 
 describe('decode launch in the repeats', () => {
   it('follows the engine: graphs, one kernel inside them, or neither', () => {
@@ -29,16 +29,7 @@ describe('decode launch in the repeats', () => {
     const engine = {
       config: { vocabSize: 100 },
       async generate(r: GenerateRequest): Promise<GenerateResult> {
-        const a = answers[calls++ % answers.length];
-        return {
-          tokens: [[...r.inputIds[0], 1, 2]],
-          newTokens: [[1, 2]],
-          timings: { prefillMs: 1, decodeMs: [2], totalMs: 3, tpotMs: 2, tokensPerSec: 666 },
-          memory: { peakBytes: 10, weightsBytes: 5, kvCacheBytes: 1, activationsPeakBytes: 4 },
-          peakMemBytes: 10,
-          stoppedBy: 'maxTokens',
-          ...a,
-        };
+        return fakeGenerateResult(r, answers[calls++ % answers.length]);
       },
     } as unknown as Engine;
     const m = new Measurement(tinyConfig({ newTokens: 2, repeats: 2 }));

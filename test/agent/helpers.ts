@@ -1,6 +1,7 @@
 // Shared by the agent and server tests: a small CPU configuration and experiment, a stand-in environment and a
 // one-repeat result.
 import type { EnvironmentRecord, ExperimentSpecInput, JobConfig, RunResult } from '../../contracts';
+import type { GenerateRequest, GenerateResult } from '../../native/engine';
 
 /** gpt2-tiny with random weights on the CPU, one repeat, no warm-up; each test overrides what it measures. */
 export function tinyConfig(overrides: Partial<JobConfig> = {}): JobConfig {
@@ -65,5 +66,21 @@ export function oneRepeatResult(config: JobConfig, environment: EnvironmentRecor
     repeats: [{ prefillMs: 1, tpotMs: 1, totalMs: 1, tokensPerSec: 1, peakMemBytes: 1 }],
     summary: {},
     environment,
+  };
+}
+
+/** What a stand-in engine's generate answers to `r`: two new tokens and fixed unit-ish figures, decoded eagerly;
+ *  `overrides` replace whole fields. */
+export function fakeGenerateResult(r: GenerateRequest, overrides: Partial<GenerateResult> = {}): GenerateResult {
+  return {
+    tokens: [[...r.inputIds[0], 1, 2]],
+    newTokens: [[1, 2]],
+    timings: { prefillMs: 1, decodeMs: [2], totalMs: 3, tpotMs: 2, tokensPerSec: 666 },
+    memory: { peakBytes: 10, weightsBytes: 5, kvCacheBytes: 1, activationsPeakBytes: 4 },
+    peakMemBytes: 10,
+    stoppedBy: 'maxTokens',
+    decodeGraphs: false,
+    decodeOneLaunch: false,
+    ...overrides,
   };
 }

@@ -8,7 +8,7 @@ import { tpBreakdownOf, wantsTpBreakdown } from '../../agent/runners/tp-breakdow
 import { summarizeRepeats } from '../../agent/stats';
 import { OfflineResults, RepeatFigures, RunResult, TpBreakdown } from '../../contracts';
 import type { Engine, GenerateRequest, GenerateResult } from '../../native/engine';
-import { fakeEnvironment, tinyConfig } from './helpers';
+import { fakeEnvironment, fakeGenerateResult, tinyConfig } from './helpers';
 
 const good: TpBreakdown = {
   stepMs: 2,
@@ -123,23 +123,9 @@ describe('the agent and the breakdown', () => {
         requests.push(r);
         const asked = r.tpBreakdown === true;
         const b = asked ? breakdown(requests.length - 1) : undefined;
-        return {
-          tokens: [[...r.inputIds[0], 1, 2]],
-          newTokens: [[1, 2]],
-          timings: {
-            prefillMs: 1,
-            decodeMs: [2],
-            totalMs: 3,
-            tpotMs: 2,
-            tokensPerSec: 666,
-            ...(b === undefined ? {} : { tpBreakdown: b }),
-          } as GenerateResult['timings'],
-          memory: { peakBytes: 10, weightsBytes: 5, kvCacheBytes: 1, activationsPeakBytes: 4 },
-          peakMemBytes: 10,
-          stoppedBy: 'maxTokens',
-          decodeGraphs: false,
-          decodeOneLaunch: false,
-        };
+        const result = fakeGenerateResult(r);
+        if (b !== undefined) result.timings = { ...result.timings, tpBreakdown: b } as GenerateResult['timings'];
+        return result;
       },
     };
     return { engine: engine as unknown as Engine, requests };
