@@ -11,24 +11,31 @@
 // residual stream, and its attention item's older keys and values are copied in during the phase before. The
 // output layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
 //
-// Measured (H100, GPT-2 124M, 129 keys): 273 µs a step against ~300 µs for the same step as 62 kernels with
+// Measured (H100, GPT-2 124M, 129 keys): 265 µs a step against ~300 µs for the same step as 62 kernels with
 // programmatic launch. About 1.2-2 µs of each phase is the barrier (and the slowest CTA); the rest is the chain
 // of dependent loads and reductions inside the phase (decode_step_tests --gpt2 in a profiling build).
 //
 // Phases of a layer (G CTAs; a grid barrier after each):
-//   A  x -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight into the cache at *pos
+//   A  x = x + the last MLP output's sums -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go
+//      straight into the cache at *pos
 //   B  attention: (head, split of the keys) items, each CTA one at most, its older keys and values copied into
 //      shared memory during A; each writes its split's (max, sum, unnormalised output)
 //   C  every CTA merges the splits into the whole attention output, then its rows: x[r] += attn · Wo[r] + b[r]
-//   D  x -> LayerNorm -> MLP rows: h[r] = gelu_new(x · Wfc[r] + b[r])
-//   E  MLP output rows: x[r] += h · Wproj[r] + b[r]
-// then the final LayerNorm and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the
-// last CTA to finish writes the next token and position and re-zeroes the sync words for the next step.
+//   D  x -> LayerNorm -> MLP rows in blocks of 8: h[r] = gelu_new(x · Wfc[r] + b[r]); then the MLP output's
+//      share of this CTA, Wproj[:, block] · h[block] (+ the bias in the last CTA), added into the layer's sums
+// The MLP output is a sum over the CTAs instead of a phase of its own (one grid barrier fewer a layer): 64-bit
+// fixed point (kFixBits), integer additions, so the order the CTAs add in does not change the result. Then the
+// final LayerNorm and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the last CTA to
+// finish writes the next token and position and re-zeroes the sync words for the next step.
 //
 // Numerics follow the separate kernels: LayerNorm statistics in fp32 (both moments in one pass) with the
 // normalised row rounded to the dtype, dot products in fp32, one rounding of each stored value (qkv, attention
-// output, residual stream, MLP activation, logits). Reductions run in a fixed order: a step is deterministic.
+// output, residual stream, MLP activation, logits). Reductions run in a fixed order or in integers: a step is
+// deterministic.
 #include "decode_step.h"
+
+#include <cuda.h>  // CUtensorMap and its enums (the encoder is looked up at run time: no libcuda link)
+#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <vector>
@@ -69,7 +76,17 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kSeg = 256;         // k per warp unit: 32 lanes x 8 elements
 constexpr int kMinKeysPerSplit = 16;
-constexpr int kSlots = 4;         // qkv, attention output, fc, proj
+constexpr int kSlots = 4;         // qkv, attention output, fc, proj (a block of its columns: see phase D)
+// The MLP output is summed over the CTAs (each its block of the MLP's columns) as 64-bit fixed point with kFixBits
+// fraction bits: integer additions do not depend on their order, so the step stays deterministic. A CTA's partial
+// is clamped to +-2^30 (no sum of 256 of them overflows; fp16's range is +-65504).
+constexpr int kFixBits = 24;
+constexpr float kFixClamp = 1073741824.f;
+// Each sum has kFixReplicas copies, CTA c adding into copy c % kFixReplicas: fewer additions queue on one address
+// (H100, GPT-2: one copy 282 us a step, two 271, four 274; the readers add the copies up).
+constexpr int kFixReplicas = 2;
+// The MLP output's columns arrive as tensor copies of kColBoxRows rows x colsMax columns.
+constexpr int kColBoxRows = 256;
 // The sync words: the exit count, the step counter and the argmax key in the first 16 bytes, the grid barrier's
 // arrival count in a cache line of its own.
 constexpr int kBarCountOff = 128;
@@ -85,13 +102,23 @@ struct Plan {
   int xoOff;   // this CTA's rows of the residual stream (fp32), which only it updates
   int kvOff;   // the cached keys and values of this CTA's attention item (maxKeys rows each), copied ahead
   int facOff;  // phase C's merge factors: 2 G floats
+  int hlocOff;  // this CTA's MLP activations (colsMax floats)
   int actOff, actTOff, partOff, redOff, barOff, smem;
   int maxSplits, maxKeys;
-  // workspace byte offsets
-  int wsQkv, wsAttn, wsH, wsPart;
+  int colsMax;  // the MLP output's column block: at most colsMax columns a CTA
+  // workspace byte offsets: x, qkv, attention output, MLP activation, the fixed-point sums of the MLP outputs
+  // [layers][H], the residual stream after the last layer (for the tests), the attention's split results
+  int wsQkv, wsAttn, wsH, wsAcc, wsXf, wsPart;
 };
 
-static_assert(sizeof(DecodeStepParams) + sizeof(Plan) <= 4096, "kernel parameters within 4 KB");
+// Phase D's tensor copies: for each layer, the MLP output weight [H][F] as boxes of kColBoxRows rows x colsMax
+// columns (made on the host for each launch; a CUDA graph keeps the launch's copy).
+struct ColMaps {
+  CUtensorMap proj[kDecodeStepMaxLayers];
+};
+
+// Kernel parameters over 4 KB need CUDA 12.1 (every GPU this kernel runs on, sm_90, takes them).
+static_assert(sizeof(DecodeStepParams) + sizeof(Plan) + sizeof(ColMaps) <= 32764, "kernel parameters within 32 KB");
 
 size_t align16(size_t v) { return (v + 15) / 16 * 16; }
 
@@ -129,6 +156,15 @@ __device__ __forceinline__ void bulkCopy(void* dst, const void* src, uint32_t by
                    smemAddr(dst)),
                "l"(src), "r"(bytes), "r"(smemAddr(bar))
                : "memory");
+}
+
+// One 2-D tensor copy (the box of tmap at column c0, row r0) from global into shared memory, completing on bar.
+__device__ __forceinline__ void tensorCopy2d(void* dst, const CUtensorMap* tmap, int c0, int r0, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          smemAddr(dst)),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(r0), "r"(smemAddr(bar))
+      : "memory");
 }
 
 // Grid barrier: every CTA adds one to `count` with release semantics (what its threads wrote before the
@@ -171,11 +207,24 @@ __device__ __forceinline__ float ldSharedF(const float* p) {
   asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
   return v;
 }
+__device__ __forceinline__ uint2 ldShared64(const void* p) {
+  uint2 v;
+  asm volatile("ld.global.cg.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ void stSharedZero64(long long* p) {
+  asm volatile("st.global.cg.u64 [%0], %1;" ::"l"(p), "l"(0ll) : "memory");
+}
 __device__ __forceinline__ uint4 ldShared128(const void* p) {
   uint4 v;
   asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
+__device__ __forceinline__ void addFixed(long long* p, float v) {
+  const long long f = __float2ll_rn(fminf(fmaxf(v, -kFixClamp), kFixClamp) * static_cast<float>(1 << kFixBits));
+  asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(f) : "memory");
+}
+__device__ __forceinline__ float fromFixed(long long f) { return static_cast<float>(static_cast<double>(f) * (1.0 / (1 << kFixBits))); }
 template <class T>
 __device__ __forceinline__ float ldShared(const T* p) {
   const uint16_t u = ldShared16(p);
@@ -245,6 +294,37 @@ __device__ __forceinline__ float2 loadAct(float* act, T* actT, const T* src, int
     for (int e = 0; e < 8; ++e) s += f[e], q += f[e] * f[e];
     *reinterpret_cast<float4*>(act + 8 * c) = make_float4(f[0], f[1], f[2], f[3]);
     *reinterpret_cast<float4*>(act + 8 * c + 4) = make_float4(f[4], f[5], f[6], f[7]);
+  }
+  __syncthreads();
+  return make_float2(s, q);
+}
+
+// act[0..n) = x + the fixed-point sums of an MLP output (n a multiple of 4, at most 4 kThreads), rounded to T as
+// the separate kernels' residual add: the whole vector in every CTA, one round trip. Returns this thread's (sum,
+// sum of squares) for a LayerNorm that follows.
+template <class T>
+__device__ __forceinline__ float2 loadResidual(float* act, T* actT, const T* x, const long long* acc, int n) {
+  const int i = 4 * threadIdx.x;
+  float s = 0.f, q = 0.f;
+  if (i < n) {
+    const uint2 xv = ldShared64(x + i);
+    uint4 a[kFixReplicas][2];
+#pragma unroll
+    for (int r = 0; r < kFixReplicas; ++r)
+      a[r][0] = ldShared128(acc + r * n + i), a[r][1] = ldShared128(acc + r * n + i + 2);
+    const float2 x01 = unpack2<T>(xv.x), x23 = unpack2<T>(xv.y);
+    auto ll = [](uint32_t lo, uint32_t hi) {
+      return static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo);
+    };
+    long long f[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int r = 0; r < kFixReplicas; ++r)
+      f[0] += ll(a[r][0].x, a[r][0].y), f[1] += ll(a[r][0].z, a[r][0].w), f[2] += ll(a[r][1].x, a[r][1].y),
+          f[3] += ll(a[r][1].z, a[r][1].w);
+    const float v[4] = {roundTo<T>(x01.x + fromFixed(f[0])), roundTo<T>(x01.y + fromFixed(f[1])),
+                        roundTo<T>(x23.x + fromFixed(f[2])), roundTo<T>(x23.y + fromFixed(f[3]))};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) act[i + e] = v[e], actT[i + e] = fromFloat<T>(v[e]), s += v[e], q += v[e] * v[e];
   }
   __syncthreads();
   return make_float2(s, q);
@@ -349,7 +429,8 @@ __device__ __forceinline__ unsigned long long argKey(float v, int idx) {
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_constant__ DecodeStepParams p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1)
+    decodeStepKernel(const __grid_constant__ DecodeStepParams p, const Plan pl, const __grid_constant__ ColMaps maps) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int H = p.hidden, F = p.ffn, hd = p.headDim, L = p.layers;
@@ -369,6 +450,8 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   // attention split results: (max, sum) pairs [heads][maxSplits], then outputs [heads][maxSplits][hd]
   float* partML = reinterpret_cast<float*>(ws + pl.wsPart);
   float* partO = partML + (static_cast<size_t>(2) * p.heads * pl.maxSplits + 3) / 4 * 4;  // 16-byte aligned
+  long long* acc = reinterpret_cast<long long*>(ws + pl.wsAcc);
+  float* hloc = reinterpret_cast<float*>(smem + pl.hlocOff);
   char* sy = static_cast<char*>(p.sync);
   uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
@@ -380,8 +463,14 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
   int rb[kSlots], re[kSlots];
   for (int s = 0; s < kSlots; ++s) rowRange(N[s], cta, G, rb[s], re[s]);
-  // rows of slots 1 and 3 (both N = H) are this CTA's rows of the residual stream
+  // rows of slot 1 (N = H) are this CTA's rows of the residual stream
   const int xb = rb[1], xRows = re[1] - rb[1];
+  // The MLP's rows go in blocks of 8 (the last CTA has at least one); phase D multiplies them by the same columns
+  // of the MLP output's weight (and the last CTA adds the output's bias).
+  rowRange(F / 8, cta, G, rb[2], re[2]);
+  rb[2] *= 8, re[2] *= 8, rb[3] = rb[2], re[3] = re[2];
+  const int cb = rb[2], cols = re[2] - rb[2];
+  const bool biasCta = cta == G - 1;
 
   auto slot = [&](int s) { return reinterpret_cast<T*>(smem + pl.slotOff[s]); };
   auto slotBias = [&](int s) { return reinterpret_cast<const T*>(smem + pl.slotBiasOff[s]); };
@@ -390,7 +479,18 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     const DecodeStepLayer& w = p.layer[l];
     return static_cast<const T*>(s == 0 ? w.qkvB : s == 1 ? w.outB : s == 2 ? w.fcB : w.projB);
   };
-  // Thread 0: layer l's rows of slot s (with their bias window and the phase's LayerNorm parameters).
+  // Thread 0: layer l's columns of the MLP output weight (slot 3, [H rounded up to kColBoxRows][colsMax]), as
+  // tensor copies of kColBoxRows rows each, and the output's bias in the last CTA.
+  auto issueCols = [&](int l) {
+    if (cols == 0) return;
+    const int boxes = (H + kColBoxRows - 1) / kColBoxRows;
+    const bool bias = biasCta && p.layer[l].projB;
+    expectTx(&bars[3], static_cast<uint32_t>((boxes * kColBoxRows * pl.colsMax + (bias ? H : 0)) * sizeof(T)));
+    for (int b = 0; b < boxes; ++b)
+      tensorCopy2d(slot(3) + static_cast<size_t>(b) * kColBoxRows * pl.colsMax, &maps.proj[l], cb, b * kColBoxRows, &bars[3]);
+    if (bias) bulkCopy(smem + pl.slotBiasOff[3], p.layer[l].projB, static_cast<uint32_t>(H * sizeof(T)), &bars[3]);
+  };
+  // Thread 0: layer l's rows of slot s < 3 (with their bias window and the phase's LayerNorm parameters).
   auto issueSlot = [&](int s, int l) {
     const DecodeStepLayer& w = p.layer[l];
     const int rows = re[s] - rb[s];
@@ -432,12 +532,15 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   if (tid == 0) {
     for (int i = 0; i <= kSlots + 1; ++i) mbarInit(&bars[i]);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    for (int s = 0; s < kSlots; ++s) issueSlot(s, 0);
+    for (int s = 0; s < 3; ++s) issueSlot(s, 0);
+    issueCols(0);
     const uint32_t nBytes = static_cast<uint32_t>(H * sizeof(T));
     expectTx(&bars[kSlots], 2 * nBytes);
     bulkCopy(smem + pl.lnfOff, p.lnfW, nBytes, &bars[kSlots]);
     bulkCopy(smem + pl.lnfOff + nBytes, p.lnfB, nBytes, &bars[kSlots]);
   }
+  // This step's fixed-point sums start at zero (the first one is added to after two grid barriers).
+  for (int i = cta * kThreads + tid; i < L * kFixReplicas * H; i += G * kThreads) stSharedZero64(acc + i);
 
   // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it) and keeps its own rows.
   float2 moments = make_float2(0.f, 0.f);
@@ -458,7 +561,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
   uint32_t barriers = 0;
   DBG_T(0);
   // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it. refill: the slot whose rows this
-  // phase consumed gets the next layer's (-1: none).
+  // phase consumed gets the next layer's (-1: none; the barrier after B sends this layer's slot 3, apart from the others).
   auto sync = [&](int refill, int l) {
     DBG_T(2 * barriers + 1);
     ++barriers;
@@ -466,6 +569,9 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
         barCount, barriers * static_cast<uint32_t>(G),
         [&] {
           if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
+          // After B: phase D of the layer before has read slot 3. Sent here, apart from the other refills, so that
+          // no phase starts behind two of them (H100, GPT-2: 265 us a step; with slot 2 after D 272, after A 270).
+          if (refill < 0 && l > 0) issueCols(l);
         },
         static_cast<int>(barriers) - 1);
     DBG_T(2 * barriers);
@@ -512,7 +618,10 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write (and the attention item's older keys and values on their way)
     if (tid == 0) issueKv(l);
-    if (l > 0) moments = loadAct(act, actT, x, H);
+    if (l > 0) {  // x after the last layer's MLP; this CTA's rows of it are also kept
+      moments = loadResidual(act, actT, x, acc + static_cast<size_t>(l - 1) * kFixReplicas * H, H);
+      if (tid < xRows) xo[tid] = act[xb + tid];
+    }
     waitSlot(0, l);
     layerNorm(act, actT, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
     {
@@ -663,27 +772,44 @@ __global__ void __launch_bounds__(kThreads, 1) decodeStepKernel(const __grid_con
     intoResidual(1, l, sliceDotsMma(slot(1), re[1] - rb[1], H, actT, part));
     sync(1, l);
 
-    // ---- D: LayerNorm, MLP input with gelu_new
+    // ---- D: LayerNorm, this CTA's MLP rows with gelu_new, then its share of the MLP output: the same columns of
+    // the output weight times those activations, into the layer's fixed-point sums (the next phase adds them up)
     moments = loadAct(act, actT, x, H);
     waitSlot(2, l);
     layerNorm(act, actT, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
     {
-      const int rows = re[2] - rb[2];
-      const int parts = sliceDotsMma(slot(2), rows, H, actT, part);
-      if (tid < rows) stShared(hbuf + rb[2] + tid, fromFloat<T>(geluNewF(rowOut(2, l, parts))));
+      const int parts = sliceDotsMma(slot(2), cols, H, actT, part);
+      if (tid < cols) {
+        const T hv = fromFloat<T>(geluNewF(rowOut(2, l, parts)));
+        hloc[tid] = toFloat(hv);
+        stShared(hbuf + cb + tid, hv);  // kept for inspection (the tests read it)
+      }
+      __syncthreads();
+      if (cols > 0) {
+        waitSlot(3, l);
+        const T* bias = biasCta && biasOf(3, l) ? reinterpret_cast<const T*>(smem + pl.slotBiasOff[3]) : nullptr;
+        long long* sums = acc + (static_cast<size_t>(l) * kFixReplicas + cta % kFixReplicas) * H;
+        for (int o = tid; o < H; o += kThreads) {
+          const T* wr = slot(3) + o * pl.colsMax;
+          float v = bias ? toFloat(bias[o]) : 0.f;
+          for (int j = 0; j < cols; j += 8) {
+            float f[8];
+            unpack8<T>(*reinterpret_cast<const uint4*>(wr + j), f);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v += f[e] * hloc[j + e];
+          }
+          addFixed(sums + o, v);
+        }
+      }
     }
     sync(2, l);
-
-    // ---- E: MLP output into the residual stream
-    loadAct(act, actT, hbuf, F);
-    waitSlot(3, l);
-    intoResidual(3, l, sliceDotsMma(slot(3), re[3] - rb[3], F, actT, part));
-    sync(3, l);
   }
 
   // ---- final LayerNorm, the output layer's rows of this CTA (straight from global memory, 4 rows a warp at a
   // time: 12 loads of 16 bytes in flight a lane at H = 768) and their argmax
-  moments = loadAct(act, actT, x, H);
+  moments = loadResidual(act, actT, x, acc + static_cast<size_t>(L - 1) * kFixReplicas * H, H);
+  if (cta == 0)  // kept for inspection (the tests read it)
+    for (int i = tid; i < H; i += kThreads) stShared(reinterpret_cast<T*>(ws + pl.wsXf) + i, actT[i]);
   mbarWait(&bars[kSlots], 0);
   layerNorm(act, actT, H, moments, reinterpret_cast<const T*>(smem + pl.lnfOff),
             reinterpret_cast<const T*>(smem + pl.lnfOff) + H, p.eps, red);
@@ -771,16 +897,21 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   Plan pl{};
   pl.grid = grid;
   size_t off = 0, partFloats = 64;
+  pl.colsMax = 8 * ceilDiv(F / 8, grid);
   for (int s = 0; s < kSlots; ++s) {
-    const int rows = ceilDiv(N[s], grid);
+    const int rows = s == 2 ? pl.colsMax : ceilDiv(N[s], grid);
+    if (s == 3) off = (off + 127) / 128 * 128;  // tensor copies land 128-byte aligned
     pl.slotOff[s] = static_cast<int>(off);
-    off += align16(static_cast<size_t>(rows) * K[s] * esz);
+    off += align16(s == 3 ? static_cast<size_t>(ceilDiv(H, kColBoxRows)) * kColBoxRows * pl.colsMax * esz
+                          : static_cast<size_t>(rows) * K[s] * esz);
     pl.slotBiasOff[s] = static_cast<int>(off);
-    off += align16(static_cast<size_t>(rows + 16) * esz);
+    off += align16(static_cast<size_t>(s == 3 ? H : rows + 16) * esz);
     pl.slotNormOff[s] = static_cast<int>(off);
     if (s == 0 || s == 2) off += align16(static_cast<size_t>(2) * H * esz);
-    partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * mmaKParts(rows));
+    if (s < 3) partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * mmaKParts(rows));
   }
+  pl.hlocOff = static_cast<int>(off);
+  off += align16(static_cast<size_t>(pl.colsMax) * 4);
   pl.lnfOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(2) * H * esz);
   pl.xoOff = static_cast<int>(off);
@@ -811,14 +942,50 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   w += align16(static_cast<size_t>(H) * esz);
   pl.wsH = static_cast<int>(w);
   w += align16(static_cast<size_t>(F) * esz);
+  pl.wsAcc = static_cast<int>(w);
+  w += static_cast<size_t>(p.layers) * kFixReplicas * H * 8;
+  pl.wsXf = static_cast<int>(w);
+  w += align16(static_cast<size_t>(H) * esz);
   pl.wsPart = static_cast<int>(w);
   return pl;
 }
 
 int gridFor() { return multiprocessorCount(); }
 
+// cuTensorMapEncodeTiled from the driver, found through the runtime (null when the driver lacks it).
+PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// Each layer's MLP output weight [H][F] as boxes of kColBoxRows rows x colsMax columns ("" or why not).
+std::string makeColMaps(const DecodeStepParams& p, const Plan& pl, ColMaps& maps) {
+  const auto encode = tensorMapEncoder();
+  if (!encode) return "the driver has no cuTensorMapEncodeTiled";
+  for (int l = 0; l < p.layers; ++l) {
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.ffn), static_cast<cuuint64_t>(p.hidden)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.ffn) * 2};
+    const cuuint32_t box[2] = {static_cast<cuuint32_t>(pl.colsMax), static_cast<cuuint32_t>(kColBoxRows)};
+    const cuuint32_t step[2] = {1, 1};
+    const CUresult r = encode(&maps.proj[l], p.dtype == ElemType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                              2, const_cast<void*>(p.layer[l].projW), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                              CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+      return "cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) + ") for layer " + std::to_string(l) +
+             "'s MLP output weight";
+  }
+  return "";
+}
+
 template <class T>
-void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
+void launch(const DecodeStepParams& p, const Plan& pl, const ColMaps& maps, cudaStream_t stream) {
   auto kernel = decodeStepKernel<T>;
   // Set for this plan's size every time (one launch per recorded step: no hot path).
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, pl.smem));
@@ -832,7 +999,7 @@ void launch(const DecodeStepParams& p, const Plan& pl, cudaStream_t stream) {
   attr[0].val.cooperative = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  FL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, pl));
+  FL_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p, pl, maps));
 }
 
 }  // namespace
@@ -845,7 +1012,8 @@ size_t decodeStepWorkspaceBytes(const DecodeStepParams& p) {
 
 DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
   const Plan pl = makePlan(p, gridFor());
-  return {0, static_cast<size_t>(pl.wsQkv), static_cast<size_t>(pl.wsAttn), static_cast<size_t>(pl.wsH)};
+  return {static_cast<size_t>(pl.wsXf), static_cast<size_t>(pl.wsQkv), static_cast<size_t>(pl.wsAttn),
+          static_cast<size_t>(pl.wsH)};
 }
 
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
@@ -882,8 +1050,9 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
     const void* need[] = {w.ln1w, w.ln1b, w.qkvW, w.qkvB, w.outW, w.ln2w, w.ln2b, w.fcW, w.projW, w.kCache, w.vCache};
     for (const void* q : need)
       if (!q) return "a null pointer in layer " + std::to_string(l);
-    for (const void* q : {w.qkvW, w.outW, w.fcW, w.projW})
-      if (reinterpret_cast<uintptr_t>(q) % 16) return "a weight of layer " + std::to_string(l) + " is not 16-byte aligned";
+    for (const void* q : {w.qkvW, w.qkvB, w.outW, w.outB, w.fcW, w.fcB, w.projW, w.projB})
+      if (reinterpret_cast<uintptr_t>(q) % 16)
+        return "a weight or bias of layer " + std::to_string(l) + " is not 16-byte aligned";
   }
   if (reinterpret_cast<uintptr_t>(p.lmHead) % 16) return "the output layer is not 16-byte aligned";
   int dev = 0, optin = 0;
@@ -894,6 +1063,10 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   const int grid = gridFor();
   const Plan pl = makePlan(p, grid);
+  if (pl.colsMax > 256)  // a tensor copy's box is at most 256 elements wide
+    return "MLP width " + std::to_string(p.ffn) + " needs " + std::to_string(pl.colsMax) + " columns a CTA on " +
+           std::to_string(grid) + " multiprocessors, over 256";
+  if (!tensorMapEncoder()) return "the driver has no cuTensorMapEncodeTiled";
   if (pl.smem > optin)
     return "one CTA needs " + std::to_string(pl.smem) + " bytes of shared memory, the GPU has " + std::to_string(optin);
   bool resident = false;
@@ -918,7 +1091,10 @@ void decodeStep(const DecodeStepParams& p, cudaStream_t stream) {
   FL_REQUIRE(why.empty(), "decodeStep: " + why);
   FL_REQUIRE(p.workspace, "decodeStep: no workspace");
   const Plan pl = makePlan(p, gridFor());
-  dispatchHalfElem(p.dtype, "decodeStep", [&](auto t) { launch<decltype(t)>(p, pl, stream); });
+  ColMaps maps{};
+  const std::string mapWhy = makeColMaps(p, pl, maps);
+  FL_REQUIRE(mapWhy.empty(), "decodeStep: " + mapWhy);
+  dispatchHalfElem(p.dtype, "decodeStep", [&](auto t) { launch<decltype(t)>(p, pl, maps, stream); });
 }
 
 }  // namespace flashlab::cuda
