@@ -75,17 +75,19 @@ __device__ __forceinline__ unsigned long long globalNow() {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kSeg = 256;         // k per warp unit: 32 lanes x 8 elements
-constexpr int kMinKeysPerSplit = 16;
-constexpr int kSlots = 4;         // qkv, attention output, fc, proj (a block of its columns: see phase D)
-// The MLP output is summed over the CTAs (each its block of the MLP's columns) as 64-bit fixed point with kFixBits
-// fraction bits: integer additions do not depend on their order, so the step stays deterministic. A CTA's partial
-// is clamped to +-2^30 (no sum of 256 of them overflows; fp16's range is +-65504).
+constexpr int kMaxKeysPerThread = 4;  // the attention's keys a thread scores: a cache of up to 4 kThreads rows
+// Weight slots in shared memory: QKV rows, the output projection's columns of this CTA's attention dims, MLP
+// rows, the MLP output's columns of the same MLP rows.
+constexpr int kSlots = 4;
+// The output projection and the MLP output are summed over the CTAs (each its share of the input dims) as 64-bit
+// fixed point with kFixBits fraction bits: integer additions do not depend on their order, so the step stays
+// deterministic. A CTA's partial is clamped to +-2^30 (no sum of 256 of them overflows; fp16's range is +-65504).
 constexpr int kFixBits = 24;
 constexpr float kFixClamp = 1073741824.f;
 // Each sum has kFixReplicas copies, CTA c adding into copy c % kFixReplicas: fewer additions queue on one address
 // (H100, GPT-2: one copy 282 us a step, two 271, four 274; the readers add the copies up).
 constexpr int kFixReplicas = 2;
-// The MLP output's columns arrive as tensor copies of kColBoxRows rows x colsMax columns.
+// Column blocks (slots 1 and 3) arrive as tensor copies of kColBoxRows rows x the block's width.
 constexpr int kColBoxRows = 256;
 // The sync words: the exit count, the step counter and the argmax key in the first 16 bytes, the grid barrier's
 // arrival count in a cache line of its own.
@@ -97,24 +99,25 @@ struct Plan {
   // Shared memory (byte offsets): per slot, this CTA's rows of the weight, the window of the bias covering them
   // (from the row rounded down to 8, so that the copy is 16-byte aligned) and, for the slots whose phase starts
   // with a LayerNorm (qkv, fc), that norm's weight and bias.
+  // Slots 1 and 3 hold column blocks ([rows rounded up to kColBoxRows][width]) and the whole bias vector.
   int slotOff[kSlots], slotBiasOff[kSlots], slotNormOff[kSlots];
-  int lnfOff;  // the final LayerNorm's weight and bias
-  int xoOff;   // this CTA's rows of the residual stream (fp32), which only it updates
-  int kvOff;   // the cached keys and values of this CTA's attention item (maxKeys rows each), copied ahead
-  int facOff;  // phase C's merge factors: 2 G floats
+  int lnfOff;   // the final LayerNorm's weight and bias
+  int xOff;     // the residual stream (H floats), the same in every CTA
+  int kvOff;    // the cache rows [0, maxKeys) of this CTA's head, keys then values, copied in during phase A
   int hlocOff;  // this CTA's MLP activations (colsMax floats)
   int actOff, actTOff, partOff, redOff, barOff, smem;
-  int maxSplits, maxKeys;
+  int maxKeys;  // cache rows that fit in shared memory (the rest are read from global memory)
   int colsMax;  // the MLP output's column block: at most colsMax columns a CTA
-  // workspace byte offsets: x, qkv, attention output, MLP activation, the fixed-point sums of the MLP outputs
-  // [layers][H], the residual stream after the last layer (for the tests), the attention's split results
-  int wsQkv, wsAttn, wsH, wsAcc, wsXf, wsPart;
+  // workspace byte offsets: qkv, attention output, MLP activation (the last two for the tests), the fixed-point
+  // sums [layers][2: attention, MLP][kFixReplicas][H], the residual stream after the last layer (for the tests)
+  int wsQkv, wsAttn, wsH, wsAcc, wsXf, wsEnd;
 };
 
-// Phase D's tensor copies: for each layer, the MLP output weight [H][F] as boxes of kColBoxRows rows x colsMax
-// columns (made on the host for each launch; a CUDA graph keeps the launch's copy).
+// The column blocks' tensor copies: for each layer, the output projection and the MLP output weight as boxes of
+// kColBoxRows rows (made on the host for each launch; a CUDA graph keeps the launch's copy).
 struct ColMaps {
-  CUtensorMap proj[kDecodeStepMaxLayers];
+  CUtensorMap out[kDecodeStepMaxLayers];   // [H][H], boxes 8 wide (one CTA's attention dims)
+  CUtensorMap proj[kDecodeStepMaxLayers];  // [H][F], boxes colsMax wide
 };
 
 // Kernel parameters over 4 KB need CUDA 12.1 (every GPU this kernel runs on, sm_90, takes them).
@@ -167,6 +170,11 @@ __device__ __forceinline__ void tensorCopy2d(void* dst, const CUtensorMap* tmap,
       : "memory");
 }
 
+// Asks L2 to fetch [p, p + bytes) (16-byte aligned, a multiple of 16) ahead of its use; nothing waits for it.
+__device__ __forceinline__ void prefetchL2(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+
 // Grid barrier: every CTA adds one to `count` with release semantics (what its threads wrote before the
 // __syncthreads is published with it; a reduction, so nothing waits for a reply) and polls it with acquire loads
 // until all G arrivals of this barrier are in (count is monotonic within a step; the step's last CTA out re-zeroes
@@ -202,16 +210,6 @@ __device__ __forceinline__ uint16_t ldShared16(const void* p) {
   asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
   return v;
 }
-__device__ __forceinline__ float ldSharedF(const float* p) {
-  float v;
-  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ uint2 ldShared64(const void* p) {
-  uint2 v;
-  asm volatile("ld.global.cg.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
-}
 __device__ __forceinline__ void stSharedZero64(long long* p) {
   asm volatile("st.global.cg.u64 [%0], %1;" ::"l"(p), "l"(0ll) : "memory");
 }
@@ -234,10 +232,6 @@ template <class T>
 __device__ __forceinline__ void stShared(T* p, T v) {
   asm volatile("st.global.cg.u16 [%0], %1;" ::"l"(p), "h"(*reinterpret_cast<const uint16_t*>(&v)) : "memory");
 }
-__device__ __forceinline__ void stSharedF(float* p, float v) {
-  asm volatile("st.global.cg.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory");
-}
-
 __device__ __forceinline__ float warpMax(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -270,49 +264,18 @@ __device__ __forceinline__ float roundTo(float v) {
   return toFloat(fromFloat<T>(v));
 }
 
-// act[0..n) = a vector another CTA wrote in this step (n a multiple of 8): every 16-byte load issued before any
-// is used. Returns this thread's (sum, sum of squares) of what it loaded, for a LayerNorm that follows.
+// x[0..n) += the fixed-point sums of a block's output (n a multiple of 4, at most 4 kThreads), rounded to T as the
+// separate kernels' residual add; act and actT get the new x. Every CTA holds the whole residual stream (the same
+// values in each: integer sums). Returns this thread's (sum, sum of squares) for the LayerNorm that follows.
 template <class T>
-__device__ __forceinline__ float2 loadAct(float* act, T* actT, const T* src, int n) {
-  constexpr int kMaxPer = 2;  // n <= 2 * 8 * kThreads = 4096
-  const int chunks = n / 8;
-  uint4 v[kMaxPer];
-#pragma unroll
-  for (int j = 0; j < kMaxPer; ++j) {
-    const int c = threadIdx.x + j * kThreads;
-    if (c < chunks) v[j] = ldShared128(src + 8 * c);
-  }
-  float s = 0.f, q = 0.f;
-#pragma unroll
-  for (int j = 0; j < kMaxPer; ++j) {
-    const int c = threadIdx.x + j * kThreads;
-    if (c >= chunks) continue;
-    float f[8];
-    unpack8<T>(v[j], f);
-    *reinterpret_cast<uint4*>(actT + 8 * c) = v[j];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) s += f[e], q += f[e] * f[e];
-    *reinterpret_cast<float4*>(act + 8 * c) = make_float4(f[0], f[1], f[2], f[3]);
-    *reinterpret_cast<float4*>(act + 8 * c + 4) = make_float4(f[4], f[5], f[6], f[7]);
-  }
-  __syncthreads();
-  return make_float2(s, q);
-}
-
-// act[0..n) = x + the fixed-point sums of an MLP output (n a multiple of 4, at most 4 kThreads), rounded to T as
-// the separate kernels' residual add: the whole vector in every CTA, one round trip. Returns this thread's (sum,
-// sum of squares) for a LayerNorm that follows.
-template <class T>
-__device__ __forceinline__ float2 loadResidual(float* act, T* actT, const T* x, const long long* acc, int n) {
+__device__ __forceinline__ float2 addResidual(float* x, float* act, T* actT, const long long* acc, int n) {
   const int i = 4 * threadIdx.x;
   float s = 0.f, q = 0.f;
   if (i < n) {
-    const uint2 xv = ldShared64(x + i);
     uint4 a[kFixReplicas][2];
 #pragma unroll
     for (int r = 0; r < kFixReplicas; ++r)
       a[r][0] = ldShared128(acc + r * n + i), a[r][1] = ldShared128(acc + r * n + i + 2);
-    const float2 x01 = unpack2<T>(xv.x), x23 = unpack2<T>(xv.y);
     auto ll = [](uint32_t lo, uint32_t hi) {
       return static_cast<long long>((static_cast<unsigned long long>(hi) << 32) | lo);
     };
@@ -321,10 +284,11 @@ __device__ __forceinline__ float2 loadResidual(float* act, T* actT, const T* x, 
     for (int r = 0; r < kFixReplicas; ++r)
       f[0] += ll(a[r][0].x, a[r][0].y), f[1] += ll(a[r][0].z, a[r][0].w), f[2] += ll(a[r][1].x, a[r][1].y),
           f[3] += ll(a[r][1].z, a[r][1].w);
-    const float v[4] = {roundTo<T>(x01.x + fromFixed(f[0])), roundTo<T>(x01.y + fromFixed(f[1])),
-                        roundTo<T>(x23.x + fromFixed(f[2])), roundTo<T>(x23.y + fromFixed(f[3]))};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) act[i + e] = v[e], actT[i + e] = fromFloat<T>(v[e]), s += v[e], q += v[e] * v[e];
+    for (int e = 0; e < 4; ++e) {
+      const float v = roundTo<T>(x[i + e] + fromFixed(f[e]));
+      x[i + e] = act[i + e] = v, actT[i + e] = fromFloat<T>(v), s += v, q += v * v;
+    }
   }
   __syncthreads();
   return make_float2(s, q);
@@ -347,7 +311,7 @@ __device__ __forceinline__ float2 blockSum2(float2 v, float* red) {
 }
 
 // act = LayerNorm(act) rounded to T, from each thread's (sum, sum of squares) of the values it loaded
-// (loadAct; a thread that loaded nothing passes zeros): one reduction for both moments.
+// (addResidual; a thread that loaded nothing passes zeros): one reduction for both moments.
 template <class T>
 __device__ __forceinline__ void layerNorm(float* act, T* actT, int n, float2 moments, const T* w, const T* b,
                                           float eps, float* red) {
@@ -434,24 +398,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int H = p.hidden, F = p.ffn, hd = p.headDim, L = p.layers;
-  // [kSlots] slots, then the final LayerNorm's parameters, then the attention item's cached keys and values
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);  // [kSlots] slots, the final LayerNorm, the cache rows
   float* act = reinterpret_cast<float*>(smem + pl.actOff);
   T* actT = reinterpret_cast<T*>(smem + pl.actTOff);
   float* part = reinterpret_cast<float*>(smem + pl.partOff);
   float* red = reinterpret_cast<float*>(smem + pl.redOff);
-  float* xo = reinterpret_cast<float*>(smem + pl.xoOff);
+  float* xs = reinterpret_cast<float*>(smem + pl.xOff);
+  float* hloc = reinterpret_cast<float*>(smem + pl.hlocOff);
 
   char* ws = static_cast<char*>(p.workspace);
-  T* x = reinterpret_cast<T*>(ws);
   T* qkv = reinterpret_cast<T*>(ws + pl.wsQkv);
   T* attn = reinterpret_cast<T*>(ws + pl.wsAttn);
   T* hbuf = reinterpret_cast<T*>(ws + pl.wsH);
-  // attention split results: (max, sum) pairs [heads][maxSplits], then outputs [heads][maxSplits][hd]
-  float* partML = reinterpret_cast<float*>(ws + pl.wsPart);
-  float* partO = partML + (static_cast<size_t>(2) * p.heads * pl.maxSplits + 3) / 4 * 4;  // 16-byte aligned
   long long* acc = reinterpret_cast<long long*>(ws + pl.wsAcc);
-  float* hloc = reinterpret_cast<float*>(smem + pl.hlocOff);
+  // Layer l's fixed-point sums of the attention block (kind 0) or the MLP (kind 1), kFixReplicas copies.
+  auto sums = [&](int l, int kind) { return acc + static_cast<size_t>(2 * l + kind) * kFixReplicas * H; };
   char* sy = static_cast<char*>(p.sync);
   uint32_t* exitCount = reinterpret_cast<uint32_t*>(sy);
   uint32_t* genWord = reinterpret_cast<uint32_t*>(sy + 4);
@@ -462,15 +423,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t gen = *genWord;
   const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
   int rb[kSlots], re[kSlots];
-  for (int s = 0; s < kSlots; ++s) rowRange(N[s], cta, G, rb[s], re[s]);
-  // rows of slot 1 (N = H) are this CTA's rows of the residual stream
-  const int xb = rb[1], xRows = re[1] - rb[1];
-  // The MLP's rows go in blocks of 8 (the last CTA has at least one); phase D multiplies them by the same columns
-  // of the MLP output's weight (and the last CTA adds the output's bias).
+  rowRange(3 * H, cta, G, rb[0], re[0]);
+  // This CTA's attention dims: one block of 8 (H / 8 <= G, decodeStepProblem), inside one head; slot 1 holds the
+  // output projection's columns of them. The MLP's rows go in blocks of 8 (the last CTA has at least one); slot 3
+  // holds the MLP output's columns of the same rows. The last CTA adds both outputs' biases.
+  rowRange(H / 8, cta, G, rb[1], re[1]);
   rowRange(F / 8, cta, G, rb[2], re[2]);
-  rb[2] *= 8, re[2] *= 8, rb[3] = rb[2], re[3] = re[2];
-  const int cb = rb[2], cols = re[2] - rb[2];
-  const bool biasCta = cta == G - 1;
+  for (int s = 1; s < 3; ++s) rb[s] *= 8, re[s] *= 8;
+  rb[3] = rb[2], re[3] = re[2];
+  const int ab = rb[1], cb = rb[2], cols = re[2] - rb[2];
+  const bool hasItem = re[1] > rb[1], biasCta = cta == G - 1;
 
   auto slot = [&](int s) { return reinterpret_cast<T*>(smem + pl.slotOff[s]); };
   auto slotBias = [&](int s) { return reinterpret_cast<const T*>(smem + pl.slotBiasOff[s]); };
@@ -479,37 +441,36 @@ __global__ void __launch_bounds__(kThreads, 1)
     const DecodeStepLayer& w = p.layer[l];
     return static_cast<const T*>(s == 0 ? w.qkvB : s == 1 ? w.outB : s == 2 ? w.fcB : w.projB);
   };
-  // Thread 0: layer l's columns of the MLP output weight (slot 3, [H rounded up to kColBoxRows][colsMax]), as
-  // tensor copies of kColBoxRows rows each, and the output's bias in the last CTA.
-  auto issueCols = [&](int l) {
-    if (cols == 0) return;
-    const int boxes = (H + kColBoxRows - 1) / kColBoxRows;
-    const bool bias = biasCta && p.layer[l].projB;
-    expectTx(&bars[3], static_cast<uint32_t>((boxes * kColBoxRows * pl.colsMax + (bias ? H : 0)) * sizeof(T)));
+  // Thread 0: layer l's column block of slot 1 or 3 ([H rounded up to kColBoxRows][width]) as tensor copies of
+  // kColBoxRows rows each, and the output's whole bias in the last CTA.
+  auto issueCols = [&](int s, int l) {
+    if (re[s] == rb[s]) return;
+    const int width = s == 1 ? 8 : pl.colsMax, boxes = (H + kColBoxRows - 1) / kColBoxRows;
+    const T* bias = biasCta ? biasOf(s, l) : nullptr;
+    expectTx(&bars[s], static_cast<uint32_t>((boxes * kColBoxRows * width + (bias ? H : 0)) * sizeof(T)));
+    const CUtensorMap* m = s == 1 ? &maps.out[l] : &maps.proj[l];
     for (int b = 0; b < boxes; ++b)
-      tensorCopy2d(slot(3) + static_cast<size_t>(b) * kColBoxRows * pl.colsMax, &maps.proj[l], cb, b * kColBoxRows, &bars[3]);
-    if (bias) bulkCopy(smem + pl.slotBiasOff[3], p.layer[l].projB, static_cast<uint32_t>(H * sizeof(T)), &bars[3]);
+      tensorCopy2d(slot(s) + static_cast<size_t>(b) * kColBoxRows * width, m, rb[s], b * kColBoxRows, &bars[s]);
+    if (bias) bulkCopy(smem + pl.slotBiasOff[s], bias, static_cast<uint32_t>(H * sizeof(T)), &bars[s]);
   };
-  // Thread 0: layer l's rows of slot s < 3 (with their bias window and the phase's LayerNorm parameters).
+  // Thread 0: layer l's rows of slot 0 or 2 (with their bias window and the phase's LayerNorm parameters).
   auto issueSlot = [&](int s, int l) {
     const DecodeStepLayer& w = p.layer[l];
     const int rows = re[s] - rb[s];
     if (rows == 0) return;
-    const T* wt = static_cast<const T*>(s == 0 ? w.qkvW : s == 1 ? w.outW : s == 2 ? w.fcW : w.projW);
+    const T* wt = static_cast<const T*>(s == 0 ? w.qkvW : w.fcW);
     const T* bias = biasOf(s, l);
     const int b0 = rb[s] & ~7, b1 = min(N[s], (re[s] + 7) & ~7);
     const uint32_t wBytes = static_cast<uint32_t>(rows * K[s] * sizeof(T));
     const uint32_t bBytes = bias ? static_cast<uint32_t>((b1 - b0) * sizeof(T)) : 0;
-    const T* nw = s == 0 ? static_cast<const T*>(w.ln1w) : s == 2 ? static_cast<const T*>(w.ln2w) : nullptr;
-    const T* nb = s == 0 ? static_cast<const T*>(w.ln1b) : s == 2 ? static_cast<const T*>(w.ln2b) : nullptr;
-    const uint32_t nBytes = nw ? static_cast<uint32_t>(H * sizeof(T)) : 0;
+    const T* nw = static_cast<const T*>(s == 0 ? w.ln1w : w.ln2w);
+    const T* nb = static_cast<const T*>(s == 0 ? w.ln1b : w.ln2b);
+    const uint32_t nBytes = static_cast<uint32_t>(H * sizeof(T));
     expectTx(&bars[s], wBytes + bBytes + 2 * nBytes);
     bulkCopy(slot(s), wt + static_cast<size_t>(rb[s]) * K[s], wBytes, &bars[s]);
     if (bBytes) bulkCopy(smem + pl.slotBiasOff[s], bias + b0, bBytes, &bars[s]);
-    if (nBytes) {
-      bulkCopy(smem + pl.slotNormOff[s], nw, nBytes, &bars[s]);
-      bulkCopy(smem + pl.slotNormOff[s] + nBytes, nb, nBytes, &bars[s]);
-    }
+    bulkCopy(smem + pl.slotNormOff[s], nw, nBytes, &bars[s]);
+    bulkCopy(smem + pl.slotNormOff[s] + nBytes, nb, nBytes, &bars[s]);
   };
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
   unsigned long long waited[kSlots + 1] = {0, 0, 0, 0, 0};
@@ -529,20 +490,46 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
   };
 
+  // The attention: T_ keys of head itemHead; rows [0, nSm) of its cache are copied into shared memory during
+  // phase A (all that were there before this step, up to maxKeys), the new row at pos joins them there from qkv
+  // when it fits, and the rest are read from the cache in global memory.
+  const int T_ = min(pos + 1, p.capacity);
+  const int itemHead = ab / hd, d0 = ab - itemHead * hd;
+  const int nSm = hasItem ? min(pos, pl.maxKeys) : 0;
+  const int inSm = pos < pl.maxKeys ? pos + 1 : nSm;
+  T* kvK = reinterpret_cast<T*>(smem + pl.kvOff);
+  T* kvV = kvK + static_cast<size_t>(pl.maxKeys) * hd;
+  auto issueKv = [&](int l) {  // thread 0
+    const DecodeStepLayer& w = p.layer[l];
+    const size_t row0 = static_cast<size_t>(itemHead) * p.capacity;
+    if (hasItem && pos > nSm) {  // the older rows that do not fit: into L2, for phase B's loads
+      const uint32_t rest = static_cast<uint32_t>((pos - nSm) * hd * sizeof(T));
+      prefetchL2(static_cast<const T*>(w.kCache) + (row0 + nSm) * hd, rest);
+      prefetchL2(static_cast<const T*>(w.vCache) + (row0 + nSm) * hd, rest);
+    }
+    if (nSm == 0) return;
+    const uint32_t bytes = static_cast<uint32_t>(nSm * hd * sizeof(T));
+    expectTx(&bars[kSlots + 1], 2 * bytes);
+    bulkCopy(kvK, static_cast<const T*>(w.kCache) + row0 * hd, bytes, &bars[kSlots + 1]);
+    bulkCopy(kvV, static_cast<const T*>(w.vCache) + row0 * hd, bytes, &bars[kSlots + 1]);
+  };
+
   if (tid == 0) {
     for (int i = 0; i <= kSlots + 1; ++i) mbarInit(&bars[i]);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    for (int s = 0; s < 3; ++s) issueSlot(s, 0);
-    issueCols(0);
+    issueSlot(0, 0);
+    issueCols(1, 0);
+    issueSlot(2, 0);
+    issueCols(3, 0);
     const uint32_t nBytes = static_cast<uint32_t>(H * sizeof(T));
     expectTx(&bars[kSlots], 2 * nBytes);
     bulkCopy(smem + pl.lnfOff, p.lnfW, nBytes, &bars[kSlots]);
     bulkCopy(smem + pl.lnfOff + nBytes, p.lnfB, nBytes, &bars[kSlots]);
   }
-  // This step's fixed-point sums start at zero (the first one is added to after two grid barriers).
-  for (int i = cta * kThreads + tid; i < L * kFixReplicas * H; i += G * kThreads) stSharedZero64(acc + i);
+  // This step's fixed-point sums start at zero (the first is added to after a grid barrier).
+  for (int i = cta * kThreads + tid; i < 2 * L * kFixReplicas * H; i += G * kThreads) stSharedZero64(acc + i);
 
-  // Embedding: every CTA computes x for itself (its first LayerNorm needs all of it) and keeps its own rows.
+  // Embedding: every CTA computes x for itself (it keeps the whole residual stream).
   float2 moments = make_float2(0.f, 0.f);
   {
     const bool ok = tok >= 0 && tok < p.vocab && pos >= 0 && pos < p.maxPositions;
@@ -550,78 +537,63 @@ __global__ void __launch_bounds__(kThreads, 1)
     const T* pe = static_cast<const T*>(p.wpe) + static_cast<size_t>(ok ? pos : 0) * H;
     for (int i = tid; i < H; i += kThreads) {
       const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
-      act[i] = v;
+      xs[i] = act[i] = v;
       actT[i] = fromFloat<T>(v);
       moments.x += v, moments.y += v * v;
-      if (i >= xb && i < xb + xRows) xo[i - xb] = v;
     }
     __syncthreads();
   }
 
   uint32_t barriers = 0;
   DBG_T(0);
-  // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it. refill: the slot whose rows this
-  // phase consumed gets the next layer's (-1: none; the barrier after B sends this layer's slot 3, apart from the others).
-  auto sync = [&](int refill, int l) {
+  // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it. After phase s of layer l, the
+  // slots it read get layer l + 1's weights; after B also slot 3 gets this layer's, apart from slot 2's refill
+  // after C so that no phase starts behind two large refills (H100, GPT-2: slot 3 with slot 2 cost 7 us a step).
+  auto sync = [&](int phase, int l) {
     DBG_T(2 * barriers + 1);
     ++barriers;
     gridBarrier(
         barCount, barriers * static_cast<uint32_t>(G),
         [&] {
-          if (refill >= 0 && l + 1 < L) issueSlot(refill, l + 1);
-          // After B: phase D of the layer before has read slot 3. Sent here, apart from the other refills, so that
-          // no phase starts behind two of them (H100, GPT-2: 265 us a step; with slot 2 after D 272, after A 270).
-          if (refill < 0 && l > 0) issueCols(l);
+          const bool next = l + 1 < L;
+          if (phase == 0 && next) issueSlot(0, l + 1);
+          if (phase == 1 && next) issueCols(1, l + 1);
+          if (phase == 1 && l > 0) issueCols(3, l);
+          if (phase == 2 && next) issueSlot(2, l + 1);
         },
         static_cast<int>(barriers) - 1);
     DBG_T(2 * barriers);
   };
-  const int T_ = min(pos + 1, p.capacity);
-  const int splits = max(1, min(pl.maxSplits, (T_ + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
-  const int perSplit = (T_ + splits - 1) / splits;
-  // This CTA's attention item (at most one: heads x splits <= G) and the keys of it already in the cache before
-  // this step ([k0, k0 + nOld)), whose k and v rows are copied into shared memory during phase A.
-  const bool hasItem = cta < p.heads * splits;
-  const int itemHead = hasItem ? cta / splits : 0, itemSplit = hasItem ? cta - itemHead * splits : 0;
-  const int itemK0 = itemSplit * perSplit;
-  const int itemN = hasItem ? max(0, min(T_, itemK0 + perSplit) - itemK0) : 0;
-  const int nOld = max(0, min(itemN, pos - itemK0));
-  T* kvK = reinterpret_cast<T*>(smem + pl.kvOff);
-  T* kvV = kvK + static_cast<size_t>(pl.maxKeys) * hd;
-  auto issueKv = [&](int l) {  // thread 0
-    if (nOld == 0) return;
-    const DecodeStepLayer& w = p.layer[l];
-    const size_t row0 = static_cast<size_t>(itemHead) * p.capacity + itemK0;
-    const uint32_t bytes = static_cast<uint32_t>(nOld * hd * sizeof(T));
-    expectTx(&bars[kSlots + 1], 2 * bytes);
-    bulkCopy(kvK, static_cast<const T*>(w.kCache) + row0 * hd, bytes, &bars[kSlots + 1]);
-    bulkCopy(kvV, static_cast<const T*>(w.vCache) + row0 * hd, bytes, &bars[kSlots + 1]);
-  };
-  // Thread tid's row of slot s after the dot products: its parts summed, plus its bias (from the slot's bias window,
-  // which starts at the slice's first row rounded down to 8).
+  // Thread tid's row of slot s (0 or 2) after the dot products: its parts summed, plus its bias (from the slot's
+  // bias window, which starts at the slice's first row rounded down to 8).
   auto rowOut = [&](int s, int l, int parts) {
     float v = rowSum(part, tid, parts);
     if (biasOf(s, l)) v += toFloat(slotBias(s)[rb[s] + tid - (rb[s] & ~7)]);
     return v;
   };
-  // Epilogue of the two row-parallel layers: the residual stream's own rows take the product, and are published.
-  auto intoResidual = [&](int s, int l, int parts) {
-    if (tid < xRows) {
-      const float v = rowOut(s, l, parts);
-      const float nv = roundTo<T>(xo[tid] + v);
-      xo[tid] = nv;
-      stShared(x + xb + tid, fromFloat<T>(nv));
+  // This CTA's share of a column-split product: out[o] = Wcols[o] · in[0..width) (+ the bias in the last CTA),
+  // into one copy of the layer's fixed-point sums.
+  auto addColumns = [&](int s, int l, const float* in, int width, int pitch, long long* dst) {
+    const T* bias = biasCta && biasOf(s, l) ? slotBias(s) : nullptr;
+    long long* mine = dst + static_cast<size_t>(cta % kFixReplicas) * H;
+    for (int o = tid; o < H; o += kThreads) {
+      const T* wr = slot(s) + o * pitch;
+      float v = bias ? toFloat(bias[o]) : 0.f;
+      for (int j = 0; j < width; j += 8) {
+        float f[8];
+        unpack8<T>(*reinterpret_cast<const uint4*>(wr + j), f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v += f[e] * in[j + e];
+      }
+      addFixed(mine + o, v);
     }
   };
 
   for (int l = 0; l < L; ++l) {
     const DecodeStepLayer& w = p.layer[l];
-    // ---- A: LayerNorm, QKV, cache write (and the attention item's older keys and values on their way)
+    // ---- A: LayerNorm, QKV, cache write (and the attention's older keys and values on their way)
     if (tid == 0) issueKv(l);
-    if (l > 0) {  // x after the last layer's MLP; this CTA's rows of it are also kept
-      moments = loadResidual(act, actT, x, acc + static_cast<size_t>(l - 1) * kFixReplicas * H, H);
-      if (tid < xRows) xo[tid] = act[xb + tid];
-    }
+    if (l > 0) moments = addResidual(xs, act, actT, sums(l - 1, 1), H);
     waitSlot(0, l);
     layerNorm(act, actT, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
     {
@@ -640,141 +612,94 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     sync(0, l);
 
-    // ---- B: attention over the cache [0, T_): this CTA's (head, split) item
-    {
-      float* qs = act;                // [hd]
-      float* sc = act + hd;           // [maxKeys]
-      float* ored = sc + pl.maxKeys;  // [kThreads]
-      if (hasItem) {
-        const int h = itemHead, sp = itemSplit, n = itemN;
-        // q, and the new token's k and v when this item attends position pos (its last key, the only one not
-        // copied in during phase A), read from qkv in one round trip (the cache holds the same values); the new
-        // k and v join the older rows in shared memory, so every key takes the same path.
-        if (tid < hd) {
-          const float q = ldShared(qkv + h * hd + tid);
-          if (nOld < n) {
-            const uint16_t kb = ldShared16(qkv + H + h * hd + tid), vb = ldShared16(qkv + 2 * H + h * hd + tid);
-            reinterpret_cast<uint16_t*>(kvK)[static_cast<size_t>(nOld) * hd + tid] = kb;
-            reinterpret_cast<uint16_t*>(kvV)[static_cast<size_t>(nOld) * hd + tid] = vb;
-          }
-          qs[tid] = q * p.scale;
+    // ---- B: attention of this CTA's head over the cache [0, T_), its 8 output dims, then their share of the
+    // output projection into the layer's sums
+    if (hasItem) {
+      const int h = itemHead;
+      float* qs = act;           // [hd]
+      float* o8 = act + hd;      // [8]: this CTA's attention output
+      float* wred = part;        // [kWarps][8]
+      const T* kc = static_cast<const T*>(w.kCache) + static_cast<size_t>(h) * p.capacity * hd;
+      const T* vc = static_cast<const T*>(w.vCache) + static_cast<size_t>(h) * p.capacity * hd;
+      // q, and the new token's k and v from qkv in one round trip (the cache holds the same values): they join
+      // the older rows in shared memory when the row fits there.
+      if (tid < hd) {
+        const float q = ldShared(qkv + h * hd + tid);
+        if (pos < pl.maxKeys) {
+          const uint16_t kb = ldShared16(qkv + H + h * hd + tid), vb = ldShared16(qkv + 2 * H + h * hd + tid);
+          reinterpret_cast<uint16_t*>(kvK)[static_cast<size_t>(pos) * hd + tid] = kb;
+          reinterpret_cast<uint16_t*>(kvV)[static_cast<size_t>(pos) * hd + tid] = vb;
         }
-        if (nOld > 0) mbarWait(&bars[kSlots + 1], l & 1);
-        __syncthreads();
-        float m = -INFINITY;
-        for (int j = tid; j < n; j += kThreads) {
-          const T* kr = kvK + static_cast<size_t>(j) * hd;
-          float dot = 0.f;
-          for (int d0 = 0; d0 < hd; d0 += 64) {  // 8 loads in flight, then their products
-            uint4 kv[8];
-#pragma unroll
-            for (int c = 0; c < 8; ++c)
-              if (d0 + 8 * c < hd) kv[c] = *reinterpret_cast<const uint4*>(kr + d0 + 8 * c);
-#pragma unroll
-            for (int c = 0; c < 8; ++c) {
-              if (d0 + 8 * c >= hd) break;
-              float kf[8];
-              unpack8<T>(kv[c], kf);
-#pragma unroll
-              for (int e = 0; e < 8; ++e) dot += qs[d0 + 8 * c + e] * kf[e];
-            }
-          }
-          sc[j] = dot;
-          m = fmaxf(m, dot);
-        }
-        m = blockMax(m, red);
-        float lsum = 0.f;
-        for (int j = tid; j < n; j += kThreads) {
-          const float e = __expf(sc[j] - m);
-          sc[j] = e;
-          lsum += e;
-        }
-        lsum = blockSum(lsum, red);  // its __syncthreads also publishes sc
-        const int d = tid % hd, grp = tid / hd, groups = kThreads / hd;
-        float o = 0.f;
-        for (int j = grp; j < n; j += groups) o += sc[j] * toFloat(kvV[static_cast<size_t>(j) * hd + d]);
-        ored[tid] = o;
-        __syncthreads();
-        // This split's partial result: (max, sum of exponentials) and the unnormalised output. Phase C merges.
-        if (tid < hd) {
-          float s = 0.f;
-          for (int g = 0; g < groups; ++g) s += ored[g * hd + tid];
-          stSharedF(partO + static_cast<size_t>(h * pl.maxSplits + sp) * hd + tid, s);
-        }
-        if (tid == 0) stSharedF(partML + 2 * (h * pl.maxSplits + sp), m), stSharedF(partML + 2 * (h * pl.maxSplits + sp) + 1, lsum);
-        __syncthreads();
+        qs[tid] = q * p.scale;
       }
+      if (nSm > 0) mbarWait(&bars[kSlots + 1], l & 1);
+      __syncthreads();
+      // Scores: thread tid takes keys tid + k kThreads.
+      float sc[kMaxKeysPerThread];
+      float m = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < kMaxKeysPerThread; ++k) {
+        const int j = tid + k * kThreads;
+        sc[k] = -INFINITY;
+        if (j >= T_) continue;
+        const bool sm = j < inSm;
+        const T* kr = sm ? kvK + static_cast<size_t>(j) * hd : kc + static_cast<size_t>(j) * hd;
+        float dot = 0.f;
+        for (int c0 = 0; c0 < hd; c0 += 64) {  // 8 loads in flight, then their products
+          uint4 kv[8];
+#pragma unroll
+          for (int c = 0; c < 8; ++c)
+            if (c0 + 8 * c < hd) kv[c] = sm ? *reinterpret_cast<const uint4*>(kr + c0 + 8 * c) : ldShared128(kr + c0 + 8 * c);
+#pragma unroll
+          for (int c = 0; c < 8; ++c) {
+            if (c0 + 8 * c >= hd) break;
+            float kf[8];
+            unpack8<T>(kv[c], kf);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) dot += qs[c0 + 8 * c + e] * kf[e];
+          }
+        }
+        sc[k] = dot;
+        m = fmaxf(m, dot);
+      }
+      m = blockMax(m, red);
+      float lsum = 0.f, o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int k = 0; k < kMaxKeysPerThread; ++k) {
+        const int j = tid + k * kThreads;
+        if (j >= T_) continue;
+        const float e = __expf(sc[k] - m);
+        lsum += e;
+        const size_t at = static_cast<size_t>(j) * hd + d0;
+        const uint4 vv = j < inSm ? *reinterpret_cast<const uint4*>(kvV + at) : ldShared128(vc + at);
+        float vf[8];
+        unpack8<T>(vv, vf);
+#pragma unroll
+        for (int d = 0; d < 8; ++d) o[d] += e * vf[d];
+      }
+      lsum = blockSum(lsum, red);
+#pragma unroll
+      for (int d = 0; d < 8; ++d) o[d] = warpSum(o[d]);
+      if (lane == 0)
+#pragma unroll
+        for (int d = 0; d < 8; ++d) wred[warp * 8 + d] = o[d];
+      __syncthreads();
+      if (tid < 8) {
+        float s = 0.f;
+        for (int wi = 0; wi < kWarps; ++wi) s += wred[wi * 8 + tid];
+        const T v = fromFloat<T>(s / lsum);
+        o8[tid] = toFloat(v);
+        stShared(attn + ab + tid, v);  // kept for inspection (the tests read it)
+      }
+      __syncthreads();
+      waitSlot(1, l);
+      addColumns(1, l, o8, 8, 8, sums(l, 0));
     }
-    sync(-1, l);
-
-    // ---- C: every CTA merges the attention's split results into act (all heads: the projection needs the whole
-    // vector), then its rows of the output projection into the residual stream
-    {
-      float* fm = reinterpret_cast<float*>(smem + pl.facOff);  // [heads * splits] max, then the factor
-      float* fl = fm + pl.grid;                                 // [heads * splits] sum of exponentials
-      const int nml = p.heads * splits;
-      // Thread tid owns 4 consecutive values of the output (H <= 4 kThreads). Its first kOv splits' partial
-      // outputs are requested before the (max, sum) pairs, so that both arrive in one round trip.
-      constexpr int kOv = 12;
-      const int i = 4 * tid, h = i / hd, d = i - h * hd;
-      const bool mine = i < H;
-      const float* o = partO + static_cast<size_t>(mine ? h * pl.maxSplits : 0) * hd + d;
-      uint4 ov[kOv];
-#pragma unroll
-      for (int j = 0; j < kOv; ++j)
-        ov[j] = mine && j < splits ? ldShared128(o + static_cast<size_t>(j) * hd) : make_uint4(0, 0, 0, 0);
-      for (int t = tid; t < nml; t += kThreads) {
-        const int hh = t / splits, sp = t - hh * splits;
-        fm[t] = ldSharedF(partML + 2 * (hh * pl.maxSplits + sp));
-        fl[t] = ldSharedF(partML + 2 * (hh * pl.maxSplits + sp) + 1);
-      }
-      __syncthreads();
-      for (int hh = tid; hh < p.heads; hh += kThreads) {
-        float M = -INFINITY, Lsum = 0.f;
-        for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, fm[hh * splits + sp]);
-        for (int sp = 0; sp < splits; ++sp) {
-          const float ms = fm[hh * splits + sp];
-          Lsum += ms == -INFINITY ? 0.f : fl[hh * splits + sp] * __expf(ms - M);
-        }
-        for (int sp = 0; sp < splits; ++sp) {
-          const float ms = fm[hh * splits + sp];
-          fm[hh * splits + sp] = ms == -INFINITY ? 0.f : __expf(ms - M) / Lsum;
-        }
-      }
-      __syncthreads();
-      if (mine) {
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int s0 = 0; s0 < splits; s0 += kOv) {
-          if (s0 > 0) {  // more splits than the first loads held (few heads on many CTAs)
-#pragma unroll
-            for (int j = 0; j < kOv; ++j)
-              ov[j] = s0 + j < splits ? ldShared128(o + static_cast<size_t>(s0 + j) * hd) : make_uint4(0, 0, 0, 0);
-          }
-#pragma unroll
-          for (int j = 0; j < kOv; ++j) {
-            if (s0 + j >= splits) break;
-            const float f = fm[h * splits + s0 + j];
-            acc[0] += f * __uint_as_float(ov[j].x), acc[1] += f * __uint_as_float(ov[j].y);
-            acc[2] += f * __uint_as_float(ov[j].z), acc[3] += f * __uint_as_float(ov[j].w);
-          }
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const T v = fromFloat<T>(acc[e]);
-          act[i + e] = toFloat(v);
-          actT[i + e] = v;
-          if (cta == 0) stShared(attn + i + e, v);  // kept for inspection (the tests read it)
-        }
-      }
-      __syncthreads();
-    }
-    waitSlot(1, l);
-    intoResidual(1, l, sliceDotsMma(slot(1), re[1] - rb[1], H, actT, part));
     sync(1, l);
 
-    // ---- D: LayerNorm, this CTA's MLP rows with gelu_new, then its share of the MLP output: the same columns of
-    // the output weight times those activations, into the layer's fixed-point sums (the next phase adds them up)
-    moments = loadAct(act, actT, x, H);
+    // ---- C: x += the attention block's sums -> LayerNorm -> this CTA's MLP rows with gelu_new, then its share of
+    // the MLP output: the same columns of the output weight times those activations, into the layer's sums
+    moments = addResidual(xs, act, actT, sums(l, 0), H);
     waitSlot(2, l);
     layerNorm(act, actT, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
     {
@@ -787,19 +712,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();
       if (cols > 0) {
         waitSlot(3, l);
-        const T* bias = biasCta && biasOf(3, l) ? reinterpret_cast<const T*>(smem + pl.slotBiasOff[3]) : nullptr;
-        long long* sums = acc + (static_cast<size_t>(l) * kFixReplicas + cta % kFixReplicas) * H;
-        for (int o = tid; o < H; o += kThreads) {
-          const T* wr = slot(3) + o * pl.colsMax;
-          float v = bias ? toFloat(bias[o]) : 0.f;
-          for (int j = 0; j < cols; j += 8) {
-            float f[8];
-            unpack8<T>(*reinterpret_cast<const uint4*>(wr + j), f);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) v += f[e] * hloc[j + e];
-          }
-          addFixed(sums + o, v);
-        }
+        addColumns(3, l, hloc, cols, pl.colsMax, sums(l, 1));
       }
     }
     sync(2, l);
@@ -807,7 +720,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // ---- final LayerNorm, the output layer's rows of this CTA (straight from global memory, 4 rows a warp at a
   // time: 12 loads of 16 bytes in flight a lane at H = 768) and their argmax
-  moments = loadResidual(act, actT, x, acc + static_cast<size_t>(L - 1) * kFixReplicas * H, H);
+  moments = addResidual(xs, act, actT, sums(L - 1, 1), H);
   if (cta == 0)  // kept for inspection (the tests read it)
     for (int i = tid; i < H; i += kThreads) stShared(reinterpret_cast<T*>(ws + pl.wsXf) + i, actT[i]);
   mbarWait(&bars[kSlots], 0);
@@ -890,52 +803,62 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+int gridFor() { return multiprocessorCount(); }
+
+int smemOptin() {
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  return optin;
+}
+
+// The shared memory layout; the cache rows take what the GPU has left (maxKeys may be 0: every key from global).
 Plan makePlan(const DecodeStepParams& p, int grid) {
   const size_t esz = 2;
-  const int H = p.hidden, F = p.ffn;
-  const int N[kSlots] = {3 * H, H, F, H}, K[kSlots] = {H, H, H, F};
+  const int H = p.hidden, F = p.ffn, hd = p.headDim;
   Plan pl{};
   pl.grid = grid;
   size_t off = 0, partFloats = 64;
   pl.colsMax = 8 * ceilDiv(F / 8, grid);
+  const size_t boxRows = static_cast<size_t>(ceilDiv(H, kColBoxRows)) * kColBoxRows;
   for (int s = 0; s < kSlots; ++s) {
-    const int rows = s == 2 ? pl.colsMax : ceilDiv(N[s], grid);
-    if (s == 3) off = (off + 127) / 128 * 128;  // tensor copies land 128-byte aligned
+    const bool colBlock = s == 1 || s == 3;
+    const int rows = s == 0 ? ceilDiv(3 * H, grid) : pl.colsMax;
+    if (colBlock) off = (off + 127) / 128 * 128;  // tensor copies land 128-byte aligned
     pl.slotOff[s] = static_cast<int>(off);
-    off += align16(s == 3 ? static_cast<size_t>(ceilDiv(H, kColBoxRows)) * kColBoxRows * pl.colsMax * esz
-                          : static_cast<size_t>(rows) * K[s] * esz);
+    off += align16(colBlock ? boxRows * (s == 1 ? 8 : pl.colsMax) * esz : static_cast<size_t>(rows) * H * esz);
     pl.slotBiasOff[s] = static_cast<int>(off);
-    off += align16(static_cast<size_t>(s == 3 ? H : rows + 16) * esz);
+    off += align16(static_cast<size_t>(colBlock ? H : rows + 16) * esz);
     pl.slotNormOff[s] = static_cast<int>(off);
-    if (s == 0 || s == 2) off += align16(static_cast<size_t>(2) * H * esz);
-    if (s < 3) partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * mmaKParts(rows));
+    if (!colBlock) {
+      off += align16(static_cast<size_t>(2) * H * esz);
+      partFloats = std::max<size_t>(partFloats, static_cast<size_t>(rows) * mmaKParts(rows));
+    }
   }
   pl.hlocOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(pl.colsMax) * 4);
   pl.lnfOff = static_cast<int>(off);
   off += align16(static_cast<size_t>(2) * H * esz);
-  pl.xoOff = static_cast<int>(off);
-  off += align16(static_cast<size_t>(ceilDiv(H, grid)) * 4);
-  pl.maxSplits = std::max(1, grid / std::max(1, p.heads));
-  pl.maxKeys = std::max(kMinKeysPerSplit, ceilDiv(p.capacity, pl.maxSplits)) + 1;
-  pl.kvOff = static_cast<int>(off);
-  off += 2 * align16(static_cast<size_t>(pl.maxKeys) * p.headDim * esz);
-  pl.facOff = static_cast<int>(off);
-  off += align16(static_cast<size_t>(2) * grid * 4);
-  const size_t actFloats = std::max<size_t>({static_cast<size_t>(H), static_cast<size_t>(F),
-                                             static_cast<size_t>(p.headDim + pl.maxKeys + kThreads)});
+  pl.xOff = static_cast<int>(off);
+  off += align16(static_cast<size_t>(H) * 4);
   pl.actOff = static_cast<int>(off);
-  off += align16(actFloats * 4);
+  off += align16(static_cast<size_t>(std::max(H, hd + 8)) * 4);
   pl.actTOff = static_cast<int>(off);  // the same vector in the dtype, for the tensor cores
-  off += align16(static_cast<size_t>(std::max(H, F)) * esz);
+  off += align16(static_cast<size_t>(H) * esz);
   pl.partOff = static_cast<int>(off);
   off += align16(partFloats * 4);
   pl.redOff = static_cast<int>(off);
   off += 64 * 4;
   pl.barOff = static_cast<int>(off);
   off += (kSlots + 2) * 8;
+  off = align16(off);
+  pl.kvOff = static_cast<int>(off);
+  const int optin = smemOptin();
+  const size_t row = static_cast<size_t>(2) * hd * esz;  // a key and a value
+  pl.maxKeys = optin > static_cast<int>(off) ? static_cast<int>(std::min<size_t>(p.capacity, (optin - off) / row)) : 0;
+  off += static_cast<size_t>(pl.maxKeys) * row;
   pl.smem = static_cast<int>(off);
-  size_t w = align16(static_cast<size_t>(H) * esz);
+  size_t w = 0;
   pl.wsQkv = static_cast<int>(w);
   w += align16(static_cast<size_t>(3) * H * esz);
   pl.wsAttn = static_cast<int>(w);
@@ -943,14 +866,14 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   pl.wsH = static_cast<int>(w);
   w += align16(static_cast<size_t>(F) * esz);
   pl.wsAcc = static_cast<int>(w);
-  w += static_cast<size_t>(p.layers) * kFixReplicas * H * 8;
+  w += static_cast<size_t>(2) * p.layers * kFixReplicas * H * 8;
   pl.wsXf = static_cast<int>(w);
   w += align16(static_cast<size_t>(H) * esz);
-  pl.wsPart = static_cast<int>(w);
+  pl.wsEnd = static_cast<int>(w);
   return pl;
 }
 
-int gridFor() { return multiprocessorCount(); }
+
 
 // cuTensorMapEncodeTiled from the driver, found through the runtime (null when the driver lacks it).
 PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
@@ -965,21 +888,26 @@ PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
   return fn;
 }
 
-// Each layer's MLP output weight [H][F] as boxes of kColBoxRows rows x colsMax columns ("" or why not).
+// Each layer's output projection [H][H] and MLP output weight [H][F] as column boxes ("" or why not).
 std::string makeColMaps(const DecodeStepParams& p, const Plan& pl, ColMaps& maps) {
   const auto encode = tensorMapEncoder();
   if (!encode) return "the driver has no cuTensorMapEncodeTiled";
-  for (int l = 0; l < p.layers; ++l) {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.ffn), static_cast<cuuint64_t>(p.hidden)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.ffn) * 2};
-    const cuuint32_t box[2] = {static_cast<cuuint32_t>(pl.colsMax), static_cast<cuuint32_t>(kColBoxRows)};
+  // W [rows][cols] as boxes of kColBoxRows rows x width columns.
+  auto one = [&](CUtensorMap& m, const void* W, int rows, int cols, int width) {
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+    const cuuint32_t box[2] = {static_cast<cuuint32_t>(width), static_cast<cuuint32_t>(kColBoxRows)};
     const cuuint32_t step[2] = {1, 1};
-    const CUresult r = encode(&maps.proj[l], p.dtype == ElemType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                              2, const_cast<void*>(p.layer[l].projW), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                              CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS)
-      return "cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) + ") for layer " + std::to_string(l) +
-             "'s MLP output weight";
+    return encode(&m, p.dtype == ElemType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                  const_cast<void*>(W), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  };
+  for (int l = 0; l < p.layers; ++l) {
+    const CUresult r1 = one(maps.out[l], p.layer[l].outW, p.hidden, p.hidden, 8);
+    const CUresult r2 = one(maps.proj[l], p.layer[l].projW, p.hidden, p.ffn, pl.colsMax);
+    if (r1 != CUDA_SUCCESS || r2 != CUDA_SUCCESS)
+      return "cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r1 != CUDA_SUCCESS ? r1 : r2)) +
+             ") for layer " + std::to_string(l) + "'s " + (r1 != CUDA_SUCCESS ? "output projection" : "MLP output weight");
   }
   return "";
 }
@@ -1007,7 +935,7 @@ void launch(const DecodeStepParams& p, const Plan& pl, const ColMaps& maps, cuda
 size_t decodeStepWorkspaceBytes(const DecodeStepParams& p) {
   const int grid = gridFor();
   const Plan pl = makePlan(p, grid);
-  return pl.wsPart + static_cast<size_t>(p.heads) * pl.maxSplits * (p.headDim + 2) * 4 + 16;
+  return pl.wsEnd;
 }
 
 DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
@@ -1063,6 +991,11 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   const int grid = gridFor();
   const Plan pl = makePlan(p, grid);
+  if (p.hidden / 8 > grid)
+    return "hidden " + std::to_string(p.hidden) + " needs " + std::to_string(p.hidden / 8) +
+           " CTAs for its attention dims (8 each), the GPU has " + std::to_string(grid) + " multiprocessors";
+  if (p.capacity > kMaxKeysPerThread * kThreads)
+    return "a cache of " + std::to_string(p.capacity) + " rows, over " + std::to_string(kMaxKeysPerThread * kThreads);
   if (pl.colsMax > 256)  // a tensor copy's box is at most 256 elements wide
     return "MLP width " + std::to_string(p.ffn) + " needs " + std::to_string(pl.colsMax) + " columns a CTA on " +
            std::to_string(grid) + " multiprocessors, over 256";

@@ -273,7 +273,7 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   {  // CTA 0's clock of the last launch: per phase kind, compute (to its barrier) and the wait at the barrier
     std::vector<unsigned long long> t;
     decodeStepDebugTimes(t);
-    constexpr int kPhases = 4;  // A-D of decode_step.cu
+    constexpr int kPhases = 3;  // A-C of decode_step.cu
     double comp[kPhases] = {0}, wait[kPhases] = {0};
     unsigned long long prev = t[0];
     for (int b = 0; b < kPhases * layers; ++b) {
@@ -281,8 +281,8 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
       wait[b % kPhases] += (t[2 * b + 2] - t[2 * b + 1]) / 1000.0;
       prev = t[2 * b + 2];
     }
-    std::printf("PHASES (us, summed over layers, CTA 0) A %.1f+%.1f  B %.1f+%.1f  C %.1f+%.1f  D %.1f+%.1f  head %.1f\n",
-                comp[0], wait[0], comp[1], wait[1], comp[2], wait[2], comp[3], wait[3], (t[1000] - prev) / 1000.0);
+    std::printf("PHASES (us, summed over layers, CTA 0) A %.1f+%.1f  B %.1f+%.1f  C %.1f+%.1f  head %.1f\n", comp[0],
+                wait[0], comp[1], wait[1], comp[2], wait[2], (t[1000] - prev) / 1000.0);
     std::printf("WEIGHT WAITS (us, CTA 0) qkv %.1f out %.1f fc %.1f proj %.1f head %.1f\n", t[1001] / 1e3, t[1002] / 1e3,
                 t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
     // Per phase kind, averaged over layers: the spread of arrivals (first to last CTA), from the last arrival to
@@ -291,7 +291,7 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     decodeStepDebugBarriers(arr, lea);
     int grid = 0;
     FL_CUDA_CHECK(cudaDeviceGetAttribute(&grid, cudaDevAttrMultiProcessorCount, 0));
-    const char* kinds = "ABCD";
+    const char* kinds = "ABC";
     for (int k = 0; k < kPhases; ++k) {
       double spread = 0, toLeave = 0, leaveSpread = 0;
       std::vector<int> lastCount(grid, 0);
