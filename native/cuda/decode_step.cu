@@ -4,29 +4,32 @@
 // costs at least ~2.5 µs of launch, ramp and drain however small its weight (a 768 x 768 projection is 1.2 MB).
 // Here one CTA per multiprocessor stays resident for the whole step and the phases meet at grid barriers (an
 // arrival count in global memory) instead of kernel boundaries. The weights do not depend on the activations:
-// every CTA owns a fixed slice of rows of every linear layer (with their bias rows and the phase's LayerNorm
-// parameters) and copies the NEXT layer's slices into shared memory with bulk asynchronous copies
-// (cp.async.bulk, completed on an mbarrier) while it computes this one, so the DRAM latency hides behind the
-// phases; the dot products run on the tensor cores from shared memory. Each CTA keeps its own rows of the
-// residual stream, and its attention item's older keys and values are copied in during the phase before. The
-// output layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
+// every CTA owns fixed rows or column blocks of every linear layer (with their biases and the phase's LayerNorm
+// parameters) and copies the NEXT layer's into shared memory with bulk asynchronous copies (cp.async.bulk for
+// rows, 2-D tensor copies for column blocks, completed on an mbarrier) while it computes this one, so the DRAM
+// latency hides behind the phases; the dot products run on the tensor cores from shared memory. Every CTA keeps
+// the whole residual stream, and the older keys and values of its head are copied in during phase A. The output
+// layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
 //
-// Measured (H100, GPT-2 124M, 129 keys): 265 µs a step against ~300 µs for the same step as 62 kernels with
-// programmatic launch. About 1.2-2 µs of each phase is the barrier (and the slowest CTA); the rest is the chain
+// Measured (H100, GPT-2 124M, 129 keys): 228 µs a step against ~300 µs for the same step as 62 kernels with
+// programmatic launch. About 1.2-3 µs of each phase is the barrier (and the slowest CTA); the rest is the chain
 // of dependent loads and reductions inside the phase (decode_step_tests --gpt2 in a profiling build).
 //
 // Phases of a layer (G CTAs; a grid barrier after each):
-//   A  x = x + the last MLP output's sums -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go
-//      straight into the cache at *pos
-//   B  attention: (head, split of the keys) items, each CTA one at most, its older keys and values copied into
-//      shared memory during A; each writes its split's (max, sum, unnormalised output)
-//   C  every CTA merges the splits into the whole attention output, then its rows: x[r] += attn · Wo[r] + b[r]
-//   D  x -> LayerNorm -> MLP rows in blocks of 8: h[r] = gelu_new(x · Wfc[r] + b[r]); then the MLP output's
-//      share of this CTA, Wproj[:, block] · h[block] (+ the bias in the last CTA), added into the layer's sums
-// The MLP output is a sum over the CTAs instead of a phase of its own (one grid barrier fewer a layer): 64-bit
-// fixed point (kFixBits), integer additions, so the order the CTAs add in does not change the result. Then the
-// final LayerNorm and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the last CTA to
-// finish writes the next token and position and re-zeroes the sync words for the next step.
+//   A  x += the last MLP output's sums -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight
+//      into the cache at *pos
+//   B  attention split by output dims: CTA c < H / 8 takes dims [8c, 8c + 8) of head 8c / headDim, scores all
+//      the head's keys (the older ones copied into shared memory during A as far as they fit, the rest read from
+//      L2), and multiplies its 8 outputs by the same 8 columns of the output projection (+ the bias in the last
+//      CTA): 768 products added into the layer's attention sums
+//   C  x += the attention sums -> LayerNorm -> MLP rows in blocks of 8: h[r] = gelu_new(x · Wfc[r] + b[r]); then
+//      this CTA's share of the MLP output, Wproj[:, block] · h[block] (+ the bias in the last CTA), into the
+//      layer's MLP sums
+// The two column-split products are sums over the CTAs instead of phases of their own (in session 5 a layer had
+// five phases: a split merge, the output projection rows and the MLP output rows each had one): 64-bit fixed point
+// (kFixBits), integer additions, so the order the CTAs add in does not change the result. Then the final LayerNorm
+// and the output layer's rows with a running argmax (one 64-bit atomicMax a CTA); the last CTA to finish writes the
+// next token and position and re-zeroes the sync words for the next step.
 //
 // Numerics follow the separate kernels: LayerNorm statistics in fp32 (both moments in one pass) with the
 // normalised row rounded to the dtype, dot products in fp32, one rounding of each stored value (qkv, attention
@@ -222,7 +225,9 @@ __device__ __forceinline__ void addFixed(long long* p, float v) {
   const long long f = __float2ll_rn(fminf(fmaxf(v, -kFixClamp), kFixClamp) * static_cast<float>(1 << kFixBits));
   asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(f) : "memory");
 }
-__device__ __forceinline__ float fromFixed(long long f) { return static_cast<float>(static_cast<double>(f) * (1.0 / (1 << kFixBits))); }
+__device__ __forceinline__ float fromFixed(long long f) {
+  return static_cast<float>(static_cast<double>(f) * (1.0 / (1 << kFixBits)));
+}
 template <class T>
 __device__ __forceinline__ float ldShared(const T* p) {
   const uint16_t u = ldShared16(p);
@@ -398,7 +403,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int H = p.hidden, F = p.ffn, hd = p.headDim, L = p.layers;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);  // [kSlots] slots, the final LayerNorm, the cache rows
+  // mbarriers: [kSlots] slots, the final LayerNorm, the cache rows
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);
   float* act = reinterpret_cast<float*>(smem + pl.actOff);
   T* actT = reinterpret_cast<T*>(smem + pl.actTOff);
   float* part = reinterpret_cast<float*>(smem + pl.partOff);
@@ -649,7 +655,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           uint4 kv[8];
 #pragma unroll
           for (int c = 0; c < 8; ++c)
-            if (c0 + 8 * c < hd) kv[c] = sm ? *reinterpret_cast<const uint4*>(kr + c0 + 8 * c) : ldShared128(kr + c0 + 8 * c);
+            if (c0 + 8 * c < hd)
+              kv[c] = sm ? *reinterpret_cast<const uint4*>(kr + c0 + 8 * c) : ldShared128(kr + c0 + 8 * c);
 #pragma unroll
           for (int c = 0; c < 8; ++c) {
             if (c0 + 8 * c >= hd) break;
