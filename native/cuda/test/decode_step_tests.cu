@@ -338,12 +338,15 @@ void testRefusals() {
   };
   DecodeStepParams f32 = shape(768, 12, 3072, 12);
   f32.dtype = ElemType::F32;
+  DecodeStepParams longCache = shape(768, 12, 3072, 12);
+  longCache.capacity = 2048;
   const Case cases[] = {
       {"GPT-2 large's width (1280)", shape(1280, 20, 5120, 12), "hidden 1280 over 1024"},
       {"an MLP of 8192", shape(1024, 16, 8192, 24), "MLP width 8192 over 4096"},
       {"25 layers", shape(768, 12, 3072, 25), "layers 25 outside 1..24"},
       {"fp32", f32, "not fp16 or bf16"},
       {"head dim 48 (does not divide 256)", shape(768, 16, 3072, 12), "head dim 48"},
+      {"a cache of 2,048 rows (a thread scores at most 4 keys)", longCache, "a cache of 2048 rows, over 1024"},
   };
   for (const Case& c : cases) {
     const std::string why = decodeStepProblem(c.p);
