@@ -1023,10 +1023,9 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
                    cudaSuccess && perSm >= 1;
   });
   if (!resident) return "one CTA of " + std::to_string(pl.smem) + " bytes of shared memory cannot stay on every multiprocessor";
-  // An mbarrier counts at most 2^20 - 1 bytes in flight: each slot's rows are one copy.
-  const int H = p.hidden;
-  if (static_cast<int64_t>(ceilDiv(std::max(3 * H, p.ffn), grid)) * std::max(H, p.ffn) * 2 >= (1 << 20))
-    return "a layer's slice per CTA is over 1 MB";
+  // An mbarrier counts at most 2^20 - 1 bytes in flight; everything one barrier waits for lands in this CTA's
+  // shared memory, so its size bounds them all.
+  if (pl.smem >= (1 << 20)) return "one CTA's copies (" + std::to_string(pl.smem) + " bytes) are over 1 MB";
   return "";
 }
 
