@@ -61,6 +61,14 @@ __device__ __forceinline__ unsigned long long globalNow() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
   return t;
 }
+// Inside-phase stamps of one CTA with an attention item (clock64, calibrated by the global timer): [layer][point].
+constexpr int kDbgCta = 1;
+__device__ long long gInner[16][32];
+__device__ unsigned long long gCal[4];
+#define DBG_I(l, k)                                                                     \
+  do {                                                                                  \
+    if (blockIdx.x == kDbgCta && threadIdx.x == 0 && (l) < 16) gInner[(l)][(k)] = clock64(); \
+  } while (0)
 #define DBG_T(i)                                                                                 \
   do {                                                                                           \
     if (blockIdx.x == 0 && threadIdx.x == 0 && (i) < 1024) {                                     \
@@ -70,6 +78,9 @@ __device__ __forceinline__ unsigned long long globalNow() {
     }                                                                                            \
   } while (0)
 #else
+#define DBG_I(l, k) \
+  do {              \
+  } while (0)
 #define DBG_T(i) \
   do {           \
   } while (0)
@@ -109,7 +120,7 @@ struct Plan {
   int xOff;     // the residual stream (H floats), the same in every CTA
   int kvOff;    // the cache rows [0, maxKeys) of this CTA's head, keys then values, copied in during phase A
   int hlocOff;  // this CTA's MLP activations (colsMax floats)
-  int actOff, actTOff, partOff, redOff, barOff, smem;
+  int actOff, actTOff, partOff, redOff, scOff, barOff, smem;
   int maxKeys;  // cache rows that fit in shared memory (the rest are read from global memory)
   int colsMax;  // the MLP output's column block: at most colsMax columns a CTA
   // workspace byte offsets: qkv, attention output, MLP activation (the last two for the tests), the fixed-point
@@ -270,11 +281,11 @@ __device__ __forceinline__ float roundTo(float v) {
   return toFloat(fromFloat<T>(v));
 }
 
-// x[0..n) += the fixed-point sums of a block's output (n a multiple of 4, at most 4 kThreads), rounded to T as the
-// separate kernels' residual add; act and actT get the new x. Every CTA holds the whole residual stream (the same
-// values in each: integer sums). Returns this thread's (sum, sum of squares) for the LayerNorm that follows.
+// The residual add and the LayerNorm after it with each thread's 4 values (x[4 tid, 4 tid + 4)) kept in registers
+// between them: x += the fixed-point sums (rounded to T as the separate kernels' residual add) into xs and v; then
+// act = LayerNorm(v) rounded to T (and actT the same in the dtype), one CTA-wide reduction for both moments.
 template <class T>
-__device__ __forceinline__ float2 addResidual(float* x, float* act, T* actT, const long long* acc, int n) {
+__device__ __forceinline__ float2 addResidual(float* x, const long long* acc, int n, float (&v)[4]) {
   const int i = 4 * threadIdx.x;
   float s = 0.f, q = 0.f;
   if (i < n) {
@@ -292,43 +303,37 @@ __device__ __forceinline__ float2 addResidual(float* x, float* act, T* actT, con
           f[3] += ll(a[r][1].z, a[r][1].w);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float v = roundTo<T>(x[i + e] + fromFixed(f[e]));
-      x[i + e] = act[i + e] = v, actT[i + e] = fromFloat<T>(v), s += v, q += v * v;
+      v[e] = roundTo<T>(x[i + e] + fromFixed(f[e]));
+      x[i + e] = v[e], s += v[e], q += v[e] * v[e];
     }
   }
-  __syncthreads();
   return make_float2(s, q);
 }
-
-// Sum over the CTA of (a, b) pairs, in every thread (red: 2 kWarps floats, reusable on return).
-__device__ __forceinline__ float2 blockSum2(float2 v, float* red) {
+template <class T>
+__device__ __forceinline__ void layerNorm(float* act, T* actT, int n, float2 moments, const float (&v)[4],
+                                           const T* w, const T* b, float eps, float* red) {
+  // One CTA-wide sum of both moments; red is next written after this function's closing barrier, so the sum needs
+  // no barrier of its own after it.
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+    moments.x += __shfl_xor_sync(0xffffffffu, moments.x, o);
+    moments.y += __shfl_xor_sync(0xffffffffu, moments.y, o);
   }
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v.x, red[kWarps + threadIdx.x / 32] = v.y;
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = moments.x, red[kWarps + threadIdx.x / 32] = moments.y;
   __syncthreads();
-  float2 s = make_float2(0.f, 0.f);
+  float2 m = make_float2(0.f, 0.f);
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) s.x += red[w], s.y += red[kWarps + w];
-  __syncthreads();
-  return s;
-}
-
-// act = LayerNorm(act) rounded to T, from each thread's (sum, sum of squares) of the values it loaded
-// (addResidual; a thread that loaded nothing passes zeros): one reduction for both moments.
-template <class T>
-__device__ __forceinline__ void layerNorm(float* act, T* actT, int n, float2 moments, const T* w, const T* b,
-                                          float eps, float* red) {
-  const float2 m = blockSum2(moments, red);
+  for (int wi = 0; wi < kWarps; ++wi) m.x += red[wi], m.y += red[kWarps + wi];
   const float mean = m.x / n;
   const float inv = rsqrtf(fmaxf(m.y / n - mean * mean, 0.f) + eps);
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const T v = fromFloat<T>((act[i] - mean) * inv * toFloat(w[i]) + toFloat(b[i]));
-    act[i] = toFloat(v);
-    actT[i] = v;
-  }
+  const int i = 4 * threadIdx.x;
+  if (i < n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const T t = fromFloat<T>((v[e] - mean) * inv * toFloat(w[i + e]) + toFloat(b[i + e]));
+      act[i + e] = toFloat(t);
+      actT[i + e] = t;
+    }
   __syncthreads();
 }
 
@@ -354,6 +359,7 @@ __device__ __forceinline__ int sliceDotsMma(const T* w, int rows, int k, const T
     const T* a0p = w + static_cast<size_t>(r0 < rows ? r0 : 0) * k;
     const T* a1p = w + static_cast<size_t>(r1 < rows ? r1 : 0) * k;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
+    float cj[4][4] = {};
     for (int ub = u0; ub < u1; ub += 4) {  // 4 units: 12 loads in flight
       uint4 a[4], b[4], xv[4];
 #pragma unroll
@@ -365,12 +371,17 @@ __device__ __forceinline__ int sliceDotsMma(const T* w, int rows, int k, const T
         b[j] = in && r1 < rows ? *reinterpret_cast<const uint4*>(a1p + kk) : z;
         xv[j] = in && g == 0 ? *reinterpret_cast<const uint4*>(xT + kk) : z;
       }
+      // Four accumulators: the mma of one unit does not wait for the previous unit's.
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        mma16816<T>(c, a[j].x, b[j].x, a[j].y, b[j].y, xv[j].x, xv[j].y);
-        mma16816<T>(c, a[j].z, b[j].z, a[j].w, b[j].w, xv[j].z, xv[j].w);
+        mma16816<T>(cj[j], a[j].x, b[j].x, a[j].y, b[j].y, xv[j].x, xv[j].y);
+        mma16816<T>(cj[j], a[j].z, b[j].z, a[j].w, b[j].w, xv[j].z, xv[j].w);
       }
     }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) c[e] += cj[j][e];
     if (t == 0) {  // column 0: c[0] row g, c[2] row g + 8
       if (r0 < rows) part[r0 * kparts + kp] = c[0];
       if (r1 < rows) part[r1 * kparts + kp] = c[2];
@@ -538,21 +549,26 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Embedding: every CTA computes x for itself (it keeps the whole residual stream).
   float2 moments = make_float2(0.f, 0.f);
+  float xv[4] = {0.f, 0.f, 0.f, 0.f};  // this thread's 4 values of the residual stream (addResidual)
   {
     const bool ok = tok >= 0 && tok < p.vocab && pos >= 0 && pos < p.maxPositions;
     const T* te = static_cast<const T*>(p.wte) + static_cast<size_t>(ok ? tok : 0) * H;
     const T* pe = static_cast<const T*>(p.wpe) + static_cast<size_t>(ok ? pos : 0) * H;
-    for (int i = tid; i < H; i += kThreads) {
-      const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
-      xs[i] = act[i] = v;
-      actT[i] = fromFloat<T>(v);
-      moments.x += v, moments.y += v * v;
-    }
-    __syncthreads();
+    if (4 * tid < H)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * tid + e;
+        const float v = ok ? roundTo<T>(toFloat(te[i]) + toFloat(pe[i])) : 0.f;
+        xs[i] = xv[e] = v;
+        moments.x += v, moments.y += v * v;
+      }
   }
 
   uint32_t barriers = 0;
   DBG_T(0);
+#ifdef FLASHLAB_DECODE_STEP_DEBUG
+  if (cta == kDbgCta && tid == 0) gCal[0] = globalNow(), gCal[1] = clock64();
+#endif
   // Debug builds time CTA 0: slot 2k + 1 before barrier k + 1, 2k + 2 after it. After phase s of layer l, the
   // slots it read get layer l + 1's weights; after B also slot 3 gets this layer's, apart from slot 2's refill
   // after C so that no phase starts behind two large refills (H100, GPT-2: slot 3 with slot 2 cost 7 us a step).
@@ -583,29 +599,52 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto addColumns = [&](int s, int l, const float* in, int width, int pitch, long long* dst) {
     const T* bias = biasCta && biasOf(s, l) ? slotBias(s) : nullptr;
     long long* mine = dst + static_cast<size_t>(cta % kFixReplicas) * H;
-    for (int o = tid; o < H; o += kThreads) {
-      const T* wr = slot(s) + o * pitch;
-      float v = bias ? toFloat(bias[o]) : 0.f;
-      for (int j = 0; j < width; j += 8) {
-        float f[8];
-        unpack8<T>(*reinterpret_cast<const uint4*>(wr + j), f);
+    // A thread's outputs (at most 4: H <= 4 kThreads) side by side, their loads in flight together; each output
+    // still sums its columns in order.
+    constexpr int kOut = 4;
+    float v[kOut];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v += f[e] * in[j + e];
-      }
-      addFixed(mine + o, v);
+    for (int q = 0; q < kOut; ++q) {
+      const int o = tid + q * kThreads;
+      v[q] = bias && o < H ? toFloat(bias[o]) : 0.f;
     }
+    for (int j = 0; j < width; j += 8) {
+      uint4 wv[kOut];
+#pragma unroll
+      for (int q = 0; q < kOut; ++q) {
+        const int o = tid + q * kThreads;
+        wv[q] = o < H ? *reinterpret_cast<const uint4*>(slot(s) + o * pitch + j) : make_uint4(0, 0, 0, 0);
+      }
+      const float4 i0 = *reinterpret_cast<const float4*>(in + j), i1 = *reinterpret_cast<const float4*>(in + j + 4);
+      const float iv[8] = {i0.x, i0.y, i0.z, i0.w, i1.x, i1.y, i1.z, i1.w};
+#pragma unroll
+      for (int q = 0; q < kOut; ++q) {
+        float f[8];
+        unpack8<T>(wv[q], f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[q] += f[e] * iv[e];
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < kOut; ++q)
+      if (tid + q * kThreads < H) addFixed(mine + tid + q * kThreads, v[q]);
   };
 
   for (int l = 0; l < L; ++l) {
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write (and the attention's older keys and values on their way)
+    DBG_I(l, 0);
     if (tid == 0) issueKv(l);
-    if (l > 0) moments = addResidual(xs, act, actT, sums(l - 1, 1), H);
+    if (l > 0) moments = addResidual<T>(xs, sums(l - 1, 1), H, xv);
+    DBG_I(l, 1);
     waitSlot(0, l);
-    layerNorm(act, actT, H, moments, slotNorm(0), slotNorm(0) + H, p.eps, red);
+    DBG_I(l, 2);
+    layerNorm(act, actT, H, moments, xv, slotNorm(0), slotNorm(0) + H, p.eps, red);
+    DBG_I(l, 3);
     {
       const int rows = re[0] - rb[0];
       const int parts = sliceDotsMma(slot(0), rows, H, actT, part);
+      DBG_I(l, 4);
       if (tid < rows) {
         const int r = rb[0] + tid;
         const T v = fromFloat<T>(rowOut(0, l, parts));
@@ -617,7 +656,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
+    DBG_I(l, 5);
     sync(0, l);
+    DBG_I(l, 6);
 
     // ---- B: attention of this CTA's head over the cache [0, T_), its 8 output dims, then their share of the
     // output projection into the layer's sums
@@ -641,42 +682,53 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (nSm > 0) mbarWait(&bars[kSlots + 1], l & 1);
       __syncthreads();
-      // Scores: thread tid takes keys tid + k kThreads.
-      float sc[kMaxKeysPerThread];
+      DBG_I(l, 7);
+      // Scores: a key's row is read by hd / 8 lanes, 16 bytes each (a warp reads whole rows, so the shared-memory
+      // loads meet no bank conflicts and the global ones are coalesced), 8 key groups a warp in flight; the lanes'
+      // partial dots meet by shuffles and the scores go to shared memory for the softmax.
+      float* scores = reinterpret_cast<float*>(smem + pl.scOff);
       float m = -INFINITY;
+      {
+        const int lpk = hd / 8, kpw = 32 / lpk, sub = lane % lpk, kin = lane / lpk;
+        float qf[8];
 #pragma unroll
-      for (int k = 0; k < kMaxKeysPerThread; ++k) {
-        const int j = tid + k * kThreads;
-        sc[k] = -INFINITY;
-        if (j >= T_) continue;
-        const bool sm = j < inSm;
-        const T* kr = sm ? kvK + static_cast<size_t>(j) * hd : kc + static_cast<size_t>(j) * hd;
-        float dot = 0.f;
-        for (int c0 = 0; c0 < hd; c0 += 64) {  // 8 loads in flight, then their products
-          uint4 kv[8];
+        for (int e = 0; e < 8; ++e) qf[e] = qs[8 * sub + e];
+        constexpr int kUnroll = 8;
+        // The loop bounds are the same in every lane of a warp (the shuffles need the whole warp).
+        for (int jw = warp * kpw; jw < T_; jw += kUnroll * kWarps * kpw) {
+          uint4 kv[kUnroll];
 #pragma unroll
-          for (int c = 0; c < 8; ++c)
-            if (c0 + 8 * c < hd)
-              kv[c] = sm ? *reinterpret_cast<const uint4*>(kr + c0 + 8 * c) : ldShared128(kr + c0 + 8 * c);
+          for (int u = 0; u < kUnroll; ++u) {
+            const int j = jw + kin + u * kWarps * kpw;
+            const size_t at = static_cast<size_t>(j) * hd + 8 * sub;
+            kv[u] = j >= T_ ? make_uint4(0, 0, 0, 0)
+                  : j < inSm ? *reinterpret_cast<const uint4*>(kvK + at)
+                             : ldShared128(kc + at);
+          }
 #pragma unroll
-          for (int c = 0; c < 8; ++c) {
-            if (c0 + 8 * c >= hd) break;
+          for (int u = 0; u < kUnroll; ++u) {
+            const int j = jw + kin + u * kWarps * kpw;
             float kf[8];
-            unpack8<T>(kv[c], kf);
+            unpack8<T>(kv[u], kf);
+            float dot = 0.f;
 #pragma unroll
-            for (int e = 0; e < 8; ++e) dot += qs[c0 + 8 * c + e] * kf[e];
+            for (int e = 0; e < 8; ++e) dot += qf[e] * kf[e];
+            for (int o = lpk / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (j < T_) {
+              if (sub == 0) scores[j] = dot;
+              m = fmaxf(m, dot);
+            }
           }
         }
-        sc[k] = dot;
-        m = fmaxf(m, dot);
       }
       m = blockMax(m, red);
+      DBG_I(l, 8);
       float lsum = 0.f, o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int k = 0; k < kMaxKeysPerThread; ++k) {
         const int j = tid + k * kThreads;
         if (j >= T_) continue;
-        const float e = __expf(sc[k] - m);
+        const float e = __expf(scores[j] - m);
         lsum += e;
         const size_t at = static_cast<size_t>(j) * hd + d0;
         const uint4 vv = j < inSm ? *reinterpret_cast<const uint4*>(kvV + at) : ldShared128(vc + at);
@@ -686,6 +738,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int d = 0; d < 8; ++d) o[d] += e * vf[d];
       }
       lsum = blockSum(lsum, red);
+      DBG_I(l, 9);
 #pragma unroll
       for (int d = 0; d < 8; ++d) o[d] = warpSum(o[d]);
       if (lane == 0)
@@ -700,40 +753,52 @@ __global__ void __launch_bounds__(kThreads, 1)
         stShared(attn + ab + tid, v);  // kept for inspection (the tests read it)
       }
       __syncthreads();
+      DBG_I(l, 10);
       waitSlot(1, l);
+      DBG_I(l, 11);
       addColumns(1, l, o8, 8, 8, sums(l, 0));
+      DBG_I(l, 12);
     }
     sync(1, l);
+    DBG_I(l, 13);
 
     // ---- C: x += the attention block's sums -> LayerNorm -> this CTA's MLP rows with gelu_new, then its share of
     // the MLP output: the same columns of the output weight times those activations, into the layer's sums
-    moments = addResidual(xs, act, actT, sums(l, 0), H);
+    moments = addResidual<T>(xs, sums(l, 0), H, xv);
+    DBG_I(l, 14);
     waitSlot(2, l);
-    layerNorm(act, actT, H, moments, slotNorm(2), slotNorm(2) + H, p.eps, red);
+    DBG_I(l, 15);
+    layerNorm(act, actT, H, moments, xv, slotNorm(2), slotNorm(2) + H, p.eps, red);
+    DBG_I(l, 16);
     {
       const int parts = sliceDotsMma(slot(2), cols, H, actT, part);
+      DBG_I(l, 17);
       if (tid < cols) {
         const T hv = fromFloat<T>(geluNewF(rowOut(2, l, parts)));
         hloc[tid] = toFloat(hv);
         stShared(hbuf + cb + tid, hv);  // kept for inspection (the tests read it)
       }
       __syncthreads();
+      DBG_I(l, 18);
       if (cols > 0) {
         waitSlot(3, l);
+        DBG_I(l, 19);
         addColumns(3, l, hloc, cols, pl.colsMax, sums(l, 1));
       }
     }
+    DBG_I(l, 20);
     sync(2, l);
+    DBG_I(l, 21);
   }
 
   // ---- final LayerNorm, the output layer's rows of this CTA (straight from global memory, 4 rows a warp at a
   // time: 12 loads of 16 bytes in flight a lane at H = 768) and their argmax
-  moments = addResidual(xs, act, actT, sums(L - 1, 1), H);
-  if (cta == 0)  // kept for inspection (the tests read it)
-    for (int i = tid; i < H; i += kThreads) stShared(reinterpret_cast<T*>(ws + pl.wsXf) + i, actT[i]);
+  moments = addResidual<T>(xs, sums(L - 1, 1), H, xv);
+  if (cta == 0 && 4 * tid < H)  // kept for inspection (the tests read it)
+    for (int e = 0; e < 4; ++e) stShared(reinterpret_cast<T*>(ws + pl.wsXf) + 4 * tid + e, fromFloat<T>(xv[e]));
   mbarWait(&bars[kSlots], 0);
-  layerNorm(act, actT, H, moments, reinterpret_cast<const T*>(smem + pl.lnfOff),
-            reinterpret_cast<const T*>(smem + pl.lnfOff) + H, p.eps, red);
+  layerNorm(act, actT, H, moments, xv, reinterpret_cast<const T*>(smem + pl.lnfOff),
+             reinterpret_cast<const T*>(smem + pl.lnfOff) + H, p.eps, red);
   int vb, ve;
   rowRange(p.vocab, cta, G, vb, ve);
   unsigned long long mine = 0;
@@ -781,6 +846,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   DBG_T(1000);
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
+  if (cta == kDbgCta && tid == 0) gCal[2] = globalNow(), gCal[3] = clock64();
   if (cta == 0 && tid == 0)
     for (int i = 0; i <= kSlots; ++i) gDebugTime[1001 + i] = waited[i];
 #endif
@@ -857,6 +923,8 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   off += align16(partFloats * 4);
   pl.redOff = static_cast<int>(off);
   off += 64 * 4;
+  pl.scOff = static_cast<int>(off);  // the attention's scores
+  off += align16(static_cast<size_t>(std::min(p.capacity, kMaxKeysPerThread * kThreads)) * 4);
   pl.barOff = static_cast<int>(off);
   off += (kSlots + 2) * 8;
   off = align16(off);
@@ -959,6 +1027,12 @@ DecodeStepWorkspaceLayout decodeStepWorkspaceLayout(const DecodeStepParams& p) {
 void decodeStepDebugTimes(std::vector<unsigned long long>& t) {
   t.resize(1024);
   FL_CUDA_CHECK(cudaMemcpyFromSymbol(t.data(), gDebugTime, 1024 * 8));
+}
+void decodeStepDebugInner(std::vector<long long>& t, std::vector<unsigned long long>& cal) {
+  t.resize(16 * 32);
+  cal.resize(4);
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(t.data(), gInner, t.size() * 8));
+  FL_CUDA_CHECK(cudaMemcpyFromSymbol(cal.data(), gCal, 4 * 8));
 }
 void decodeStepDebugBarriers(std::vector<unsigned long long>& arrive, std::vector<unsigned long long>& leave) {
   arrive.resize(kDecodeStepDebugBarriers * kDecodeStepDebugCtas);

@@ -75,6 +75,7 @@ void decodeStep(const DecodeStepParams& p, cudaStream_t stream);
 // barrier and its waits for weight slices; every CTA's arrival at and departure from each barrier, [barrier][cta].
 constexpr int kDecodeStepDebugBarriers = 128, kDecodeStepDebugCtas = 256;
 void decodeStepDebugTimes(std::vector<unsigned long long>& t);
+void decodeStepDebugInner(std::vector<long long>& t, std::vector<unsigned long long>& cal);
 void decodeStepDebugBarriers(std::vector<unsigned long long>& arrive, std::vector<unsigned long long>& leave);
 #endif
 

@@ -285,6 +285,26 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
                 wait[0], comp[1], wait[1], comp[2], wait[2], (t[1000] - prev) / 1000.0);
     std::printf("WEIGHT WAITS (us, CTA 0) qkv %.1f out %.1f fc %.1f proj %.1f head %.1f\n", t[1001] / 1e3, t[1002] / 1e3,
                 t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
+    {  // inside the phases, CTA 1 (an attention item): mean over layers of each segment, ns
+      std::vector<long long> in;
+      std::vector<unsigned long long> cal;
+      decodeStepDebugInner(in, cal);
+      const double nsPerClk = static_cast<double>(cal[2] - cal[0]) / static_cast<double>(cal[3] - cal[1]);
+      const char* names[] = {"A:addres", "A:slot0", "A:ln", "A:mma", "A:store", "A:bar", "B:q+kv", "B:max",
+                             "B:sum", "B:o8", "B:slot1", "B:cols", "B:bar", "C:addres", "C:slot2", "C:ln",
+                             "C:mma", "C:gelu", "C:slot3", "C:cols", "C:bar"};
+      std::printf("INNER (ns, CTA 1, mean of %d layers, %.3f ns/clk):", layers, nsPerClk);
+      for (int k = 0; k < 21; ++k) {
+        double s = 0;
+        int n = 0;
+        for (int l = 0; l < layers && l < 16; ++l) {
+          const long long a = in[l * 32 + k], b = in[l * 32 + k + 1];
+          if (b >= a && a > 0) s += static_cast<double>(b - a), ++n;
+        }
+        std::printf(" %s %.0f", names[k], n ? s / n * nsPerClk : -1.0);
+      }
+      std::printf("\n");
+    }
     // Per phase kind, averaged over layers: the spread of arrivals (first to last CTA), from the last arrival to
     // the first departure, and the spread of departures; and the CTAs that arrived last most often.
     std::vector<unsigned long long> arr, lea;
@@ -365,6 +385,10 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool gpt2Only = argc > 1 && std::strcmp(argv[1], "--gpt2") == 0;  // the GPT-2 case alone, timed (profiling)
   try {
+    if (argc > 1 && std::strcmp(argv[1], "--gpt2-long") == 0) {  // the same at 901 keys
+      run(768, 12, 3072, 50257, 12, 1024, 900, 1024, true);
+      return failures ? 1 : 0;
+    }
     if (gpt2Only) {
       run(768, 12, 3072, 50257, 12, 1024, 128, 1024, true);
       return failures ? 1 : 0;
