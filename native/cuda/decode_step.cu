@@ -705,22 +705,33 @@ __global__ void __launch_bounds__(kThreads, 1)
                   : j < inSm ? *reinterpret_cast<const uint4*>(kvK + at)
                              : ldShared128(kc + at);
           }
+          // All 8 partial dots first, then their shuffles side by side.
+          float dots[kUnroll];
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
-            const int j = jw + kin + u * kWarps * kpw;
             float kf[8];
             unpack8<T>(kv[u], kf);
             float dot = 0.f;
 #pragma unroll
             for (int e = 0; e < 8; ++e) dot += qf[e] * kf[e];
-            for (int o = lpk / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            dots[u] = dot;
+          }
+#pragma unroll
+          for (int o = 16; o > 0; o >>= 1)
+            if (o < lpk)
+#pragma unroll
+              for (int u = 0; u < kUnroll; ++u) dots[u] += __shfl_xor_sync(0xffffffffu, dots[u], o);
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int j = jw + kin + u * kWarps * kpw;
             if (j < T_) {
-              if (sub == 0) scores[j] = dot;
-              m = fmaxf(m, dot);
+              if (sub == 0) scores[j] = dots[u];
+              m = fmaxf(m, dots[u]);
             }
           }
         }
       }
+      DBG_I(l, 22);
       m = blockMax(m, red);
       DBG_I(l, 8);
       float lsum = 0.f, o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};

@@ -303,6 +303,15 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
         }
         std::printf(" %s %.0f", names[k], n ? s / n * nsPerClk : -1.0);
       }
+      {  // the scores alone (from point 7 to point 22, before the max's reduction)
+        double s = 0;
+        int n = 0;
+        for (int l = 0; l < layers && l < 16; ++l) {
+          const long long x0 = in[l * 32 + 7], x1 = in[l * 32 + 22];
+          if (x1 >= x0 && x0 > 0) s += static_cast<double>(x1 - x0), ++n;
+        }
+        std::printf(" (B:scores alone %.0f)", n ? s / n * nsPerClk : -1.0);
+      }
       std::printf("\n");
     }
     // Per phase kind, averaged over layers: the spread of arrivals (first to last CTA), from the last arrival to
