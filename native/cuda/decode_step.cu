@@ -11,17 +11,19 @@
 // the whole residual stream, and the older keys and values of its head are copied in during phase A. The output
 // layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
 //
-// Measured (H100, GPT-2 124M, 129 keys): 228 µs a step against ~300 µs for the same step as 62 kernels with
-// programmatic launch. About 1.2-3 µs of each phase is the barrier (and the slowest CTA); the rest is the chain
-// of dependent loads and reductions inside the phase (decode_step_tests --gpt2 in a profiling build).
+// Measured (H100, GPT-2 124M): 212-216 µs a step at 129 keys, 266-270 at 901, against ~300 µs for the same step as
+// 62 kernels with programmatic launch. About 1.7-2 µs of each phase is the barrier (~0.9 from the last arrival to
+// the first departure, the rest the slowest CTA); the rest is the chain of dependent loads and reductions inside
+// the phase (decode_step_tests --gpt2 in a profiling build prints each phase's parts, INNER).
 //
 // Phases of a layer (G CTAs; a grid barrier after each):
 //   A  x += the last MLP output's sums -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight
 //      into the cache at *pos
 //   B  attention split by output dims: CTA c < H / 8 takes dims [8c, 8c + 8) of head 8c / headDim, scores all
 //      the head's keys (the older ones copied into shared memory during A as far as they fit, the rest read from
-//      L2), and multiplies its 8 outputs by the same 8 columns of the output projection (+ the bias in the last
-//      CTA): 768 products added into the layer's attention sums
+//      L2; a key's row is read by headDim / 8 lanes, so a warp reads whole rows), and multiplies its 8 outputs by
+//      the same 8 columns of the output projection (+ the bias in the last CTA): 768 products added into the
+//      layer's attention sums
 //   C  x += the attention sums -> LayerNorm -> MLP rows in blocks of 8: h[r] = gelu_new(x · Wfc[r] + b[r]); then
 //      this CTA's share of the MLP output, Wproj[:, block] · h[block] (+ the bias in the last CTA), into the
 //      layer's MLP sums
@@ -254,28 +256,6 @@ __device__ __forceinline__ float warpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// Block-wide sum / max, the same value in every thread (red: kWarps floats, reusable on return).
-__device__ __forceinline__ float blockSum(float v, float* red) {
-  v = warpSum(v);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  float s = 0.f;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) s += red[w];
-  __syncthreads();
-  return s;
-}
-__device__ __forceinline__ float blockMax(float v, float* red) {
-  v = warpMax(v);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  float m = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) m = fmaxf(m, red[w]);
-  __syncthreads();
-  return m;
-}
-
 template <class T>
 __device__ __forceinline__ float roundTo(float v) {
   return toFloat(fromFloat<T>(v));
@@ -666,7 +646,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int h = itemHead;
       float* qs = act;           // [hd]
       float* o8 = act + hd;      // [8]: this CTA's attention output
-      float* wred = part;        // [kWarps][8]
+      float* wred = part;        // [kWarps][9]: each warp's 8 outputs and its share of the softmax's sum
       const T* kc = static_cast<const T*>(w.kCache) + static_cast<size_t>(h) * p.capacity * hd;
       const T* vc = static_cast<const T*>(w.vCache) + static_cast<size_t>(h) * p.capacity * hd;
       // q, and the new token's k and v from qkv in one round trip (the cache holds the same values): they join
@@ -732,7 +712,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       DBG_I(l, 22);
-      m = blockMax(m, red);
+      {  // the CTA's max: one barrier (red is next written after later barriers)
+        m = warpMax(m);
+        if (lane == 0) red[warp] = m;
+        __syncthreads();
+        m = -INFINITY;
+#pragma unroll
+        for (int wi = 0; wi < kWarps; ++wi) m = fmaxf(m, red[wi]);
+      }
       DBG_I(l, 8);
       float lsum = 0.f, o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -748,18 +735,21 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int d = 0; d < 8; ++d) o[d] += e * vf[d];
       }
-      lsum = blockSum(lsum, red);
-      DBG_I(l, 9);
+      // The softmax's sum travels with the 8 outputs: one barrier for both.
+      lsum = warpSum(lsum);
 #pragma unroll
       for (int d = 0; d < 8; ++d) o[d] = warpSum(o[d]);
-      if (lane == 0)
+      if (lane == 0) {
 #pragma unroll
-        for (int d = 0; d < 8; ++d) wred[warp * 8 + d] = o[d];
+        for (int d = 0; d < 8; ++d) wred[warp * 9 + d] = o[d];
+        wred[warp * 9 + 8] = lsum;
+      }
       __syncthreads();
+      DBG_I(l, 9);
       if (tid < 8) {
-        float s = 0.f;
-        for (int wi = 0; wi < kWarps; ++wi) s += wred[wi * 8 + tid];
-        const T v = fromFloat<T>(s / lsum);
+        float s = 0.f, tot = 0.f;
+        for (int wi = 0; wi < kWarps; ++wi) s += wred[wi * 9 + tid], tot += wred[wi * 9 + 8];
+        const T v = fromFloat<T>(s / tot);
         o8[tid] = toFloat(v);
         stShared(attn + ab + tid, v);  // kept for inspection (the tests read it)
       }
@@ -903,7 +893,7 @@ Plan makePlan(const DecodeStepParams& p, int grid) {
   const int H = p.hidden, F = p.ffn, hd = p.headDim;
   Plan pl{};
   pl.grid = grid;
-  size_t off = 0, partFloats = 64;
+  size_t off = 0, partFloats = 9 * kWarps;  // at least the attention's per-warp outputs and sums
   pl.colsMax = 8 * ceilDiv(F / 8, grid);
   const size_t boxRows = static_cast<size_t>(ceilDiv(H, kColBoxRows)) * kColBoxRows;
   for (int s = 0; s < kSlots; ++s) {
