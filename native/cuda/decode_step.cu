@@ -294,11 +294,8 @@ __device__ __forceinline__ void layerNorm(float* act, T* actT, int n, float2 mom
                                            const T* w, const T* b, float eps, float* red) {
   // One CTA-wide sum of both moments; red is next written after this function's closing barrier, so the sum needs
   // no barrier of its own after it.
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    moments.x += __shfl_xor_sync(0xffffffffu, moments.x, o);
-    moments.y += __shfl_xor_sync(0xffffffffu, moments.y, o);
-  }
+  moments.x = warpSum(moments.x);
+  moments.y = warpSum(moments.y);
   if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = moments.x, red[kWarps + threadIdx.x / 32] = moments.y;
   __syncthreads();
   float2 m = make_float2(0.f, 0.f);
