@@ -386,12 +386,14 @@ __device__ __forceinline__ unsigned long long argKey(float v, int idx) {
   return (static_cast<unsigned long long>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(idx));
 }
 
-template <class T>
+// kH, kHd, kF: the hidden width, head dim and MLP width fixed at compile time (GPT-2 124M's 768, 64, 3072), or 0 to
+// read them from the parameters.
+template <class T, int kH, int kHd, int kF>
 __global__ void __launch_bounds__(kThreads, 1)
     decodeStepKernel(const __grid_constant__ DecodeStepParams p, const Plan pl, const __grid_constant__ ColMaps maps) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int H = p.hidden, F = p.ffn, hd = p.headDim, L = p.layers;
+  const int H = kH ? kH : p.hidden, F = kF ? kF : p.ffn, hd = kHd ? kHd : p.headDim, L = p.layers;
   // mbarriers: [kSlots] slots, the final LayerNorm, the cache rows
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + pl.barOff);
   float* act = reinterpret_cast<float*>(smem + pl.actOff);
@@ -989,9 +991,20 @@ std::string makeColMaps(const DecodeStepParams& p, const Plan& pl, ColMaps& maps
   return "";
 }
 
+#ifndef DS_FIXED
+#define DS_FIXED 1
+#endif
+// GPT-2 124M's widths get their own compiled kernel (the loops' bounds and the guards they make constant: fewer
+// instructions on every phase's path); other shapes take the general one.
+template <class T>
+auto kernelFor(const DecodeStepParams& p) {
+  if (DS_FIXED && p.hidden == 768 && p.headDim == 64 && p.ffn == 3072) return decodeStepKernel<T, 768, 64, 3072>;
+  return decodeStepKernel<T, 0, 0, 0>;
+}
+
 template <class T>
 void launch(const DecodeStepParams& p, const Plan& pl, const ColMaps& maps, cudaStream_t stream) {
-  auto kernel = decodeStepKernel<T>;
+  auto kernel = kernelFor<T>(p);
   // Set for this plan's size every time (one launch per recorded step: no hot path).
   FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, pl.smem));
   cudaLaunchConfig_t cfg{};
@@ -1089,9 +1102,9 @@ std::string decodeStepProblem(const DecodeStepParams& p) {
   dispatchHalfElem(p.dtype, "decodeStep", [&](auto t) {
     using T = decltype(t);
     int perSm = 0;
-    if (cudaFuncSetAttribute(decodeStepKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, pl.smem) != cudaSuccess)
+    if (cudaFuncSetAttribute(kernelFor<T>(p), cudaFuncAttributeMaxDynamicSharedMemorySize, pl.smem) != cudaSuccess)
       return;
-    resident = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, decodeStepKernel<T>, kThreads, pl.smem) ==
+    resident = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernelFor<T>(p), kThreads, pl.smem) ==
                    cudaSuccess && perSm >= 1;
   });
   if (!resident) return "one CTA of " + std::to_string(pl.smem) + " bytes of shared memory cannot stay on every multiprocessor";
