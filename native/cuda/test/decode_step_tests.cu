@@ -3,7 +3,8 @@
 // MLP activation), the k/v written into every layer's cache, the residual stream, the logits, the chosen token
 // and the advanced position. Outputs and the workspace are poisoned with NaN first. A second launch must repeat
 // the first bit for bit (the sync words were left zeroed, the reductions have a fixed order).
-// Usage: decode_step_tests [--quick]. Exit status 1 on a failure.
+// Usage: decode_step_tests [--quick | --no-timing]. --no-timing runs every case but times none (for
+// compute-sanitizer, which would take minutes over the timed launches). Exit status 1 on a failure.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -84,6 +85,8 @@ std::vector<double> matvec(const std::vector<float>& W, const std::vector<float>
   return y;
 }
 float gelu(double v) { return static_cast<float>(0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))); }
+
+bool gNoTiming = false;
 
 void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, int maxPositions, bool timeIt = false,
          bool zeroMlpOut = false) {
@@ -252,7 +255,7 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   FL_CUDA_CHECK(cudaDeviceSynchronize());
   const auto again = download(logits->p, vocab);
   check(std::memcmp(again.data(), gotLogits.data(), vocab * sizeof(float)) == 0, std::string(name) + " rerun bit-identical", "");
-  if (!timeIt) return;
+  if (!timeIt || gNoTiming) return;
   // Back-to-back launches from the same state (each rewrites the same cache row): the step's device time.
   cudaEvent_t a, b;
   FL_CUDA_CHECK(cudaEventCreate(&a));
@@ -392,6 +395,7 @@ void testRefusals() {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  gNoTiming = argc > 1 && std::strcmp(argv[1], "--no-timing") == 0;
   const bool gpt2Only = argc > 1 && std::strcmp(argv[1], "--gpt2") == 0;  // the GPT-2 case alone, timed (profiling)
   try {
     if (argc > 1 && std::strcmp(argv[1], "--gpt2-long") == 0) {  // the same at 901 keys
