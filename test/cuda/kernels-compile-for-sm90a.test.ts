@@ -1,4 +1,4 @@
-// CI check of the CUDA kernels without a GPU: every native/cuda/*.cu (and the test harness) compiles with
+// CI check of the CUDA kernels without a GPU: every native/cuda/*.cu (and the test harnesses) compiles with
 // nvcc for sm_90a, and the kernel files keep the house rules (a header per kernel file, a first comment that
 // says what the variants are, no library calls such as cuBLAS or NCCL, which CI does not have).
 // nvcc must be present (NVCC, PATH or /usr/local/bin/nvcc); FLASHLAB_NO_NVCC=1 explicitly drops the compile checks.
@@ -70,6 +70,8 @@ if (!skipCompile) {
       ...kernelFiles.map((f) => path.join(cudaDir, f)),
       path.join(cudaDir, 'test/kernel_tests.cu'),
       path.join(cudaDir, 'test/gemv_tests.cu'),
+      path.join(cudaDir, 'test/decode_step_tests.cu'),
+      path.join(cudaDir, 'test/ifetch_probe.cu'),
     ];
     // Two at a time: CI has two cores.
     const queue = [...sources];

@@ -4,6 +4,7 @@
 #   kernel_tests             the correctness harness (test/kernel_tests.cu)
 #   gemv_tests               the fused decode GEMV kernels' tests and --bench timings (test/gemv_tests.cu)
 #   decode_step_tests        the one-launch GPT-2 decode step against a CPU reference (test/decode_step_tests.cu)
+#   ifetch_probe             straight-line code against small loops: the instruction-fetch cost (test/ifetch_probe.cu)
 #   libflashlab_kernels_fa2_<label>.so   with --variants: the same library with fa2 built at another block
 #                                        shape (see attention_fa2.cu), timed beside the default by the benchmark
 #   with --backend (needs cuBLAS, NCCL and an OpenMP-capable g++):
@@ -44,6 +45,7 @@ done
 compile "$here/test/kernel_tests.cu" "$out/obj/kernel_tests.o" & pids+=($!)
 compile "$here/test/gemv_tests.cu" "$out/obj/gemv_tests.o" & pids+=($!)
 compile "$here/test/decode_step_tests.cu" "$out/obj/decode_step_tests.o" & pids+=($!)
+compile "$here/test/ifetch_probe.cu" "$out/obj/ifetch_probe.o" & pids+=($!)
 want_variants=0 want_backend=0
 for a in "$@"; do
   case "$a" in
@@ -96,6 +98,7 @@ for o in "${objs[@]}"; do [ "$(basename "$o")" = capi.o ] || kernel_objs+=("$o")
 "$nvcc" $arch -o "$out/kernel_tests" "$out/obj/kernel_tests.o" "${kernel_objs[@]}"
 "$nvcc" $arch -o "$out/gemv_tests" "$out/obj/gemv_tests.o" "$out/obj/gemv.o"
 "$nvcc" $arch -o "$out/decode_step_tests" "$out/obj/decode_step_tests.o" "$out/obj/decode_step.o"
+"$nvcc" $arch -o "$out/ifetch_probe" "$out/obj/ifetch_probe.o"
 if [ $want_backend = 1 ]; then
   # What an engine build links for its CUDA backend: every kernel and the backend (define FLASHLAB_WITH_CUDA for
   # native/src, link this archive with -lcublasLt -lnccl -lcudart).
