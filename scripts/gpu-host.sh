@@ -3,7 +3,8 @@
 # suite under compute-sanitizer memcheck, and benchmarks attention against PyTorch on this card, in one go.
 # Logs go to $FLASHLAB_OUT (default bench/out/); the benchmark's JSON lands in bench/results/ (and a copy in
 # $FLASHLAB_OUT). Needs nvcc and Python 3 with PyTorch (CUDA); compute-sanitizer when present.
-# The engine check times GPT-2 and (without --quick) ChatGLM2-6B with random weights on the GPU.
+# The engine check times GPT-2 and (without --quick) ChatGLM2-6B with random weights on the GPU; the one-launch GPT-2
+# decode step has its own tests (decode-step) and memcheck run (decode-step-memcheck).
 # --profile adds an Nsight Compute report of one fa2 launch (chatglm2 8k) as $FLASHLAB_OUT/ncu.log.
 # --engine-bench runs the engine benchmarks of bench/engine-gpu.sh on GPU 0 (decode with and without CUDA graphs,
 # Hugging Face generate, the study's experiments); --tp-bench its tensor-parallel part on every GPU (TP 1/2/4).
@@ -75,6 +76,8 @@ if step build bash native/cuda/test/build.sh $variants --backend; then
   fi
   if [ $kernel_tests = 1 ]; then
     step tests "$lib/kernel_tests" || status=1
+    # The one-launch GPT-2 decode step against its CPU reference (GPT-2 124M's shapes included, timed).
+    step decode-step "$lib/decode_step_tests" || status=1
     step backend "$lib/backend_vs_cpu" || status=1
     # The peer-to-peer all-reduce on 2 and 4 GPUs (SKIP lines where fewer are visible) and its latency against
     # NCCL (TIME lines). A broken handshake gives up after 2 s per call instead of hanging: a short limit.
@@ -97,6 +100,8 @@ if step build bash native/cuda/test/build.sh $variants --backend; then
   if [ $sanitizer = 1 ]; then
     if command -v compute-sanitizer >/dev/null; then
       step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/kernel_tests" --quick || status=1
+      step decode-step-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$lib/decode_step_tests" \
+        --no-timing || status=1
     else
       echo "compute-sanitizer not found: memcheck skipped" | tee "$out/memcheck.log"
       summary+=("memcheck     n/a")
@@ -126,10 +131,11 @@ echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
 grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/allreduce.log "$out"/engine.log "$out"/memcheck.log "$out"/gemv.log \
-  "$out"/gemv-memcheck.log 2>/dev/null | head -20
+  "$out"/gemv-memcheck.log "$out"/decode-step.log "$out"/decode-step-memcheck.log 2>/dev/null | head -20
+grep -h "^TIMING" "$out"/decode-step.log 2>/dev/null
 grep -h "linear layers per token" "$out"/gemv-bench.log 2>/dev/null
 grep -h "^TIMING" "$out"/engine.log 2>/dev/null
 grep -h "^TIME\|^SKIP" "$out"/allreduce.log 2>/dev/null
 grep -h "^TARGET\|^SUMMARY" "$out"/engine-bench.log "$out"/tp-bench.log 2>/dev/null
-grep -h "ERROR SUMMARY" "$out"/memcheck.log 2>/dev/null
+grep -h "ERROR SUMMARY" "$out"/memcheck.log "$out"/decode-step-memcheck.log 2>/dev/null
 exit $status
