@@ -11,10 +11,11 @@
 // the whole residual stream, and the older keys and values of its head are copied in during phase A. The output
 // layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
 //
-// Measured (H100, GPT-2 124M): 212-216 µs a step at 129 keys, 266-270 at 901, against ~300 µs for the same step as
-// 62 kernels with programmatic launch. About 1.7-2 µs of each phase is the barrier (~0.9 from the last arrival to
-// the first departure, the rest the slowest CTA); the rest is the chain of dependent loads and reductions inside
-// the phase (decode_step_tests --gpt2 in a profiling build prints each phase's parts, INNER).
+// Measured (H100, GPT-2 124M, its own compiled kernel: kernelFor): 206 µs a step at 129 keys, 254 at 901, against
+// ~300 µs for the same step as 62 kernels with programmatic launch. About 1.7-2 µs of each phase is the barrier
+// (~0.9 from the last arrival to the first departure, the rest the slowest CTA); the rest is the chain of dependent
+// loads and reductions inside the phase, whose straight-line code the SM fetches at well under an instruction a
+// cycle (decode_step_tests --gpt2 in a profiling build prints each phase's parts, INNER; test/ifetch_probe.cu).
 //
 // Phases of a layer (G CTAs; a grid barrier after each):
 //   A  x += the last MLP output's sums -> LayerNorm -> QKV rows of this CTA (+ bias); k and v rows go straight
@@ -991,14 +992,11 @@ std::string makeColMaps(const DecodeStepParams& p, const Plan& pl, ColMaps& maps
   return "";
 }
 
-#ifndef DS_FIXED
-#define DS_FIXED 1
-#endif
 // GPT-2 124M's widths get their own compiled kernel (the loops' bounds and the guards they make constant: fewer
 // instructions on every phase's path); other shapes take the general one.
 template <class T>
 auto kernelFor(const DecodeStepParams& p) {
-  if (DS_FIXED && p.hidden == 768 && p.headDim == 64 && p.ffn == 3072) return decodeStepKernel<T, 768, 64, 3072>;
+  if (p.hidden == 768 && p.headDim == 64 && p.ffn == 3072) return decodeStepKernel<T, 768, 64, 3072>;
   return decodeStepKernel<T, 0, 0, 0>;
 }
 
