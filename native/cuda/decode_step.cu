@@ -393,6 +393,7 @@ template <class T, int kH, int kHd, int kF>
 __global__ void __launch_bounds__(kThreads, 1)
     decodeStepKernel(const __grid_constant__ DecodeStepParams p, const Plan pl, const __grid_constant__ ColMaps maps) {
   extern __shared__ __align__(128) unsigned char smem[];
+  DBG_T(1010);  // the kernel's start (CTA 0)
   const int G = gridDim.x, cta = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int H = kH ? kH : p.hidden, F = kF ? kF : p.ffn, hd = kHd ? kHd : p.headDim, L = p.layers;
   // mbarriers: [kSlots] slots, the final LayerNorm, the cache rows
@@ -866,7 +867,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (atomicAdd(exitCount, 1u) == static_cast<uint32_t>(G - 1)) {
       __threadfence();
       const unsigned long long b = atomicAdd(best, 0ull);
-      p.ids[0] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(b & 0xffffffffu));
+      const uint32_t chosen = 0xffffffffu - static_cast<uint32_t>(b & 0xffffffffu);
+      p.ids[0] = static_cast<int32_t>(chosen);
+      if (p.mailbox)  // one 8-byte store: the host never sees a token without its position
+        asm volatile("st.relaxed.sys.global.u64 [%0], %1;" ::"l"(p.mailbox + ((pos + 1) & 1)),
+                     "l"((static_cast<unsigned long long>(pos + 1) << 32) | chosen)
+                     : "memory");
       *p.pos = pos + 1;
       p.lens[0] = pos + 2;
       *best = 0;

@@ -2,7 +2,8 @@
 // cache write, attention, output projection, LayerNorm, MLP, residual adds), the final LayerNorm, the output layer
 // and the argmax that picks the next token, with grid-wide barriers between the phases instead of kernel
 // boundaries. Batch 1, fp16 or bf16 (fp32 accumulation), device-resident state as Backend::embeddingAt ..
-// argmaxAndAdvance: the step reads ids[0] and *pos and leaves the next token in ids[0], *pos + 1 and lens[0].
+// argmaxAndAdvance: the step reads ids[0] and *pos and leaves the next token in ids[0], *pos + 1 and lens[0] (and,
+// given a mailbox, in host memory).
 #pragma once
 
 #include <cstddef>
@@ -53,6 +54,11 @@ struct DecodeStepParams {
   void* workspace = nullptr;  // decodeStepWorkspaceBytes(), any contents
   // decodeStepSyncBytes() of zeroed memory, kept for this purpose: the kernel leaves it zeroed again.
   void* sync = nullptr;
+  // Optional, [2] in host memory the GPU can write (mapped pinned): the step also leaves its choice there, as
+  // (position of the chosen token << 32) | token in entry (*pos + 1) % 2, so that the host reads it after an event
+  // instead of queueing a download behind the step (a copy after the kernel costs ~8 us a step on an H100; an entry
+  // a parity lets the next step run while the host reads this one's).
+  unsigned long long* mailbox = nullptr;
 };
 
 // Why the kernel cannot run these parameters on the current device ("" when it can; the workspace is not looked

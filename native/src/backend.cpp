@@ -356,6 +356,11 @@ void Backend::queueDownload(const Tensor& src, size_t bytes, int slot) {
   download(src, queued_[slot].data(), bytes);
 }
 
+void Backend::queueStepMailbox(int) { throw std::logic_error("queueStepMailbox: " + name() + " has no step mailbox"); }
+int32_t Backend::takeStepMailbox(int, int) {
+  throw std::logic_error("takeStepMailbox: " + name() + " has no step mailbox");
+}
+
 void Backend::takeQueuedDownload(int slot, void* host, size_t bytes) {
   if (slot < 0 || slot > 1 || queued_[slot].size() != bytes)
     throw std::logic_error("takeQueuedDownload: no download of " + std::to_string(bytes) + " bytes queued in slot " +

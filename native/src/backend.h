@@ -357,6 +357,13 @@ class Backend {
   // at once (download) and hands over later.
   virtual void queueDownload(const Tensor& src, size_t bytes, int slot);
   virtual void takeQueuedDownload(int slot, void* host, size_t bytes);
+  // The same for the token of a one-launch step (gpt2DecodeStep) without a copy behind it: where the backend has
+  // a mailbox (host memory the step writes its choice into, with the position it takes), queueStepMailbox(slot)
+  // marks the end of the work queued so far and takeStepMailbox(slot, pos) waits for that mark and returns the
+  // token chosen for position pos (an entry for another position is an error). The default has no mailbox.
+  virtual bool hasStepMailbox() const { return false; }
+  virtual void queueStepMailbox(int slot);
+  virtual int32_t takeStepMailbox(int slot, int pos);
   // Records this backend's work until endCapture instead of running it; abortCapture drops a recording.
   virtual void beginCapture();
   virtual std::unique_ptr<CapturedWork> endCapture();

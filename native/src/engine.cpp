@@ -41,6 +41,8 @@ struct Engine::DecodeGraph {
   std::vector<std::unique_ptr<CapturedWork>> steps;  // one per shard; empty until the first decode step
   std::vector<Backend*> backends;
   bool oneLaunch = false;  // the untimed recording is one launch a step (Backend::gpt2DecodeStep)
+  // ... and leaves its token in shard 0's step mailbox (Backend::takeStepMailbox): no download behind each step.
+  bool mailbox = false;
   bool timed = false;  // steps were recorded while shard 0 timed every pass: they hold the timing events
   // The same step recorded with shard 0's timing events, for the one step a breakdown times (stepBreakdown).
   std::vector<std::unique_ptr<CapturedWork>> timedSteps;
@@ -277,6 +279,7 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
   // before this one is collected, so the device never waits for the host between tokens; after the last token
   // (a stop token, say) that one extra step is simply not collected.
   std::vector<int32_t> deviceIds(B);
+  bool viaMailbox[2] = {false, false};  // per slot: the step launched into it reports through the mailbox
   std::vector<float> stepLogits;
   // Returns false when the step cannot be recorded: the engine then stays eager.
   auto launchGraphStep = [&](int step) -> bool {
@@ -320,17 +323,24 @@ GenerateResult Engine::generate(const GenerateRequest& req, const TokenCallback&
         return false;
       }
       rec = std::move(steps);
-      if (&rec == &g.steps) g.timed = externalTiming, g.oneLaunch = model_->lastStepOneLaunch();
+      if (&rec == &g.steps) {
+        g.timed = externalTiming, g.oneLaunch = model_->lastStepOneLaunch();
+        g.mailbox = g.oneLaunch && B == 1 && tp == 1 && g.backends[0]->hasStepMailbox();
+      }
     }
     // Every shard launches its recording from its own thread, so the launches (each ~0.1 ms for a step of a
     // few hundred nodes) overlap instead of delaying the last shard's first all-reduce by all the others'.
     model_->runOnShards([&](int s, ShardRendezvous&) { g.backends[s]->replay(*rec[s]); }, nullptr);
-    g.backends[0]->queueDownload(g.state.ids[0], B * sizeof(int32_t), step % 2);
+    viaMailbox[step % 2] = &rec == &g.steps && g.mailbox;
+    if (viaMailbox[step % 2]) g.backends[0]->queueStepMailbox(step % 2);
+    else g.backends[0]->queueDownload(g.state.ids[0], B * sizeof(int32_t), step % 2);
     return true;
   };
   auto collectGraphStep = [&](int step) {
     DecodeGraph& g = *decodeGraph_;
-    g.backends[0]->takeQueuedDownload(step % 2, deviceIds.data(), B * sizeof(int32_t));
+    // Step `step` chose the token at position T0 + step (it was fed the one at T0 + step - 1).
+    if (viaMailbox[step % 2]) deviceIds[0] = g.backends[0]->takeStepMailbox(step % 2, T0 + step);
+    else g.backends[0]->takeQueuedDownload(step % 2, deviceIds.data(), B * sizeof(int32_t));
     if (req.dumpLogits) {
       stepLogits.resize(static_cast<size_t>(B) * V);
       g.backends[0]->downloadF32(g.state.logits[0], stepLogits.data(), stepLogits.size());

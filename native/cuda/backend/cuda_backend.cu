@@ -116,6 +116,15 @@ class CudaBackend final : public Backend {
     // The one-launch decode step's barrier and argmax words, likewise.
     stepSync_ = alloc_.allocate(cuda::decodeStepSyncBytes());
     FL_CUDA_CHECK(cudaMemsetAsync(stepSync_, 0, cuda::decodeStepSyncBytes(), stream_));
+    // Its mailbox: two entries of pinned host memory the GPU writes (a GPU that cannot map host memory leaves
+    // it null, and the engine downloads the token instead).
+    if (cudaHostAlloc(reinterpret_cast<void**>(&mailbox_), 2 * sizeof(unsigned long long), cudaHostAllocMapped) == cudaSuccess) {
+      mailbox_[0] = mailbox_[1] = 0;
+      for (auto& e : mailboxEvent_) FL_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    } else {
+      cudaGetLastError();
+      mailbox_ = nullptr;
+    }
     FL_CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudaDeviceProp prop{};
     FL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -134,6 +143,9 @@ class CudaBackend final : public Backend {
     if (idsHost_) cudaFreeHost(idsHost_);
     if (queuedHost_) cudaFreeHost(queuedHost_);
     for (auto e : queuedEvent_)
+      if (e) cudaEventDestroy(e);
+    if (mailbox_) cudaFreeHost(mailbox_);
+    for (auto e : mailboxEvent_)
       if (e) cudaEventDestroy(e);
     destroyTimingEvents();
     cudaStreamDestroy(stream_);
@@ -223,6 +235,23 @@ class CudaBackend final : public Backend {
     checkP2P();
     std::memcpy(host, static_cast<char*>(queuedHost_) + slot * kQueuedBytes, bytes);
     queuedBytes_[slot] = 0;
+  }
+  bool hasStepMailbox() const override { return mailbox_ != nullptr; }
+  void queueStepMailbox(int slot) override {
+    require((slot == 0 || slot == 1) && mailbox_, "queueStepMailbox", mailbox_ ? "slot " + std::to_string(slot) : "no mailbox");
+    activate();
+    FL_CUDA_CHECK(cudaEventRecord(mailboxEvent_[slot], stream_));
+  }
+  int32_t takeStepMailbox(int slot, int pos) override {
+    require((slot == 0 || slot == 1) && mailbox_, "takeStepMailbox", mailbox_ ? "slot " + std::to_string(slot) : "no mailbox");
+    activate();
+    FL_CUDA_CHECK(cudaEventSynchronize(mailboxEvent_[slot]));
+    checkP2P();
+    const unsigned long long e = reinterpret_cast<volatile unsigned long long*>(mailbox_)[pos & 1];
+    if (static_cast<int64_t>(e >> 32) != pos)
+      throw std::logic_error("takeStepMailbox: no token for position " + std::to_string(pos) + " on " + name_ +
+                             " (the entry holds position " + std::to_string(e >> 32) + ")");
+    return static_cast<int32_t>(e & 0xffffffffu);
   }
   void fillZero(Tensor& t) override {
     activate();
@@ -538,6 +567,7 @@ class CudaBackend final : public Backend {
     p.ids = static_cast<int32_t*>(st.ids->data()), p.pos = static_cast<int32_t*>(st.pos->data());
     p.lens = static_cast<int32_t*>(st.lens->data()), p.logits = st.logits->data();
     p.sync = stepSync_;
+    p.mailbox = mailbox_;  // mapped: the same address on the device (unified addressing)
     activate();
     if (!cuda::decodeStepProblem(p).empty()) return false;
     Tensor ws = scratch(cuda::decodeStepWorkspaceBytes(p));
@@ -866,6 +896,8 @@ class CudaBackend final : public Backend {
   void* queuedHost_ = nullptr;  // pinned, two slots of kQueuedBytes
   cudaEvent_t queuedEvent_[2] = {nullptr, nullptr};
   size_t queuedBytes_[2] = {0, 0};
+  unsigned long long* mailbox_ = nullptr;  // the one-launch step's chosen token (decode_step.h), pinned and mapped
+  cudaEvent_t mailboxEvent_[2] = {nullptr, nullptr};
   // FLASHLAB_DECODE_STEP_KERNEL=0: a GPT-2 decode step runs as its separate kernels, never as one launch.
   const bool stepKernelOn_ = envOn("FLASHLAB_DECODE_STEP_KERNEL");
   // FLASHLAB_GEMV=0: every linear through cuBLASLt and the separate ops (to compare against the fused kernel).

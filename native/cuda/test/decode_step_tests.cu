@@ -3,14 +3,17 @@
 // MLP activation), the k/v written into every layer's cache, the residual stream, the logits, the chosen token
 // and the advanced position. Outputs and the workspace are poisoned with NaN first. A second launch must repeat
 // the first bit for bit (the sync words were left zeroed, the reductions have a fixed order).
-// Usage: decode_step_tests [--quick | --no-timing]. --no-timing runs every case but times none (for
-// compute-sanitizer, which would take minutes over the timed launches). Exit status 1 on a failure.
+// Usage: decode_step_tests [--quick | --no-timing | --gpt2 | --gpt2-long | --gpt2-at KEYS]. --no-timing runs every
+// case but times none (for compute-sanitizer, which would take minutes over the timed launches); --gpt2,
+// --gpt2-long and --gpt2-at check and time GPT-2 124M's step alone at 129, 901 or KEYS keys. Exit status 1 on a
+// failure.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -147,6 +150,14 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   DevBuf* sync = dev(decodeStepSyncBytes());
   FL_CUDA_CHECK(cudaMemset(sync->p, 0, sync->bytes));
   p.sync = sync->p;
+  unsigned long long* mailbox = nullptr;  // host memory the step writes its choice into (decode_step.h)
+  FL_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&mailbox), 16, cudaHostAllocMapped));
+  mailbox[0] = mailbox[1] = 0;
+  struct FreeHost {
+    void* p;
+    ~FreeHost() { cudaFreeHost(p); }
+  } freeMailbox{mailbox};
+  p.mailbox = mailbox;
   const std::string why = decodeStepProblem(p);
   check(why.empty(), std::string(name) + " supported", why);
   if (!why.empty()) return;
@@ -241,6 +252,11 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
   check(st[0] == argmax && st[1] == pos + 1 && st[2] == pos + 2, std::string(name) + " next token and position",
         "id " + std::to_string(st[0]) + " (argmax of its logits " + std::to_string(argmax) + "), pos " +
             std::to_string(st[1]) + ", len " + std::to_string(st[2]));
+  const unsigned long long entry = reinterpret_cast<volatile unsigned long long*>(mailbox)[(pos + 1) & 1];
+  check(entry == ((static_cast<unsigned long long>(pos + 1) << 32) | static_cast<uint32_t>(st[0])) &&
+            reinterpret_cast<volatile unsigned long long*>(mailbox)[pos & 1] == 0,
+        std::string(name) + " mailbox holds the token and its position",
+        "entry " + std::to_string(entry >> 32) + ":" + std::to_string(entry & 0xffffffffu));
   // The sync words: everything back at zero (exit count, argmax, barrier count) but the step counter, one up.
   std::vector<uint32_t> syncAfter(sync->bytes / 4);
   FL_CUDA_CHECK(cudaMemcpy(syncAfter.data(), sync->p, syncAfter.size() * 4, cudaMemcpyDeviceToHost));
@@ -286,6 +302,7 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
     }
     std::printf("PHASES (us, summed over layers, CTA 0) A %.1f+%.1f  B %.1f+%.1f  C %.1f+%.1f  head %.1f\n", comp[0],
                 wait[0], comp[1], wait[1], comp[2], wait[2], (t[1000] - prev) / 1000.0);
+    std::printf("PROLOGUE (us, CTA 0: start to the embedding done) %.2f\n", (t[0] - t[1010]) / 1000.0);
     std::printf("WEIGHT WAITS (us, CTA 0) qkv %.1f out %.1f fc %.1f proj %.1f head %.1f\n", t[1001] / 1e3, t[1002] / 1e3,
                 t[1003] / 1e3, t[1004] / 1e3, t[1005] / 1e3);
     {  // inside the phases, CTA 1 (an attention item): mean over layers of each segment, ns
@@ -349,6 +366,49 @@ void run(int H, int heads, int F, int vocab, int layers, int capacity, int pos, 
 #endif
   std::sort(ms.begin(), ms.end());
   std::printf("TIMING %s: one step %.1f us (median of %d launches, min %.1f)\n", name, ms[reps / 2] * 1000, reps, ms[0] * 1000);
+  // Steps in a row as the engine runs them: each reads the token and position the previous one left (the keys
+  // grow by one a step). Launched directly; replayed from a CUDA graph; and replayed with the engine's 4-byte
+  // download of the token into pinned memory after each. Best of 3 runs of 20 steps each.
+  constexpr int kRow = 20;
+  cudaStream_t rs;
+  FL_CUDA_CHECK(cudaStreamCreateWithFlags(&rs, cudaStreamNonBlocking));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  FL_CUDA_CHECK(cudaStreamBeginCapture(rs, cudaStreamCaptureModeRelaxed));
+  decodeStep(p, rs);
+  FL_CUDA_CHECK(cudaStreamEndCapture(rs, &graph));
+  FL_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  int32_t* pinned = nullptr;
+  FL_CUDA_CHECK(cudaMallocHost(&pinned, 64));
+  cudaEvent_t done;
+  FL_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  double best[4] = {1e30, 1e30, 1e30, 1e30};
+  for (int rep = 0; rep < 3; ++rep)
+    for (int mode = 0; mode < 4; ++mode) {
+      resetState();
+      FL_CUDA_CHECK(cudaDeviceSynchronize());
+      FL_CUDA_CHECK(cudaEventRecord(a, rs));
+      for (int i = 0; i < kRow; ++i) {
+        if (mode == 0) decodeStep(p, rs);
+        else FL_CUDA_CHECK(cudaGraphLaunch(exec, rs));
+        if (mode == 2) FL_CUDA_CHECK(cudaMemcpyAsync(pinned + (i % 2), p.ids, 4, cudaMemcpyDeviceToHost, rs));
+        if (mode == 3) FL_CUDA_CHECK(cudaEventRecord(done, rs));  // the engine's mark for reading the mailbox
+      }
+      FL_CUDA_CHECK(cudaEventRecord(b, rs));
+      FL_CUDA_CHECK(cudaEventSynchronize(b));
+      float t = 0;
+      FL_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+      best[mode] = std::min(best[mode], t * 1000.0 / kRow);
+    }
+  std::printf("IN A ROW %s: us a step, %d steps: launched %.1f, graph %.1f, graph + token download %.1f, graph + "
+              "event (mailbox) %.1f\n", name, kRow, best[0], best[1], best[2], best[3]);
+  FL_CUDA_CHECK(cudaEventDestroy(done));
+  FL_CUDA_CHECK(cudaFreeHost(pinned));
+  FL_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  FL_CUDA_CHECK(cudaGraphDestroy(graph));
+  FL_CUDA_CHECK(cudaStreamDestroy(rs));
+  FL_CUDA_CHECK(cudaEventDestroy(a));
+  FL_CUDA_CHECK(cudaEventDestroy(b));
 }
 
 }  // namespace
@@ -402,8 +462,22 @@ int main(int argc, char** argv) {
       run(768, 12, 3072, 50257, 12, 1024, 900, 1024, true);
       return failures ? 1 : 0;
     }
+    if (argc > 2 && std::strcmp(argv[1], "--gpt2-at") == 0) {  // the same after N keys (N - 1 older ones)
+      const int keys = std::atoi(argv[2]);
+      if (keys < 1 || keys > 1024) throw std::invalid_argument("--gpt2-at: keys in 1..1024");
+      run(768, 12, 3072, 50257, 12, 1024, keys - 1, 1024, true);
+      return failures ? 1 : 0;
+    }
     if (gpt2Only) {
       run(768, 12, 3072, 50257, 12, 1024, 128, 1024, true);
+      int l2 = 0, maxPersist = 0, maxWin = 0;
+      size_t limit = 0;
+      FL_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+      FL_CUDA_CHECK(cudaDeviceGetAttribute(&maxPersist, cudaDevAttrMaxPersistingL2CacheSize, 0));
+      FL_CUDA_CHECK(cudaDeviceGetAttribute(&maxWin, cudaDevAttrMaxAccessPolicyWindowSize, 0));
+      FL_CUDA_CHECK(cudaDeviceGetLimit(&limit, cudaLimitPersistingL2CacheSize));
+      std::printf("L2 %d bytes, persisting at most %d (set aside now %zu), access-policy window at most %d\n", l2,
+                  maxPersist, limit, maxWin);
       return failures ? 1 : 0;
     }
     testRefusals();
