@@ -44,6 +44,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "fragments.cuh"
@@ -665,31 +666,34 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();
       DBG_I(l, 7);
       // Scores: a key's row is read by hd / 8 lanes, 16 bytes each (a warp reads whole rows, so the shared-memory
-      // loads meet no bank conflicts and the global ones are coalesced), 8 key groups a warp in flight; the lanes'
-      // partial dots meet by shuffles and the scores go to shared memory for the softmax.
+      // loads meet no bank conflicts and the global ones are coalesced); the lanes' partial dots meet by shuffles
+      // and the scores go to shared memory for the softmax. A group is kWarps * kpw keys, kpw of them a warp; a
+      // warp runs only the groups it has keys in, N at a time with their loads in flight together (8 while 8 or
+      // more are left, then 4, 2, 1): the work follows the keys in steps of a group instead of 8 groups, and the
+      // phases' time goes with the instructions they run (decode_step.cu's header).
       float* scores = reinterpret_cast<float*>(smem + pl.scOff);
       float m = -INFINITY;
       {
-        const int lpk = hd / 8, kpw = 32 / lpk, sub = lane % lpk, kin = lane / lpk;
+        const int lpk = hd / 8, kpw = 32 / lpk, sub = lane % lpk, kin = lane / lpk, stride = kWarps * kpw;
         float qf[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) qf[e] = qs[8 * sub + e];
-        constexpr int kUnroll = 8;
-        // The loop bounds are the same in every lane of a warp (the shuffles need the whole warp).
-        for (int jw = warp * kpw; jw < T_; jw += kUnroll * kWarps * kpw) {
-          uint4 kv[kUnroll];
+        // N groups from key jw + kin; the same in every lane of a warp (the shuffles need the whole warp).
+        auto groups = [&](auto nTag, int jw) {
+          constexpr int N = decltype(nTag)::value;
+          uint4 kv[N];
 #pragma unroll
-          for (int u = 0; u < kUnroll; ++u) {
-            const int j = jw + kin + u * kWarps * kpw;
+          for (int u = 0; u < N; ++u) {
+            const int j = jw + kin + u * stride;
             const size_t at = static_cast<size_t>(j) * hd + 8 * sub;
             kv[u] = j >= T_ ? make_uint4(0, 0, 0, 0)
                   : j < inSm ? *reinterpret_cast<const uint4*>(kvK + at)
                              : ldShared128(kc + at);
           }
-          // All 8 partial dots first, then their shuffles side by side.
-          float dots[kUnroll];
+          // All N partial dots first, then their shuffles side by side.
+          float dots[N];
 #pragma unroll
-          for (int u = 0; u < kUnroll; ++u) {
+          for (int u = 0; u < N; ++u) {
             float kf[8];
             unpack8<T>(kv[u], kf);
             float dot = 0.f;
@@ -701,16 +705,22 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int o = 16; o > 0; o >>= 1)
             if (o < lpk)
 #pragma unroll
-              for (int u = 0; u < kUnroll; ++u) dots[u] += __shfl_xor_sync(0xffffffffu, dots[u], o);
+              for (int u = 0; u < N; ++u) dots[u] += __shfl_xor_sync(0xffffffffu, dots[u], o);
 #pragma unroll
-          for (int u = 0; u < kUnroll; ++u) {
-            const int j = jw + kin + u * kWarps * kpw;
+          for (int u = 0; u < N; ++u) {
+            const int j = jw + kin + u * stride;
             if (j < T_) {
               if (sub == 0) scores[j] = dots[u];
               m = fmaxf(m, dots[u]);
             }
           }
-        }
+        };
+        int jw = warp * kpw;
+        int left = jw < T_ ? (T_ - jw + stride - 1) / stride : 0;  // the groups this warp has keys in
+        for (; left >= 8; left -= 8, jw += 8 * stride) groups(std::integral_constant<int, 8>{}, jw);
+        if (left >= 4) groups(std::integral_constant<int, 4>{}, jw), left -= 4, jw += 4 * stride;
+        if (left >= 2) groups(std::integral_constant<int, 2>{}, jw), left -= 2, jw += 2 * stride;
+        if (left >= 1) groups(std::integral_constant<int, 1>{}, jw);
       }
       DBG_I(l, 22);
       {  // the CTA's max: one barrier (red is next written after later barriers)
