@@ -328,6 +328,25 @@ void oneLaunchStep(const ModelConfig& cfg, DType dt, int promptLen, int newToken
          cfg.name + " cuda " + dtypeName(dt) + " prompt " + std::to_string(promptLen) +
              " decode step as one launch vs separate kernels",
          buf);
+  // Without logits to dump, each step is launched before the previous one's token is read, and the tokens come
+  // through the step mailbox (Backend::takeStepMailbox): the same tokens; a stop token still ends the row at once
+  // (the step launched ahead of it is never read, and the next request starts clean).
+  GenerateRequest ahead = req;
+  ahead.dumpLogits = false;
+  const GenerateResult ga = one.generate(ahead, nullptr, cancel);
+  GenerateRequest stop = ahead;
+  stop.sampling.stopTokens = {got.newTokens[0][3]};
+  const GenerateResult gs = one.generate(stop, nullptr, cancel);
+  const GenerateResult gb = one.generate(ahead, nullptr, cancel);
+  const bool stopOk = gs.newTokens[0].size() <= 4 && gs.newTokens[0].back() == got.newTokens[0][3] &&
+                      std::equal(gs.newTokens[0].begin(), gs.newTokens[0].end(), got.newTokens[0].begin());
+  std::snprintf(buf, sizeof buf, "launched ahead: %s, %s; stop token: row ended after %zu tokens; again after it: %s",
+                ga.decodeOneLaunch ? "one launch" : "NOT one launch", ga.newTokens == got.newTokens ? "same tokens" : "tokens differ",
+                gs.newTokens[0].size(), gb.newTokens == got.newTokens ? "same tokens" : "tokens differ");
+  report(ga.decodeOneLaunch && ga.newTokens == got.newTokens && stopOk && gb.newTokens == got.newTokens,
+         cfg.name + " cuda " + dtypeName(dt) + " prompt " + std::to_string(promptLen) +
+             " one-launch steps launched ahead (tokens through the mailbox)",
+         buf);
   if (cfg.vocabSize > 4096) return;  // the CPU reference of the full-size model is slow; the tiny one covers it
   EngineOptions co = o;
   co.device = "cpu", co.dtype = DType::F32;
