@@ -11,8 +11,8 @@
 // the whole residual stream, and the older keys and values of its head are copied in during phase A. The output
 // layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
 //
-// Measured (H100, GPT-2 124M, its own compiled kernel: kernelFor; steps in a row from a CUDA graph): 193 µs a step at
-// 129 keys, 200 at 300, 211 at 384, 245 at 901, against ~300 µs for the same step as 62 kernels with programmatic
+// Measured (H100, GPT-2 124M, its own compiled kernel: kernelFor; steps in a row from a CUDA graph): 191 µs a step at
+// 129 keys, 197 at 257, 211 at 384, 245 at 901, against ~300 µs for the same step as 62 kernels with programmatic
 // launch. About 1.7-2 µs of each phase is the barrier
 // (~0.9 from the last arrival to the first departure, the rest the slowest CTA); the rest is the chain of dependent
 // loads and reductions inside the phase, whose straight-line code the SM fetches at well under an instruction a
