@@ -50,13 +50,6 @@
 
 #include "fragments.cuh"
 
-#ifndef DS_PV_HALVE
-#define DS_PV_HALVE 1
-#endif
-#ifndef DS_ISSUE_LAST
-#define DS_ISSUE_LAST 1
-#endif
-
 namespace flashlab::cuda {
 namespace {
 
@@ -524,7 +517,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // The prologue's copies are issued by the last thread, which has no part of the embedding (4 tid < H): the
   // embedding's loads do not wait behind them.
-  if (tid == (DS_ISSUE_LAST ? kThreads - 1 : 0)) {
+  if (tid == kThreads - 1) {
     for (int i = 0; i <= kSlots + 1; ++i) mbarInit(&bars[i]);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     issueSlot(0, 0);
@@ -556,9 +549,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
   }
 
-#if DS_ISSUE_LAST
   __syncthreads();  // the mbarriers are initialised before any thread waits on them
-#endif
   uint32_t barriers = 0;
   DBG_T(0);
 #ifdef FLASHLAB_DECODE_STEP_DEBUG
@@ -761,7 +752,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       // The softmax's sum travels with the 8 outputs: one barrier for both.
       lsum = warpSum(lsum);
-#if DS_PV_HALVE
       {  // the 8 outputs summed over the warp by halving: lanes 16 apart swap halves of the 8 (4 shuffles), lanes 8
          // apart halves of those (2), lanes 4 apart (1); lane bits 4, 3, 2 then name the output, whose 8 lanes
          // finish it (2): 9 shuffles where 8 sums took 40.
@@ -779,15 +769,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         if ((lane & 3) == 0) wred[warp * 9 + (lane >> 2)] = r;  // output 4 b4 + 2 b3 + b2 = lane / 4
         if (lane == 0) wred[warp * 9 + 8] = lsum;
       }
-#else
-#pragma unroll
-      for (int d = 0; d < 8; ++d) o[d] = warpSum(o[d]);
-      if (lane == 0) {
-#pragma unroll
-        for (int d = 0; d < 8; ++d) wred[warp * 9 + d] = o[d];
-        wred[warp * 9 + 8] = lsum;
-      }
-#endif
       __syncthreads();
       DBG_I(l, 9);
       if (tid < 8) {
