@@ -50,6 +50,13 @@
 
 #include "fragments.cuh"
 
+#ifndef DS_END_ACQREL
+#define DS_END_ACQREL 1
+#endif
+#ifndef DS_KV_LAST
+#define DS_KV_LAST 1
+#endif
+
 namespace flashlab::cuda {
 namespace {
 
@@ -500,7 +507,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int inSm = pos < pl.maxKeys ? pos + 1 : nSm;
   T* kvK = reinterpret_cast<T*>(smem + pl.kvOff);
   T* kvV = kvK + static_cast<size_t>(pl.maxKeys) * hd;
-  auto issueKv = [&](int l) {  // thread 0
+  auto issueKv = [&](int l) {  // one thread (the last: it has no part of the residual add at H <= 3 kThreads)
     const DecodeStepLayer& w = p.layer[l];
     const size_t row0 = static_cast<size_t>(itemHead) * p.capacity;
     if (hasItem && pos > nSm) {  // the older rows that do not fit: into L2, for phase B's loads
@@ -620,7 +627,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write (and the attention's older keys and values on their way)
     DBG_I(l, 0);
-    if (tid == 0) issueKv(l);
+    if (tid == (DS_KV_LAST ? kThreads - 1 : 0)) issueKv(l);
     if (l > 0) moments = addResidual<T>(xs, sums(l - 1, 1), H, xv);
     DBG_I(l, 1);
     waitSlot(0, l);
@@ -885,12 +892,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   if (tid == 0) {
     for (int wi = 1; wi < kWarps; ++wi) mine = redKey[wi] > mine ? redKey[wi] : mine;
+#if DS_END_ACQREL
+    // The last CTA out publishes the next step's state (every CTA has passed every barrier by now). Each CTA's
+    // maximum goes in without a reply; its count is released after it and the last count acquires them all, so
+    // one round trip each, and the kernel's end publishes the last CTA's stores.
+    if (mine) asm volatile("red.relaxed.gpu.global.max.u64 [%0], %1;" ::"l"(best), "l"(mine) : "memory");
+    uint32_t before;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(before) : "l"(exitCount) : "memory");
+    if (before == static_cast<uint32_t>(G - 1)) {
+      unsigned long long b;
+      asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(b) : "l"(best) : "memory");
+#else
     if (mine) atomicMax(best, mine);
     // The last CTA out publishes the next step's state (every CTA has passed every barrier by now).
     __threadfence();
     if (atomicAdd(exitCount, 1u) == static_cast<uint32_t>(G - 1)) {
       __threadfence();
       const unsigned long long b = atomicAdd(best, 0ull);
+#endif
       const uint32_t chosen = 0xffffffffu - static_cast<uint32_t>(b & 0xffffffffu);
       p.ids[0] = static_cast<int32_t>(chosen);
       if (p.mailbox)  // one 8-byte store: the host never sees a token without its position
@@ -903,7 +922,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       *exitCount = 0;
       *barCount = 0;
       *genWord = gen + 1;
+#if !DS_END_ACQREL
       __threadfence();
+#endif
     }
   }
 }
