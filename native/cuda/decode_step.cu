@@ -12,7 +12,7 @@
 // layer's slice (1/G of the vocabulary) is read straight into registers, many loads in flight.
 //
 // Measured (H100, GPT-2 124M, its own compiled kernel: kernelFor; steps in a row from a CUDA graph): 191 µs a step at
-// 129 keys, 197 at 257, 211 at 384, 245 at 901, against ~300 µs for the same step as 62 kernels with programmatic
+// 129 keys, 196 at 257, 209 at 384, 245 at 901, against ~300 µs for the same step as 62 kernels with programmatic
 // launch. About 1.7-2 µs of each phase is the barrier
 // (~0.9 from the last arrival to the first departure, the rest the slowest CTA); the rest is the chain of dependent
 // loads and reductions inside the phase, whose straight-line code the SM fetches at well under an instruction a
@@ -49,13 +49,6 @@
 #include <vector>
 
 #include "fragments.cuh"
-
-#ifndef DS_END_ACQREL
-#define DS_END_ACQREL 1
-#endif
-#ifndef DS_KV_LAST
-#define DS_KV_LAST 1
-#endif
 
 namespace flashlab::cuda {
 namespace {
@@ -627,7 +620,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const DecodeStepLayer& w = p.layer[l];
     // ---- A: LayerNorm, QKV, cache write (and the attention's older keys and values on their way)
     DBG_I(l, 0);
-    if (tid == (DS_KV_LAST ? kThreads - 1 : 0)) issueKv(l);
+    if (tid == kThreads - 1) issueKv(l);
     if (l > 0) moments = addResidual<T>(xs, sums(l - 1, 1), H, xv);
     DBG_I(l, 1);
     waitSlot(0, l);
@@ -892,7 +885,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   if (tid == 0) {
     for (int wi = 1; wi < kWarps; ++wi) mine = redKey[wi] > mine ? redKey[wi] : mine;
-#if DS_END_ACQREL
     // The last CTA out publishes the next step's state (every CTA has passed every barrier by now). Each CTA's
     // maximum goes in without a reply; its count is released after it and the last count acquires them all, so
     // one round trip each, and the kernel's end publishes the last CTA's stores.
@@ -902,14 +894,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (before == static_cast<uint32_t>(G - 1)) {
       unsigned long long b;
       asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(b) : "l"(best) : "memory");
-#else
-    if (mine) atomicMax(best, mine);
-    // The last CTA out publishes the next step's state (every CTA has passed every barrier by now).
-    __threadfence();
-    if (atomicAdd(exitCount, 1u) == static_cast<uint32_t>(G - 1)) {
-      __threadfence();
-      const unsigned long long b = atomicAdd(best, 0ull);
-#endif
       const uint32_t chosen = 0xffffffffu - static_cast<uint32_t>(b & 0xffffffffu);
       p.ids[0] = static_cast<int32_t>(chosen);
       if (p.mailbox)  // one 8-byte store: the host never sees a token without its position
@@ -922,9 +906,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       *exitCount = 0;
       *barCount = 0;
       *genWord = gen + 1;
-#if !DS_END_ACQREL
-      __threadfence();
-#endif
     }
   }
 }
