@@ -132,7 +132,7 @@ echo "== summary"
 printf '%s\n' "${summary[@]}"
 grep -h "^FAIL" "$out"/tests.log "$out"/backend.log "$out"/allreduce.log "$out"/engine.log "$out"/memcheck.log "$out"/gemv.log \
   "$out"/gemv-memcheck.log "$out"/decode-step.log "$out"/decode-step-memcheck.log 2>/dev/null | head -20
-grep -h "^TIMING" "$out"/decode-step.log 2>/dev/null
+grep -h "^TIMING\|^IN A ROW" "$out"/decode-step.log 2>/dev/null
 grep -h "linear layers per token" "$out"/gemv-bench.log 2>/dev/null
 grep -h "^TIMING" "$out"/engine.log 2>/dev/null
 grep -h "^TIME\|^SKIP" "$out"/allreduce.log 2>/dev/null
