@@ -80,6 +80,11 @@ commit = os.environ.get("FLASHLAB_GIT_COMMIT", "")
 if not commit:
     try:  # a copied work tree has no .git, and a bare host may have no git
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        # Files that differ from that commit (a tree copied over an older checkout, say): not that commit's code.
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True).stdout.strip()
+        if commit and changed:
+            commit += "-dirty"
     except OSError:
         commit = ""
 commit = commit or None

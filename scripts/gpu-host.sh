@@ -45,7 +45,11 @@ done
 [ $engine_bench = 1 ] && engine_args="--no-timing"
 export NCCL_NVLS_ENABLE=0  # NVLink multicast off, always: on shared hosts it can take GPUs out of service
 export PYTHONUNBUFFERED=1
-export FLASHLAB_GIT_COMMIT="${FLASHLAB_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}"
+# A tree that differs from its checkout's commit is labelled <commit>-dirty.
+if [ -z "${FLASHLAB_GIT_COMMIT:-}" ] && FLASHLAB_GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null); then
+  [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && FLASHLAB_GIT_COMMIT="$FLASHLAB_GIT_COMMIT-dirty"
+fi
+export FLASHLAB_GIT_COMMIT="${FLASHLAB_GIT_COMMIT:-}"
 declare -a summary
 # A hung kernel must not hang the host: each step gets at most this many seconds.
 step_timeout="${FLASHLAB_STEP_TIMEOUT:-1800}"
